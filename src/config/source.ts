@@ -1,0 +1,40 @@
+// What a config source (the -config-path directory, etcd) hands to the daemon: raw key events.
+// Sources only move text in; parsing, validation and merging happen in the pure core.
+
+export type SourceName = "local" | "etcd";
+
+/** The parser a value asks for: files may be YAML; etcd values and extension-less files are JSON. */
+export type ValueFormat = "json" | "yaml";
+
+export interface RawValue {
+  text: string;
+  format: ValueFormat;
+  /** Where it came from, for error messages: a file path, or an etcd key. */
+  origin: string;
+}
+
+/**
+ * One key change. `key` is relative to the source root (the -config-path directory, or the etcd
+ * prefix), "/"-separated with no leading or trailing slash and no file extension:
+ * `services/web/frontend`, `services/web/backends/b1`, `routes/r1`. `value` null = deleted.
+ */
+export interface KeyEvent {
+  key: string;
+  value: RawValue | null;
+}
+
+export interface SourceSink {
+  /** A complete snapshot (initial read, or a re-read after an etcd compaction): replaces all keys. */
+  snapshot(source: SourceName, entries: Map<string, RawValue>): void;
+  /** Incremental changes, already coalesced by the source where it can. */
+  update(source: SourceName, events: KeyEvent[]): void;
+  /** Connection state, for logs, metrics and health ("source down" never means "empty config"). */
+  status(source: SourceName, up: boolean, detail?: string): void;
+}
+
+export interface ConfigSource {
+  readonly name: SourceName;
+  /** Reads everything once (a snapshot() call), then follows changes until stop(). */
+  start(sink: SourceSink): Promise<void>;
+  stop(): Promise<void>;
+}

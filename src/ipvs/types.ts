@@ -1,0 +1,140 @@
+// IPVS table types. Identity fields (what names an object in the kernel) are kept apart from
+// config fields (what can be edited in place) and from observed fields (stats, counters), as
+// cloudflare/ipvs and merlin do: an identity change is delete+add, a config change is an edit.
+
+export type Family = "inet" | "inet6";
+export type Protocol = "tcp" | "udp" | "sctp";
+export type FwdMethod = "masq" | "localnode" | "tunnel" | "droute" | "bypass";
+
+export const AF: Record<Family, number> = { inet: 2, inet6: 10 };
+export const IPPROTO: Record<Protocol, number> = { tcp: 6, udp: 17, sctp: 132 };
+export const FWD_METHOD_CODE: Record<FwdMethod, number> = {
+  masq: 0,
+  localnode: 1,
+  tunnel: 2,
+  droute: 3,
+  bypass: 4,
+};
+
+/** IP_VS_SVC_F_PERSISTENT: client persistence, timeout = seconds. */
+export const SVC_F_PERSISTENT = 0x0001;
+/** IP_VS_SVC_F_HASHED: set by the kernel on every listed service; never ours to compare. */
+export const SVC_F_HASHED = 0x0002;
+
+export interface ServiceKey {
+  family: Family;
+  protocol: Protocol;
+  /** Canonical textual address (ipaddr.js toString(): compact IPv6, dotted IPv4). */
+  address: string;
+  port: number;
+}
+
+export interface ServiceConfig {
+  scheduler: string;
+  /** IP_VS_SVC_F_* bits that we own (persistence); the HASHED bit is stripped on read. */
+  flags: number;
+  /** Persistence timeout in seconds (0 when not persistent). */
+  timeout: number;
+  /** 32 for IPv4 (sent as 0xffffffff), 128 for IPv6. */
+  netmask: number;
+}
+
+export interface Service extends ServiceKey, ServiceConfig {}
+
+export interface DestKey {
+  address: string;
+  port: number;
+}
+
+export interface DestConfig {
+  method: FwdMethod;
+  weight: number;
+  upperThreshold: number;
+  lowerThreshold: number;
+}
+
+export interface Dest extends DestKey, DestConfig {}
+
+/** Counters observed in the kernel; never part of a comparison. */
+export interface Stats {
+  connections: number;
+  packetsIn: number;
+  packetsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export interface ObservedDest extends Dest {
+  activeConnections?: number;
+  inactiveConnections?: number;
+  persistentConnections?: number;
+  stats?: Stats;
+}
+
+export interface ObservedService extends Service {
+  stats?: Stats;
+  dests: ObservedDest[];
+}
+
+export interface IpvsInfo {
+  version: string;
+  connTableSize: number;
+}
+
+/**
+ * The small interface every IPVS backend implements: the in-memory table (-ipvs-mock) and the
+ * kernel driver (libnl over bun:ffi). Calls are synchronous: a netlink request is a blocking
+ * send and receive with a timeout. Errors are thrown as IpvsError.
+ */
+export interface IpvsTable {
+  info(): IpvsInfo;
+  /** Every service with its destinations (and stats where the backend has them). */
+  list(): ObservedService[];
+  addService(service: Service): void;
+  editService(service: Service): void;
+  deleteService(key: ServiceKey): void;
+  addDest(service: ServiceKey, dest: Dest): void;
+  editDest(service: ServiceKey, dest: Dest): void;
+  deleteDest(service: ServiceKey, dest: DestKey): void;
+  flush(): void;
+  close(): void;
+}
+
+export type IpvsErrorCode = "EEXIST" | "ENOENT" | "ESRCH" | "EINVAL" | "ETIMEDOUT" | "EOTHER";
+
+export class IpvsError extends Error {
+  constructor(
+    message: string,
+    readonly code: IpvsErrorCode,
+    readonly errno = 0,
+  ) {
+    super(message);
+    this.name = "IpvsError";
+  }
+}
+
+export function serviceKeyString(k: ServiceKey): string {
+  return `${k.family}+${k.protocol}://${k.family === "inet6" ? `[${k.address}]` : k.address}:${k.port}`;
+}
+
+export function destKeyString(k: DestKey): string {
+  return k.address.includes(":") ? `[${k.address}]:${k.port}` : `${k.address}:${k.port}`;
+}
+
+export function serviceConfigEqual(a: ServiceConfig, b: ServiceConfig): boolean {
+  return (
+    a.scheduler === b.scheduler &&
+    (a.flags & ~SVC_F_HASHED) === (b.flags & ~SVC_F_HASHED) &&
+    a.timeout === b.timeout &&
+    a.netmask === b.netmask
+  );
+}
+
+export function destConfigEqual(a: DestConfig, b: DestConfig): boolean {
+  return (
+    a.method === b.method &&
+    a.weight === b.weight &&
+    a.upperThreshold === b.upperThreshold &&
+    a.lowerThreshold === b.lowerThreshold
+  );
+}
