@@ -1,0 +1,362 @@
+// Test harness: real etcd processes (the Debian etcd-server binary) on loopback, in temp dirs.
+//
+//   const e = await startEtcd();            // one member, e.clientUrl = "http://127.0.0.1:<port>"
+//   await e.kill(); await e.restart();      // SIGKILL, then start again on the same ports and data
+//   const c = await startEtcdCluster(3);    // three members; c.leader(), c.members[i].kill()…
+//
+// Every process is started through `setpriv --pdeathsig KILL`, so it dies with the test process
+// even when that one is killed; live processes are also killed at "exit". etcd's own output goes
+// to `<dataDir>/../etcd-<name>.log`, never to the console. Temp dirs are removed by stop().
+
+import { mkdtempSync, openSync, closeSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer } from "node:net";
+
+const ETCD_BIN = process.env.ETCD_BIN ?? "/usr/bin/etcd";
+
+/** Processes that are alive now; killed at process exit whatever happened to the test. */
+const live = new Set<number>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on("exit", () => {
+    for (const pid of live) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }
+  });
+}
+
+/** Free TCP ports on 127.0.0.1, found by binding port 0 (all held at once, so they differ). */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<import("node:net").Server>((resolve, reject) => {
+          const s = createServer();
+          s.once("error", reject);
+          s.listen(0, "127.0.0.1", () => resolve(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as import("node:net").AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  return ports;
+}
+
+export interface EtcdMember {
+  name: string;
+  clientUrl: string;
+  peerUrl: string;
+  dataDir: string;
+  logFile: string;
+  /** The pid of the running process, or null when it is not running. */
+  readonly pid: number | null;
+  readonly running: boolean;
+  /** SIGTERM and wait for the exit (data kept, so restart() can bring it back). */
+  stop(): Promise<void>;
+  /** SIGKILL and wait for the exit (data kept). */
+  kill(): Promise<void>;
+  /** SIGSTOP: the process hangs, its sockets stay open (a "frozen" server). */
+  pause(): void;
+  /** SIGCONT after pause(). */
+  resume(): void;
+  /** Start again on the same ports and data dir; waits until it answers (healthy). */
+  restart(): Promise<void>;
+}
+
+export interface Etcd extends EtcdMember {
+  /** Stop the process for good and remove the temp dir. */
+  destroy(): Promise<void>;
+}
+
+interface MemberSpec {
+  name: string;
+  clientPort: number;
+  peerPort: number;
+  dataDir: string;
+  logFile: string;
+  initialCluster: string;
+  clusterToken: string;
+}
+
+class Member implements EtcdMember {
+  name: string;
+  clientUrl: string;
+  peerUrl: string;
+  dataDir: string;
+  logFile: string;
+  private proc: ReturnType<typeof Bun.spawn> | null = null;
+
+  constructor(private spec: MemberSpec) {
+    this.name = spec.name;
+    this.clientUrl = `http://127.0.0.1:${spec.clientPort}`;
+    this.peerUrl = `http://127.0.0.1:${spec.peerPort}`;
+    this.dataDir = spec.dataDir;
+    this.logFile = spec.logFile;
+  }
+
+  get pid(): number | null {
+    return this.proc && this.proc.exitCode === null && this.proc.signalCode === null ? this.proc.pid : null;
+  }
+  get running(): boolean {
+    return this.pid !== null;
+  }
+
+  spawn(): void {
+    if (this.running) throw new Error(`etcd ${this.name} is already running`);
+    installExitHook();
+    const fd = openSync(this.logFile, "a");
+    const args = [
+      "setpriv",
+      "--pdeathsig",
+      "KILL",
+      "--",
+      ETCD_BIN,
+      "--name",
+      this.name,
+      "--data-dir",
+      this.dataDir,
+      "--listen-client-urls",
+      this.clientUrl,
+      "--advertise-client-urls",
+      this.clientUrl,
+      "--listen-peer-urls",
+      this.peerUrl,
+      "--initial-advertise-peer-urls",
+      this.peerUrl,
+      "--initial-cluster",
+      this.spec.initialCluster,
+      "--initial-cluster-state",
+      "new",
+      "--initial-cluster-token",
+      this.spec.clusterToken,
+      // Fast elections on loopback keep the leader-failover tests short.
+      "--heartbeat-interval",
+      "50",
+      "--election-timeout",
+      "500",
+      "--logger",
+      "zap",
+      "--log-outputs",
+      "stderr",
+    ];
+    try {
+      this.proc = Bun.spawn(args, { stdin: "ignore", stdout: fd, stderr: fd });
+    } finally {
+      closeSync(fd);
+    }
+    const pid = this.proc.pid;
+    live.add(pid);
+    this.proc.exited.then(() => live.delete(pid));
+  }
+
+  private async signal(sig: "SIGTERM" | "SIGKILL"): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    p.kill(sig);
+    // A paused process does not act on SIGTERM until continued.
+    try {
+      process.kill(p.pid, "SIGCONT");
+    } catch {
+      /* gone */
+    }
+    await p.exited;
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p) return;
+    const timer = setTimeout(() => p.kill("SIGKILL"), 5000);
+    await this.signal("SIGTERM");
+    clearTimeout(timer);
+  }
+
+  kill(): Promise<void> {
+    return this.signal("SIGKILL");
+  }
+
+  pause(): void {
+    if (this.proc && this.running) process.kill(this.proc.pid, "SIGSTOP");
+  }
+
+  resume(): void {
+    if (this.proc && this.running) process.kill(this.proc.pid, "SIGCONT");
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    this.spawn();
+    await this.waitAnswering();
+  }
+
+  /** Waits until the member answers on its client URL (a /version GET). */
+  async waitAnswering(timeoutMs = 15000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = "";
+    while (Date.now() < deadline) {
+      if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
+      try {
+        const r = await fetch(`${this.clientUrl}/version`, { signal: AbortSignal.timeout(500) });
+        if (r.ok) return;
+        last = `HTTP ${r.status}`;
+      } catch (e) {
+        last = String(e);
+      }
+      await Bun.sleep(50);
+    }
+    throw new Error(`etcd ${this.name} did not answer within ${timeoutMs} ms (${last}), see ${this.logFile}`);
+  }
+
+  /** Waits until /health says true: the member is up and sees a leader. */
+  async waitHealthy(timeoutMs = 15000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = "";
+    while (Date.now() < deadline) {
+      if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
+      try {
+        const r = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
+        const body = await r.text();
+        if (r.ok && /"health":\s*"true"/.test(body)) return;
+        last = body;
+      } catch (e) {
+        last = String(e);
+      }
+      await Bun.sleep(50);
+    }
+    throw new Error(`etcd ${this.name} not healthy within ${timeoutMs} ms (${last}), see ${this.logFile}`);
+  }
+}
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), "clusterf-etcd-"));
+}
+
+/** One etcd member on free loopback ports, in a fresh temp dir; resolves once it is healthy. */
+export async function startEtcd(): Promise<Etcd> {
+  const dir = tempDir();
+  const [clientPort, peerPort] = await freePorts(2);
+  const name = "etcd0";
+  const m = new Member({
+    name,
+    clientPort: clientPort!,
+    peerPort: peerPort!,
+    dataDir: join(dir, `${name}.data`),
+    logFile: join(dir, `etcd-${name}.log`),
+    initialCluster: `${name}=http://127.0.0.1:${peerPort}`,
+    clusterToken: `clusterf-test-${peerPort}`,
+  });
+  m.spawn();
+  try {
+    await m.waitHealthy();
+  } catch (e) {
+    await m.kill();
+    throw e;
+  }
+  return Object.assign(m, {
+    async destroy() {
+      await m.kill();
+      if (!process.env.KEEP_ETCD_LOGS) rmSync(dir, { recursive: true, force: true });
+    },
+  }) as Etcd;
+}
+
+export interface EtcdCluster {
+  members: EtcdMember[];
+  /** All client URLs, for a client's endpoint list. */
+  clientUrls: string[];
+  dir: string;
+  /** The member that is leader now (asked over the v3 JSON gateway), waiting up to timeoutMs for one. */
+  leader(timeoutMs?: number): Promise<EtcdMember>;
+  /** Kill (SIGKILL) the current leader and return it. */
+  killLeader(): Promise<EtcdMember>;
+  /** Restart a stopped member (by index or object) and wait until it has rejoined. */
+  restartMember(m: number | EtcdMember): Promise<void>;
+  /** Kill every member and remove the temp dir. */
+  destroy(): Promise<void>;
+}
+
+async function memberStatus(m: EtcdMember): Promise<{ memberId: string; leader: string } | null> {
+  if (!m.running) return null;
+  try {
+    const r = await fetch(`${m.clientUrl}/v3/maintenance/status`, {
+      method: "POST",
+      body: "{}",
+      signal: AbortSignal.timeout(1000),
+    });
+    if (!r.ok) return null;
+    const s = (await r.json()) as { header?: { member_id?: string }; leader?: string };
+    if (!s.header?.member_id || !s.leader || s.leader === "0") return null;
+    return { memberId: s.header.member_id, leader: s.leader };
+  } catch {
+    return null;
+  }
+}
+
+/** An n-member cluster (default 3) on loopback; resolves once every member is healthy. */
+export async function startEtcdCluster(n = 3): Promise<EtcdCluster> {
+  const dir = tempDir();
+  const ports = await freePorts(2 * n);
+  const token = `clusterf-test-${ports[0]}`;
+  const names = Array.from({ length: n }, (_, i) => `etcd${i}`);
+  const initialCluster = names.map((nm, i) => `${nm}=http://127.0.0.1:${ports[2 * i + 1]}`).join(",");
+  const members = names.map(
+    (name, i) =>
+      new Member({
+        name,
+        clientPort: ports[2 * i]!,
+        peerPort: ports[2 * i + 1]!,
+        dataDir: join(dir, `${name}.data`),
+        logFile: join(dir, `etcd-${name}.log`),
+        initialCluster,
+        clusterToken: token,
+      }),
+  );
+  const destroy = async () => {
+    await Promise.all(members.map((m) => m.kill()));
+    if (!process.env.KEEP_ETCD_LOGS && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    for (const m of members) m.spawn();
+    await Promise.all(members.map((m) => m.waitHealthy(20000)));
+  } catch (e) {
+    await destroy();
+    throw e;
+  }
+
+  const leader = async (timeoutMs = 10000): Promise<EtcdMember> => {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const st = await Promise.all(members.map(memberStatus));
+      for (let i = 0; i < members.length; i++) {
+        const s = st[i];
+        if (s && s.memberId === s.leader) return members[i]!;
+      }
+      await Bun.sleep(50);
+    }
+    throw new Error(`no etcd leader within ${timeoutMs} ms`);
+  };
+
+  return {
+    members,
+    clientUrls: members.map((m) => m.clientUrl),
+    dir,
+    leader,
+    async killLeader() {
+      const l = await leader();
+      await l.kill();
+      return l;
+    },
+    async restartMember(m) {
+      const mem = (typeof m === "number" ? members[m] : m) as Member;
+      await mem.restart();
+    },
+    destroy,
+  };
+}
