@@ -1,0 +1,165 @@
+// The config store: each source's last good values, and the merged view (CONTRACT §3).
+// A key's effective value is the local (-config-path) one when it has one, else etcd's; routes
+// from etcd are dropped with -filter-etcd-routes. A bad value is reported and the key keeps its
+// last good value (or none). The store reports which services and routes changed, so that the
+// desired table is recomputed only where it must be.
+
+import type { KeyEvent, RawValue, SourceName } from "./source.ts";
+import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
+
+export type KeyPath =
+  | { kind: "frontend"; service: string }
+  | { kind: "backend"; service: string; backend: string }
+  | { kind: "route"; route: string };
+
+type Entry =
+  | { kind: "frontend"; service: string; value: Frontend }
+  | { kind: "backend"; service: string; backend: string; value: Backend }
+  | { kind: "route"; route: string; value: Route };
+
+export interface MergedService {
+  frontend?: Frontend;
+  backends: Map<string, Backend>;
+}
+
+/** What changed in the merged view. */
+export type Change = { kind: "service"; service: string } | { kind: "route"; route: string; before?: Route; after?: Route };
+
+export interface ConfigProblem {
+  source: SourceName;
+  key: string;
+  origin?: string;
+  message: string;
+}
+
+export interface StoreOptions {
+  filterEtcdRoutes?: boolean;
+  /** A bad value or an unknown key path: counted and logged by the caller. */
+  onError?: (p: ConfigProblem) => void;
+  /** Unknown JSON keys and other harmless oddities. */
+  onWarning?: (p: ConfigProblem) => void;
+}
+
+const NAME = /^[^/\s][^/]*$/;
+
+/** Maps a key path to what it names; undefined for paths outside the layout. */
+export function parseKeyPath(key: string): KeyPath | undefined {
+  const parts = key.split("/");
+  if (parts.some((p) => !NAME.test(p))) return undefined;
+  if (parts[0] === "services" && parts.length === 3 && parts[2] === "frontend") return { kind: "frontend", service: parts[1]! };
+  if (parts[0] === "services" && parts.length === 4 && parts[2] === "backends") {
+    return { kind: "backend", service: parts[1]!, backend: parts[3]! };
+  }
+  if (parts[0] === "routes" && parts.length === 2) return { kind: "route", route: parts[1]! };
+  return undefined;
+}
+
+function parseEntry(path: KeyPath, raw: RawValue): { entry: Entry; warnings: string[] } {
+  switch (path.kind) {
+    case "frontend": {
+      const p = parseFrontend(raw.text, raw.format);
+      return { entry: { ...path, value: p.value }, warnings: p.warnings };
+    }
+    case "backend": {
+      const p = parseBackend(raw.text, raw.format);
+      return { entry: { ...path, value: p.value }, warnings: p.warnings };
+    }
+    case "route": {
+      const p = parseRoute(raw.text, raw.format);
+      return { entry: { ...path, value: p.value }, warnings: p.warnings };
+    }
+  }
+}
+
+/** Structural equality of parsed values (plain data; bigint-safe). */
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined) return false;
+  return JSON.stringify(a, (_k, v) => (typeof v === "bigint" ? v.toString() : v)) ===
+    JSON.stringify(b, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
+}
+
+export class ConfigStore {
+  private readonly sources: Record<SourceName, Map<string, Entry>> = { local: new Map(), etcd: new Map() };
+  readonly services = new Map<string, MergedService>();
+  readonly routes = new Map<string, Route>();
+
+  constructor(private readonly opts: StoreOptions = {}) {}
+
+  /** Applies one key event from a source; returns the change in the merged view, if any. */
+  apply(source: SourceName, event: KeyEvent): Change | undefined {
+    const path = parseKeyPath(event.key);
+    if (!path) {
+      if (event.value) {
+        this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message: "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME or routes/NAME)" });
+      }
+      return undefined;
+    }
+    const values = this.sources[source];
+    if (event.value === null) {
+      if (!values.delete(event.key)) return undefined;
+    } else {
+      let parsed: { entry: Entry; warnings: string[] };
+      try {
+        parsed = parseEntry(path, event.value);
+      } catch (e) {
+        const kept = values.has(event.key) ? "; the last good value stays in force" : "";
+        this.opts.onError?.({ source, key: event.key, origin: event.value.origin, message: `${(e as Error).message}${kept}` });
+        return undefined;
+      }
+      for (const w of parsed.warnings) this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message: w });
+      values.set(event.key, parsed.entry);
+    }
+    return this.remerge(event.key, path);
+  }
+
+  /** Replaces everything a source had with a complete snapshot; returns the merged changes. */
+  snapshot(source: SourceName, entries: Map<string, RawValue>): Change[] {
+    const changes: Change[] = [];
+    for (const key of [...this.sources[source].keys()]) {
+      if (!entries.has(key)) {
+        const c = this.apply(source, { key, value: null });
+        if (c) changes.push(c);
+      }
+    }
+    for (const [key, value] of entries) {
+      const c = this.apply(source, { key, value });
+      if (c) changes.push(c);
+    }
+    return changes;
+  }
+
+  private effective(key: string, path: KeyPath): Entry | undefined {
+    const local = this.sources.local.get(key);
+    if (local) return local;
+    if (path.kind === "route" && this.opts.filterEtcdRoutes) return undefined;
+    return this.sources.etcd.get(key);
+  }
+
+  private remerge(key: string, path: KeyPath): Change | undefined {
+    const entry = this.effective(key, path);
+    if (path.kind === "route") {
+      const before = this.routes.get(path.route);
+      const after = entry?.kind === "route" ? entry.value : undefined;
+      if (sameValue(before, after)) return undefined;
+      if (after) this.routes.set(path.route, after);
+      else this.routes.delete(path.route);
+      return { kind: "route", route: path.route, before, after };
+    }
+    let svc = this.services.get(path.service);
+    if (path.kind === "frontend") {
+      const after = entry?.kind === "frontend" ? entry.value : undefined;
+      if (sameValue(svc?.frontend, after)) return undefined;
+      if (!svc) this.services.set(path.service, (svc = { backends: new Map() }));
+      svc.frontend = after;
+    } else {
+      const after = entry?.kind === "backend" ? entry.value : undefined;
+      if (sameValue(svc?.backends.get(path.backend), after)) return undefined;
+      if (!svc) this.services.set(path.service, (svc = { backends: new Map() }));
+      if (after) svc.backends.set(path.backend, after);
+      else svc.backends.delete(path.backend);
+    }
+    if (!svc.frontend && svc.backends.size === 0) this.services.delete(path.service);
+    return { kind: "service", service: path.service };
+  }
+}

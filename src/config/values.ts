@@ -1,0 +1,273 @@
+// Parsing of config values: frontend, backend and route objects (CONTRACT §2).
+// Pure functions: text in, a typed value or a ConfigValueError out, plus warnings for unknown keys.
+// JSON keys match case-insensitively, as Go's encoding/json did; when two spellings of one key
+// appear, the last one in the document wins (also as Go did).
+
+import ipaddr from "ipaddr.js";
+import YAML from "yaml";
+import type { ValueFormat } from "./source.ts";
+
+export type RouteMethod = "masq" | "droute" | "tunnel" | "filter";
+
+export interface Frontend {
+  ipv4?: string;
+  ipv6?: string;
+  tcp?: number;
+  udp?: number;
+  /** IPVS scheduler for this service; undefined = -ipvs-sched-name. */
+  scheduler?: string;
+  /** Client persistence in seconds; 0 = off. */
+  persistent: number;
+}
+
+export interface Backend {
+  ipv4?: string;
+  ipv6?: string;
+  tcp?: number;
+  udp?: number;
+  weight: number;
+}
+
+export interface Cidr {
+  /** The network address, host bits cleared, canonical text. */
+  address: string;
+  length: number;
+  /** The network address as an integer (IPv4 fits a number, but bigint keeps one code path). */
+  bits: bigint;
+}
+
+export interface Route {
+  prefix4?: Cidr;
+  prefix6?: Cidr;
+  gateway4?: string;
+  gateway6?: string;
+  /** undefined = keep -ipvs-fwd-method. */
+  method?: RouteMethod;
+}
+
+export const DEFAULT_WEIGHT = 10;
+export const MAX_WEIGHT = 2147483647;
+/** Values above this are refused before parsing: a config value is a small object. */
+export const MAX_VALUE_BYTES = 1024 * 1024;
+
+export class ConfigValueError extends Error {
+  constructor(
+    message: string,
+    readonly field?: string,
+  ) {
+    super(field ? `${field}: ${message}` : message);
+    this.name = "ConfigValueError";
+  }
+}
+
+export interface Parsed<T> {
+  value: T;
+  warnings: string[];
+}
+
+/** Parses the text of a value into a plain object (JSON or YAML), refusing anything else. */
+export function parseObject(text: string, format: ValueFormat): Record<string, unknown> {
+  if (text.length > MAX_VALUE_BYTES) {
+    throw new ConfigValueError(`value is ${text.length} bytes, larger than the limit of ${MAX_VALUE_BYTES}`);
+  }
+  if (text.trim() === "") throw new ConfigValueError("empty value: expected an object such as {}");
+  let data: unknown;
+  if (format === "yaml") {
+    try {
+      data = YAML.parse(text, { uniqueKeys: false, maxAliasCount: 100 });
+    } catch (e) {
+      throw new ConfigValueError(`invalid YAML: ${firstLine((e as Error).message)}`);
+    }
+  } else {
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      throw new ConfigValueError(`invalid JSON: ${firstLine((e as Error).message)}`);
+    }
+  }
+  if (data === null || typeof data !== "object" || Array.isArray(data)) {
+    throw new ConfigValueError(`expected an object, got ${describe(data)}`);
+  }
+  return data as Record<string, unknown>;
+}
+
+function firstLine(s: string): string {
+  return s.split("\n")[0]!.slice(0, 200);
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  if (typeof v === "string") return `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
+  if (typeof v === "object") return "an object";
+  return `${typeof v} ${String(v)}`;
+}
+
+/**
+ * Folds the keys of a decoded object onto the known field names, case-insensitively.
+ * Returns the fields (null values dropped: null keeps the default) and warnings for unknown keys.
+ */
+function fold(obj: Record<string, unknown>, known: readonly string[]): { fields: Map<string, unknown>; warnings: string[] } {
+  const byLower = new Map(known.map((k) => [k.toLowerCase(), k]));
+  const fields = new Map<string, unknown>();
+  const warnings: string[] = [];
+  for (const [key, value] of Object.entries(obj)) {
+    const name = byLower.get(key.toLowerCase());
+    if (!name) {
+      warnings.push(`unknown key ${JSON.stringify(key)} ignored`);
+      continue;
+    }
+    if (value === null) fields.delete(name);
+    else fields.set(name, value);
+  }
+  return { fields, warnings };
+}
+
+function integer(v: unknown, field: string, min: number, max: number, what: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw new ConfigValueError(`${what} must be an integer ${min}…${max}, got ${describe(v)}`, field);
+  }
+  return v;
+}
+
+const port = (v: unknown, field: string) => integer(v, field, 1, 65535, "port");
+
+function str(v: unknown, field: string): string {
+  if (typeof v !== "string") throw new ConfigValueError(`expected a string, got ${describe(v)}`, field);
+  return v;
+}
+
+/** An IPv4 address in dotted-quad form, canonical text; "" = absent. */
+export function parseIPv4(v: unknown, field: string): string | undefined {
+  const s = str(v, field).trim();
+  if (s === "") return undefined;
+  if (!ipaddr.IPv4.isValidFourPartDecimal(s)) throw new ConfigValueError(`invalid IPv4 address ${JSON.stringify(s)}`, field);
+  return ipaddr.IPv4.parse(s).toString();
+}
+
+/** An IPv6 address, canonical compact text; "" = absent. */
+export function parseIPv6(v: unknown, field: string): string | undefined {
+  const s = str(v, field).trim();
+  if (s === "") return undefined;
+  if (!ipaddr.IPv6.isValid(s) || s.includes("%")) throw new ConfigValueError(`invalid IPv6 address ${JSON.stringify(s)}`, field);
+  return ipaddr.IPv6.parse(s).toString();
+}
+
+/** An address of either family, for the family-neutral Gateway key. */
+function parseAnyIP(v: unknown, field: string): { family: 4 | 6; address: string } | undefined {
+  const s = str(v, field).trim();
+  if (s === "") return undefined;
+  if (ipaddr.IPv4.isValidFourPartDecimal(s)) return { family: 4, address: ipaddr.IPv4.parse(s).toString() };
+  if (ipaddr.IPv6.isValid(s) && !s.includes("%")) return { family: 6, address: ipaddr.IPv6.parse(s).toString() };
+  throw new ConfigValueError(`invalid IP address ${JSON.stringify(s)}`, field);
+}
+
+/** Address text → integer, for prefix matching. */
+export function addressBits(address: string): bigint {
+  const bytes = ipaddr.parse(address).toByteArray();
+  let n = 0n;
+  for (const b of bytes) n = (n << 8n) | BigInt(b);
+  return n;
+}
+
+export function parseCidr(v: unknown, field: string, family?: 4 | 6): { family: 4 | 6; cidr: Cidr } | undefined {
+  const s = str(v, field).trim();
+  if (s === "") return undefined;
+  const slash = s.indexOf("/");
+  if (slash < 0) throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: expected ADDRESS/LENGTH`, field);
+  const addrText = s.slice(0, slash);
+  const lenText = s.slice(slash + 1);
+  const fam: 4 | 6 | undefined = ipaddr.IPv4.isValidFourPartDecimal(addrText) ? 4 : ipaddr.IPv6.isValid(addrText) ? 6 : undefined;
+  if (!fam) throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: bad address`, field);
+  if (family && fam !== family) throw new ConfigValueError(`expected an IPv${family} CIDR, got ${JSON.stringify(s)}`, field);
+  const max = fam === 4 ? 32 : 128;
+  if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > max) {
+    throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: prefix length must be 0…${max}`, field);
+  }
+  const length = Number(lenText);
+  const width = BigInt(max);
+  const mask = length === 0 ? 0n : ((1n << width) - 1n) ^ ((1n << (width - BigInt(length))) - 1n);
+  const bits = addressBits(addrText) & mask;
+  const bytes: number[] = [];
+  for (let i = max / 8 - 1; i >= 0; i--) bytes.push(Number((bits >> BigInt(i * 8)) & 0xffn));
+  const address = ipaddr.fromByteArray(bytes).toString();
+  return { family: fam, cidr: { address, length, bits } };
+}
+
+const SCHEDULER = /^[a-z][a-z0-9_]{0,15}$/;
+const FRONTEND_KEYS = ["ipv4", "ipv6", "tcp", "udp", "scheduler", "persistent"] as const;
+const BACKEND_KEYS = ["ipv4", "ipv6", "tcp", "udp", "weight"] as const;
+const ROUTE_KEYS = ["Prefix4", "Gateway4", "Prefix6", "Gateway6", "Prefix", "Gateway", "IpvsMethod"] as const;
+
+export function parseFrontend(text: string, format: ValueFormat = "json"): Parsed<Frontend> {
+  const { fields, warnings } = fold(parseObject(text, format), FRONTEND_KEYS);
+  const f: Frontend = { persistent: 0 };
+  if (fields.has("ipv4")) f.ipv4 = parseIPv4(fields.get("ipv4"), "ipv4");
+  if (fields.has("ipv6")) f.ipv6 = parseIPv6(fields.get("ipv6"), "ipv6");
+  if (fields.has("tcp")) f.tcp = port(fields.get("tcp"), "tcp");
+  if (fields.has("udp")) f.udp = port(fields.get("udp"), "udp");
+  if (fields.has("scheduler")) {
+    const s = str(fields.get("scheduler"), "scheduler").trim();
+    if (s !== "" && !SCHEDULER.test(s)) throw new ConfigValueError(`invalid scheduler name ${JSON.stringify(s)}`, "scheduler");
+    if (s !== "") f.scheduler = s;
+  }
+  if (fields.has("persistent")) f.persistent = integer(fields.get("persistent"), "persistent", 0, 2147483647, "persistence (seconds)");
+  if (!f.ipv4 && !f.ipv6) warnings.push("frontend has no ipv4 or ipv6 address: no IPVS service");
+  else if (!f.tcp && !f.udp) warnings.push("frontend has no tcp or udp port: no IPVS service");
+  return { value: f, warnings };
+}
+
+export function parseBackend(text: string, format: ValueFormat = "json"): Parsed<Backend> {
+  const { fields, warnings } = fold(parseObject(text, format), BACKEND_KEYS);
+  const b: Backend = { weight: DEFAULT_WEIGHT };
+  if (fields.has("ipv4")) b.ipv4 = parseIPv4(fields.get("ipv4"), "ipv4");
+  if (fields.has("ipv6")) b.ipv6 = parseIPv6(fields.get("ipv6"), "ipv6");
+  if (fields.has("tcp")) b.tcp = port(fields.get("tcp"), "tcp");
+  if (fields.has("udp")) b.udp = port(fields.get("udp"), "udp");
+  if (fields.has("weight")) b.weight = integer(fields.get("weight"), "weight", 0, MAX_WEIGHT, "weight");
+  return { value: b, warnings };
+}
+
+export function parseRouteMethod(v: unknown, field: string): RouteMethod | undefined {
+  const s = str(v, field).trim().toLowerCase();
+  if (s === "") return undefined;
+  if (s === "masq" || s === "droute" || s === "tunnel" || s === "filter") return s;
+  throw new ConfigValueError(`unknown method ${JSON.stringify(s)}: expected masq, droute, tunnel or filter`, field);
+}
+
+export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<Route> {
+  const { fields, warnings } = fold(parseObject(text, format), ROUTE_KEYS);
+  const r: Route = {};
+  const setPrefix = (family: 4 | 6, cidr: Cidr, field: string) => {
+    const slot = family === 4 ? "prefix4" : "prefix6";
+    const had = r[slot];
+    if (had && (had.bits !== cidr.bits || had.length !== cidr.length)) {
+      throw new ConfigValueError(`conflicts with the IPv${family} prefix given by another key`, field);
+    }
+    r[slot] = cidr;
+  };
+  const setGateway = (family: 4 | 6, address: string, field: string) => {
+    const slot = family === 4 ? "gateway4" : "gateway6";
+    if (r[slot] && r[slot] !== address) throw new ConfigValueError(`conflicts with the IPv${family} gateway given by another key`, field);
+    r[slot] = address;
+  };
+  for (const [field, family] of [["Prefix4", 4], ["Prefix6", 6], ["Prefix", undefined]] as const) {
+    if (!fields.has(field)) continue;
+    const p = parseCidr(fields.get(field), field, family);
+    if (p) setPrefix(p.family, p.cidr, field);
+  }
+  if (fields.has("Gateway4")) {
+    const g = parseIPv4(fields.get("Gateway4"), "Gateway4");
+    if (g) setGateway(4, g, "Gateway4");
+  }
+  if (fields.has("Gateway6")) {
+    const g = parseIPv6(fields.get("Gateway6"), "Gateway6");
+    if (g) setGateway(6, g, "Gateway6");
+  }
+  if (fields.has("Gateway")) {
+    const g = parseAnyIP(fields.get("Gateway"), "Gateway");
+    if (g) setGateway(g.family, g.address, "Gateway");
+  }
+  if (fields.has("IpvsMethod")) r.method = parseRouteMethod(fields.get("IpvsMethod"), "IpvsMethod");
+  return { value: r, warnings };
+}

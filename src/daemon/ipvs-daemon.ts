@@ -1,0 +1,204 @@
+// clusterf-ipvs's loop: sources push key events in, the store merges them, the desired table is
+// recomputed where they touch it, and the reconciler writes the difference. Bursts of events are
+// coalesced into one apply. The first apply waits until every source has delivered its first
+// snapshot, so a restart never programs a partial config (the kernel table is left as it is
+// until then).
+
+import { ConfigStore, type Change, type ConfigProblem } from "../config/store.ts";
+import type { ConfigSource, KeyEvent, RawValue, SourceName, SourceSink } from "../config/source.ts";
+import { DesiredTable, type DesiredOptions } from "../model/desired.ts";
+import { formatTable } from "../ipvs/print.ts";
+import type { IpvsTable } from "../ipvs/types.ts";
+import { Reconciler, type SyncResult } from "./reconciler.ts";
+import * as log from "../util/log.ts";
+
+export interface IpvsDaemonOptions {
+  desired: DesiredOptions;
+  filterEtcdRoutes: boolean;
+  /** Print the table after each apply (ipvsadm -Ln layout) to this writer. */
+  print?: (text: string) => void;
+  flush: boolean;
+  noop: boolean;
+  stateDir?: string;
+  /** Periodic re-read of the kernel table; 0 = off. */
+  resyncMs: number;
+  /** Retry delay after failed writes. */
+  retryMs?: number;
+}
+
+export interface DaemonCounters {
+  configErrors: Record<SourceName, number>;
+  applies: number;
+  lastApplyMs: number;
+  lastSyncAt: number;
+}
+
+export class IpvsDaemon implements SourceSink {
+  readonly store: ConfigStore;
+  readonly desired: DesiredTable;
+  readonly reconciler: Reconciler;
+  readonly counters: DaemonCounters = { configErrors: { local: 0, etcd: 0 }, applies: 0, lastApplyMs: 0, lastSyncAt: 0 };
+  readonly sourceUp: Partial<Record<SourceName, boolean>> = {};
+
+  private readonly waiting = new Set<SourceName>();
+  private started = false;
+  private dirtyServices = new Set<string>();
+  private routeChanges: Change[] = [];
+  private scheduled = false;
+  private resyncTimer?: ReturnType<typeof setInterval>;
+  private retryTimer?: ReturnType<typeof setTimeout>;
+  private applyListeners: ((r: SyncResult) => void)[] = [];
+
+  constructor(
+    ipvs: IpvsTable,
+    private readonly sources: ConfigSource[],
+    private readonly opts: IpvsDaemonOptions,
+  ) {
+    this.store = new ConfigStore({
+      filterEtcdRoutes: opts.filterEtcdRoutes,
+      onError: (p) => this.configError(p),
+      onWarning: (p) => log.warn(`config: ${p.message}`, { source: p.source, key: p.key, origin: p.origin }),
+    });
+    this.desired = new DesiredTable(opts.desired, (m, f) => log.warn(`config: ${m}`, f));
+    this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir });
+    for (const s of sources) this.waiting.add(s.name);
+  }
+
+  /** Reads the kernel (or flushes it), starts the sources; resolves once the sources are started. */
+  async start(): Promise<void> {
+    const info = this.reconciler.ipvs.info();
+    log.info("IPVS: ready", { version: info.version, connTableSize: info.connTableSize });
+    if (this.opts.flush) this.reconciler.flush();
+    else this.reconciler.readActual();
+    for (const s of this.sources) await s.start(this);
+    if (this.sources.length === 0) this.scheduleApply();
+    if (this.opts.resyncMs > 0) this.resyncTimer = setInterval(() => this.resync(), this.opts.resyncMs);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.resyncTimer);
+    clearTimeout(this.retryTimer);
+    await Promise.all(this.sources.map((s) => s.stop()));
+    this.reconciler.ipvs.close();
+  }
+
+  /** Resolves after the next apply (the first full apply, when called before it). */
+  nextApply(): Promise<SyncResult> {
+    return new Promise((resolve) => this.applyListeners.push(resolve));
+  }
+
+  get ready(): boolean {
+    return this.started;
+  }
+
+  // SourceSink
+
+  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
+    this.record(this.store.snapshot(source, entries));
+    if (this.waiting.delete(source)) log.info("config: first read done", { source, keys: entries.size });
+    this.scheduleApply();
+  }
+
+  update(source: SourceName, events: KeyEvent[]): void {
+    const changes: Change[] = [];
+    for (const e of events) {
+      const c = this.store.apply(source, e);
+      if (c) changes.push(c);
+    }
+    this.record(changes);
+    this.scheduleApply();
+  }
+
+  status(source: SourceName, up: boolean, detail?: string): void {
+    if (this.sourceUp[source] === up) return;
+    this.sourceUp[source] = up;
+    if (up) log.info("config: source connected", { source });
+    else log.warn("config: source down; the last known config stays in force", { source, detail });
+  }
+
+  // Applying
+
+  private record(changes: Change[]): void {
+    for (const c of changes) {
+      if (c.kind === "service") this.dirtyServices.add(c.service);
+      else this.routeChanges.push(c);
+    }
+  }
+
+  private configError(p: ConfigProblem): void {
+    this.counters.configErrors[p.source]++;
+    log.error(`config: ${p.message}`, { source: p.source, key: p.key, origin: p.origin });
+  }
+
+  private scheduleApply(): void {
+    if (this.scheduled || this.waiting.size > 0) return;
+    this.scheduled = true;
+    // A macrotask, so that a burst of source callbacks in the same tick becomes one apply.
+    setTimeout(() => {
+      this.scheduled = false;
+      this.apply();
+    }, 0);
+  }
+
+  /** Applies what changed since the last apply (everything, the first time). */
+  apply(): SyncResult {
+    const t0 = performance.now();
+    let result: SyncResult;
+    if (!this.started) {
+      this.started = true;
+      this.desired.rebuild(this.store.services, this.store.routes);
+      result = this.reconciler.sync(this.desired.table);
+    } else {
+      const keys = new Set<string>();
+      if (this.routeChanges.length) {
+        for (const k of this.desired.updateRoutes(this.routeChanges, this.store.services, this.store.routes)) keys.add(k);
+      }
+      for (const k of this.desired.updateServices(this.dirtyServices, this.store.services)) keys.add(k);
+      result = this.reconciler.sync(this.desired.table, keys);
+    }
+    this.dirtyServices = new Set();
+    this.routeChanges = [];
+    this.finish(result, performance.now() - t0);
+    return result;
+  }
+
+  /** Re-reads the kernel and corrects drift (periodic, and the retry after failed writes). */
+  resync(): SyncResult | undefined {
+    if (!this.started) return undefined;
+    const t0 = performance.now();
+    let result: SyncResult;
+    try {
+      result = this.reconciler.resync(this.desired.table);
+    } catch (e) {
+      log.error("IPVS: cannot read the kernel table", { error: (e as Error).message });
+      result = { ops: 0, errors: 1, failed: new Set(["*"]) };
+    }
+    this.finish(result, performance.now() - t0);
+    return result;
+  }
+
+  private finish(result: SyncResult, ms: number): void {
+    this.counters.applies++;
+    this.counters.lastApplyMs = ms;
+    if (result.errors === 0) this.counters.lastSyncAt = Date.now();
+    if (result.ops > 0 || result.errors > 0) {
+      log.info("IPVS: applied", { writes: result.ops, errors: result.errors, ms: Math.round(ms * 100) / 100 });
+    }
+    if (result.errors > 0 && !this.retryTimer) {
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        this.resync();
+      }, this.opts.retryMs ?? 1000);
+    }
+    if (this.opts.print) this.opts.print(this.formatActual());
+    const listeners = this.applyListeners;
+    this.applyListeners = [];
+    for (const l of listeners) l(result);
+  }
+
+  /** The table as this daemon believes the kernel holds it, in ipvsadm -Ln layout. */
+  formatActual(): string {
+    const services = [...this.reconciler.actual.values()].map((e) => ({ ...e.service, dests: e.dests.values() }));
+    return formatTable(services, this.reconciler.ipvs.info());
+  }
+}

@@ -1,0 +1,223 @@
+// The reconciler: keeps a cache of the actual IPVS table, turns desired-vs-actual differences into
+// writes, and maps kernel answers to outcomes (EEXIST on add → edit, ENOENT/ESRCH on delete →
+// already gone). It only removes services that it created or that the config describes; which
+// ones it created is remembered under -state-dir so that it survives a restart.
+
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { TableEntry } from "../model/desired.ts";
+import { applyOp, describeOp, diffTables, type Op, type Table } from "../ipvs/diff.ts";
+import {
+  IpvsError,
+  SVC_F_HASHED,
+  destKeyString,
+  serviceKeyString,
+  type IpvsTable,
+  type ObservedService,
+} from "../ipvs/types.ts";
+import * as log from "../util/log.ts";
+
+export interface ReconcilerOptions {
+  /** Log the writes that would be made, make none. */
+  noop?: boolean;
+  /** Where the set of services this daemon created is kept; undefined = memory only. */
+  stateDir?: string;
+}
+
+export interface SyncResult {
+  ops: number;
+  errors: number;
+  /** Keys whose writes failed: retried by the next resync. */
+  failed: Set<string>;
+}
+
+export interface ReconcilerCounters {
+  writes: Record<Op["type"], number>;
+  netlinkErrors: number;
+  driftCorrections: number;
+}
+
+const OWNED_FILE = "ipvs-owned.json";
+
+export class Reconciler {
+  /** What we believe the kernel holds (every service, ours or not). */
+  readonly actual: Table = new Map();
+  readonly owned = new Set<string>();
+  readonly counters: ReconcilerCounters = {
+    writes: { "add-service": 0, "edit-service": 0, "delete-service": 0, "add-dest": 0, "edit-dest": 0, "delete-dest": 0 },
+    netlinkErrors: 0,
+    driftCorrections: 0,
+  };
+  private ownedDirty = false;
+
+  constructor(
+    readonly ipvs: IpvsTable,
+    private readonly opts: ReconcilerOptions = {},
+  ) {
+    this.loadOwned();
+  }
+
+  /** Replaces the cache with a fresh read of the kernel table. */
+  readActual(): void {
+    this.actual.clear();
+    for (const s of this.ipvs.list()) {
+      const entry = normalise(s);
+      this.actual.set(serviceKeyString(entry.service), entry);
+    }
+  }
+
+  flush(): void {
+    if (this.opts.noop) {
+      log.info("IPVS: would flush the table (noop)");
+      return;
+    }
+    this.ipvs.flush();
+    this.actual.clear();
+    this.owned.clear();
+    this.ownedDirty = true;
+    this.saveOwned();
+  }
+
+  /** Brings the given keys (all when omitted) of the actual table to the desired state. */
+  sync(desired: Table, keys?: Iterable<string>): SyncResult {
+    const ops = diffTables(desired, this.actual, (k) => this.owned.has(k) || desired.has(k), keys);
+    const result: SyncResult = { ops: 0, errors: 0, failed: new Set() };
+    for (const op of ops) {
+      const key = serviceKeyString(op.service);
+      if (result.failed.has(key)) continue; // the rest of a failed service waits for the retry
+      if (this.opts.noop) {
+        log.info(`IPVS: ${describeOp(op)} (noop)`);
+        result.ops++;
+        continue;
+      }
+      try {
+        this.write(op);
+        applyOp(this.actual, op);
+        this.counters.writes[op.type]++;
+        result.ops++;
+        this.markOwned(op, key);
+        log.debug(`IPVS: ${describeOp(op)}`);
+      } catch (e) {
+        result.errors++;
+        result.failed.add(key);
+        this.counters.netlinkErrors++;
+        log.error(`IPVS: ${describeOp(op)} failed`, { error: (e as Error).message });
+        // The cache may be wrong for this service now: forget it, the retry re-reads the kernel.
+        this.actual.delete(key);
+      }
+    }
+    this.saveOwned();
+    return result;
+  }
+
+  /** Re-reads the kernel and corrects every difference (drift); returns what it did. */
+  resync(desired: Table): SyncResult {
+    const before = this.actual;
+    const snapshot: Table = new Map([...before].map(([k, e]) => [k, { service: e.service, dests: new Map(e.dests) }]));
+    this.readActual();
+    const drift = countDrift(snapshot, this.actual);
+    if (drift > 0) {
+      this.counters.driftCorrections += drift;
+      log.warn("IPVS: the kernel table differs from what this daemon last wrote; correcting", { differences: drift });
+    }
+    return this.sync(desired);
+  }
+
+  /** One write, with kernel answers mapped to outcomes. */
+  private write(op: Op): void {
+    const ipvs = this.ipvs;
+    try {
+      switch (op.type) {
+        case "add-service":
+          return ipvs.addService(op.service);
+        case "edit-service":
+          return ipvs.editService(op.service);
+        case "delete-service":
+          return ipvs.deleteService(op.service);
+        case "add-dest":
+          return ipvs.addDest(op.service, op.dest);
+        case "edit-dest":
+          return ipvs.editDest(op.service, op.dest);
+        case "delete-dest":
+          return ipvs.deleteDest(op.service, op.dest);
+      }
+    } catch (e) {
+      if (!(e instanceof IpvsError)) throw e;
+      if (e.code === "EEXIST" && op.type === "add-service") return ipvs.editService(op.service);
+      if (e.code === "EEXIST" && op.type === "add-dest") return ipvs.editDest(op.service, op.dest);
+      if ((e.code === "ENOENT" || e.code === "ESRCH") && (op.type === "delete-service" || op.type === "delete-dest")) return;
+      if (e.code === "ESRCH" && op.type === "edit-service") return ipvs.addService(op.service);
+      if (e.code === "ENOENT" && op.type === "edit-dest") return ipvs.addDest(op.service, op.dest);
+      throw e;
+    }
+  }
+
+  private markOwned(op: Op, key: string): void {
+    if (op.type === "delete-service") {
+      if (this.owned.delete(key)) this.ownedDirty = true;
+    } else if (!this.owned.has(key)) {
+      this.owned.add(key);
+      this.ownedDirty = true;
+    }
+  }
+
+  private loadOwned(): void {
+    if (!this.opts.stateDir) return;
+    const file = join(this.opts.stateDir, OWNED_FILE);
+    if (!existsSync(file)) return;
+    try {
+      const data = JSON.parse(readFileSync(file, "utf8")) as { services?: unknown };
+      if (Array.isArray(data.services)) for (const k of data.services) if (typeof k === "string") this.owned.add(k);
+    } catch (e) {
+      log.warn("state: cannot read the list of services this daemon created; starting without it", {
+        file,
+        error: (e as Error).message,
+      });
+    }
+  }
+
+  private saveOwned(): void {
+    if (!this.ownedDirty || !this.opts.stateDir || this.opts.noop) return;
+    const file = join(this.opts.stateDir, OWNED_FILE);
+    try {
+      mkdirSync(this.opts.stateDir, { recursive: true });
+      writeFileSync(file + ".tmp", JSON.stringify({ services: [...this.owned].sort() }) + "\n");
+      renameSync(file + ".tmp", file);
+      this.ownedDirty = false;
+    } catch (e) {
+      log.warn("state: cannot save the list of services this daemon created", { file, error: (e as Error).message });
+      this.ownedDirty = false; // warn once per change, not on every sync
+    }
+  }
+}
+
+/** Kernel read-back → the plain comparable form (no stats, no HASHED flag). */
+export function normalise(s: ObservedService): TableEntry {
+  const { family, protocol, address, port, scheduler, timeout, netmask } = s;
+  const flags = s.flags & ~SVC_F_HASHED;
+  const dests = new Map(
+    s.dests.map((d) => [
+      destKeyString(d),
+      { address: d.address, port: d.port, method: d.method, weight: d.weight, upperThreshold: d.upperThreshold, lowerThreshold: d.lowerThreshold },
+    ]),
+  );
+  return { service: { family, protocol, address, port, scheduler, flags, timeout, netmask }, dests };
+}
+
+function countDrift(expected: Table, actual: Table): number {
+  let n = 0;
+  for (const key of new Set([...expected.keys(), ...actual.keys()])) {
+    const a = expected.get(key);
+    const b = actual.get(key);
+    if (!a || !b) {
+      n++;
+      continue;
+    }
+    for (const dk of new Set([...a.dests.keys(), ...b.dests.keys()])) {
+      const x = a.dests.get(dk);
+      const y = b.dests.get(dk);
+      if (!x || !y || x.weight !== y.weight || x.method !== y.method) n++;
+    }
+  }
+  return n;
+}

@@ -1,0 +1,110 @@
+// Diff from the desired table to the actual one: the minimal operations, edits in place where
+// only config fields (scheduler, persistence, weight, method) differ, delete+add only when an
+// identity changes (an identity change is a different key, so it shows up as one delete and one
+// add). Pure functions over plain data.
+
+import type { TableEntry } from "../model/desired.ts";
+import {
+  destConfigEqual,
+  destKeyString,
+  serviceConfigEqual,
+  serviceKeyString,
+  type Dest,
+  type DestKey,
+  type Service,
+  type ServiceKey,
+} from "./types.ts";
+
+export type Op =
+  | { type: "add-service"; service: Service }
+  | { type: "edit-service"; service: Service }
+  | { type: "delete-service"; service: ServiceKey }
+  | { type: "add-dest"; service: ServiceKey; dest: Dest }
+  | { type: "edit-dest"; service: ServiceKey; dest: Dest }
+  | { type: "delete-dest"; service: ServiceKey; dest: DestKey };
+
+export type Table = Map<string, TableEntry>;
+
+/** Operations that turn `actual` into `desired` for one service key. */
+export function diffService(desired: TableEntry | undefined, actual: TableEntry | undefined, owned: boolean): Op[] {
+  if (!desired) {
+    return actual && owned ? [{ type: "delete-service", service: actual.service }] : [];
+  }
+  const ops: Op[] = [];
+  const svc = desired.service;
+  if (!actual) {
+    ops.push({ type: "add-service", service: svc });
+    for (const d of desired.dests.values()) ops.push({ type: "add-dest", service: svc, dest: d });
+    return ops;
+  }
+  if (!serviceConfigEqual(svc, actual.service)) ops.push({ type: "edit-service", service: svc });
+  // Deletes first: a destination's slot is freed before others are added.
+  for (const [key, d] of actual.dests) {
+    if (!desired.dests.has(key)) ops.push({ type: "delete-dest", service: svc, dest: { address: d.address, port: d.port } });
+  }
+  for (const [key, d] of desired.dests) {
+    const a = actual.dests.get(key);
+    if (!a) ops.push({ type: "add-dest", service: svc, dest: d });
+    else if (!destConfigEqual(d, a)) ops.push({ type: "edit-dest", service: svc, dest: d });
+  }
+  return ops;
+}
+
+/**
+ * Operations for the given keys (all keys of both tables when omitted). Services that are not
+ * desired are deleted only when `owned(key)` says this daemon may remove them.
+ */
+export function diffTables(desired: Table, actual: Table, owned: (key: string) => boolean, keys?: Iterable<string>): Op[] {
+  const all = keys ?? new Set([...desired.keys(), ...actual.keys()]);
+  const ops: Op[] = [];
+  for (const key of all) ops.push(...diffService(desired.get(key), actual.get(key), owned(key)));
+  return ops;
+}
+
+/** Applies operations to a plain table (the cache of the kernel state, and the property tests). */
+export function applyOps(table: Table, ops: Iterable<Op>): void {
+  for (const op of ops) applyOp(table, op);
+}
+
+export function applyOp(table: Table, op: Op): void {
+  const key = serviceKeyString(op.service);
+  switch (op.type) {
+    case "add-service":
+      table.set(key, { service: { ...op.service }, dests: new Map() });
+      return;
+    case "edit-service": {
+      const e = table.get(key);
+      if (e) e.service = { ...op.service };
+      return;
+    }
+    case "delete-service":
+      table.delete(key);
+      return;
+    case "add-dest":
+    case "edit-dest":
+      table.get(key)?.dests.set(destKeyString(op.dest), { ...op.dest });
+      return;
+    case "delete-dest":
+      table.get(key)?.dests.delete(destKeyString(op.dest));
+      return;
+  }
+}
+
+/** One line per operation, in the words of the original's logs. */
+export function describeOp(op: Op): string {
+  const svc = serviceKeyString(op.service);
+  switch (op.type) {
+    case "add-service":
+      return `New service ${svc} ${op.service.scheduler}`;
+    case "edit-service":
+      return `Set service ${svc} ${op.service.scheduler}${op.service.timeout ? ` persistent ${op.service.timeout}` : ""}`;
+    case "delete-service":
+      return `Delete service ${svc}`;
+    case "add-dest":
+      return `New service ${svc} dest ${destKeyString(op.dest)} ${op.dest.method} weight ${op.dest.weight}`;
+    case "edit-dest":
+      return `Set service ${svc} dest ${destKeyString(op.dest)} ${op.dest.method} weight ${op.dest.weight}`;
+    case "delete-dest":
+      return `Delete service ${svc} dest ${destKeyString(op.dest)}`;
+  }
+}

@@ -1,0 +1,55 @@
+// The table in the layout of `ipvsadm -Ln`, sorted (services by protocol, address, port;
+// destinations by address, port) so that it can be compared line by line with ipvsadm output.
+
+import ipaddr from "ipaddr.js";
+import { IPPROTO, SVC_F_PERSISTENT, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
+
+const METHOD_WORD: Record<Dest["method"], string> = {
+  masq: "Masq",
+  localnode: "Local",
+  tunnel: "Tunnel",
+  droute: "Route",
+  bypass: "Bypass",
+};
+
+export interface PrintableService extends Service {
+  dests: Iterable<Dest | ObservedDest>;
+}
+
+function addrSortKey(address: string): string {
+  const bytes = ipaddr.parse(address).toByteArray();
+  return (bytes.length === 4 ? "4" : "6") + bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const hostPort = (address: string, port: number) => (address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`);
+
+export function formatTable(services: Iterable<PrintableService>, info: IpvsInfo): string {
+  const lines = [
+    `IP Virtual Server version ${info.version} (size=${info.connTableSize})`,
+    "Prot LocalAddress:Port Scheduler Flags",
+    "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
+  ];
+  const sorted = [...services].sort(
+    (a, b) =>
+      IPPROTO[a.protocol] - IPPROTO[b.protocol] ||
+      cmp(addrSortKey(a.address), addrSortKey(b.address)) ||
+      a.port - b.port,
+  );
+  for (const s of sorted) {
+    let line = `${s.protocol.toUpperCase()}  ${hostPort(s.address, s.port)} ${s.scheduler}`;
+    if (s.flags & SVC_F_PERSISTENT) line += ` persistent ${s.timeout}`;
+    lines.push(line);
+    const dests = [...s.dests].sort((a, b) => cmp(addrSortKey(a.address), addrSortKey(b.address)) || a.port - b.port);
+    for (const d of dests) {
+      const o = d as ObservedDest;
+      lines.push(
+        `  -> ${hostPort(d.address, d.port).padEnd(28)} ${METHOD_WORD[d.method].padEnd(7)} ${String(d.weight).padEnd(6)} ${String(o.activeConnections ?? 0).padEnd(10)} ${o.inactiveConnections ?? 0}`,
+      );
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

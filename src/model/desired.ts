@@ -1,0 +1,235 @@
+// The desired IPVS table (CONTRACT §2, §4): services per (frontend, family, protocol),
+// destinations from backends through the route table, summed weights for backends that end on
+// the same destination. compileService is a pure function of one config service; DesiredTable
+// keeps the compiled result per config service so that one changed key recomputes one service.
+
+import type { MergedService } from "../config/store.ts";
+import { MAX_WEIGHT, type Route } from "../config/values.ts";
+import {
+  SVC_F_PERSISTENT,
+  destKeyString,
+  serviceKeyString,
+  type Dest,
+  type Family,
+  type FwdMethod,
+  type Protocol,
+  type Service,
+} from "../ipvs/types.ts";
+import { RouteIndex, routeCovers } from "./routes.ts";
+
+export interface TableEntry {
+  service: Service;
+  /** Keyed by destKeyString. */
+  dests: Map<string, Dest>;
+}
+
+export interface DesiredEntry extends TableEntry {
+  /** The config service that describes it. */
+  owner: string;
+}
+
+export type Table = Map<string, TableEntry>;
+
+export interface DesiredOptions {
+  defaultMethod: "masq" | "droute" | "tunnel";
+  scheduler: string;
+  elide: boolean;
+}
+
+export const DEFAULT_DESIRED_OPTIONS: DesiredOptions = { defaultMethod: "masq", scheduler: "wlc", elide: false };
+
+export type Warn = (message: string, fields: Record<string, string | number>) => void;
+
+const FAMILIES: [Family, "ipv4" | "ipv6"][] = [
+  ["inet", "ipv4"],
+  ["inet6", "ipv6"],
+];
+const PROTOCOLS: Protocol[] = ["tcp", "udp"];
+
+const byName = <T>(m: Map<string, T>): [string, T][] => [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+
+/** Compiles one config service into its IPVS services. Pure, apart from the warn callback. */
+export function compileService(
+  name: string,
+  svc: MergedService,
+  routes: RouteIndex,
+  opts: DesiredOptions,
+  warn: Warn = () => {},
+): DesiredEntry[] {
+  const fe = svc.frontend;
+  if (!fe) return [];
+  const out: DesiredEntry[] = [];
+  const backends = byName(svc.backends);
+  for (const [family, addrKey] of FAMILIES) {
+    const vip = fe[addrKey];
+    if (!vip) continue;
+    for (const protocol of PROTOCOLS) {
+      const port = fe[protocol];
+      if (!port) continue;
+      const service: Service = {
+        family,
+        protocol,
+        address: vip,
+        port,
+        scheduler: fe.scheduler ?? opts.scheduler,
+        flags: fe.persistent > 0 ? SVC_F_PERSISTENT : 0,
+        timeout: fe.persistent,
+        netmask: family === "inet" ? 32 : 128,
+      };
+      const dests = new Map<string, Dest>();
+      const methodFrom = new Map<string, string>();
+      for (const [backendName, b] of backends) {
+        const address = b[addrKey];
+        const bport = b[protocol];
+        if (!address || !bport) continue;
+        const match = routes.lookup(family, address);
+        const routeMethod = match?.route.method;
+        if (routeMethod === "filter") continue;
+        const method: FwdMethod = routeMethod ?? opts.defaultMethod;
+        const gateway = family === "inet" ? match?.route.gateway4 : match?.route.gateway6;
+        const dest: Dest = gateway
+          ? { address: gateway, port, method, weight: b.weight, upperThreshold: 0, lowerThreshold: 0 }
+          : { address, port: bport, method, weight: b.weight, upperThreshold: 0, lowerThreshold: 0 };
+        if (!gateway && (method === "droute" || method === "tunnel") && bport !== port) {
+          warn(`${method} cannot change the port: traffic arrives on the frontend port`, {
+            service: name,
+            backend: backendName,
+            port: bport,
+            frontendPort: port,
+          });
+        }
+        const key = destKeyString(dest);
+        const merged = dests.get(key);
+        if (!merged) {
+          dests.set(key, dest);
+          methodFrom.set(key, backendName);
+          continue;
+        }
+        const sum = merged.weight + dest.weight;
+        if (sum > MAX_WEIGHT) {
+          warn("summed weight exceeds the IPVS maximum; clamped", { service: name, dest: key, weight: sum });
+        }
+        merged.weight = Math.min(sum, MAX_WEIGHT);
+        if (merged.method !== dest.method) {
+          warn("backends merged onto one destination have different methods; the first by name wins", {
+            service: name,
+            dest: key,
+            kept: `${methodFrom.get(key)}:${merged.method}`,
+            ignored: `${backendName}:${dest.method}`,
+          });
+        }
+      }
+      if (opts.elide && dests.size === 0) continue;
+      out.push({ service, dests, owner: name });
+    }
+  }
+  return out;
+}
+
+/** Compiles a whole config at once (for tests and the benchmark's full compute). */
+export function compileAll(
+  services: Map<string, MergedService>,
+  routes: Map<string, Route>,
+  opts: DesiredOptions,
+  warn?: Warn,
+): Table {
+  const t = new DesiredTable(opts, warn);
+  t.rebuild(services, routes);
+  return t.table;
+}
+
+/**
+ * The desired table, kept up to date incrementally. Two config services that describe the same
+ * IPVS service (same family, protocol, VIP and port) conflict: the one whose name sorts first
+ * wins, and the conflict is logged.
+ */
+export class DesiredTable {
+  /** IPVS service key → entry (the winner among config services). */
+  readonly table = new Map<string, DesiredEntry>();
+  private readonly compiled = new Map<string, DesiredEntry[]>();
+  private readonly claims = new Map<string, Set<string>>();
+  private routes = new RouteIndex([]);
+
+  constructor(
+    private readonly opts: DesiredOptions,
+    private readonly warn: Warn = () => {},
+  ) {}
+
+  /** Recomputes everything; returns the IPVS keys whose desired state may have changed. */
+  rebuild(services: Map<string, MergedService>, routes: Map<string, Route>): Set<string> {
+    this.routes = new RouteIndex(routes);
+    const changed = new Set<string>(this.table.keys());
+    for (const name of [...this.compiled.keys()]) if (!services.has(name)) this.recompute(name, undefined, changed);
+    for (const [name, svc] of services) this.recompute(name, svc, changed);
+    return changed;
+  }
+
+  /** Recomputes the named config services; returns the changed IPVS keys. */
+  updateServices(names: Iterable<string>, services: Map<string, MergedService>): Set<string> {
+    const changed = new Set<string>();
+    for (const name of names) this.recompute(name, services.get(name), changed);
+    return changed;
+  }
+
+  /**
+   * Applies route changes: every backend that the old or the new version of a changed route
+   * covers is re-evaluated, at once.
+   */
+  updateRoutes(
+    changes: { before?: Route; after?: Route }[],
+    services: Map<string, MergedService>,
+    routes: Map<string, Route>,
+  ): Set<string> {
+    this.routes = new RouteIndex(routes);
+    const touched = changes.flatMap((c) => [c.before, c.after]).filter((r): r is Route => !!r);
+    const affected: string[] = [];
+    for (const [name, svc] of services) {
+      if (!svc.frontend) continue;
+      let hit = false;
+      for (const b of svc.backends.values()) {
+        for (const r of touched) {
+          if ((b.ipv4 && routeCovers(r, "inet", b.ipv4)) || (b.ipv6 && routeCovers(r, "inet6", b.ipv6))) {
+            hit = true;
+            break;
+          }
+        }
+        if (hit) break;
+      }
+      if (hit) affected.push(name);
+    }
+    return this.updateServices(affected, services);
+  }
+
+  private recompute(name: string, svc: MergedService | undefined, changed: Set<string>): void {
+    const before = this.compiled.get(name) ?? [];
+    const after = svc ? compileService(name, svc, this.routes, this.opts, this.warn) : [];
+    if (after.length) this.compiled.set(name, after);
+    else this.compiled.delete(name);
+    const keys = new Set<string>();
+    for (const e of before) keys.add(serviceKeyString(e.service));
+    for (const e of after) keys.add(serviceKeyString(e.service));
+    const afterByKey = new Map(after.map((e) => [serviceKeyString(e.service), e]));
+    for (const key of keys) {
+      const claim = this.claims.get(key) ?? new Set<string>();
+      if (afterByKey.has(key)) claim.add(name);
+      else claim.delete(name);
+      if (claim.size === 0) {
+        this.claims.delete(key);
+        this.table.delete(key);
+      } else {
+        this.claims.set(key, claim);
+        const winner = [...claim].sort()[0]!;
+        const entry = winner === name ? afterByKey.get(key)! : this.compiled.get(winner)!.find((e) => serviceKeyString(e.service) === key)!;
+        if (claim.size > 1 && afterByKey.has(key)) {
+          this.warn("two config services describe the same IPVS service; the first by name wins", {
+            service: key,
+            winner,
+            others: [...claim].filter((n) => n !== winner).join(","),
+          });
+        }
+        this.table.set(key, entry);
+      }
+      changed.add(key);
+    }
+  }
+}
