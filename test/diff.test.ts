@@ -1,0 +1,156 @@
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { applyOps, diffService, diffTables, type Table } from "../src/ipvs/diff.ts";
+import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
+import { Reconciler, normalise } from "../src/daemon/reconciler.ts";
+import { destKeyString, serviceKeyString, type Dest, type Service } from "../src/ipvs/types.ts";
+import type { TableEntry } from "../src/model/desired.ts";
+
+const arbService: fc.Arbitrary<Service> = fc.record({
+  family: fc.constant("inet" as const),
+  protocol: fc.constantFrom("tcp" as const, "udp" as const),
+  address: fc.constantFrom("192.0.2.1", "192.0.2.2", "192.0.2.3"),
+  port: fc.constantFrom(80, 443),
+  scheduler: fc.constantFrom("wlc", "rr"),
+  flags: fc.constantFrom(0, 1),
+  timeout: fc.constantFrom(0, 300),
+  netmask: fc.constant(32),
+});
+
+const arbDest: fc.Arbitrary<Dest> = fc.record({
+  address: fc.constantFrom("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"),
+  port: fc.constantFrom(80, 8080),
+  method: fc.constantFrom("masq" as const, "droute" as const, "tunnel" as const),
+  weight: fc.integer({ min: 0, max: 100 }),
+  upperThreshold: fc.constant(0),
+  lowerThreshold: fc.constant(0),
+});
+
+const arbTable: fc.Arbitrary<Table> = fc
+  .array(fc.tuple(arbService, fc.array(arbDest, { maxLength: 5 })), { maxLength: 6 })
+  .map((rows) => {
+    const t: Table = new Map();
+    for (const [s, ds] of rows) t.set(serviceKeyString(s), { service: s, dests: new Map(ds.map((d) => [destKeyString(d), d])) });
+    return t;
+  });
+
+const clone = (t: Table): Table => new Map([...t].map(([k, e]) => [k, { service: { ...e.service }, dests: new Map([...e.dests].map(([dk, d]) => [dk, { ...d }])) }]));
+
+describe("diff", () => {
+  test("property: applying the diff to the actual table gives the desired table", () => {
+    fc.assert(
+      fc.property(arbTable, arbTable, (desired, actual) => {
+        const t = clone(actual);
+        applyOps(t, diffTables(desired, actual, () => true));
+        expect(t).toEqual(desired);
+      }),
+      { seed: 1, numRuns: 500 },
+    );
+  });
+
+  test("property: a table diffed against itself gives no operations", () => {
+    fc.assert(
+      fc.property(arbTable, (t) => {
+        expect(diffTables(t, clone(t), () => true)).toEqual([]);
+      }),
+      { seed: 2, numRuns: 300 },
+    );
+  });
+
+  test("property: services that are not owned and not desired are never touched", () => {
+    fc.assert(
+      fc.property(arbTable, arbTable, (desired, actual) => {
+        const ops = diffTables(desired, actual, () => false);
+        for (const op of ops) expect(desired.has(serviceKeyString(op.service))).toBe(true);
+      }),
+      { seed: 3, numRuns: 300 },
+    );
+  });
+
+  test("property: the real in-memory IPVS table ends equal to the desired table through the reconciler", () => {
+    fc.assert(
+      fc.property(arbTable, arbTable, (first, second) => {
+        const ipvs = new MemoryIpvsTable();
+        const r = new Reconciler(ipvs);
+        r.sync(first);
+        r.sync(second);
+        const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
+        expect(listed).toEqual(second);
+        // An unchanged config makes zero writes after a fresh read (soft restart).
+        const r2 = new Reconciler(ipvs);
+        r2.readActual();
+        expect(r2.sync(second).ops).toBe(0);
+      }),
+      { seed: 4, numRuns: 200 },
+    );
+  });
+
+  test("only config fields changing → edits in place, never delete+add", () => {
+    const svc: Service = { family: "inet", protocol: "tcp", address: "192.0.2.1", port: 80, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 };
+    const d: Dest = { address: "198.51.100.1", port: 80, method: "masq", weight: 10, upperThreshold: 0, lowerThreshold: 0 };
+    const actual: TableEntry = { service: svc, dests: new Map([["198.51.100.1:80", d]]) };
+    const desired: TableEntry = {
+      service: { ...svc, scheduler: "rr", flags: 1, timeout: 60 },
+      dests: new Map([["198.51.100.1:80", { ...d, weight: 0, method: "droute" }]]),
+    };
+    expect(diffService(desired, actual, true).map((o) => o.type)).toEqual(["edit-service", "edit-dest"]);
+  });
+
+  test("the kernel's HASHED flag is not a difference", () => {
+    const svc: Service = { family: "inet", protocol: "tcp", address: "192.0.2.1", port: 80, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 };
+    expect(diffService({ service: svc, dests: new Map() }, { service: { ...svc, flags: 2 }, dests: new Map() }, true)).toEqual([]);
+  });
+});
+
+describe("reconciler error mapping against the in-memory table", () => {
+  const svc: Service = { family: "inet", protocol: "tcp", address: "192.0.2.1", port: 80, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 };
+  const d: Dest = { address: "198.51.100.1", port: 80, method: "masq", weight: 10, upperThreshold: 0, lowerThreshold: 0 };
+  const desired: Table = new Map([[serviceKeyString(svc), { service: svc, dests: new Map([[destKeyString(d), d]]) }]]);
+
+  test("EEXIST on add becomes an edit; a stale cache still converges", () => {
+    const ipvs = new MemoryIpvsTable();
+    ipvs.addService({ ...svc, scheduler: "rr" });
+    ipvs.addDest(svc, { ...d, weight: 1 });
+    const r = new Reconciler(ipvs); // never read the kernel: believes it is empty
+    const res = r.sync(desired);
+    expect(res.errors).toBe(0);
+    expect(ipvs.list()[0]!.scheduler).toBe("wlc");
+    expect(ipvs.list()[0]!.dests[0]!.weight).toBe(10);
+  });
+
+  test("deleting what is already gone is not an error", () => {
+    const ipvs = new MemoryIpvsTable();
+    const r = new Reconciler(ipvs);
+    r.sync(desired);
+    ipvs.flush(); // removed behind the reconciler's back
+    expect(r.sync(new Map()).errors).toBe(0);
+  });
+
+  test("foreign services are left alone; owned ones survive a restart through the state dir", async () => {
+    const { mkdtempSync } = await import("node:fs");
+    const dir = mkdtempSync("/tmp/clusterf-state-");
+    const ipvs = new MemoryIpvsTable();
+    const foreign: Service = { ...svc, address: "192.0.2.99" };
+    ipvs.addService(foreign);
+    const r = new Reconciler(ipvs, { stateDir: dir });
+    r.readActual();
+    r.sync(desired);
+    expect(ipvs.list()).toHaveLength(2);
+    // A new daemon with an empty config removes what the old one created, not the foreign one.
+    const r2 = new Reconciler(ipvs, { stateDir: dir });
+    r2.readActual();
+    r2.sync(new Map());
+    expect(ipvs.list().map((s) => s.address)).toEqual(["192.0.2.99"]);
+  });
+
+  test("drift is corrected by a resync and counted", () => {
+    const ipvs = new MemoryIpvsTable();
+    const r = new Reconciler(ipvs);
+    r.sync(desired);
+    ipvs.editDest(svc, { ...d, weight: 99 });
+    const res = r.resync(desired);
+    expect(res.ops).toBe(1);
+    expect(r.counters.driftCorrections).toBe(1);
+    expect(ipvs.list()[0]!.dests[0]!.weight).toBe(10);
+  });
+});

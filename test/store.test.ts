@@ -1,0 +1,144 @@
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { ConfigStore, parseKeyPath, type ConfigProblem } from "../src/config/store.ts";
+import type { SourceName } from "../src/config/source.ts";
+import { del, entries, put } from "./support/config.ts";
+
+function store(opts: { filterEtcdRoutes?: boolean } = {}) {
+  const errors: ConfigProblem[] = [];
+  const warnings: ConfigProblem[] = [];
+  const s = new ConfigStore({ ...opts, onError: (p) => errors.push(p), onWarning: (p) => warnings.push(p) });
+  return { s, errors, warnings };
+}
+
+describe("key paths", () => {
+  test.each([
+    ["services/web/frontend", { kind: "frontend", service: "web" }],
+    ["services/web/backends/b1", { kind: "backend", service: "web", backend: "b1" }],
+    ["routes/r1", { kind: "route", route: "r1" }],
+    ["services/web", undefined],
+    ["services/web/backends", undefined],
+    ["services/web/backends/b1/extra", undefined],
+    ["services/web/other", undefined],
+    ["routes", undefined],
+    ["routes/a/b", undefined],
+    ["junk/x", undefined],
+    ["services//frontend", undefined],
+    ["", undefined],
+  ])("%s", (key, want) => {
+    expect(parseKeyPath(key)).toEqual(want as never);
+  });
+});
+
+describe("merging sources", () => {
+  test("local wins over etcd for the same key; services merge by name", () => {
+    const { s } = store();
+    s.snapshot("etcd", entries({
+      "services/web/frontend": { ipv4: "192.0.2.1", tcp: 80 },
+      "services/web/backends/a": { ipv4: "198.51.100.1", tcp: 8080 },
+      "services/web/backends/b": { ipv4: "198.51.100.2", tcp: 8080, weight: 5 },
+    }));
+    s.snapshot("local", entries({
+      "services/web/frontend": { ipv4: "192.0.2.2", tcp: 81 },
+      "services/web/backends/b": { ipv4: "198.51.100.3", tcp: 8080 },
+    }));
+    const web = s.services.get("web")!;
+    expect(web.frontend).toEqual({ ipv4: "192.0.2.2", tcp: 81, persistent: 0 });
+    expect([...web.backends.keys()].sort()).toEqual(["a", "b"]);
+    expect(web.backends.get("b")!.ipv4).toBe("198.51.100.3");
+    // Removing the local value falls back to etcd's.
+    s.apply("local", del("services/web/backends/b"));
+    expect(web.backends.get("b")!.ipv4).toBe("198.51.100.2");
+  });
+
+  test("-filter-etcd-routes ignores every etcd route, keeps local ones", () => {
+    const { s } = store({ filterEtcdRoutes: true });
+    s.snapshot("etcd", entries({ "routes/e": { Prefix4: "10.0.0.0/8", IpvsMethod: "droute" }, "routes/both": { IpvsMethod: "tunnel" } }));
+    s.snapshot("local", entries({ "routes/l": { Prefix4: "10.1.0.0/16", IpvsMethod: "masq" } }));
+    expect([...s.routes.keys()]).toEqual(["l"]);
+    expect(s.apply("etcd", put("routes/x", { IpvsMethod: "filter" }))).toBeUndefined();
+    expect(s.routes.has("x")).toBe(false);
+  });
+
+  test("a bad value keeps the last good one and is reported with source and key", () => {
+    const { s, errors } = store();
+    s.apply("etcd", put("services/web/frontend", { ipv4: "192.0.2.1", tcp: 80 }));
+    expect(s.apply("etcd", put("services/web/frontend", '{"ipv4": "192.0.2.999", "tcp": 80}'))).toBeUndefined();
+    expect(s.services.get("web")!.frontend!.ipv4).toBe("192.0.2.1");
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ source: "etcd", key: "services/web/frontend" });
+    expect(errors[0]!.message).toContain('invalid IPv4 address "192.0.2.999"; the last good value stays in force');
+  });
+
+  test("a bad value for a new key adds nothing; other keys still apply", () => {
+    const { s, errors } = store();
+    const changes = s.snapshot("local", entries({
+      "services/a/frontend": "{oops",
+      "services/b/frontend": { ipv4: "192.0.2.2", tcp: 80 },
+      "services/b/backends/x": { ipv4: "198.51.100.1", tcp: 80, weight: -1 },
+      "services/b/backends/y": { ipv4: "198.51.100.2", tcp: 80 },
+    }));
+    expect(errors.map((e) => e.key).sort()).toEqual(["services/a/frontend", "services/b/backends/x"]);
+    expect(s.services.has("a")).toBe(false);
+    expect([...s.services.get("b")!.backends.keys()]).toEqual(["y"]);
+    expect(changes).toEqual([{ kind: "service", service: "b" }, { kind: "service", service: "b" }]);
+  });
+
+  test("unknown paths are warnings and change nothing", () => {
+    const { s, warnings, errors } = store();
+    expect(s.apply("etcd", put("services/web/weird", {}))).toBeUndefined();
+    expect(s.apply("etcd", put("a/b/c/d/e/f", {}))).toBeUndefined();
+    expect(warnings).toHaveLength(2);
+    expect(errors).toHaveLength(0);
+    expect(s.services.size).toBe(0);
+  });
+
+  test("a snapshot replaces what the source had", () => {
+    const { s } = store();
+    s.snapshot("etcd", entries({ "services/a/frontend": { ipv4: "192.0.2.1", tcp: 80 }, "routes/r": {} }));
+    s.snapshot("etcd", entries({ "services/b/frontend": { ipv4: "192.0.2.2", tcp: 80 } }));
+    expect([...s.services.keys()]).toEqual(["b"]);
+    expect(s.routes.size).toBe(0);
+  });
+
+  test("unchanged values report no change", () => {
+    const { s } = store();
+    expect(s.apply("etcd", put("services/a/backends/x", { ipv4: "192.0.2.1", tcp: 80 }))).toEqual({ kind: "service", service: "a" });
+    expect(s.apply("etcd", put("services/a/backends/x", '{"IPV4":"192.0.2.1","tcp":80,"weight":10}'))).toBeUndefined();
+  });
+
+  test("property: the merged view depends on the sources' contents, not on the order of events", () => {
+    const keys = ["services/s/frontend", "services/s/backends/a", "services/s/backends/b", "routes/r"];
+    const valueFor = (key: string, n: number) =>
+      key.endsWith("frontend")
+        ? { ipv4: `192.0.2.${n}`, tcp: 80 }
+        : key.startsWith("routes")
+          ? { Prefix4: `10.${n}.0.0/16`, IpvsMethod: "masq" }
+          : { ipv4: `198.51.100.${n}`, tcp: 80, weight: n };
+    const event = fc.record({
+      source: fc.constantFrom<SourceName>("local", "etcd"),
+      key: fc.constantFrom(...keys),
+      n: fc.option(fc.integer({ min: 1, max: 9 }), { nil: undefined }),
+    });
+    fc.assert(
+      fc.property(fc.array(event, { maxLength: 30 }), fc.boolean(), (events, filter) => {
+        const { s: a } = store({ filterEtcdRoutes: filter });
+        for (const e of events) a.apply(e.source, e.n === undefined ? del(e.key) : put(e.key, valueFor(e.key, e.n)));
+        // The final contents of each source, applied in the other order (etcd first, then local).
+        const final: Record<SourceName, Map<string, number>> = { local: new Map(), etcd: new Map() };
+        for (const e of events) e.n === undefined ? final[e.source].delete(e.key) : final[e.source].set(e.key, e.n);
+        const { s: b } = store({ filterEtcdRoutes: filter });
+        for (const src of ["etcd", "local"] as SourceName[]) {
+          for (const [k, n] of final[src]) b.apply(src, put(k, valueFor(k, n)));
+        }
+        expect(b.services).toEqual(a.services);
+        expect(b.routes).toEqual(a.routes);
+        // Precedence: where local has a key, the merged value is local's.
+        for (const [k, n] of final.local) {
+          if (k === "services/s/frontend") expect(a.services.get("s")!.frontend!.ipv4).toBe(`192.0.2.${n}`);
+        }
+      }),
+      { seed: 42, numRuns: 300 },
+    );
+  });
+});

@@ -1,0 +1,126 @@
+import { describe, expect, test } from "bun:test";
+import { parseBackend, parseFrontend, parseRoute, MAX_VALUE_BYTES } from "../src/config/values.ts";
+
+describe("frontend values", () => {
+  test.each([
+    ['{"ipv4": "10.107.107.107", "tcp": 1337}', { ipv4: "10.107.107.107", tcp: 1337, persistent: 0 }],
+    ['{"IPv4": "192.0.2.1", "TCP": 80, "UDP": 53}', { ipv4: "192.0.2.1", tcp: 80, udp: 53, persistent: 0 }],
+    ['{"ipv6": "2001:DB8:0::0001", "tcp": 443}', { ipv6: "2001:db8::1", tcp: 443, persistent: 0 }],
+    ['{"ipv4": "192.0.2.1", "tcp": 80, "scheduler": "rr", "persistent": 300}', { ipv4: "192.0.2.1", tcp: 80, scheduler: "rr", persistent: 300 }],
+    ['{"ipv4": "192.0.2.1", "tcp": null, "udp": 53}', { ipv4: "192.0.2.1", udp: 53, persistent: 0 }],
+    ['{"ipv4":"192.0.2.1","IPV4":"192.0.2.2","tcp":1}', { ipv4: "192.0.2.2", tcp: 1, persistent: 0 }],
+    ['{"ipv4": "", "ipv6": "2001:db8::1", "tcp": 80}', { ipv6: "2001:db8::1", tcp: 80, persistent: 0 }],
+  ])("%s", (text, want) => {
+    expect(parseFrontend(text).value).toEqual(want as never);
+  });
+
+  test("YAML", () => {
+    expect(parseFrontend("ipv4: 192.0.2.1\ntcp: 80\n", "yaml").value).toEqual({ ipv4: "192.0.2.1", tcp: 80, persistent: 0 });
+  });
+
+  test("unknown keys are warnings, not errors", () => {
+    const p = parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "colour": "blue"}');
+    expect(p.value.tcp).toBe(80);
+    expect(p.warnings).toEqual(['unknown key "colour" ignored']);
+  });
+});
+
+describe("bad values give a clear error", () => {
+  const cases: [string, () => unknown, RegExp][] = [
+    ["invalid JSON", () => parseFrontend('{"ipv4": "192.0.2.1",'), /invalid JSON/],
+    ["binary garbage", () => parseBackend("\u0000\u00ff\u0013garbage\u0007"), /invalid JSON/],
+    ["empty file", () => parseBackend(""), /empty value/],
+    ["whitespace only", () => parseBackend(" \n"), /empty value/],
+    ["array", () => parseBackend("[1,2]"), /expected an object, got an array/],
+    ["string", () => parseBackend('"x"'), /expected an object, got the string/],
+    ["null", () => parseBackend("null"), /expected an object, got null/],
+    ["bad IPv4", () => parseFrontend('{"ipv4": "10.0.0.256", "tcp": 80}'), /ipv4: invalid IPv4 address "10.0.0.256"/],
+    ["short IPv4", () => parseFrontend('{"ipv4": "10.1", "tcp": 80}'), /ipv4: invalid IPv4 address/],
+    ["IPv6 in ipv4", () => parseFrontend('{"ipv4": "2001:db8::1", "tcp": 80}'), /ipv4: invalid IPv4 address/],
+    ["bad IPv6", () => parseBackend('{"ipv6": "2001:db8:::1", "tcp": 80}'), /ipv6: invalid IPv6 address/],
+    ["IPv4 in ipv6", () => parseBackend('{"ipv6": "192.0.2.1", "tcp": 80}'), /ipv6: invalid IPv6 address/],
+    ["address not a string", () => parseBackend('{"ipv4": 167772161}'), /ipv4: expected a string, got number/],
+    ["port 0", () => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 0}'), /tcp: port must be an integer 1…65535, got number 0/],
+    ["port 70000", () => parseFrontend('{"ipv4": "192.0.2.1", "udp": 70000}'), /udp: port must be an integer 1…65535/],
+    ["port as string", () => parseBackend('{"ipv4": "192.0.2.1", "tcp": "80"}'), /tcp: port must be an integer 1…65535, got the string "80"/],
+    ["port fraction", () => parseBackend('{"ipv4": "192.0.2.1", "tcp": 80.5}'), /tcp: port/],
+    ["weight -1", () => parseBackend('{"ipv4": "192.0.2.1", "tcp": 80, "weight": -1}'), /weight: weight must be an integer 0…2147483647/],
+    ["weight 2^31", () => parseBackend('{"ipv4": "192.0.2.1", "tcp": 80, "weight": 2147483648}'), /weight: weight must be an integer/],
+    ["weight 1.5", () => parseBackend('{"ipv4": "192.0.2.1", "tcp": 80, "weight": 1.5}'), /weight: weight must be an integer/],
+    ["weight bool", () => parseBackend('{"ipv4": "192.0.2.1", "tcp": 80, "weight": true}'), /weight: weight must be an integer/],
+    ["CIDR /33", () => parseRoute('{"Prefix4": "10.0.0.0/33"}'), /Prefix4: invalid CIDR "10.0.0.0\/33": prefix length must be 0…32/],
+    ["CIDR /129", () => parseRoute('{"Prefix6": "2001:db8::/129"}'), /Prefix6: invalid CIDR/],
+    ["CIDR without length", () => parseRoute('{"Prefix": "10.0.0.0"}'), /Prefix: invalid CIDR "10.0.0.0": expected ADDRESS\/LENGTH/],
+    ["IPv6 CIDR in Prefix4", () => parseRoute('{"Prefix4": "2001:db8::/32"}'), /Prefix4: expected an IPv4 CIDR/],
+    ["unknown method", () => parseRoute('{"IpvsMethod": "nat"}'), /IpvsMethod: unknown method "nat": expected masq, droute, tunnel or filter/],
+    ["bad gateway", () => parseRoute('{"Gateway4": "10.0.0.300"}'), /Gateway4: invalid IPv4 address/],
+    ["Prefix vs Prefix4 disagree", () => parseRoute('{"Prefix4": "10.0.0.0/8", "Prefix": "10.1.0.0/16"}'), /Prefix: conflicts/],
+    ["bad scheduler", () => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "scheduler": "Round Robin"}'), /scheduler: invalid scheduler name/],
+    ["negative persistence", () => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "persistent": -5}'), /persistent/],
+    ["invalid YAML", () => parseFrontend("ipv4: [unclosed\n", "yaml"), /invalid YAML/],
+    ["YAML port as string", () => parseFrontend('ipv4: 192.0.2.1\ntcp: "80"\n', "yaml"), /tcp: port/],
+  ];
+  test.each(cases)("%s", (_name, fn, re) => {
+    expect(fn).toThrow(re);
+  });
+
+  test("a 10 MB value is refused before parsing", () => {
+    const big = '{"ipv4": "192.0.2.1", "x": "' + "a".repeat(10 * 1024 * 1024) + '"}';
+    expect(() => parseBackend(big)).toThrow(new RegExp(`larger than the limit of ${MAX_VALUE_BYTES}`));
+  });
+
+  test("deep unknown trees are only warnings", () => {
+    let deep = "1";
+    for (let i = 0; i < 500; i++) deep = `{"a${i}": ${deep}}`;
+    const p = parseBackend(`{"ipv4": "192.0.2.1", "tcp": 80, "junk": ${deep}}`);
+    expect(p.value).toEqual({ ipv4: "192.0.2.1", tcp: 80, weight: 10 });
+    expect(p.warnings).toEqual(['unknown key "junk" ignored']);
+  });
+});
+
+describe("backend values", () => {
+  test.each([
+    ['{"ipv4": "10.3.107.1", "tcp": 1337, "weight": 10}', { ipv4: "10.3.107.1", tcp: 1337, weight: 10 }],
+    ['{"ipv4": "10.3.107.1", "tcp": 1337}', { ipv4: "10.3.107.1", tcp: 1337, weight: 10 }],
+    ['{"ipv4": "10.3.107.1", "tcp": 1337, "weight": 0}', { ipv4: "10.3.107.1", tcp: 1337, weight: 0 }],
+    ['{"ipv4": "10.3.107.1", "tcp": 1337, "weight": null}', { ipv4: "10.3.107.1", tcp: 1337, weight: 10 }],
+    ['{"ipv4": "10.3.107.1", "tcp": 1, "weight": 2147483647}', { ipv4: "10.3.107.1", tcp: 1, weight: 2147483647 }],
+    ['{"ipv6": "2001:db8::2", "udp": 53, "Weight": 3}', { ipv6: "2001:db8::2", udp: 53, weight: 3 }],
+  ])("%s", (text, want) => {
+    expect(parseBackend(text).value).toEqual(want as never);
+  });
+});
+
+describe("route values", () => {
+  test("both spellings", () => {
+    const a = parseRoute('{"Prefix4": "10.3.107.0/24", "Gateway4": "10.0.0.1", "IpvsMethod": "droute"}').value;
+    const b = parseRoute('{"Prefix": "10.3.107.0/24", "Gateway": "10.0.0.1", "IPVSMethod": "droute"}').value;
+    expect(a).toEqual(b);
+    expect(a.prefix4).toEqual({ address: "10.3.107.0", length: 24, bits: 0x0a036b00n });
+    expect(a.gateway4).toBe("10.0.0.1");
+    expect(a.method).toBe("droute");
+  });
+  test("family taken from the value of Prefix and Gateway", () => {
+    const r = parseRoute('{"Prefix": "2001:db8:1::/48", "Gateway": "2001:db8::9", "ipvsmethod": "tunnel"}').value;
+    expect(r.prefix4).toBeUndefined();
+    expect(r.prefix6?.address).toBe("2001:db8:1::");
+    expect(r.prefix6?.length).toBe(48);
+    expect(r.gateway6).toBe("2001:db8::9");
+    expect(r.method).toBe("tunnel");
+  });
+  test("host bits are cleared", () => {
+    expect(parseRoute('{"Prefix4": "10.1.2.3/16"}').value.prefix4?.address).toBe("10.1.0.0");
+  });
+  test("empty and absent method keep the default; filter is a method", () => {
+    expect(parseRoute("{}").value).toEqual({});
+    expect(parseRoute('{"IpvsMethod": ""}').value.method).toBeUndefined();
+    expect(parseRoute('{"IpvsMethod": "filter"}').value.method).toBe("filter");
+    expect(parseRoute('{"IpvsMethod": "MASQ"}').value.method).toBe("masq");
+  });
+  test("dual-family route", () => {
+    const r = parseRoute('{"Prefix4": "10.0.0.0/8", "Gateway4": "192.0.2.1", "Prefix6": "2001:db8::/32", "Gateway6": "2001:db8::1"}').value;
+    expect(r.prefix4?.length).toBe(8);
+    expect(r.prefix6?.length).toBe(32);
+    expect(r.gateway6).toBe("2001:db8::1");
+  });
+});
