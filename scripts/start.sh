@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x node_modules/.bin/bun ] || npm ci --no-audit --no-fund >/dev/null
 args=(-config-path=config.example -etcd-machines= -print -once -state-dir="${TMPDIR:-/tmp}/clusterf-state")
-if [ "$(id -u)" = 0 ] && [ -d /proc/net ] && grep -qw ip_vs /proc/modules 2>/dev/null; then
+if [ "$(id -u)" = 0 ] && [ -e /proc/net/ip_vs ]; then
   exec bin/clusterf-ipvs "${args[@]}" "$@"
 fi
 echo "start: no IPVS in this kernel (or not root): printing the table it would program (-ipvs-mock)" >&2
