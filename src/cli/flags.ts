@@ -43,8 +43,6 @@ export function parseDuration(text: string): number | undefined {
 }
 
 export function formatDuration(ms: number): string {
-  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;
   return `${ms}ms`;
 }
@@ -63,6 +61,12 @@ export function usage(program: string, summary: string, specs: FlagSpec[]): stri
 /** Parses argv; throws FlagError with a one-line message naming the bad flag. `help` is true for -help. */
 export function parseFlags(argv: string[], specs: FlagSpec[], env: Record<string, string | undefined> = process.env): { values: FlagValues; help: boolean } {
   const byName = new Map(specs.map((s) => [s.name, s]));
+  // yargs-parser coerces "-bool=junk" silently; booleans given a value are checked here.
+  for (const arg of argv) {
+    const m = /^--?([^=]+)=(.*)$/s.exec(arg);
+    const spec = m && byName.get(m[1]!);
+    if (spec?.type === "bool") convert(spec, m![2]);
+  }
   const parsed = parser.detailed(argv, {
     configuration: {
       "short-option-groups": false,

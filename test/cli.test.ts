@@ -1,0 +1,139 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Daemon, ROOT, runCli, tableLines } from "./support/proc.ts";
+import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
+import { parseDuration, parseFlags } from "../src/cli/flags.ts";
+
+describe("flags", () => {
+  test("Go-style spellings", () => {
+    const { values } = parseFlags(
+      ["-config-path=/x", "-etcd-prefix", "/p", "--ipvs-sched-name=rr", "-print", "-ipvs-elide=false", "-ipvs-resync", "1m30s", "-etcd-machines="],
+      IPVS_FLAGS,
+      {},
+    );
+    expect(values).toMatchObject({
+      "config-path": "/x",
+      "etcd-prefix": "/p",
+      "ipvs-sched-name": "rr",
+      print: true,
+      "ipvs-elide": false,
+      "ipvs-resync": 90_000,
+      "etcd-machines": "",
+    });
+  });
+  test("ETCD_PASSWORD supplies the password", () => {
+    expect(parseFlags([], IPVS_FLAGS, { ETCD_PASSWORD: "s3cret" }).values["etcd-password"]).toBe("s3cret");
+  });
+  test.each([
+    [["-nope"], /flag provided but not defined: -nope/],
+    [["-ipvs-fwd-method=nat"], /invalid value "nat" for flag -ipvs-fwd-method: expected masq, droute or tunnel/],
+    [["-ipvs-resync=soon"], /invalid value "soon" for flag -ipvs-resync/],
+    [["-print=maybe"], /invalid value "maybe" for flag -print/],
+    [["stray"], /unexpected argument "stray"/],
+  ])("%p is refused", (argv, re) => {
+    expect(() => parseFlags(argv as string[], IPVS_FLAGS, {})).toThrow(re);
+  });
+  test("durations", () => {
+    expect(parseDuration("10s")).toBe(10_000);
+    expect(parseDuration("500ms")).toBe(500);
+    expect(parseDuration("2m")).toBe(120_000);
+    expect(parseDuration("1h2m3s")).toBe(3_723_000);
+    expect(parseDuration("5")).toBe(5_000);
+    expect(parseDuration("5x")).toBeUndefined();
+  });
+});
+
+describe("clusterf-ipvs binary", () => {
+  test("a bad flag: one line on stderr, exit 2", () => {
+    const r = runCli("clusterf-ipvs", ["-no-such-flag=1"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split("\n")).toEqual(["clusterf-ipvs: flag provided but not defined: -no-such-flag"]);
+  });
+
+  test("-help lists every flag with its default", () => {
+    const r = runCli("clusterf-ipvs", ["-help"]);
+    expect(r.code).toBe(0);
+    for (const f of IPVS_FLAGS) expect(r.stdout).toContain(`-${f.name}`);
+    expect(r.stdout).toContain('(default "http://127.0.0.1:2379")');
+    expect(r.stdout).toContain("(default 60s)");
+  });
+
+  test("-once -print on config.example in file-only mode", () => {
+    const r = runCli("clusterf-ipvs", [`-config-path=${join(ROOT, "config.example")}`, "-etcd-machines=", "-ipvs-mock", "-print", "-once"]);
+    expect(r.code).toBe(0);
+    expect(tableLines(r.stdout)).toEqual([
+      "TCP 192.0.2.10:80 wlc",
+      "-> 198.51.100.11:8080 Masq 10 0 0",
+      "-> 198.51.100.12:8080 Masq 20 0 0",
+      "-> 198.51.100.13:8080 Masq 0 0 0",
+      "TCP 192.0.2.53:53 wlc persistent 300",
+      "-> 192.0.2.254:53 Route 15 0 0",
+      "TCP [2001:db8::10]:80 wlc",
+      "-> [2001:db8:100::11]:8080 Masq 10 0 0",
+      "-> [2001:db8:100::12]:8080 Masq 20 0 0",
+      "-> [2001:db8:100::13]:8080 Masq 0 0 0",
+      "TCP [2001:db8::53]:53 wlc persistent 300",
+      "-> [2001:db8::254]:53 Route 15 0 0",
+      "UDP 192.0.2.53:53 wlc persistent 300",
+      "-> 192.0.2.254:53 Route 15 0 0",
+      "UDP [2001:db8::53]:53 wlc persistent 300",
+      "-> [2001:db8::254]:53 Route 15 0 0",
+    ]);
+  });
+
+  test("-once with a bad value elsewhere in the tree still applies the rest", () => {
+    const dir = mkdtempSync("/tmp/clusterf-cli-");
+    mkdirSync(join(dir, "services/a/backends"), { recursive: true });
+    writeFileSync(join(dir, "services/a/frontend"), '{"ipv4": "192.0.2.1", "tcp": 80}');
+    writeFileSync(join(dir, "services/a/backends/good"), '{"ipv4": "198.51.100.1", "tcp": 80}');
+    writeFileSync(join(dir, "services/a/backends/bad"), '{"ipv4": "198.51.100.1", "tcp": 80, "weight": -1}');
+    writeFileSync(join(dir, "services/a/backends/garbage"), Buffer.from([0, 1, 2, 255, 254]));
+    const r = runCli("clusterf-ipvs", [`-config-path=${dir}`, "-etcd-machines=", "-ipvs-mock", "-print", "-once"]);
+    rmSync(dir, { recursive: true });
+    expect(r.code).toBe(0);
+    expect(tableLines(r.stdout)).toEqual(["TCP 192.0.2.1:80 wlc", "-> 198.51.100.1:80 Masq 10 0 0"]);
+    expect(r.stderr).toMatch(/ERROR config: weight: weight must be an integer 0…2147483647, got number -1 .*key=services\/a\/backends\/bad/);
+    expect(r.stderr).toMatch(/ERROR config: invalid JSON.*key=services\/a\/backends\/garbage/);
+  });
+});
+
+describe("clusterf-ipvs daemon on a watched directory", () => {
+  const dir = mkdtempSync("/tmp/clusterf-live-");
+  let d: Daemon | undefined;
+  afterAll(async () => {
+    await d?.stop("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("live edits apply without a restart, and SIGTERM exits cleanly", async () => {
+    mkdirSync(join(dir, "services/web/backends"), { recursive: true });
+    writeFileSync(join(dir, "services/web/frontend.json"), '{"ipv4": "192.0.2.1", "tcp": 80}');
+    d = new Daemon([`-config-path=${dir}`, "-etcd-machines=", "-ipvs-mock"]);
+    await d.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc", 10_000, "initial table");
+
+    writeFileSync(join(dir, "services/web/backends/a.yaml"), "ipv4: 198.51.100.1\ntcp: 8080\n");
+    await d.waitFor((t) => t.includes("-> 198.51.100.1:8080 Masq 10 0 0"), 10_000, "backend added");
+
+    // An editor's atomic save: write a temp file, move it over the key.
+    writeFileSync(join(dir, "services/web/backends/.a.yaml.swp"), "junk");
+    writeFileSync(join(dir, "services/web/backends/a.yaml.tmp~"), "ipv4: 198.51.100.1\ntcp: 8080\nweight: 0\n");
+    renameSync(join(dir, "services/web/backends/a.yaml.tmp~"), join(dir, "services/web/backends/a.yaml"));
+    await d.waitFor((t) => t.includes("-> 198.51.100.1:8080 Masq 0 0 0"), 10_000, "weight 0 after mv");
+
+    mkdirSync(join(dir, "routes"));
+    writeFileSync(join(dir, "routes/gw"), '{"Prefix4": "198.51.100.0/24", "Gateway4": "192.0.2.200", "IpvsMethod": "droute"}');
+    writeFileSync(join(dir, "services/web/backends/b.json"), '{"ipv4": "198.51.100.2", "tcp": 8080, "weight": 7}');
+    await d.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 192.0.2.200:80 Route 7 0 0", 10_000, "gateway route");
+
+    // A bad edit keeps the last good value.
+    writeFileSync(join(dir, "services/web/backends/b.json"), '{"ipv4": "198.51.100.2", "tcp": "8080"}');
+    await Bun.sleep(500);
+    expect(d.last).toEqual(["TCP 192.0.2.1:80 wlc", "-> 192.0.2.200:80 Route 7 0 0"]);
+    expect(d.stderr).toContain("key=services/web/backends/b");
+
+    rmSync(join(dir, "services/web"), { recursive: true });
+    await d.waitFor((t) => t.length === 0, 10_000, "service removed");
+    expect(await d.stop("SIGTERM")).toBe(0);
+  });
+});
