@@ -1,0 +1,444 @@
+// The etcd (v3 API) config source: a full read of everything under the prefix, then a watch of
+// the prefix from the next revision (CONTRACT §3).
+//
+// The watch loop is our own, on the raw gRPC Watch stream of the `etcd3` library's connection
+// pool, not the library's Watcher: measured against etcd 3.4, the Watcher turns a compaction
+// into a bare "Watcher canceled" error (losing compact_revision), and it moves its resume
+// revision to the header revision of the *create* response, which can skip events that were
+// still being replayed when the stream broke. Here:
+//   - the resume revision is the highest mod_revision delivered (or the header revision of a
+//     progress notification, which etcd only sends to watchers that are caught up);
+//   - a cancel with compact_revision set means "your revision was compacted": a full re-read,
+//     delivered as a snapshot;
+//   - a frozen server (SIGSTOP, black-holed network) is noticed by gRPC keepalive pings, and a
+//     watch that is not created within a timeout is abandoned, so the loop moves on to another
+//     endpoint;
+//   - streams carry the "hasleader" metadata, so a member cut off from the quorum cancels them
+//     instead of silently serving nothing.
+// An error never produces a snapshot: only a successful range read does.
+
+import { readFileSync } from "node:fs";
+import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, isRecoverableError, type IOptions } from "etcd3";
+import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
+import { debug, error as logError, info, warn } from "../util/log.ts";
+
+export interface EtcdClientOptions {
+  /** Client URLs (`http://host:2379`, `https://…`) or `host:port`. At least one. */
+  endpoints: string[];
+  /** PEM file paths for TLS: CA bundle, client certificate and its key. */
+  cacert?: string;
+  cert?: string;
+  key?: string;
+  /** etcd authentication (the password from -etcd-password or ETCD_PASSWORD, read by the caller). */
+  username?: string;
+  password?: string;
+}
+
+export interface EtcdSourceOptions extends EtcdClientOptions {
+  /** Key prefix of the config tree, default "/clusterf" (a trailing "/" is ignored). */
+  prefix?: string;
+  /** Reconnect backoff: first delay and cap, in ms (default 250 → 5000, doubling). */
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  /** Deadline of the full read (a range request), ms (default 5000). */
+  requestTimeoutMs?: number;
+  /** A watch that etcd has not confirmed within this many ms is abandoned (default 5000). */
+  watchCreateTimeoutMs?: number;
+  /**
+   * gRPC keepalive ping interval and timeout, ms (default 6000 and 3000): how a frozen server
+   * is noticed. etcd's default --grpc-keepalive-min-time is 5 s; pinging more often than that
+   * makes it close the connection.
+   */
+  keepaliveMs?: number;
+  keepaliveTimeoutMs?: number;
+}
+
+/**
+ * An `Etcd3` client from the -etcd-* options (TLS files read here, auth passed on). `extra`
+ * is merged into the library options last (fault handling, gRPC options…).
+ */
+export function makeEtcdClient(opts: EtcdClientOptions, extra: Partial<IOptions> = {}): Etcd3 {
+  const hosts = opts.endpoints.map((e) => e.trim()).filter((e) => e !== "");
+  if (hosts.length === 0) throw new Error("etcd: no endpoints given");
+  const o: IOptions = { hosts };
+  if (opts.cacert || opts.cert || opts.key) {
+    if (!!opts.cert !== !!opts.key) throw new Error("etcd: a client certificate needs both -etcd-cert and -etcd-key");
+    o.credentials = {
+      // Without a CA file, gRPC falls back to the system roots.
+      rootCertificate: (opts.cacert ? readFileSync(opts.cacert) : undefined) as Buffer,
+      privateKey: opts.key ? readFileSync(opts.key) : undefined,
+      certChain: opts.cert ? readFileSync(opts.cert) : undefined,
+    };
+  }
+  if (opts.username) o.auth = { username: opts.username, password: opts.password ?? "" };
+  return new Etcd3({ ...o, ...extra });
+}
+
+/** The range end that covers every key starting with `prefix` (etcd's "prefix" semantics). */
+function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]! += 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]); // all 0xff: to the end of the key space
+}
+
+/** Thrown by a host policy so the pool moves on to another endpoint. */
+class SkipHost extends Error {}
+
+/**
+ * Endpoint choice: the pool picks hosts at random; a host that failed recently is skipped
+ * while another one has not failed recently (so a dead member is not retried in a loop while
+ * the others work, and a single endpoint is always tried, unlike the library's default circuit
+ * breaker that would refuse it for 5 s).
+ */
+class HostHealth {
+  private failedAt = new Map<string, number>();
+  constructor(
+    private hosts: string[],
+    private skipMs: number,
+  ) {}
+  failed(host: string): void {
+    this.failedAt.set(host, Date.now());
+  }
+  ok(host: string): void {
+    this.failedAt.delete(host);
+  }
+  private recent(host: string): boolean {
+    const t = this.failedAt.get(host);
+    return t !== undefined && Date.now() - t < this.skipMs;
+  }
+  policy(host: string) {
+    const self = this;
+    const key = host.replace(/^https?:\/\//, "");
+    // The pool only calls execute() (cockatiel's IPolicy shape otherwise).
+    return {
+      async execute<T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T): Promise<T> {
+        if (self.recent(key) && self.hosts.some((h) => !self.recent(h))) throw new SkipHost(`skipping ${key}`);
+        try {
+          const r = await fn({ signal: new AbortController().signal, attempt: 0 });
+          return r;
+        } catch (e) {
+          if (e instanceof Error && isRecoverableError(castGrpcError(e))) self.failed(key);
+          throw e;
+        }
+      },
+    };
+  }
+}
+
+type WatchOutcome = "compacted" | "stopped";
+
+function describe(e: unknown): string {
+  if (e instanceof Error) return e.message.replace(/\s+/g, " ").slice(0, 300);
+  return String(e);
+}
+
+/**
+ * Config from etcd. start() resolves as soon as the first attempt is over: after the initial
+ * snapshot, or (etcd unreachable) after reporting status down; it never waits for etcd to come
+ * up: the daemon runs on its local config meanwhile and the source keeps retrying in the
+ * background. `ready` resolves at the first snapshot (rejects only if stopped before that).
+ */
+export class EtcdSource implements ConfigSource {
+  readonly name = "etcd" as const;
+  readonly ready: Promise<void>;
+  readonly prefix: string;
+
+  private client: Etcd3;
+  private hostHealth: HostHealth;
+  private base: Buffer; // "<prefix>/"
+  private baseText: string;
+  private rangeEnd: Buffer;
+  private sink: SourceSink | null = null;
+  private stopped = false;
+  private running: Promise<void> | null = null;
+  /** Highest revision whose changes have all been delivered; null = a full read is needed. */
+  private rev: number | null = null;
+  private up: boolean | null = null;
+  private watchHost: string | null = null;
+  private backoff: number;
+  private wake: (() => void) | null = null;
+  private cancelWatch: (() => void) | null = null;
+  private resolveReady!: () => void;
+  private rejectReady!: (e: Error) => void;
+  private readySettled = false;
+  private firstAttempt: (() => void) | null = null;
+
+  private readonly backoffInitial: number;
+  private readonly backoffMax: number;
+  private readonly requestTimeout: number;
+  private readonly createTimeout: number;
+
+  constructor(private opts: EtcdSourceOptions) {
+    const p = (opts.prefix ?? "/clusterf").replace(/\/+$/, "");
+    this.prefix = p;
+    this.baseText = p + "/";
+    this.base = Buffer.from(this.baseText);
+    this.rangeEnd = prefixEnd(this.base);
+    this.backoffInitial = opts.backoffInitialMs ?? 250;
+    this.backoffMax = opts.backoffMaxMs ?? 5000;
+    this.backoff = this.backoffInitial;
+    this.requestTimeout = opts.requestTimeoutMs ?? 5000;
+    this.createTimeout = opts.watchCreateTimeoutMs ?? 5000;
+    const hosts = opts.endpoints.map((e) => e.trim().replace(/^https?:\/\//, "")).filter((e) => e !== "");
+    this.hostHealth = new HostHealth(hosts, Math.max(2000, this.backoffMax));
+    this.client = makeEtcdClient(opts, {
+      grpcOptions: {
+        "grpc.keepalive_time_ms": opts.keepaliveMs ?? 6000,
+        "grpc.keepalive_timeout_ms": opts.keepaliveTimeoutMs ?? 3000,
+        "grpc.max_receive_message_length": -1,
+      },
+      faultHandling: {
+        host: (h: string) => this.hostHealth.policy(h) as never,
+      },
+    });
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    this.ready.catch(() => {}); // a stop before the first snapshot is not an unhandled error
+  }
+
+  /** The etcd3 client this source uses (shared connection pool), e.g. for tests. */
+  get etcd(): Etcd3 {
+    return this.client;
+  }
+
+  /** The endpoint (host:port) whose watch stream is live now, null while disconnected. */
+  get endpoint(): string | null {
+    return this.watchHost;
+  }
+
+  /** Highest revision delivered so far (null before the first snapshot or while re-reading). */
+  get revision(): number | null {
+    return this.rev;
+  }
+
+  start(sink: SourceSink): Promise<void> {
+    if (this.sink) throw new Error("EtcdSource already started");
+    this.sink = sink;
+    const first = new Promise<void>((resolve) => (this.firstAttempt = resolve));
+    this.running = this.run().catch((e) => logError("etcd source loop crashed", { err: describe(e) }));
+    return first;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.cancelWatch?.();
+    this.wake?.();
+    if (!this.readySettled) {
+      this.readySettled = true;
+      this.rejectReady(new Error("etcd source stopped before its first snapshot"));
+    }
+    this.firstAttempt?.();
+    await this.running;
+    this.client.close();
+    info("etcd source stopped", { prefix: this.prefix });
+  }
+
+  private endFirstAttempt(): void {
+    const f = this.firstAttempt;
+    this.firstAttempt = null;
+    f?.();
+  }
+
+  private setStatus(up: boolean, detail?: string): void {
+    if (this.up === up) return;
+    this.up = up;
+    if (up) info("etcd connected", { prefix: this.prefix, revision: this.rev ?? undefined });
+    else warn("etcd unreachable, keeping the last known config", { prefix: this.prefix, reason: detail });
+    try {
+      this.sink?.status("etcd", up, detail);
+    } catch (e) {
+      logError("etcd status handler failed", { err: describe(e) });
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = () => {
+        this.wake = null;
+        done();
+      };
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        if (this.rev === null) await this.readAll();
+        if (this.stopped) break;
+        const outcome = await this.watchFrom(this.rev! + 1);
+        if (outcome === "compacted") {
+          this.rev = null; // re-read at once, no backoff: the server answered fine
+          continue;
+        }
+      } catch (e) {
+        if (this.stopped) break;
+        this.setStatus(false, describe(e));
+        this.endFirstAttempt();
+        debug("etcd retry", { in_ms: this.backoff, err: describe(e) });
+        await this.sleep(this.backoff);
+        this.backoff = Math.min(this.backoff * 2, this.backoffMax);
+      }
+    }
+  }
+
+  /** Full read of the prefix → one snapshot; sets the revision to resume the watch from. */
+  private async readAll(): Promise<void> {
+    const res = await this.client.kv.range(
+      { key: this.base, range_end: this.rangeEnd },
+      { deadline: new Date(Date.now() + this.requestTimeout) },
+    );
+    if (this.stopped) return;
+    const entries = new Map<string, RawValue>();
+    for (const kv of res.kvs) {
+      const k = this.relKey(kv.key);
+      if (k === null) continue;
+      entries.set(k, this.rawValue(kv.key, kv.value));
+    }
+    const rev = Number(res.header.revision);
+    info("etcd snapshot", { prefix: this.prefix, keys: entries.size, revision: rev });
+    this.rev = rev;
+    try {
+      this.sink!.snapshot("etcd", entries);
+    } catch (e) {
+      logError("etcd snapshot handler failed", { err: describe(e) });
+    }
+    if (!this.readySettled) {
+      this.readySettled = true;
+      this.resolveReady();
+    }
+    this.endFirstAttempt();
+  }
+
+  private relKey(key: Buffer): string | null {
+    if (key.length <= this.base.length || !key.subarray(0, this.base.length).equals(this.base)) return null;
+    return key.subarray(this.base.length).toString("utf8");
+  }
+
+  private rawValue(key: Buffer, value: Buffer): RawValue {
+    return { text: value.toString("utf8"), format: "json", origin: key.toString("utf8") };
+  }
+
+  /**
+   * One watch stream from `startRev` until it breaks (rejects), the revision turns out to be
+   * compacted ("compacted"), or stop() ("stopped").
+   */
+  private async watchFrom(startRev: number): Promise<WatchOutcome> {
+    let host = "";
+    // The pool's withConnection picks a host (through HostHealth) and hands us its gRPC client.
+    const stream = await (this.client as any).pool.withConnection("Watch", ({ client, metadata, resource }: any) => {
+      host = resource.host;
+      const md = metadata.clone();
+      md.set("hasleader", "true");
+      return client.watch(md, {});
+    });
+    return new Promise<WatchOutcome>((resolve, reject) => {
+      let done = false;
+      let created = false;
+      const finish = (err: Error | null, outcome?: WatchOutcome) => {
+        if (done) return;
+        done = true;
+        clearTimeout(createTimer);
+        this.cancelWatch = null;
+        this.watchHost = null;
+        try {
+          stream.cancel();
+        } catch {
+          /* already closed */
+        }
+        if (err) {
+          const cast = castGrpcError(err);
+          if (cast instanceof EtcdInvalidAuthTokenError) (this.client as any).pool.authenticator?.invalidateMetadata();
+          if (!(cast instanceof SkipHost)) this.hostHealth.failed(host);
+          reject(new Error(`${host}: ${describe(cast)}`));
+        } else resolve(outcome!);
+      };
+      const createTimer = setTimeout(
+        () => finish(new Error(`watch not created within ${this.createTimeout} ms`)),
+        this.createTimeout,
+      );
+      this.cancelWatch = () => finish(null, "stopped");
+
+      stream.on("data", (res: any) => {
+        if (done) return;
+        try {
+          if (res.canceled) {
+            const compact = Number(res.compact_revision);
+            if (compact > 0) {
+              info("etcd revision compacted, re-reading everything", {
+                prefix: this.prefix,
+                had: this.rev ?? undefined,
+                compacted: compact,
+              });
+              finish(null, "compacted");
+            } else finish(new Error(`watch canceled by etcd: ${res.cancel_reason || "no reason given"}`));
+            return;
+          }
+          if (res.created) {
+            created = true;
+            clearTimeout(createTimer);
+            this.hostHealth.ok(host);
+            this.watchHost = host;
+            this.backoff = this.backoffInitial;
+            this.setStatus(true);
+            debug("etcd watch created", { host, from: startRev });
+            this.endFirstAttempt();
+          }
+          if (res.events.length > 0) this.deliver(res.events);
+          else if (created && !res.created) {
+            // A progress notification: every change up to the header revision has been sent.
+            const r = Number(res.header.revision);
+            if (this.rev === null || r > this.rev) this.rev = r;
+          }
+        } catch (e) {
+          logError("etcd watch response failed", { err: describe(e) });
+        }
+      });
+      stream.on("error", (err: Error) => finish(err));
+      stream.on("end", () => finish(new Error("watch stream ended")));
+      stream.write({
+        create_request: {
+          key: this.base,
+          range_end: this.rangeEnd,
+          start_revision: startRev,
+          progress_notify: true,
+        },
+      });
+    });
+  }
+
+  /** One watch response → one update batch, the last event per key kept. */
+  private deliver(events: any[]): void {
+    const byKey = new Map<string, KeyEvent>();
+    let maxRev = this.rev ?? 0;
+    for (const ev of events) {
+      const r = Number(ev.kv.mod_revision);
+      if (r > maxRev) maxRev = r;
+      const k = this.relKey(ev.kv.key);
+      if (k === null) continue;
+      byKey.delete(k); // keep the order of last occurrence
+      byKey.set(k, { key: k, value: ev.type === "Delete" ? null : this.rawValue(ev.kv.key, ev.kv.value) });
+    }
+    this.rev = maxRev;
+    if (byKey.size === 0) return;
+    const batch = [...byKey.values()];
+    debug("etcd update", { keys: batch.length, revision: maxRev });
+    try {
+      this.sink!.update("etcd", batch);
+    } catch (e) {
+      logError("etcd update handler failed", { err: describe(e) });
+    }
+  }
+}

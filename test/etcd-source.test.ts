@@ -1,0 +1,355 @@
+// EtcdSource against real etcd processes (test/support/etcd.ts): snapshot, events, prefix
+// delete, outages (kill, SIGSTOP), compaction while disconnected, leader failover in a cluster.
+
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { Etcd3 } from "etcd3";
+import { EtcdSource, makeEtcdClient, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
+import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/source.ts";
+import { configureLog } from "../src/util/log.ts";
+import { startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
+
+configureLog({ level: (process.env.CLUSTERF_LOG_LEVEL as any) ?? "error" });
+
+/** A sink that applies what it gets the way the merge layer would, and records every call. */
+class RecordingSink implements SourceSink {
+  state = new Map<string, RawValue>();
+  snapshots: Map<string, RawValue>[] = [];
+  updates: KeyEvent[][] = [];
+  statuses: { up: boolean; detail?: string }[] = [];
+
+  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
+    expect(source).toBe("etcd");
+    this.snapshots.push(new Map(entries));
+    this.state = new Map(entries);
+  }
+  update(source: SourceName, events: KeyEvent[]): void {
+    expect(source).toBe("etcd");
+    this.updates.push(events);
+    for (const ev of events) {
+      if (ev.value) this.state.set(ev.key, ev.value);
+      else this.state.delete(ev.key);
+    }
+  }
+  status(source: SourceName, up: boolean, detail?: string): void {
+    expect(source).toBe("etcd");
+    this.statuses.push({ up, detail });
+  }
+  get up(): boolean | undefined {
+    return this.statuses.at(-1)?.up;
+  }
+  /** key → text, for comparisons. */
+  texts(): Record<string, string> {
+    return Object.fromEntries([...this.state].map(([k, v]) => [k, v.text]).sort());
+  }
+}
+
+async function waitFor(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 10000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await pred()) return;
+    await Bun.sleep(20);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
+}
+
+/** Everything under /clusterf/ in etcd, relative keys → text (the truth to compare with). */
+async function etcdState(c: Etcd3, prefix = "/clusterf/"): Promise<Record<string, string>> {
+  const all = await c.getAll().prefix(prefix).strings();
+  return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(prefix.length), v]).sort());
+}
+
+const sources: EtcdSource[] = [];
+const clients: Etcd3[] = [];
+function source(opts: EtcdSourceOptions): EtcdSource {
+  const s = new EtcdSource(opts);
+  sources.push(s);
+  return s;
+}
+function client(endpoints: string[]): Etcd3 {
+  const c = makeEtcdClient({ endpoints });
+  clients.push(c);
+  return c;
+}
+afterEach(async () => {
+  await Promise.all(sources.splice(0).map((s) => s.stop()));
+  for (const c of clients.splice(0)) c.close();
+});
+
+describe("EtcdSource, one member", () => {
+  let etcd: Etcd;
+  beforeAll(async () => {
+    etcd = await startEtcd();
+  });
+  afterAll(async () => {
+    await etcd?.destroy();
+  });
+
+  test("snapshot, put and delete events, prefix delete", async () => {
+    const c = client([etcd.clientUrl]);
+    await c.delete().all();
+    await c.put("/clusterf/services/web/frontend").value('{"ipv4":"10.0.0.1","tcp":80}');
+    await c.put("/clusterf/services/web/backends/b1").value('{"ipv4":"10.1.0.1"}');
+    await c.put("/clusterf/routes/r1").value('{"Prefix4":"10.1.0.0/16"}');
+    await c.put("/clusterfoo/x").value("not ours");
+    await c.put("/other/services/x/frontend").value("not ours");
+
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl] });
+    await src.start(sink);
+    await src.ready;
+    expect(sink.snapshots.length).toBe(1);
+    expect(sink.texts()).toEqual({
+      "routes/r1": '{"Prefix4":"10.1.0.0/16"}',
+      "services/web/backends/b1": '{"ipv4":"10.1.0.1"}',
+      "services/web/frontend": '{"ipv4":"10.0.0.1","tcp":80}',
+    });
+    expect(sink.state.get("routes/r1")).toEqual({
+      text: '{"Prefix4":"10.1.0.0/16"}',
+      format: "json",
+      origin: "/clusterf/routes/r1",
+    });
+    await waitFor("status up", () => sink.up === true);
+
+    // put, update, delete: one batch each
+    await c.put("/clusterf/services/web/backends/b2").value('{"ipv4":"10.1.0.2"}');
+    await waitFor("b2", () => sink.state.has("services/web/backends/b2"));
+    expect(sink.updates.at(-1)).toEqual([
+      {
+        key: "services/web/backends/b2",
+        value: { text: '{"ipv4":"10.1.0.2"}', format: "json", origin: "/clusterf/services/web/backends/b2" },
+      },
+    ]);
+    await c.put("/clusterf/services/web/backends/b1").value('{"ipv4":"10.1.0.1","weight":0}');
+    await waitFor("b1 reweighted", () => sink.state.get("services/web/backends/b1")?.text.includes("weight") === true);
+    await c.delete().key("/clusterf/routes/r1");
+    await waitFor("r1 deleted", () => !sink.state.has("routes/r1"));
+    expect(sink.updates.at(-1)).toEqual([{ key: "routes/r1", value: null }]);
+
+    // A transaction: one response, one batch.
+    const before = sink.updates.length;
+    await c
+      .if("/clusterf/services/web/frontend", "Version", ">", 0)
+      .then(
+        c.put("/clusterf/services/test/frontend").value('{"ipv4":"10.0.0.2","tcp":81}'),
+        c.put("/clusterf/services/test/backends/t1").value('{"ipv4":"10.2.0.1"}'),
+        c.put("/clusterf/services/test/backends/t2").value('{"ipv4":"10.2.0.2"}'),
+      )
+      .commit();
+    await waitFor("test service", () => sink.state.has("services/test/backends/t2"));
+    expect(sink.updates.length).toBe(before + 1);
+    expect(sink.updates.at(-1)!.map((e) => e.key).sort()).toEqual([
+      "services/test/backends/t1",
+      "services/test/backends/t2",
+      "services/test/frontend",
+    ]);
+
+    // `etcdctl del --prefix`: one delete event per key, delivered as one batch.
+    const n = sink.updates.length;
+    const del = Bun.spawnSync(["etcdctl", "--endpoints", etcd.clientUrl, "del", "--prefix", "/clusterf/services/test"], {
+      env: { ...process.env, ETCDCTL_API: "3" },
+    });
+    expect(del.stdout.toString().trim()).toBe("3");
+    await waitFor("test service removed", () => ![...sink.state.keys()].some((k) => k.startsWith("services/test/")));
+    expect(sink.updates.length).toBe(n + 1);
+    expect(sink.updates.at(-1)!.map((e) => [e.key, e.value]).sort()).toEqual([
+      ["services/test/backends/t1", null],
+      ["services/test/backends/t2", null],
+      ["services/test/frontend", null],
+    ]);
+    expect(sink.texts()).toEqual(await etcdState(c));
+    expect(sink.snapshots.length).toBe(1);
+  });
+
+  test("a custom prefix, with a trailing slash", async () => {
+    const c = client([etcd.clientUrl]);
+    await c.put("/lb2/routes/a").value("{}");
+    await c.put("/lb2x/routes/b").value("{}");
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], prefix: "/lb2/" });
+    await src.start(sink);
+    expect(sink.texts()).toEqual({ "routes/a": "{}" });
+    await c.put("/lb2x/routes/c").value("{}");
+    await c.put("/lb2/routes/d").value("{}");
+    await waitFor("d", () => sink.state.has("routes/d"));
+    expect(sink.texts()).toEqual({ "routes/a": "{}", "routes/d": "{}" });
+  });
+
+  test("etcd killed and restarted: down, no empty snapshot, catches up by resuming the watch", async () => {
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl] });
+    await src.start(sink);
+    await waitFor("up", () => sink.up === true);
+    const snaps = sink.snapshots.length;
+    const revBefore = src.revision!;
+
+    await etcd.kill();
+    await waitFor("down", () => sink.up === false);
+    expect(sink.statuses.at(-1)!.detail).toBeTruthy();
+    const stateWhileDown = sink.texts();
+    await Bun.sleep(600); // a few retries against the dead server
+    expect(sink.texts()).toEqual(stateWhileDown);
+
+    await etcd.restart();
+    const c = client([etcd.clientUrl]);
+    await c.put("/clusterf/services/web/backends/b3").value('{"ipv4":"10.1.0.3"}');
+    await c.delete().key("/clusterf/services/web/backends/b2");
+    await waitFor("up again", () => sink.up === true, 15000);
+    await waitFor("caught up", async () => JSON.stringify(sink.texts()) === JSON.stringify(await etcdState(c)));
+    expect(sink.snapshots.length).toBe(snaps); // resumed from the revision, no re-read
+    expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
+    expect(src.revision!).toBeGreaterThan(revBefore);
+  }, 30000);
+
+  test("a frozen etcd (SIGSTOP) is noticed by keepalive; resumes after SIGCONT", async () => {
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], keepaliveMs: 5000, keepaliveTimeoutMs: 1000 });
+    await src.start(sink);
+    await waitFor("up", () => sink.up === true);
+    const snaps = sink.snapshots.length;
+    etcd.pause();
+    try {
+      await waitFor("down", () => sink.up === false, 12000);
+    } finally {
+      etcd.resume();
+    }
+    const c = client([etcd.clientUrl]);
+    await c.put("/clusterf/routes/after-freeze").value('{"IpvsMethod":"droute"}');
+    await waitFor("up again", () => sink.up === true, 10000);
+    await waitFor("caught up", () => sink.state.has("routes/after-freeze"));
+    expect(sink.texts()).toEqual(await etcdState(c));
+    expect(sink.snapshots.length).toBe(snaps);
+  }, 30000);
+
+  test("compacted while disconnected: a full re-read, delivered as a snapshot of the current state", async () => {
+    const sink = new RecordingSink();
+    // A long first backoff keeps the source away while we change and compact.
+    const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 3000, backoffMaxMs: 3000 });
+    await src.start(sink);
+    await waitFor("up", () => sink.up === true);
+    expect(sink.snapshots.length).toBe(1);
+    const had = src.revision!;
+
+    await etcd.kill();
+    await waitFor("down", () => sink.up === false);
+    await etcd.restart();
+    const c = client([etcd.clientUrl]);
+    await c.delete().key("/clusterf/services/web/backends/b1");
+    await c.put("/clusterf/services/web/backends/b9").value('{"ipv4":"10.1.0.9"}');
+    await c.put("/clusterf/routes/late").value('{"IpvsMethod":"tunnel"}');
+    const head = await c.get("/clusterf/routes/late").exec();
+    const compactTo = Number(head.header.revision);
+    expect(compactTo).toBeGreaterThan(had + 1);
+    await c.kv.compact({ revision: String(compactTo), physical: true });
+    expect(src.revision).toBe(had); // it has not reconnected yet
+
+    await waitFor("re-read", () => sink.snapshots.length === 2, 10000);
+    await waitFor("up again", () => sink.up === true);
+    const expected = await etcdState(c);
+    expect(Object.fromEntries([...sink.snapshots[1]!].map(([k, v]) => [k, v.text]).sort())).toEqual(expected);
+    expect(sink.state.has("services/web/backends/b1")).toBe(false);
+    expect(src.revision!).toBeGreaterThanOrEqual(compactTo);
+
+    // and it follows on from there
+    await c.put("/clusterf/routes/later").value("{}");
+    await waitFor("later", () => sink.state.has("routes/later"));
+    expect(sink.snapshots.length).toBe(2);
+  }, 30000);
+
+  test("etcd down at start: start() resolves, status down, ready once it comes up", async () => {
+    await etcd.kill();
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 100, backoffMaxMs: 400 });
+    let ready = false;
+    src.ready.then(() => (ready = true));
+    const t0 = Date.now();
+    await src.start(sink);
+    expect(Date.now() - t0).toBeLessThan(6000);
+    expect(sink.up).toBe(false);
+    expect(sink.snapshots.length).toBe(0);
+    await Bun.sleep(300);
+    expect(ready).toBe(false);
+    await etcd.restart();
+    await src.ready;
+    await waitFor("up", () => sink.up === true);
+    expect(sink.snapshots.length).toBe(1);
+    expect(sink.snapshots[0]!.size).toBeGreaterThan(0);
+  }, 30000);
+
+  test("stop() before the first snapshot rejects ready and returns", async () => {
+    const sink = new RecordingSink();
+    const src = new EtcdSource({ endpoints: ["http://127.0.0.1:1"], backoffInitialMs: 50 });
+    await src.start(sink);
+    expect(sink.up).toBe(false);
+    await src.stop();
+    await expect(src.ready).rejects.toThrow(/stopped/);
+  });
+});
+
+describe("EtcdSource, three members", () => {
+  let cluster: EtcdCluster;
+  beforeAll(async () => {
+    cluster = await startEtcdCluster(3);
+  }, 30000);
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  /** Writes keys in a loop (retrying through elections) until stopped; returns the write count. */
+  function writer(c: Etcd3) {
+    let stop = false;
+    let count = 0;
+    const done = (async () => {
+      for (let i = 0; !stop; i++) {
+        const key = `/clusterf/services/s${i % 3}/backends/b${i % 7}`;
+        try {
+          if (i % 5 === 4) await c.delete().key(key);
+          else await c.put(key).value(JSON.stringify({ ipv4: `10.9.0.${i % 250}`, weight: i }));
+          count++;
+        } catch {
+          await Bun.sleep(50);
+        }
+        await Bun.sleep(10);
+      }
+      return count;
+    })();
+    return {
+      async stop() {
+        stop = true;
+        return done;
+      },
+    };
+  }
+
+  test("leader killed while keys change, then the source's own member: it follows through the others", async () => {
+    const c = client(cluster.clientUrls);
+    await c.put("/clusterf/services/s0/frontend").value('{"ipv4":"10.0.0.9","tcp":80}');
+    const sink = new RecordingSink();
+    const src = source({ endpoints: cluster.clientUrls, backoffInitialMs: 100, backoffMaxMs: 1000 });
+    await src.start(sink);
+    await waitFor("up", () => sink.up === true);
+
+    const w = writer(c);
+    await Bun.sleep(300);
+    const leader = await cluster.killLeader();
+    await Bun.sleep(1000);
+    await cluster.leader(); // a new one was elected
+    await Bun.sleep(300);
+    await cluster.restartMember(leader);
+
+    // Now kill the member the source watches through (the old leader is back, so quorum holds).
+    await waitFor("connected", () => src.endpoint !== null);
+    const mine = cluster.members.find((m) => m.clientUrl.endsWith(src.endpoint!))!;
+    expect(mine).toBeDefined();
+    await mine.kill();
+    await Bun.sleep(500);
+    await waitFor("reconnected elsewhere", () => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint));
+    await Bun.sleep(300);
+    const writes = await w.stop();
+    expect(writes).toBeGreaterThan(20);
+
+    const truth = await etcdState(c);
+    await waitFor("converged", () => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000);
+    expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
+    await cluster.restartMember(mine);
+  }, 40000);
+});
