@@ -1,0 +1,419 @@
+// The -config-path source against real temporary directories and real edits.
+
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import fc from "fast-check";
+import { DirSource, isIgnoredName, parseFileName, readConfigDir } from "../src/config/dir-source.ts";
+import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/source.ts";
+import { configureLog } from "../src/util/log.ts";
+
+configureLog({ level: "error" });
+
+const tmpBase = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-dir-source-"));
+afterAll(() => fs.rmSync(tmpBase, { recursive: true, force: true }));
+let counter = 0;
+function newRoot(): string {
+  const d = path.join(tmpBase, `t${++counter}`);
+  fs.mkdirSync(d, { recursive: true });
+  return d;
+}
+
+class Recorder implements SourceSink {
+  map = new Map<string, RawValue>();
+  snapshots = 0;
+  updates: KeyEvent[][] = [];
+  statuses: Array<[boolean, string | undefined]> = [];
+  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
+    expect(source).toBe("local");
+    this.snapshots++;
+    this.map = new Map(entries);
+  }
+  update(source: SourceName, events: KeyEvent[]): void {
+    expect(source).toBe("local");
+    expect(this.snapshots).toBeGreaterThan(0);
+    expect(events.length).toBeGreaterThan(0);
+    this.updates.push(events);
+    for (const e of events) {
+      if (e.value) this.map.set(e.key, e.value);
+      else this.map.delete(e.key);
+    }
+  }
+  status(_source: SourceName, up: boolean, detail?: string): void {
+    this.statuses.push([up, detail]);
+  }
+  texts(): Record<string, string> {
+    return Object.fromEntries([...this.map].sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => [k, v.text]));
+  }
+}
+
+function plain(m: Map<string, RawValue>): Array<[string, string, string, string]> {
+  return [...m].map(([k, v]) => [k, v.text, v.format, v.origin] as [string, string, string, string]).sort((a, b) => (a[0] < b[0] ? -1 : 1));
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(pred: () => boolean | Promise<boolean>, timeoutMs = 3000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > end) throw new Error("condition not reached in time");
+    await sleep(10);
+  }
+}
+
+function write(root: string, rel: string, text: string): void {
+  const p = path.join(root, rel);
+  fs.mkdirSync(path.dirname(p), { recursive: true });
+  fs.writeFileSync(p, text);
+}
+
+const sources: DirSource[] = [];
+async function startSource(root: string, opts: Partial<ConstructorParameters<typeof DirSource>[0]> = {}) {
+  const src = new DirSource({ root, debounceMs: 20, ...opts });
+  sources.push(src);
+  const rec = new Recorder();
+  await src.start(rec);
+  return { src, rec };
+}
+afterEach(async () => {
+  while (sources.length) await sources.pop()!.stop();
+});
+
+/** Converged: the accumulated map equals a fresh read of the tree. */
+async function converged(root: string, rec: Recorder, timeoutMs = 3000): Promise<void> {
+  let fresh: Map<string, RawValue> = new Map();
+  try {
+    await until(async () => {
+      fresh = await readConfigDir(root);
+      return JSON.stringify(plain(fresh)) === JSON.stringify(plain(rec.map));
+    }, timeoutMs);
+  } catch {
+    expect(plain(rec.map)).toEqual(plain(fresh));
+  }
+}
+
+describe("names", () => {
+  test("extensions select the parser and are dropped from the key", () => {
+    expect(parseFileName("frontend.json")).toEqual({ stem: "frontend", format: "json" });
+    expect(parseFileName("b1.yaml")).toEqual({ stem: "b1", format: "yaml" });
+    expect(parseFileName("b1.yml")).toEqual({ stem: "b1", format: "yaml" });
+    expect(parseFileName("r1")).toEqual({ stem: "r1", format: "json" });
+    expect(parseFileName("a.json.yaml")).toEqual({ stem: "a.json", format: "yaml" });
+    expect(parseFileName("b1.conf")).toEqual({ stem: "b1.conf", format: "json" });
+  });
+  test("hidden and editor leftovers are ignored", () => {
+    for (const n of [".git", ".x.json", "a~", "a.json~", "a.swp", "a.swx", "a.tmp", "#a#", "4913", "a.dpkg-old", "a.rpmnew"]) {
+      expect(isIgnoredName(n)).toBe(true);
+    }
+    for (const n of ["frontend", "b1.json", "a#", "#a", "49130", "a.swap"]) expect(isIgnoredName(n)).toBe(false);
+  });
+});
+
+describe("DirSource", () => {
+  test("initial snapshot: json, yaml, no extension; ignored names; conflicts; symlinks; non-regular files", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend.json", '{"ipv4":"10.0.0.1","tcp":80}');
+    write(root, "services/web/backends/b1.yaml", "ipv4: 10.1.0.1\ntcp: 80\n");
+    write(root, "services/web/backends/b2.yml", "ipv4: 10.1.0.2\n");
+    write(root, "services/web/backends/b3", '{"ipv4":"10.1.0.3"}');
+    write(root, "routes/r1", '{"Prefix4":"10.1.0.0/16"}');
+    // same key twice: "frontend.json" sorts before "frontend.yaml"
+    write(root, "services/dup/frontend.yaml", "ipv4: 10.0.0.9\n");
+    write(root, "services/dup/frontend.json", '{"ipv4":"10.0.0.2"}');
+    // ignored
+    write(root, ".git/config", "x");
+    write(root, "services/.old/frontend", "{}");
+    write(root, "services/web/.frontend.json.swp", "x");
+    write(root, "services/web/frontend.json~", "x");
+    write(root, "services/web/backends/b1.swp", "x");
+    write(root, "services/web/backends/b9.tmp", "x");
+    write(root, "services/web/backends/#b1#", "x");
+    write(root, "services/web/backends/4913", "x");
+    write(root, "services/web/backends/.hidden", "x");
+    write(root, "routes/r1.dpkg-old", "x");
+    // symlinks: to a file outside the tree (followed), dangling (ignored)
+    write(tmpBase, `outside-${counter}.json`, '{"ipv4":"10.1.0.4"}');
+    fs.symlinkSync(path.join(tmpBase, `outside-${counter}.json`), path.join(root, "services/web/backends/b4.json"));
+    fs.symlinkSync(path.join(root, "nope"), path.join(root, "services/web/backends/b5"));
+    // a fifo is not read (and must not hang the reader)
+    Bun.spawnSync(["mkfifo", path.join(root, "services/web/backends/b6")]);
+
+    const { rec } = await startSource(root);
+    expect(rec.snapshots).toBe(1);
+    expect(rec.texts()).toEqual({
+      "routes/r1": '{"Prefix4":"10.1.0.0/16"}',
+      "services/dup/frontend": '{"ipv4":"10.0.0.2"}',
+      "services/web/backends/b1": "ipv4: 10.1.0.1\ntcp: 80\n",
+      "services/web/backends/b2": "ipv4: 10.1.0.2\n",
+      "services/web/backends/b3": '{"ipv4":"10.1.0.3"}',
+      "services/web/backends/b4": '{"ipv4":"10.1.0.4"}',
+      "services/web/frontend": '{"ipv4":"10.0.0.1","tcp":80}',
+    });
+    expect(rec.map.get("services/web/backends/b1")).toEqual({
+      text: "ipv4: 10.1.0.1\ntcp: 80\n",
+      format: "yaml",
+      origin: path.join(root, "services/web/backends/b1.yaml"),
+    });
+    expect(rec.map.get("services/web/backends/b2")!.format).toBe("yaml");
+    expect(rec.map.get("services/web/backends/b3")!.format).toBe("json");
+    expect(rec.map.get("routes/r1")!.format).toBe("json");
+    expect(rec.map.get("services/dup/frontend")!.origin).toBe(path.join(root, "services/dup/frontend.json"));
+    expect(rec.updates).toEqual([]);
+    expect(rec.statuses.at(-1)![0]).toBe(true);
+  });
+
+  test("add, change and delete a file", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    const { rec } = await startSource(root);
+    write(root, "services/web/backends/b1.json", '{"ipv4":"10.1.0.1"}');
+    await until(() => rec.map.has("services/web/backends/b1"));
+    expect(rec.map.get("services/web/backends/b1")!.format).toBe("json");
+    write(root, "services/web/backends/b1.json", '{"ipv4":"10.1.0.2"}');
+    await until(() => rec.map.get("services/web/backends/b1")?.text === '{"ipv4":"10.1.0.2"}');
+    fs.unlinkSync(path.join(root, "services/web/backends/b1.json"));
+    await until(() => !rec.map.has("services/web/backends/b1"));
+    expect(rec.texts()).toEqual({ "services/web/frontend": '{"tcp":80}' });
+    // every update was a real change to b1
+    for (const u of rec.updates) for (const e of u) expect(e.key).toBe("services/web/backends/b1");
+  });
+
+  test("editor atomic save: temp file moved over the key", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend.json", '{"tcp":80}');
+    const { rec } = await startSource(root);
+    write(root, "services/web/frontend.json.tmp", '{"tcp":81}');
+    fs.renameSync(path.join(root, "services/web/frontend.json.tmp"), path.join(root, "services/web/frontend.json"));
+    await until(() => rec.map.get("services/web/frontend")?.text === '{"tcp":81}');
+    // vim-style: move the original aside as a backup, write anew, delete the backup
+    fs.renameSync(path.join(root, "services/web/frontend.json"), path.join(root, "services/web/frontend.json~"));
+    write(root, "services/web/frontend.json", '{"tcp":82}');
+    fs.unlinkSync(path.join(root, "services/web/frontend.json~"));
+    await until(() => rec.map.get("services/web/frontend")?.text === '{"tcp":82}');
+    await sleep(100);
+    // the key was never deleted on the way
+    for (const u of rec.updates) for (const e of u) expect(e.value).not.toBeNull();
+    await converged(root, rec);
+  });
+
+  test("rename of a backend file", async () => {
+    const root = newRoot();
+    write(root, "services/web/backends/b1.json", '{"ipv4":"10.1.0.1"}');
+    write(root, "services/web/backends/b2.json", '{"ipv4":"10.1.0.2"}');
+    const { rec } = await startSource(root);
+    Bun.spawnSync(["mv", path.join(root, "services/web/backends/b1.json"), path.join(root, "services/web/backends/b3.yaml")]);
+    await until(() => rec.map.has("services/web/backends/b3") && !rec.map.has("services/web/backends/b1"));
+    expect(rec.map.get("services/web/backends/b3")).toEqual({
+      text: '{"ipv4":"10.1.0.1"}',
+      format: "yaml",
+      origin: path.join(root, "services/web/backends/b3.yaml"),
+    });
+    expect([...rec.map.keys()].sort()).toEqual(["services/web/backends/b2", "services/web/backends/b3"]);
+  });
+
+  test("rm -r of a service directory deletes every key below it; a new service directory appears", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    for (let i = 0; i < 5; i++) write(root, `services/web/backends/b${i}`, `{"weight":${i}}`);
+    write(root, "services/db/frontend", '{"tcp":5432}');
+    const { rec } = await startSource(root);
+    expect(rec.map.size).toBe(7);
+    const rm = Bun.spawnSync(["rm", "-r", path.join(root, "services/web")]);
+    expect(rm.exitCode).toBe(0);
+    await until(() => rec.map.size === 1);
+    expect(rec.texts()).toEqual({ "services/db/frontend": '{"tcp":5432}' });
+
+    // a whole new service, written into a directory tree created in one go
+    fs.mkdirSync(path.join(root, "services/api/backends"), { recursive: true });
+    write(root, "services/api/frontend.yaml", "tcp: 8080\n");
+    write(root, "services/api/backends/a1.yml", "ipv4: 10.2.0.1\n");
+    write(root, "services/api/backends/a2", '{"ipv4":"10.2.0.2"}');
+    await until(() => rec.map.size === 4);
+    expect(Object.keys(rec.texts())).toEqual(["services/api/backends/a1", "services/api/backends/a2", "services/api/frontend", "services/db/frontend"]);
+
+    // a service directory moved in from elsewhere (staged outside, then mv'd in)
+    const staged = path.join(tmpBase, `staged-${counter}`);
+    write(staged, "frontend", '{"tcp":9000}');
+    write(staged, "backends/s1", '{"ipv4":"10.3.0.1"}');
+    Bun.spawnSync(["mv", staged, path.join(root, "services/staged")]);
+    await until(() => rec.map.has("services/staged/backends/s1") && rec.map.has("services/staged/frontend"));
+    // and renamed as a whole
+    Bun.spawnSync(["mv", path.join(root, "services/staged"), path.join(root, "services/moved")]);
+    await until(() => rec.map.has("services/moved/backends/s1") && !rec.map.has("services/staged/frontend"));
+    await converged(root, rec);
+  });
+
+  test("a burst of 100 writes is coalesced into few updates", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    const { rec } = await startSource(root);
+    for (let i = 0; i < 100; i++) write(root, "services/web/frontend", `{"tcp":${1000 + i}}`);
+    for (let i = 0; i < 100; i++) write(root, `services/web/backends/b${i}`, `{"weight":${i}}`);
+    await until(() => rec.map.size === 101 && rec.map.get("services/web/frontend")?.text === '{"tcp":1099}');
+    await sleep(100);
+    expect(rec.updates.length).toBeLessThan(20);
+    await converged(root, rec);
+  });
+
+  test("an unchanged rewrite emits nothing", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    write(root, "services/web/backends/b1.yaml", "ipv4: 10.1.0.1\n");
+    const { rec } = await startSource(root);
+    write(root, "services/web/frontend", '{"tcp":80}');
+    write(root, "services/web/backends/b1.yaml.tmp", "ipv4: 10.1.0.1\n");
+    fs.renameSync(path.join(root, "services/web/backends/b1.yaml.tmp"), path.join(root, "services/web/backends/b1.yaml"));
+    fs.utimesSync(path.join(root, "services/web/frontend"), new Date(), new Date());
+    // an ignored file changing emits nothing either
+    write(root, "services/web/.notes", "x");
+    write(root, "services/web/frontend~", "x");
+    await sleep(300);
+    expect(rec.updates).toEqual([]);
+  });
+
+  test("an oversized file is not read: its previous value is kept", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    write(root, "services/web/backends/big", "x".repeat(500));
+    const { rec } = await startSource(root, { maxBytes: 100 });
+    expect(rec.texts()).toEqual({ "services/web/frontend": '{"tcp":80}' });
+    write(root, "services/web/frontend", `{"tcp":80,"pad":"${"x".repeat(200)}"}`);
+    write(root, "services/web/backends/b1", '{"ipv4":"10.1.0.1"}');
+    await until(() => rec.map.has("services/web/backends/b1"));
+    await sleep(50);
+    expect(rec.map.get("services/web/frontend")!.text).toBe('{"tcp":80}');
+    write(root, "services/web/frontend", '{"tcp":81}');
+    await until(() => rec.map.get("services/web/frontend")?.text === '{"tcp":81}');
+  });
+
+  test("an unreadable file keeps its previous value", async () => {
+    if (process.getuid?.() === 0) return; // root reads everything
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    const { rec } = await startSource(root);
+    const f = path.join(root, "services/web/frontend");
+    fs.chmodSync(f, 0o000);
+    write(root, "services/web/backends/b1", "{}");
+    await until(() => rec.map.has("services/web/backends/b1"));
+    await sleep(50);
+    expect(rec.map.get("services/web/frontend")!.text).toBe('{"tcp":80}');
+    fs.chmodSync(f, 0o644);
+  });
+
+  test("two files for one key: the name sorting first wins, live", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend.yaml", "tcp: 80\n");
+    const { rec } = await startSource(root);
+    expect(rec.map.get("services/web/frontend")!.format).toBe("yaml");
+    write(root, "services/web/frontend.json", '{"tcp":81}');
+    await until(() => rec.map.get("services/web/frontend")?.format === "json");
+    expect(rec.map.get("services/web/frontend")!.text).toBe('{"tcp":81}');
+    fs.unlinkSync(path.join(root, "services/web/frontend.json"));
+    await until(() => rec.map.get("services/web/frontend")?.format === "yaml");
+    expect(rec.map.get("services/web/frontend")!.text).toBe("tcp: 80\n");
+  });
+
+  test("a missing root: empty snapshot, then picked up when it appears, emptied when removed", async () => {
+    const parent = path.join(tmpBase, `missing-${++counter}`);
+    const root = path.join(parent, "etc/clusterf");
+    const { rec } = await startSource(root, { rootPollMs: 50 });
+    expect(rec.snapshots).toBe(1);
+    expect(rec.map.size).toBe(0);
+    write(root, "services/web/frontend", '{"tcp":80}');
+    await until(() => rec.map.size === 1);
+    write(root, "services/web/backends/b1", "{}");
+    await until(() => rec.map.size === 2);
+    fs.rmSync(parent, { recursive: true });
+    await until(() => rec.map.size === 0);
+    write(root, "routes/r1", "{}");
+    await until(() => rec.map.has("routes/r1"));
+    await converged(root, rec);
+  });
+
+  test("stop() ends watching", async () => {
+    const root = newRoot();
+    const { src, rec } = await startSource(root);
+    await src.stop();
+    write(root, "services/web/frontend", "{}");
+    await sleep(150);
+    expect(rec.updates).toEqual([]);
+  });
+
+  test("property: after random edit sequences the accumulated map equals a fresh read", async () => {
+    const files = [
+      "services/a/frontend",
+      "services/a/frontend.json",
+      "services/a/frontend.yaml",
+      "services/a/backends/b1.json",
+      "services/a/backends/b2",
+      "services/a/backends/b3.yml",
+      "services/b/frontend.yml",
+      "services/b/backends/b1",
+      "services/b/backends/.hidden",
+      "services/b/backends/b1~",
+      "routes/r1",
+      "routes/r2.yaml",
+    ];
+    const dirs = ["services/a", "services/a/backends", "services/b", "services/b/backends", "routes", "services"];
+    const fileArb = fc.constantFrom(...files);
+    const textArb = fc.constantFrom("{}", '{"tcp":1}', '{"tcp":2}', "tcp: 3\n", "");
+    const opArb = fc.oneof(
+      fc.record({ op: fc.constant("write" as const), f: fileArb, t: textArb }),
+      fc.record({ op: fc.constant("atomic" as const), f: fileArb, t: textArb }),
+      fc.record({ op: fc.constant("rm" as const), f: fileArb }),
+      fc.record({ op: fc.constant("mv" as const), f: fileArb, g: fileArb }),
+      fc.record({ op: fc.constant("rmdir" as const), d: fc.constantFrom(...dirs) }),
+      fc.record({ op: fc.constant("mvdir" as const), d: fc.constantFrom("services/a", "services/b"), e: fc.constantFrom("services/a", "services/b", "services/c") }),
+      fc.record({ op: fc.constant("sleep" as const), ms: fc.integer({ min: 1, max: 40 }) }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 25 }), async (ops) => {
+        const root = newRoot();
+        write(root, "services/a/frontend", "{}");
+        write(root, "services/a/backends/b1.json", '{"tcp":1}');
+        const { src, rec } = await startSource(root, { debounceMs: 10 });
+        const p = (r: string) => path.join(root, r);
+        for (const o of ops) {
+          try {
+            switch (o.op) {
+              case "write":
+                write(root, o.f, o.t);
+                break;
+              case "atomic":
+                write(root, o.f + ".tmp", o.t);
+                fs.renameSync(p(o.f + ".tmp"), p(o.f));
+                break;
+              case "rm":
+                fs.rmSync(p(o.f), { force: true });
+                break;
+              case "mv":
+                if (fs.existsSync(p(o.f))) {
+                  fs.mkdirSync(path.dirname(p(o.g)), { recursive: true });
+                  fs.renameSync(p(o.f), p(o.g));
+                }
+                break;
+              case "rmdir":
+                fs.rmSync(p(o.d), { recursive: true, force: true });
+                break;
+              case "mvdir":
+                if (o.d !== o.e && fs.existsSync(p(o.d))) {
+                  fs.rmSync(p(o.e), { recursive: true, force: true });
+                  fs.renameSync(p(o.d), p(o.e));
+                }
+                break;
+              case "sleep":
+                await sleep(o.ms);
+                break;
+            }
+          } catch {
+            // a path that is (or sits under) a file of another op: not a valid edit, skip it
+          }
+        }
+        await converged(root, rec, 4000);
+        await src.stop();
+      }),
+      { seed: 20240611, numRuns: 15, endOnFailure: true },
+    );
+  }, 60_000);
+});
