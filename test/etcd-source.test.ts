@@ -294,30 +294,33 @@ describe("EtcdSource, three members", () => {
     await cluster?.destroy();
   });
 
-  /** Writes keys in a loop (retrying through elections) until stopped; returns the write count. */
+  /** Writes keys in a loop (1 s deadline per write, so a write lost in an election does not stall it). */
   function writer(c: Etcd3) {
     let stop = false;
-    let count = 0;
-    const done = (async () => {
+    const w = {
+      count: 0,
+      done: null as unknown as Promise<void>,
+      async stop() {
+        stop = true;
+        await w.done;
+        return w.count;
+      },
+    };
+    w.done = (async () => {
       for (let i = 0; !stop; i++) {
         const key = `/clusterf/services/s${i % 3}/backends/b${i % 7}`;
+        const deadline = { deadline: new Date(Date.now() + 1000) };
         try {
-          if (i % 5 === 4) await c.delete().key(key);
-          else await c.put(key).value(JSON.stringify({ ipv4: `10.9.0.${i % 250}`, weight: i }));
-          count++;
+          if (i % 5 === 4) await c.delete().key(key).options(deadline);
+          else await c.put(key).value(JSON.stringify({ ipv4: `10.9.0.${i % 250}`, weight: i })).options(deadline);
+          w.count++;
         } catch {
           await Bun.sleep(50);
         }
-        await Bun.sleep(10);
+        await Bun.sleep(5);
       }
-      return count;
     })();
-    return {
-      async stop() {
-        stop = true;
-        return done;
-      },
-    };
+    return w;
   }
 
   test("leader killed while keys change, then the source's own member: it follows through the others", async () => {
@@ -329,23 +332,27 @@ describe("EtcdSource, three members", () => {
     await waitFor("up", () => sink.up === true);
 
     const w = writer(c);
-    await Bun.sleep(300);
+    const progress = async (what: string) => {
+      const n = w.count;
+      await waitFor(what, () => w.count >= n + 20, 15000);
+    };
+    await progress("writes before");
     const leader = await cluster.killLeader();
-    await Bun.sleep(1000);
-    await cluster.leader(); // a new one was elected
-    await Bun.sleep(300);
+    await progress("writes after the leader was killed");
     await cluster.restartMember(leader);
 
     // Now kill the member the source watches through (the old leader is back, so quorum holds).
     await waitFor("connected", () => src.endpoint !== null);
     const mine = cluster.members.find((m) => m.clientUrl.endsWith(src.endpoint!))!;
     expect(mine).toBeDefined();
+    const downs = sink.statuses.filter((st) => !st.up).length;
     await mine.kill();
-    await Bun.sleep(500);
+    await waitFor("down", () => sink.statuses.filter((st) => !st.up).length > downs);
+    await progress("writes after the source's member was killed");
     await waitFor("reconnected elsewhere", () => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint));
-    await Bun.sleep(300);
+    await progress("writes after the source reconnected");
     const writes = await w.stop();
-    expect(writes).toBeGreaterThan(20);
+    expect(writes).toBeGreaterThan(80);
 
     const truth = await etcdState(c);
     await waitFor("converged", () => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000);
