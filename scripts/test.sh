@@ -18,7 +18,7 @@ count() { # count FILE: add bun's "N pass" / "N fail" summary lines to the total
 }
 
 echo "== host tests"
-"$BUN" test "$@" 2>&1 | tee "$LOG/host.txt"; rc=${PIPESTATUS[0]}
+"$BUN" test --timeout 120000 "$@" 2>&1 | tee "$LOG/host.txt"; rc=${PIPESTATUS[0]}
 count "$LOG/host.txt" "host tests"
 [ "$rc" = 0 ] || grep -qE '^ *[1-9][0-9]* fail$' "$LOG/host.txt" || failed=$((failed + 1))
 
@@ -26,7 +26,7 @@ kernel_tests=$(ls test/kernel/*.kernel.ts 2>/dev/null || true)
 if [ $# -eq 0 ] && [ -n "$kernel_tests" ]; then
   echo "== kernel tests (user-mode Linux with IPVS)"
   if [ -x "$SHARED/tools/run-in-kernel.sh" ] || [ -f "$SHARED/tools/run-in-kernel.sh" ]; then
-    IPVS_VM_TIMEOUT=${IPVS_VM_TIMEOUT:-900} bash "$SHARED/tools/run-in-kernel.sh" "$BUN" test $(printf './%s ' $kernel_tests) 2>&1 | tee "$LOG/kernel.txt"
+    IPVS_VM_TIMEOUT=${IPVS_VM_TIMEOUT:-900} bash "$SHARED/tools/run-in-kernel.sh" "$BUN" test --timeout 300000 $(printf './%s ' $kernel_tests) 2>&1 | tee "$LOG/kernel.txt"
     rc=${PIPESTATUS[0]}
     count "$LOG/kernel.txt" "kernel tests"
     [ "$rc" = 0 ] || grep -qE '^ *[1-9][0-9]* fail$' "$LOG/kernel.txt" || failed=$((failed + 1))

@@ -5,7 +5,9 @@ import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
-import { parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
+import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
+import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
+import type { Etcd3 } from "etcd3";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -43,7 +45,45 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied)" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
   { name: "once-timeout", type: "duration", default: 30_000, help: "with -once: how long to wait for the sources' first read" },
+  { name: "etcd-ttl", type: "duration", default: 10_000, help: "TTL of the advertised route's etcd lease (kept alive while running)" },
+  { name: "advertise-route-name", type: "string", default: "", help: "write routes/NAME into etcd for this host (two-tier deployments); empty = none" },
+  { name: "advertise-route-prefix4", type: "string", default: "", help: "Prefix4 of the advertised route (IPv4 CIDR)" },
+  { name: "advertise-route-gateway4", type: "string", default: "", help: "Gateway4 of the advertised route (this host's IPv4)" },
+  { name: "advertise-route-prefix6", type: "string", default: "", help: "Prefix6 of the advertised route (IPv6 CIDR)" },
+  { name: "advertise-route-gateway6", type: "string", default: "", help: "Gateway6 of the advertised route (this host's IPv6)" },
+  { name: "advertise-route-ipvs-method", type: "string", default: "", help: "IpvsMethod of the advertised route: masq, droute, tunnel or filter" },
 ];
+
+/** The advertised route from the flags, checked as readers will check it; undefined when not asked for. */
+function advertisedRoute(flags: FlagValues): { key: string; value: string } | undefined {
+  const name = flags["advertise-route-name"] as string;
+  if (!name) return undefined;
+  if (!/^[^/\s]+$/.test(name)) throw new FlagError(`invalid value ${JSON.stringify(name)} for flag -advertise-route-name: not a key name`);
+  if (!(flags["etcd-machines"] as string)) throw new FlagError("-advertise-route-name needs etcd: -etcd-machines is empty");
+  try {
+    const value = advertisedRouteValue({
+      Prefix4: flags["advertise-route-prefix4"] as string,
+      Gateway4: flags["advertise-route-gateway4"] as string,
+      Prefix6: flags["advertise-route-prefix6"] as string,
+      Gateway6: flags["advertise-route-gateway6"] as string,
+      IpvsMethod: flags["advertise-route-ipvs-method"] as string,
+    });
+    return { key: `${(flags["etcd-prefix"] as string).replace(/\/+$/, "")}/routes/${name}`, value };
+  } catch (e) {
+    throw new FlagError(`invalid -advertise-route-* flags: ${(e as Error).message}`);
+  }
+}
+
+function etcdClientOptions(flags: FlagValues) {
+  return {
+    endpoints: (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean),
+    cacert: (flags["etcd-cacert"] as string) || undefined,
+    cert: (flags["etcd-cert"] as string) || undefined,
+    key: (flags["etcd-key"] as string) || undefined,
+    username: (flags["etcd-username"] as string) || undefined,
+    password: (flags["etcd-password"] as string) || undefined,
+  };
+}
 
 async function openIpvs(flags: FlagValues): Promise<IpvsTable> {
   if (flags["ipvs-mock"]) return new MemoryIpvsTable();
@@ -58,26 +98,23 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
     const { DirSource } = await import("../config/dir-source.ts");
     sources.push(new DirSource({ root: configPath }));
   }
-  const machines = (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean);
-  if (machines.length) {
+  const etcd = etcdClientOptions(flags);
+  if (etcd.endpoints.length) {
     const { EtcdSource } = await import("../config/etcd-source.ts");
-    sources.push(
-      new EtcdSource({
-        endpoints: machines,
-        prefix: flags["etcd-prefix"] as string,
-        cacert: (flags["etcd-cacert"] as string) || undefined,
-        cert: (flags["etcd-cert"] as string) || undefined,
-        key: (flags["etcd-key"] as string) || undefined,
-        username: (flags["etcd-username"] as string) || undefined,
-        password: (flags["etcd-password"] as string) || undefined,
-      }),
-    );
+    sources.push(new EtcdSource({ ...etcd, prefix: flags["etcd-prefix"] as string }));
   }
   return sources;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const flags = parseOrExit("clusterf-ipvs", "Keeps the kernel's IPVS table equal to the clusterf config.", argv, IPVS_FLAGS);
+  let advertise: { key: string; value: string } | undefined;
+  try {
+    advertise = advertisedRoute(flags);
+  } catch (e) {
+    process.stderr.write(`clusterf-ipvs: ${(e as Error).message}\n`);
+    return 2;
+  }
   if (flags["ipvs-debug"]) log.configureLog({ level: "debug" });
   let ipvs: IpvsTable;
   try {
@@ -122,10 +159,21 @@ export async function main(argv: string[]): Promise<number> {
     return result.errors === 0 ? 0 : 1;
   }
 
+  let advertiser: RouteAdvertiser | undefined;
+  let etcdClient: Etcd3 | undefined;
+  if (advertise) {
+    const { makeEtcdClient } = await import("../config/etcd-source.ts");
+    etcdClient = makeEtcdClient(etcdClientOptions(flags));
+    advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, Math.max(1, Math.round((flags["etcd-ttl"] as number) / 1000)));
+    firstApply.then(() => advertiser!.start());
+  }
+
   return await new Promise<number>((resolve) => {
     const stop = (signal: string) => {
       log.info("exit", { signal });
-      daemon.stop().then(
+      Promise.all([advertiser?.stop(), daemon.stop()])
+        .finally(() => etcdClient?.close())
+        .then(
         () => resolve(0),
         () => resolve(1),
       );

@@ -1,0 +1,105 @@
+// Advertised routes against a real etcd: an intermediate host's clusterf-ipvs writes routes/NAME
+// under a lease; a frontend-tier clusterf-ipvs (in-memory IPVS) turns it into a droute
+// destination at the gateway with summed weights; SIGKILL lets the route expire after the TTL,
+// SIGTERM withdraws it at once, and it comes back after an etcd outage.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { startEtcd, type Etcd } from "./support/etcd.ts";
+import { Daemon } from "./support/proc.ts";
+
+let etcd: Etcd;
+const daemons: Daemon[] = [];
+const frontendDir = mkdtempSync("/tmp/clusterf-front-");
+const intermediateDir = mkdtempSync("/tmp/clusterf-mid-");
+
+function etcdctl(...args: string[]): string {
+  const p = Bun.spawnSync(["etcdctl", `--endpoints=${etcd.clientUrl}`, ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
+  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
+  return p.stdout.toString();
+}
+
+const routeValue = () => etcdctl("get", "--print-value-only", "/clusterf/routes/mid1").trim();
+
+async function until(pred: () => boolean, timeoutMs: number, what: string): Promise<number> {
+  const t0 = Date.now();
+  while (!pred()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what}`);
+    await Bun.sleep(100);
+  }
+  return Date.now() - t0;
+}
+
+function intermediate(): Daemon {
+  const d = new Daemon([
+    `-etcd-machines=${etcd.clientUrl}`,
+    `-config-path=${intermediateDir}`,
+    "-ipvs-mock",
+    "-filter-etcd-routes",
+    "-etcd-ttl=2s",
+    "-advertise-route-name=mid1",
+    "-advertise-route-prefix4=198.51.100.0/24",
+    "-advertise-route-gateway4=192.0.2.21",
+    "-advertise-route-ipvs-method=droute",
+  ]);
+  daemons.push(d);
+  return d;
+}
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+  // The frontend tier drops backends that no advertised route covers.
+  mkdirSync(join(frontendDir, "routes"));
+  writeFileSync(join(frontendDir, "routes/default"), '{"IpvsMethod": "filter"}');
+  // The intermediate tier masqs to its local backends only.
+  mkdirSync(join(intermediateDir, "routes"));
+  writeFileSync(join(intermediateDir, "routes/local"), '{"Prefix4": "198.51.100.0/24", "IpvsMethod": "masq"}');
+  writeFileSync(join(intermediateDir, "routes/default"), '{"IpvsMethod": "filter"}');
+  etcdctl("put", "/clusterf/services/web/frontend", '{"ipv4": "192.0.2.1", "tcp": 80}');
+  etcdctl("put", "/clusterf/services/web/backends/a", '{"ipv4": "198.51.100.1", "tcp": 8080, "weight": 10}');
+  etcdctl("put", "/clusterf/services/web/backends/b", '{"ipv4": "198.51.100.2", "tcp": 8080, "weight": 5}');
+  etcdctl("put", "/clusterf/services/web/backends/c", '{"ipv4": "203.0.113.9", "tcp": 8080}');
+});
+
+afterAll(async () => {
+  for (const d of daemons) await d.stop("SIGKILL").catch(() => {});
+  await etcd?.destroy();
+  rmSync(frontendDir, { recursive: true, force: true });
+  rmSync(intermediateDir, { recursive: true, force: true });
+});
+
+test("the advertised route drives the frontend tier; SIGKILL expires it after the TTL", async () => {
+  const front = new Daemon([`-etcd-machines=${etcd.clientUrl}`, `-config-path=${frontendDir}`, "-ipvs-mock"]);
+  daemons.push(front);
+  await front.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc", 15_000, "frontend without routes");
+
+  const mid = intermediate();
+  await mid.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 198.51.100.1:8080 Masq 10 0 0,-> 198.51.100.2:8080 Masq 5 0 0", 15_000, "intermediate: local masq");
+  await until(() => routeValue() !== "", 10_000, "route advertised");
+  expect(JSON.parse(routeValue())).toEqual({ Prefix4: "198.51.100.0/24", Gateway4: "192.0.2.21", IpvsMethod: "droute" });
+  await front.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 192.0.2.21:80 Route 15 0 0", 10_000, "frontend: droute to the gateway");
+
+  // Draining a backend changes the frontend's merged weight.
+  etcdctl("put", "/clusterf/services/web/backends/a", '{"ipv4": "198.51.100.1", "tcp": 8080, "weight": 0}');
+  await front.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 192.0.2.21:80 Route 5 0 0", 10_000, "merged weight after drain");
+
+  await mid.stop("SIGKILL");
+  const t0 = Date.now();
+  await front.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc", 10_000, "route expired");
+  const elapsed = Date.now() - t0;
+  expect(elapsed).toBeGreaterThan(1000); // not before the 2 s TTL (minus scheduling slack)
+  expect(routeValue()).toBe("");
+  await front.stop("SIGTERM");
+});
+
+test("SIGTERM withdraws the route at once; an etcd outage longer than the TTL re-advertises it", async () => {
+  const mid = intermediate();
+  await until(() => routeValue() !== "", 15_000, "route advertised");
+  await etcd.stop();
+  await Bun.sleep(5000); // longer than 2 × TTL: the lease is lost on the client side
+  await etcd.restart();
+  await until(() => routeValue() !== "", 20_000, "route advertised again after the outage");
+  expect(mid.stderr).toContain("route: advertised");
+  expect(await mid.stop("SIGTERM")).toBe(0);
+  expect(routeValue()).toBe("");
+});
