@@ -4,24 +4,33 @@
 //   services/web/backends/b1.yaml         -> key services/web/backends/b1, format yaml
 //   routes/r1                             -> key routes/r1, format json (no extension)
 //
-// How it stays correct: chokidar events are only hints. Each event marks a file (its key group)
-// or a directory (its subtree) dirty; after a short debounce the dirty parts are re-read from disk
-// and diffed against the last state handed to the sink, so the sink only sees real changes and the
-// accumulated state always converges to what a fresh read of the tree would give, whatever order
-// or shape the events had (atomic saves, renames, `rm -r`, bursts). A slow periodic full rescan
-// (`rescanMs`) is a safety net for events the kernel drops (inotify queue overflow, watch limits).
+// How it stays correct: filesystem notifications are only hints. A notification marks a path
+// dirty; after a short debounce each dirty path is re-read from disk (the key its name maps to,
+// and the subtree below it if it is, or was, a directory) and diffed against the last state handed
+// to the sink. So the sink only sees real changes, and the accumulated state always converges to
+// what a fresh read of the tree gives, whatever order or shape the notifications had (atomic
+// saves, renames, `rm -r`, bursts). A slow periodic full re-read (`rescanMs`) is a safety net for
+// notifications the kernel drops (inotify queue overflow, watch limits).
+//
+// Watching: one non-recursive `fs.watch` (inotify) per directory of the tree, added *before* the
+// directory is listed (so nothing created in between is missed), plus one on the directory of each
+// symlinked file's target (so editing the target, or a Kubernetes ConfigMap's `..data` swap, applies
+// live). Not chokidar: chokidar 4 under Bun dropped events in our tests (a vim-style save —
+// rename the file aside, write it anew — shortly after another save went unnoticed), because it
+// filters directory notifications down to added/removed names and throttles per-file watches;
+// a directory watch reports every entry change. It also needs one watch per directory, not per file.
 //
 // Decisions an operator would expect (not spelled out by the contract):
 // - A missing root directory is not fatal: the daemon keeps running with an empty local config
-//   (plus a warning) and picks the directory up when it appears (chokidar watches the parent; a
-//   poll covers a missing parent too). Removing the whole directory later empties the local config,
-//   exactly as a fresh read would.
+//   (plus a warning) and picks the directory up when it appears (polled every `rootPollMs`).
+//   Removing the whole directory later empties the local config, exactly as a fresh read would.
 // - A file that cannot be read (permissions, over `maxBytes`) keeps its previous value (if any): a
 //   transient problem must not withdraw a service. A file that vanished is a deletion.
 // - Ignored names, at any depth: hidden (`.` first; hidden directories are not descended), editor
-//   leftovers (`~` last, `#…#`, `.swp`/`.swo`/`.swx`…, `.tmp`, vim's `4913` probe), and package
-//   manager leftovers (`.dpkg-old`, `.dpkg-new`, `.dpkg-dist`, `.rpmnew`, `.rpmsave`, `.rpmorig`),
-//   which appear in /etc/clusterf on package upgrades. Extensions are matched case-sensitively.
+//   leftovers (`~` last, `#…#`, `.swp`/`.swo`/`.swn`/`.swx`, `.tmp`, vim's `4913` probe), and
+//   package manager leftovers (`.dpkg-old`, `.dpkg-new`, `.dpkg-dist`, `.dpkg-tmp`, `.rpmnew`,
+//   `.rpmsave`, `.rpmorig`), which appear in /etc/clusterf on package upgrades. Extensions are
+//   matched case-sensitively.
 // - Two files with the same key (`frontend.json`, `frontend.yaml`): the name that sorts first
 //   (plain code-unit order) wins; a warning names both.
 // - Symlinks are followed (files and directories; directory loops are cut). Other non-regular
@@ -30,7 +39,6 @@
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
-import { watch, type FSWatcher } from "chokidar";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
 import { debug, info, warn } from "../util/log.ts";
 
@@ -45,7 +53,7 @@ export interface DirSourceOptions {
   maxBytes?: number;
   /** Full re-read of the tree every this many ms, as a safety net for lost events; 0 = off. Default 60000. */
   rescanMs?: number;
-  /** While the root is missing, check for it this often (ms). Default 1000. */
+  /** How often to check that the root directory exists (appeared, vanished, replaced) (ms). Default 1000. */
   rootPollMs?: number;
 }
 
@@ -89,25 +97,49 @@ function joinRel(dir: string, name: string): string {
   return dir === "" ? name : `${dir}/${name}`;
 }
 
+function dirOf(rel: string): string {
+  const i = rel.lastIndexOf("/");
+  return i < 0 ? "" : rel.slice(0, i);
+}
+
+/** `rel` is `dir` or below it. */
 function isUnder(rel: string, dir: string): boolean {
   return dir === "" || rel === dir || rel.startsWith(dir + "/");
+}
+
+/** `rel` is strictly below `dir`. */
+function isBelow(rel: string, dir: string): boolean {
+  return dir === "" ? rel !== "" : rel.startsWith(dir + "/");
 }
 
 function errCode(e: unknown): string {
   return (e as NodeJS.ErrnoException)?.code ?? String(e);
 }
 
+/** Which directory this is; the birth time tells a re-created directory from the old one when the inode number is reused. */
+function dirIdentity(st: fs.Stats): string {
+  return `${st.dev}:${st.ino}:${st.birthtimeMs ?? 0}`;
+}
+
 const GONE = new Set(["ENOENT", "ENOTDIR", "EISDIR", "ELOOP"]);
 
-/** What a scan found: values, plus keys / key prefixes whose previous value must be kept (unreadable). */
+/** What a scan found. */
 interface ScanResult {
   values: Map<string, RawValue>;
+  /** Keys whose previous value must be kept (unreadable, too large). */
   keepKeys: Set<string>;
-  keepPrefixes: string[]; // relative dirs that could not be listed
+  /** Directories that could not be listed: every previous key below is kept. */
+  keepPrefixes: string[];
+  /** Directories listed (relative), with their identity, for watching. */
+  dirs: Map<string, string>;
+  /** Symlinked files read: relative file path → directory of the link's final target. */
+  links: Map<string, string>;
+  /** Relative file paths looked at for links (scope for forgetting stale link watches). */
+  files: Set<string>;
 }
 
 function newScan(): ScanResult {
-  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [] };
+  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Map(), files: new Set() };
 }
 
 /** The reading half, without any watching: also used for one-shot reads. */
@@ -118,29 +150,27 @@ class TreeReader {
   constructor(
     readonly root: string,
     private readonly maxBytes: number,
+    /** Called with each directory about to be listed, before listing it (to watch it first). */
+    private readonly beforeList?: (relDir: string, absDir: string, id: string) => void,
   ) {}
 
   abs(rel: string): string {
     return rel === "" ? this.root : path.join(this.root, rel);
   }
 
-  /** Re-read the subtree at `relDir` ("" = everything). */
+  /** Re-read the subtree at `relDir` ("" = everything). Not a directory (any more): nothing. */
   async scanTree(relDir: string): Promise<ScanResult> {
     const res = newScan();
-    // A dirty directory below the root is only trusted if the path to it is still a plain walk
-    // (no ignored component); events are filtered that way already, this is belt and braces.
     if (relDir !== "" && relDir.split("/").some(isIgnoredName)) return res;
     await this.scanDir(relDir, null, res, new Set(), 0);
     return res;
   }
 
-  /** Re-read the one key a file name maps to, in its directory (all same-key files compete). */
+  /** Re-read the one key a file path maps to: every file of that key in its directory competes. */
   async scanKey(relFile: string): Promise<{ key: string; res: ScanResult } | null> {
-    const parts = relFile.split("/");
-    if (parts.some(isIgnoredName)) return null;
-    const name = parts.pop()!;
-    const relDir = parts.join("/");
-    const { stem } = parseFileName(name);
+    if (relFile === "" || relFile.split("/").some(isIgnoredName)) return null;
+    const relDir = dirOf(relFile);
+    const { stem } = parseFileName(relFile.slice(relDir === "" ? 0 : relDir.length + 1));
     const res = newScan();
     await this.scanDir(relDir, stem, res, new Set(), MAX_DEPTH);
     return { key: joinRel(relDir, stem), res };
@@ -157,12 +187,14 @@ class TreeReader {
       if (onlyStem === null) {
         const st = await fsp.stat(absDir);
         if (!st.isDirectory()) return;
-        const id = `${st.dev}:${st.ino}`;
+        const id = dirIdentity(st);
         if (seen.has(id)) {
           warn("config-path: directory symlink loop, not descending", { source: SOURCE, path: absDir });
           return;
         }
         seen = new Set(seen).add(id);
+        res.dirs.set(relDir, id);
+        this.beforeList?.(relDir, absDir, id);
       }
       entries = await fsp.readdir(absDir, { withFileTypes: true });
     } catch (e) {
@@ -173,40 +205,44 @@ class TreeReader {
     }
 
     // Candidate files per key stem, and subdirectories.
-    const groups = new Map<string, string[]>();
+    const groups = new Map<string, Array<{ name: string; link: boolean }>>();
     const subdirs: string[] = [];
     for (const ent of entries) {
       const name = ent.name;
       if (isIgnoredName(name)) continue;
       let kind: "file" | "dir" | "other";
+      const link = ent.isSymbolicLink();
       if (ent.isFile()) kind = "file";
       else if (ent.isDirectory()) kind = "dir";
-      else if (ent.isSymbolicLink()) {
+      else if (link) {
         try {
           const st = await fsp.stat(path.join(absDir, name));
           kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
         } catch (e) {
           debug("config-path: dangling symlink ignored", { source: SOURCE, path: path.join(absDir, name), error: errCode(e) });
-          continue;
+          kind = "other";
         }
       } else kind = "other";
 
       if (kind === "dir") {
         if (onlyStem === null) subdirs.push(name);
-      } else if (kind === "file") {
-        const { stem } = parseFileName(name);
-        if (onlyStem !== null && stem !== onlyStem) continue;
-        let g = groups.get(stem);
-        if (!g) groups.set(stem, (g = []));
-        g.push(name);
+        continue;
       }
+      const { stem } = parseFileName(name);
+      if (onlyStem !== null && stem !== onlyStem) continue;
+      res.files.add(joinRel(relDir, name));
+      if (kind !== "file") continue;
+      let g = groups.get(stem);
+      if (!g) groups.set(stem, (g = []));
+      g.push({ name, link });
     }
 
-    for (const [stem, names] of groups) {
-      names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const [stem, cands] of groups) {
+      cands.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       const key = joinRel(relDir, stem);
-      this.noteConflict(key, relDir, names);
-      await this.readFile(key, joinRel(relDir, names[0]!), parseFileName(names[0]!).format, res);
+      this.noteConflict(key, relDir, cands.map((c) => c.name));
+      const first = cands[0]!;
+      await this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
     }
     if (onlyStem !== null) {
       if (!groups.has(onlyStem)) this.noteConflict(joinRel(relDir, onlyStem), relDir, []);
@@ -235,8 +271,16 @@ class TreeReader {
     });
   }
 
-  private async readFile(key: string, rel: string, format: ValueFormat, res: ScanResult): Promise<void> {
+  private async readFile(key: string, rel: string, format: ValueFormat, link: boolean, res: ScanResult): Promise<void> {
     const file = this.abs(rel);
+    if (link) {
+      // Watch where the content really lives (also when it turns out unreadable: it may get fixed).
+      try {
+        res.links.set(rel, path.dirname(await fsp.realpath(file)));
+      } catch {
+        // vanished: nothing to watch
+      }
+    }
     let fh: fsp.FileHandle | undefined;
     try {
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
@@ -285,6 +329,17 @@ function sameValue(a: RawValue | undefined, b: RawValue | undefined): boolean {
   return a.text === b.text && a.format === b.format && a.origin === b.origin;
 }
 
+interface DirWatch {
+  watcher: fs.FSWatcher;
+  id: string;
+}
+
+interface LinkWatch {
+  watcher: fs.FSWatcher | null;
+  /** Relative paths of the symlinked files whose target lives in this directory. */
+  links: Set<string>;
+}
+
 export class DirSource implements ConfigSource {
   readonly name = SOURCE;
   readonly root: string;
@@ -295,17 +350,22 @@ export class DirSource implements ConfigSource {
   private readonly reader: TreeReader;
 
   private sink: SourceSink | null = null;
-  private watcher: FSWatcher | null = null;
   /** What the sink has been told: key → value. */
   private known = new Map<string, RawValue>();
-  private dirtyDirs = new Set<string>();
-  private dirtyFiles = new Set<string>();
+  /** Relative paths to re-read ("" = the whole tree). */
+  private dirty = new Set<string>();
   private timer: ReturnType<typeof setTimeout> | null = null;
   private firstDirtyAt = 0;
   private rescanTimer: ReturnType<typeof setInterval> | null = null;
   private pollTimer: ReturnType<typeof setInterval> | null = null;
-  private rootPresent = false;
-  /** Serialises the initial read, flushes and watcher restarts. */
+  private rootId: string | null = null;
+  /** One watch per directory of the tree, by relative path. */
+  private dirWatches = new Map<string, DirWatch>();
+  /** Watches on the directories holding symlinked files' targets, by absolute path. */
+  private linkWatches = new Map<string, LinkWatch>();
+  /** Symlinked file (relative path) → its target's directory. */
+  private linkTargets = new Map<string, string>();
+  /** Serialises the initial read and the flushes. */
   private chain: Promise<void> = Promise.resolve();
   private stopped = false;
 
@@ -315,37 +375,40 @@ export class DirSource implements ConfigSource {
     this.maxDelayMs = Math.max(this.debounceMs, opts.maxDelayMs ?? Math.max(1000, 10 * this.debounceMs));
     this.rescanMs = opts.rescanMs ?? 60_000;
     this.rootPollMs = opts.rootPollMs ?? 1000;
-    this.reader = new TreeReader(this.root, opts.maxBytes ?? DEFAULT_MAX_BYTES);
+    this.reader = new TreeReader(this.root, opts.maxBytes ?? DEFAULT_MAX_BYTES, (rel, abs, id) => this.watchDir(rel, abs, id));
   }
 
   async start(sink: SourceSink): Promise<void> {
     if (this.sink) throw new Error("DirSource already started");
     this.sink = sink;
     this.stopped = false;
-    // Watch first, then read: a change during the initial read is then seen by a later flush.
-    // Everything runs on the serial chain, so no flush can overtake the snapshot.
-    const initial = this.serial(async () => {
-      this.rootPresent = await this.rootIsDir();
-      await this.startWatcher();
-      if (this.stopped) return;
-      const res = await this.reader.scanTree("");
-      if (this.stopped) return;
-      this.known = new Map(res.values);
-      if (!this.rootPresent) {
-        warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
+    let failure: unknown = null;
+    // On the serial chain, so that no flush can overtake the snapshot. Directories are watched as
+    // they are listed, so a change during the initial read is seen by a later flush.
+    await this.serial(async () => {
+      try {
+        this.rootId = await this.rootIdentity();
+        const res = await this.reader.scanTree("");
+        if (this.stopped) return;
+        this.syncWatches("", res);
+        this.syncLinks("", res);
+        this.known = new Map(res.values);
+        if (this.rootId === null) {
+          warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
+        }
+        info("config-path: read", { source: SOURCE, path: this.root, keys: this.known.size });
+        sink.snapshot(SOURCE, new Map(this.known));
+        sink.status(SOURCE, true, this.rootId === null ? `${this.root} does not exist` : undefined);
+      } catch (e) {
+        failure = e;
       }
-      info("config-path: read", { source: SOURCE, path: this.root, keys: this.known.size });
-      sink.snapshot(SOURCE, new Map(this.known));
-      sink.status(SOURCE, true, this.rootPresent ? undefined : `${this.root} does not exist`);
     });
-    await initial;
-    this.pollTimer = setInterval(() => void this.pollRoot(), this.rootPollMs);
-    if (this.rescanMs > 0) {
-      this.rescanTimer = setInterval(() => {
-        this.dirtyDirs.add("");
-        this.schedule();
-      }, this.rescanMs);
+    if (failure) {
+      await this.stop();
+      throw failure;
     }
+    this.pollTimer = setInterval(() => void this.pollRoot(), this.rootPollMs);
+    if (this.rescanMs > 0) this.rescanTimer = setInterval(() => this.markDirty(""), this.rescanMs);
   }
 
   async stop(): Promise<void> {
@@ -354,10 +417,14 @@ export class DirSource implements ConfigSource {
     if (this.rescanTimer) clearInterval(this.rescanTimer);
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.timer = this.rescanTimer = this.pollTimer = null;
-    const w = this.watcher;
-    this.watcher = null;
-    await w?.close().catch(() => {});
+    this.firstDirtyAt = 0;
     await this.chain.catch(() => {});
+    for (const w of this.dirWatches.values()) w.watcher.close();
+    for (const w of this.linkWatches.values()) w.watcher?.close();
+    this.dirWatches.clear();
+    this.linkWatches.clear();
+    this.linkTargets.clear();
+    this.dirty.clear();
     this.sink = null;
   }
 
@@ -367,48 +434,103 @@ export class DirSource implements ConfigSource {
       clearTimeout(this.timer);
       this.timer = null;
       this.firstDirtyAt = 0;
-      this.serial(() => this.flush());
+      void this.serial(() => this.flush());
     }
     await this.chain;
   }
 
   // --- watching ---
 
-  private async startWatcher(): Promise<void> {
-    const root = this.root;
-    const w = watch(root, {
-      ignoreInitial: true,
-      followSymlinks: true,
-      // Unlinks are reported at once; the debounce and the re-read absorb editors' atomic saves.
-      atomic: false,
-      ignorePermissionErrors: true,
-      ignored: (p: string) => {
-        const rel = path.relative(root, p);
-        if (rel === "" || rel.startsWith("..") || path.isAbsolute(rel)) return false;
-        return rel.split(path.sep).some(isIgnoredName);
-      },
-    });
-    w.on("all", (event, p) => this.onEvent(event, p));
-    w.on("error", (e) => warn("config-path: watcher error", { source: SOURCE, path: root, error: String((e as Error)?.message ?? e) }));
-    this.watcher = w;
-    await new Promise<void>((resolve) => {
-      // Never hang start() on a watcher that does not come up.
-      const t = setTimeout(resolve, 5000);
-      w.once("ready", () => {
-        clearTimeout(t);
-        resolve();
+  /** Watch a tree directory about to be listed (again, if it was replaced by another directory). */
+  private watchDir(rel: string, abs: string, id: string): void {
+    if (this.stopped) return;
+    const cur = this.dirWatches.get(rel);
+    if (cur?.id === id) return;
+    cur?.watcher.close();
+    this.dirWatches.delete(rel);
+    const base = path.basename(abs);
+    try {
+      const watcher: fs.FSWatcher = fs.watch(abs, { persistent: true }, (_event, name) => {
+        if (name === null || name === undefined) return this.markDirty(rel);
+        const n = String(name);
+        if (n === base) {
+          // Most likely the watched directory itself was removed or moved (inotify reports it under
+          // its own name): this watch is dead. Re-list the directory, which watches it anew if it exists.
+          if (this.dirWatches.get(rel)?.watcher === watcher) this.dirWatches.delete(rel);
+          watcher.close();
+          this.markDirty(rel);
+        }
+        // Kubernetes ConfigMap volumes swap `..data` (a symlink to `..<timestamp>/`) atomically.
+        if (isIgnoredName(n) && !n.startsWith("..")) return;
+        this.markDirty(n.startsWith("..") ? rel : joinRel(rel, n));
       });
-    });
+      watcher.on("error", (e) => {
+        warn("config-path: directory watch failed", { source: SOURCE, path: abs, error: String((e as Error)?.message ?? e) });
+        if (this.dirWatches.get(rel)?.watcher === watcher) this.dirWatches.delete(rel);
+        watcher.close();
+      });
+      this.dirWatches.set(rel, { watcher, id });
+    } catch (e) {
+      if (!GONE.has(errCode(e))) {
+        warn("config-path: cannot watch directory (changes there apply at the next periodic re-read)", { source: SOURCE, path: abs, error: errCode(e) });
+      }
+    }
   }
 
-  private onEvent(event: string, p: string): void {
+  /** After a re-read of the subtree at `scope`: drop the watches of directories that are gone. */
+  private syncWatches(scope: string, res: ScanResult): void {
+    for (const [rel, w] of this.dirWatches) {
+      if (isUnder(rel, scope) && res.dirs.get(rel) !== w.id && !res.keepPrefixes.some((p) => isUnder(rel, p))) {
+        w.watcher.close();
+        this.dirWatches.delete(rel);
+      }
+    }
+  }
+
+  /** After a re-read: (un)register symlinked files in scope (a subtree, or a set of file paths). */
+  private syncLinks(scope: string | Set<string>, res: ScanResult): void {
+    const inScope = (rel: string) => (typeof scope === "string" ? isUnder(rel, scope) : scope.has(rel));
+    for (const [rel, dir] of this.linkTargets) {
+      if (inScope(rel) && res.links.get(rel) !== dir) this.unlinkTarget(rel, dir);
+    }
+    for (const [rel, dir] of res.links) {
+      if (this.linkTargets.get(rel) === dir) continue;
+      this.linkTargets.set(rel, dir);
+      let lw = this.linkWatches.get(dir);
+      if (!lw) {
+        lw = { watcher: null, links: new Set() };
+        this.linkWatches.set(dir, lw);
+        const entry = lw;
+        try {
+          entry.watcher = fs.watch(dir, { persistent: true }, () => {
+            for (const l of entry.links) this.markDirty(l);
+          });
+          entry.watcher.on("error", () => {
+            entry.watcher?.close();
+            entry.watcher = null;
+          });
+        } catch (e) {
+          debug("config-path: cannot watch symlink target directory", { source: SOURCE, path: dir, error: errCode(e) });
+        }
+      }
+      lw.links.add(rel);
+    }
+  }
+
+  private unlinkTarget(rel: string, dir: string): void {
+    this.linkTargets.delete(rel);
+    const lw = this.linkWatches.get(dir);
+    if (!lw) return;
+    lw.links.delete(rel);
+    if (!lw.links.size) {
+      lw.watcher?.close();
+      this.linkWatches.delete(dir);
+    }
+  }
+
+  private markDirty(rel: string): void {
     if (this.stopped) return;
-    const rel = path.relative(this.root, p);
-    if (rel.startsWith("..") || path.isAbsolute(rel)) return;
-    const r = rel.split(path.sep).join("/");
-    debug("config-path: event", { source: SOURCE, event, path: p });
-    if (r === "" || event === "addDir" || event === "unlinkDir") this.dirtyDirs.add(r);
-    else this.dirtyFiles.add(r);
+    this.dirty.add(rel);
     this.schedule();
   }
 
@@ -421,7 +543,7 @@ export class DirSource implements ConfigSource {
     this.timer = setTimeout(() => {
       this.timer = null;
       this.firstDirtyAt = 0;
-      this.serial(() => this.flush());
+      void this.serial(() => this.flush());
     }, wait);
   }
 
@@ -433,76 +555,71 @@ export class DirSource implements ConfigSource {
     return next;
   }
 
-  private async rootIsDir(): Promise<boolean> {
+  private async rootIdentity(): Promise<string | null> {
     try {
-      return (await fsp.stat(this.root)).isDirectory();
+      const st = await fsp.stat(this.root);
+      return st.isDirectory() ? dirIdentity(st) : null;
     } catch {
-      return false;
+      return null;
     }
   }
 
-  /** Root appeared or vanished: restart the watcher (chokidar loses track when the parent is gone too) and re-read everything. */
+  /** The root appeared, vanished or was replaced (its parent is not watched): re-read everything. */
   private async pollRoot(): Promise<void> {
     if (this.stopped) return;
-    const present = await this.rootIsDir();
-    if (present === this.rootPresent || this.stopped) return;
-    this.rootPresent = present;
-    if (present) info("config-path: directory appeared", { source: SOURCE, path: this.root });
-    else warn("config-path: directory vanished, local config is now empty", { source: SOURCE, path: this.root });
-    this.sink?.status(SOURCE, true, present ? undefined : `${this.root} does not exist`);
-    await this.serial(async () => {
-      if (this.stopped) return;
-      const old = this.watcher;
-      this.watcher = null;
-      await old?.close().catch(() => {});
-      if (this.stopped) return;
-      await this.startWatcher();
-    });
-    this.dirtyDirs.add("");
-    this.schedule();
+    const id = await this.rootIdentity();
+    if (id === this.rootId || this.stopped) return;
+    const was = this.rootId;
+    this.rootId = id;
+    if (id === null) warn("config-path: directory vanished, the local config is now empty", { source: SOURCE, path: this.root });
+    else if (was === null) info("config-path: directory appeared", { source: SOURCE, path: this.root });
+    else info("config-path: directory replaced", { source: SOURCE, path: this.root });
+    this.sink?.status(SOURCE, true, id === null ? `${this.root} does not exist` : undefined);
+    this.markDirty("");
   }
 
   // --- re-reading ---
 
   private async flush(): Promise<void> {
     if (this.stopped || !this.sink) return;
-    let dirs = [...this.dirtyDirs];
-    let files = [...this.dirtyFiles];
-    this.dirtyDirs.clear();
-    this.dirtyFiles.clear();
-    if (!dirs.length && !files.length) return;
+    const paths = [...this.dirty].sort();
+    this.dirty.clear();
+    if (!paths.length) return;
 
-    // Drop what an enclosing dirty directory covers.
-    dirs.sort();
-    const topDirs: string[] = [];
-    for (const d of dirs) if (!topDirs.some((t) => isUnder(d, t))) topDirs.push(d);
-    files = files.filter((f) => !topDirs.some((t) => isUnder(f, t) && f !== t));
-    // (A dirty "file" equal to a dirty dir's path is a type change: both are looked at.)
+    // A path strictly below another dirty path is covered by that one's subtree re-read.
+    const top: string[] = [];
+    for (const p of paths) if (!top.some((t) => isBelow(p, t))) top.push(p);
 
     const changes = new Map<string, RawValue | null>();
-    for (const d of topDirs) {
-      const res = await this.reader.scanTree(d);
+    const doneKeys = new Set<string>();
+    for (const p of top) {
+      // The subtree below p, if p is (or was) a directory.
+      const res = await this.reader.scanTree(p);
+      if (this.stopped) return;
+      this.syncWatches(p, res);
+      this.syncLinks(p, res);
       for (const [k, v] of res.values) if (!sameValue(this.known.get(k), v)) changes.set(k, v);
       for (const k of this.known.keys()) {
-        if (!isUnder(k, d) || k === d || res.values.has(k) || res.keepKeys.has(k)) continue;
-        if (res.keepPrefixes.some((p) => isUnder(k, p))) continue;
+        if (!isBelow(k, p) || res.values.has(k) || res.keepKeys.has(k)) continue;
+        if (res.keepPrefixes.some((d) => isUnder(k, d))) continue;
         changes.set(k, null);
       }
-    }
-    const doneKeys = new Set<string>();
-    for (const f of files) {
-      const r = await this.reader.scanKey(f);
+      // The key that p's name maps to, as a file, in its directory.
+      const r = p === "" ? null : await this.reader.scanKey(p);
+      if (this.stopped) return;
       if (!r || doneKeys.has(r.key)) continue;
       doneKeys.add(r.key);
-      const { key, res } = r;
-      if (res.keepKeys.has(key) || res.keepPrefixes.length) continue;
-      const v = res.values.get(key);
+      const { key, res: kr } = r;
+      kr.files.add(p);
+      this.syncLinks(kr.files, kr);
+      if (kr.keepKeys.has(key) || kr.keepPrefixes.length) continue;
+      const v = kr.values.get(key);
       if (v) {
         if (!sameValue(this.known.get(key), v)) changes.set(key, v);
       } else if (this.known.has(key)) changes.set(key, null);
     }
 
-    if (this.stopped || !changes.size) return;
+    if (!changes.size) return;
     const events: KeyEvent[] = [...changes.keys()].sort().map((key) => ({ key, value: changes.get(key)! }));
     for (const ev of events) {
       if (ev.value) this.known.set(ev.key, ev.value);
