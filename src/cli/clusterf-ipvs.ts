@@ -8,6 +8,8 @@ import * as log from "../util/log.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
+import { parseListen, serveMetrics, type MetricsServer } from "../metrics/server.ts";
+import { ipvsHealth, ipvsMetrics } from "../metrics/ipvs-metrics.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -45,6 +47,14 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied)" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
   { name: "once-timeout", type: "duration", default: 30_000, help: "with -once: how long to wait for the sources' first read" },
+  { name: "metrics-listen", type: "string", default: "", help: "serve Prometheus /metrics and /healthz on ADDR:PORT; empty = off" },
+  {
+    name: "log-format",
+    type: "string",
+    default: "text",
+    help: "log line format on stderr: text or json",
+    check: (v: string) => (v === "text" || v === "json" ? undefined : "expected text or json"),
+  },
   { name: "etcd-ttl", type: "duration", default: 10_000, help: "TTL of the advertised route's etcd lease (kept alive while running)" },
   { name: "advertise-route-name", type: "string", default: "", help: "write routes/NAME into etcd for this host (two-tier deployments); empty = none" },
   { name: "advertise-route-prefix4", type: "string", default: "", help: "Prefix4 of the advertised route (IPv4 CIDR)" },
@@ -115,7 +125,15 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`clusterf-ipvs: ${(e as Error).message}\n`);
     return 2;
   }
-  if (flags["ipvs-debug"]) log.configureLog({ level: "debug" });
+  log.configureLog({ level: flags["ipvs-debug"] ? "debug" : undefined, json: flags["log-format"] === "json" });
+  if (flags["metrics-listen"]) {
+    try {
+      parseListen(flags["metrics-listen"] as string);
+    } catch (e) {
+      process.stderr.write(`clusterf-ipvs: invalid value for flag -metrics-listen: ${(e as Error).message}\n`);
+      return 2;
+    }
+  }
   let ipvs: IpvsTable;
   try {
     ipvs = await openIpvs(flags);
@@ -140,6 +158,15 @@ export async function main(argv: string[]): Promise<number> {
   });
 
   const firstApply = daemon.nextApply();
+  let metrics: MetricsServer | undefined;
+  if (flags["metrics-listen"]) {
+    try {
+      metrics = serveMetrics(flags["metrics-listen"] as string, ipvsMetrics(daemon), () => ipvsHealth(daemon));
+    } catch (e) {
+      log.error(`metrics: cannot listen on ${flags["metrics-listen"]}: ${(e as Error).message}`);
+      return 1;
+    }
+  }
   try {
     await daemon.start();
   } catch (e) {
@@ -152,6 +179,7 @@ export async function main(argv: string[]): Promise<number> {
     const timeout = flags["once-timeout"] as number;
     const result = await Promise.race([firstApply, Bun.sleep(timeout).then(() => undefined)]);
     await daemon.stop();
+    metrics?.stop();
     if (!result) {
       log.error("once: the config sources did not deliver a first read in time", { timeoutMs: timeout });
       return 1;
@@ -172,7 +200,10 @@ export async function main(argv: string[]): Promise<number> {
     const stop = (signal: string) => {
       log.info("exit", { signal });
       Promise.all([advertiser?.stop(), daemon.stop()])
-        .finally(() => etcdClient?.close())
+        .finally(() => {
+          etcdClient?.close();
+          metrics?.stop();
+        })
         .then(
         () => resolve(0),
         () => resolve(1),

@@ -26,6 +26,8 @@ export interface IpvsDaemonOptions {
   retryMs?: number;
 }
 
+export type SyncKind = "full" | "incremental" | "resync";
+
 export interface DaemonCounters {
   configErrors: Record<SourceName, number>;
   applies: number;
@@ -48,6 +50,7 @@ export class IpvsDaemon implements SourceSink {
   private resyncTimer?: ReturnType<typeof setInterval>;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private applyListeners: ((r: SyncResult) => void)[] = [];
+  private syncListeners: ((kind: SyncKind, ms: number, r: SyncResult) => void)[] = [];
 
   constructor(
     ipvs: IpvsTable,
@@ -85,6 +88,11 @@ export class IpvsDaemon implements SourceSink {
   /** Resolves after the next apply (the first full apply, when called before it). */
   nextApply(): Promise<SyncResult> {
     return new Promise((resolve) => this.applyListeners.push(resolve));
+  }
+
+  /** Called after every sync (metrics). */
+  onSync(listener: (kind: SyncKind, ms: number, r: SyncResult) => void): void {
+    this.syncListeners.push(listener);
   }
 
   get ready(): boolean {
@@ -144,6 +152,7 @@ export class IpvsDaemon implements SourceSink {
   apply(): SyncResult {
     const t0 = performance.now();
     let result: SyncResult;
+    const kind: SyncKind = this.started ? "incremental" : "full";
     if (!this.started) {
       this.started = true;
       this.desired.rebuild(this.store.services, this.store.routes);
@@ -158,7 +167,7 @@ export class IpvsDaemon implements SourceSink {
     }
     this.dirtyServices = new Set();
     this.routeChanges = [];
-    this.finish(result, performance.now() - t0);
+    this.finish(kind, result, performance.now() - t0);
     return result;
   }
 
@@ -173,11 +182,11 @@ export class IpvsDaemon implements SourceSink {
       log.error("IPVS: cannot read the kernel table", { error: (e as Error).message });
       result = { ops: 0, errors: 1, failed: new Set(["*"]) };
     }
-    this.finish(result, performance.now() - t0);
+    this.finish("resync", result, performance.now() - t0);
     return result;
   }
 
-  private finish(result: SyncResult, ms: number): void {
+  private finish(kind: SyncKind, result: SyncResult, ms: number): void {
     this.counters.applies++;
     this.counters.lastApplyMs = ms;
     if (result.errors === 0) this.counters.lastSyncAt = Date.now();
@@ -190,6 +199,7 @@ export class IpvsDaemon implements SourceSink {
         this.resync();
       }, this.opts.retryMs ?? 1000);
     }
+    for (const l of this.syncListeners) l(kind, ms, result);
     if (this.opts.print) this.opts.print(this.formatActual());
     const listeners = this.applyListeners;
     this.applyListeners = [];

@@ -26,6 +26,8 @@ export interface TableEntry {
 export interface DesiredEntry extends TableEntry {
   /** The config service that describes it. */
   owner: string;
+  /** Destination key → the config backends merged into it (for logs and metrics labels). */
+  backendsByDest: Map<string, string[]>;
 }
 
 export type Table = Map<string, TableEntry>;
@@ -77,7 +79,7 @@ export function compileService(
         netmask: family === "inet" ? 32 : 128,
       };
       const dests = new Map<string, Dest>();
-      const methodFrom = new Map<string, string>();
+      const backendsByDest = new Map<string, string[]>();
       for (const [backendName, b] of backends) {
         const address = b[addrKey];
         const bport = b[protocol];
@@ -102,9 +104,11 @@ export function compileService(
         const merged = dests.get(key);
         if (!merged) {
           dests.set(key, dest);
-          methodFrom.set(key, backendName);
+          backendsByDest.set(key, [backendName]);
           continue;
         }
+        const names = backendsByDest.get(key)!;
+        names.push(backendName);
         const sum = merged.weight + dest.weight;
         if (sum > MAX_WEIGHT) {
           warn("summed weight exceeds the IPVS maximum; clamped", { service: name, dest: key, weight: sum });
@@ -114,13 +118,13 @@ export function compileService(
           warn("backends merged onto one destination have different methods; the first by name wins", {
             service: name,
             dest: key,
-            kept: `${methodFrom.get(key)}:${merged.method}`,
+            kept: `${names[0]}:${merged.method}`,
             ignored: `${backendName}:${dest.method}`,
           });
         }
       }
       if (opts.elide && dests.size === 0) continue;
-      out.push({ service, dests, owner: name });
+      out.push({ service, dests, owner: name, backendsByDest });
     }
   }
   return out;

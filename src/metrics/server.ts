@@ -1,0 +1,45 @@
+// The -metrics-listen HTTP endpoint shared by both daemons: Prometheus text at /metrics and a
+// health answer at /healthz (200 when healthy, 503 with the reason otherwise).
+
+import type { Registry } from "prom-client";
+import * as log from "../util/log.ts";
+
+export interface Health {
+  ok: boolean;
+  detail: string;
+}
+
+export interface MetricsServer {
+  url: string;
+  stop(): void;
+}
+
+/** "ADDR:PORT", "[v6]:PORT" or ":PORT" (all addresses) → hostname and port. */
+export function parseListen(listen: string): { hostname: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`invalid listen address ${JSON.stringify(listen)}: expected ADDR:PORT`);
+  return { hostname: m[1] ?? (m[2] || "0.0.0.0"), port };
+}
+
+export function serveMetrics(listen: string, registry: Registry, health: () => Health): MetricsServer {
+  const { hostname, port } = parseListen(listen);
+  const server = Bun.serve({
+    hostname,
+    port,
+    async fetch(req) {
+      const path = new URL(req.url).pathname;
+      if (path === "/metrics") {
+        return new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
+      }
+      if (path === "/healthz") {
+        const h = health();
+        return new Response(h.detail + "\n", { status: h.ok ? 200 : 503, headers: { "content-type": "text/plain" } });
+      }
+      return new Response("not found: try /metrics or /healthz\n", { status: 404 });
+    },
+  });
+  const url = `http://${hostname.includes(":") ? `[${hostname}]` : hostname}:${server.port}`;
+  log.info("metrics: listening", { url });
+  return { url, stop: () => server.stop(true) };
+}
