@@ -74,7 +74,7 @@ export function parseObject(text: string, format: ValueFormat): Record<string, u
   let data: unknown;
   if (format === "yaml") {
     try {
-      data = YAML.parse(text, { uniqueKeys: false, maxAliasCount: 100 });
+      data = YAML.parse(text, { uniqueKeys: false, maxAliasCount: 100, logLevel: "error" });
     } catch (e) {
       throw new ConfigValueError(`invalid YAML: ${firstLine((e as Error).message)}`);
     }
