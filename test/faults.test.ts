@@ -1,0 +1,112 @@
+// Fault suite (real etcd, real directories, the clusterf-ipvs process with the in-memory table):
+// 1. etcd stopped for 30 s: the table does not change; local edits still apply; after etcd
+//    returns, changes made there apply.
+// 2. A 3-member etcd cluster whose leader is killed while keys change.
+// 4. Bad values through the etcd watch and the directory watcher: the last good value stays,
+//    the error is counted in the metrics, the daemon keeps running; /healthz follows etcd.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
+import { Daemon } from "./support/proc.ts";
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
+});
+
+function etcdctl(endpoints: string, ...args: string[]): string {
+  const p = Bun.spawnSync(["etcdctl", `--endpoints=${endpoints}`, "--command-timeout=3s", ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
+  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
+  return p.stdout.toString();
+}
+
+async function metric(url: string, name: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+  return line ? Number(line.split(" ").pop()) : NaN;
+}
+
+describe("etcd down for 30 s", () => {
+  let etcd: Etcd;
+  test("the table stays, local edits apply, etcd changes apply after it returns; health and metrics follow", async () => {
+    etcd = await startEtcd();
+    cleanups.push(() => etcd.destroy());
+    const dir = mkdtempSync("/tmp/clusterf-fault-");
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const [port] = await freePorts(1);
+    const url = `http://127.0.0.1:${port}`;
+    const ep = etcd.clientUrl;
+    etcdctl(ep, "put", "/clusterf/services/s/frontend", '{"ipv4": "192.0.2.1", "tcp": 80}');
+    etcdctl(ep, "put", "/clusterf/services/s/backends/a", '{"ipv4": "198.51.100.1", "tcp": 80}');
+    const d = new Daemon([`-etcd-machines=${ep}`, `-config-path=${dir}`, "-ipvs-mock", `-metrics-listen=127.0.0.1:${port}`]);
+    cleanups.push(() => d.stop("SIGKILL"));
+    const before = ["TCP 192.0.2.1:80 wlc", "-> 198.51.100.1:80 Masq 10 0 0"];
+    await d.waitFor((t) => t.join() === before.join(), 15_000, "initial");
+    expect((await fetch(`${url}/healthz`)).status).toBe(200);
+    expect(await metric(url, "clusterf_etcd_connected")).toBe(1);
+
+    // 4. A bad value through the etcd watch.
+    etcdctl(ep, "put", "/clusterf/services/s/backends/a", '{"ipv4": "198.51.100.1", "tcp": 80, "weight": "heavy"}');
+    // ...and through the directory watcher (a new key, and a bad edit of a good one).
+    mkdirSync(join(dir, "services/s/backends"), { recursive: true });
+    writeFileSync(join(dir, "services/s/backends/local.json"), '{"ipv4": "198.51.100.9", "tcp": 80, "weight": 2}');
+    await d.waitFor((t) => t.includes("-> 198.51.100.9:80 Masq 2 0 0"), 10_000, "local backend");
+    writeFileSync(join(dir, "services/s/backends/local.json"), '{"ipv4": "198.51.100.9", "tcp": 80, "weight": 2');
+    writeFileSync(join(dir, "services/s/backends/junk"), Buffer.from([0xde, 0xad, 0xbe, 0xef]));
+    await Bun.sleep(1000);
+    expect(d.last).toEqual([...before, "-> 198.51.100.9:80 Masq 2 0 0"]);
+    expect(await metric(url, 'clusterf_config_errors_total{source="etcd"}')).toBe(1);
+    expect(await metric(url, 'clusterf_config_errors_total{source="local"}')).toBe(2);
+
+    // 1. etcd down for 30 s.
+    const seen = d.tables.length;
+    await etcd.stop();
+    await Bun.sleep(3000);
+    expect((await fetch(`${url}/healthz`)).status).toBe(503);
+    expect(await metric(url, "clusterf_etcd_connected")).toBe(0);
+    writeFileSync(join(dir, "services/s/backends/local.json"), '{"ipv4": "198.51.100.9", "tcp": 80, "weight": 3}');
+    await d.waitFor((t) => t.includes("-> 198.51.100.9:80 Masq 3 0 0"), 10_000, "local edit while etcd is down");
+    await Bun.sleep(27_000);
+    for (const t of d.tables.slice(seen)) expect(t.slice(0, 2)).toEqual(before);
+    await etcd.restart();
+    etcdctl(ep, "put", "/clusterf/services/s/backends/b", '{"ipv4": "198.51.100.2", "tcp": 80, "weight": 4}');
+    await d.waitFor((t) => t.includes("-> 198.51.100.2:80 Masq 4 0 0"), 20_000, "etcd change after it returned");
+    await Bun.sleep(300);
+    expect((await fetch(`${url}/healthz`)).status).toBe(200);
+    expect(d.proc.exitCode).toBeNull();
+    expect(await d.stop("SIGTERM")).toBe(0);
+  }, 90_000);
+});
+
+describe("3-member etcd cluster", () => {
+  let cluster: EtcdCluster;
+  test("the leader is killed while keys change; the daemon follows through the others", async () => {
+    cluster = await startEtcdCluster(3);
+    cleanups.push(() => cluster.destroy());
+    const all = cluster.clientUrls.join(",");
+    etcdctl(all, "put", "/clusterf/services/c/frontend", '{"ipv4": "192.0.2.5", "tcp": 443}');
+    const d = new Daemon([`-etcd-machines=${all}`, "-config-path=", "-ipvs-mock"]);
+    cleanups.push(() => d.stop("SIGKILL"));
+    await d.waitFor((t) => t.join() === "TCP 192.0.2.5:443 wlc", 15_000, "initial");
+    const writer = (async () => {
+      for (let i = 1; i <= 20; i++) {
+        for (let attempt = 0; ; attempt++) {
+          try {
+            etcdctl(all, "put", `/clusterf/services/c/backends/b${i}`, JSON.stringify({ ipv4: `198.51.100.${i}`, tcp: 443 }));
+            break;
+          } catch (e) {
+            if (attempt > 20) throw e;
+            await Bun.sleep(250); // a new leader is being elected
+          }
+        }
+        await Bun.sleep(100);
+      }
+    })();
+    await Bun.sleep(700);
+    await cluster.killLeader();
+    await writer;
+    await d.waitFor((t) => t.length === 21, 30_000, "all 20 backends after the leader died");
+    expect(await d.stop("SIGTERM")).toBe(0);
+  }, 90_000);
+});
