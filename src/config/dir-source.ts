@@ -121,6 +121,19 @@ function dirIdentity(st: fs.Stats): string {
   return `${st.dev}:${st.ino}:${st.birthtimeMs ?? 0}`;
 }
 
+/** The directory that holds a symlink's final target (as far as it resolves), "" if unknown. */
+async function linkTargetDir(file: string): Promise<string> {
+  try {
+    return path.dirname(await fsp.realpath(file));
+  } catch {
+    try {
+      return path.dirname(path.resolve(path.dirname(file), await fsp.readlink(file)));
+    } catch {
+      return "";
+    }
+  }
+}
+
 const GONE = new Set(["ENOENT", "ENOTDIR", "EISDIR", "ELOOP"]);
 
 /** What a scan found. */
@@ -132,7 +145,7 @@ interface ScanResult {
   keepPrefixes: string[];
   /** Directories listed (relative), with their identity, for watching. */
   dirs: Map<string, string>;
-  /** Symlinked files read: relative file path → directory of the link's final target. */
+  /** Symlinked files read, and dangling symlinks: relative path → directory of the link's final target. */
   links: Map<string, string>;
   /** Relative file paths looked at for links (scope for forgetting stale link watches). */
   files: Set<string>;
@@ -210,7 +223,7 @@ class TreeReader {
     for (const ent of entries) {
       const name = ent.name;
       if (isIgnoredName(name)) continue;
-      let kind: "file" | "dir" | "other";
+      let kind: "file" | "dir" | "dangling" | "other";
       const link = ent.isSymbolicLink();
       if (ent.isFile()) kind = "file";
       else if (ent.isDirectory()) kind = "dir";
@@ -220,7 +233,7 @@ class TreeReader {
           kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
         } catch (e) {
           debug("config-path: dangling symlink ignored", { source: SOURCE, path: path.join(absDir, name), error: errCode(e) });
-          kind = "other";
+          kind = "dangling";
         }
       } else kind = "other";
 
@@ -231,6 +244,11 @@ class TreeReader {
       const { stem } = parseFileName(name);
       if (onlyStem !== null && stem !== onlyStem) continue;
       res.files.add(joinRel(relDir, name));
+      if (kind === "dangling") {
+        // Remembered (and its target's directory watched): it may come to life.
+        res.links.set(joinRel(relDir, name), await linkTargetDir(path.join(absDir, name)));
+        continue;
+      }
       if (kind !== "file") continue;
       let g = groups.get(stem);
       if (!g) groups.set(stem, (g = []));
@@ -273,14 +291,8 @@ class TreeReader {
 
   private async readFile(key: string, rel: string, format: ValueFormat, link: boolean, res: ScanResult): Promise<void> {
     const file = this.abs(rel);
-    if (link) {
-      // Watch where the content really lives (also when it turns out unreadable: it may get fixed).
-      try {
-        res.links.set(rel, path.dirname(await fsp.realpath(file)));
-      } catch {
-        // vanished: nothing to watch
-      }
-    }
+    // Watch where the content really lives (also when it turns out unreadable: it may get fixed).
+    if (link) res.links.set(rel, await linkTargetDir(file));
     let fh: fsp.FileHandle | undefined;
     try {
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
@@ -494,26 +506,35 @@ export class DirSource implements ConfigSource {
       if (inScope(rel) && res.links.get(rel) !== dir) this.unlinkTarget(rel, dir);
     }
     for (const [rel, dir] of res.links) {
-      if (this.linkTargets.get(rel) === dir) continue;
       this.linkTargets.set(rel, dir);
+      if (dir === "") continue;
       let lw = this.linkWatches.get(dir);
-      if (!lw) {
-        lw = { watcher: null, links: new Set() };
-        this.linkWatches.set(dir, lw);
-        const entry = lw;
-        try {
-          entry.watcher = fs.watch(dir, { persistent: true }, () => {
-            for (const l of entry.links) this.markDirty(l);
-          });
-          entry.watcher.on("error", () => {
-            entry.watcher?.close();
-            entry.watcher = null;
-          });
-        } catch (e) {
-          debug("config-path: cannot watch symlink target directory", { source: SOURCE, path: dir, error: errCode(e) });
-        }
-      }
+      if (!lw) this.linkWatches.set(dir, (lw = { watcher: null, links: new Set() }));
       lw.links.add(rel);
+      if (!lw.watcher) this.watchLinkDir(dir, lw);
+    }
+  }
+
+  /** (Re)try to watch a symlink target's directory; it may not exist (yet), or its watch may have died. */
+  private watchLinkDir(dir: string, lw: LinkWatch): void {
+    if (this.stopped) return;
+    const base = path.basename(dir);
+    try {
+      const watcher: fs.FSWatcher = fs.watch(dir, { persistent: true }, (_event, name) => {
+        if (name !== null && name !== undefined && String(name) === base) {
+          // probably the directory itself removed: the watch is dead, retried at the next re-read
+          watcher.close();
+          if (lw.watcher === watcher) lw.watcher = null;
+        }
+        for (const l of lw.links) this.markDirty(l);
+      });
+      watcher.on("error", () => {
+        watcher.close();
+        if (lw.watcher === watcher) lw.watcher = null;
+      });
+      lw.watcher = watcher;
+    } catch (e) {
+      debug("config-path: cannot watch symlink target directory", { source: SOURCE, path: dir, error: errCode(e) });
     }
   }
 
@@ -582,9 +603,14 @@ export class DirSource implements ConfigSource {
 
   private async flush(): Promise<void> {
     if (this.stopped || !this.sink) return;
+    if (!this.dirty.size) return;
+    // Symlinked files (and dangling symlinks) are looked at on every re-read: what they point to can
+    // change through other paths of the tree (a dangling link's target created, a directory on the
+    // way re-pointed) without any event on the link itself. Their number is small, and unchanged
+    // values are not emitted.
+    for (const l of this.linkTargets.keys()) this.dirty.add(l);
     const paths = [...this.dirty].sort();
     this.dirty.clear();
-    if (!paths.length) return;
 
     // A path strictly below another dirty path is covered by that one's subtree re-read.
     const top: string[] = [];
