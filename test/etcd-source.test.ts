@@ -6,7 +6,9 @@ import { Etcd3 } from "etcd3";
 import { EtcdSource, makeEtcdClient, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
 import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/source.ts";
 import { configureLog } from "../src/util/log.ts";
-import { startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { makeTestCerts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
 
 configureLog({ level: (process.env.CLUSTERF_LOG_LEVEL as any) ?? "error" });
 
@@ -193,11 +195,18 @@ describe("EtcdSource, one member", () => {
     const c = client([etcd.clientUrl]);
     await c.put("/clusterf/services/web/backends/b3").value('{"ipv4":"10.1.0.3"}');
     await c.delete().key("/clusterf/services/web/backends/b2");
+    // More than etcd's 1000-revision replay chunk: the catch-up arrives in several responses.
+    for (let i = 0; i < 1500; i += 100) {
+      await Promise.all(
+        Array.from({ length: 100 }, (_, j) => c.put(`/clusterf/services/bulk/backends/b${(i + j) % 40}`).value(`{"weight":${i + j}}`)),
+      );
+    }
     await waitFor("up again", () => sink.up === true, 15000);
     await waitFor("caught up", async () => JSON.stringify(sink.texts()) === JSON.stringify(await etcdState(c)));
     expect(sink.snapshots.length).toBe(snaps); // resumed from the revision, no re-read
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     expect(src.revision!).toBeGreaterThan(revBefore);
+    expect(sink.updates.length).toBeGreaterThanOrEqual(2); // 1500+ revisions: at least two responses
   }, 30000);
 
   test("a frozen etcd (SIGSTOP) is noticed by keepalive; resumes after SIGCONT", async () => {
@@ -359,4 +368,75 @@ describe("EtcdSource, three members", () => {
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     await cluster.restartMember(mine);
   }, 40000);
+});
+
+describe("EtcdSource, authentication and TLS", () => {
+  test("username/password: reads with a read-only user; a wrong password is reported, not fatal", async () => {
+    const etcd = await startEtcd();
+    try {
+      const ctl = (...args: string[]) => {
+        const r = Bun.spawnSync(["etcdctl", "--endpoints", etcd.clientUrl, ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
+        if (r.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${r.stderr}`);
+      };
+      ctl("put", "/clusterf/routes/r1", "{}");
+      ctl("user", "add", "root:rootpw");
+      ctl("role", "add", "root");
+      ctl("user", "grant-role", "root", "root");
+      ctl("user", "add", "lb:lbpw");
+      ctl("role", "add", "lb");
+      ctl("role", "grant-permission", "lb", "--prefix=true", "read", "/clusterf/");
+      ctl("user", "grant-role", "lb", "lb");
+      ctl("auth", "enable");
+
+      const sink = new RecordingSink();
+      const src = source({ endpoints: [etcd.clientUrl], username: "lb", password: "lbpw" });
+      await src.start(sink);
+      expect(sink.texts()).toEqual({ "routes/r1": "{}" });
+      const admin = makeEtcdClient({ endpoints: [etcd.clientUrl], username: "root", password: "rootpw" });
+      clients.push(admin);
+      await admin.put("/clusterf/routes/r2").value("{}");
+      await waitFor("r2", () => sink.state.has("routes/r2"));
+
+      const bad = new RecordingSink();
+      const src2 = source({ endpoints: [etcd.clientUrl], username: "lb", password: "wrong", backoffInitialMs: 50 });
+      await src2.start(bad);
+      expect(bad.up).toBe(false);
+      expect(bad.statuses[0]!.detail).toMatch(/authentication failed/);
+      expect(bad.snapshots.length).toBe(0);
+    } finally {
+      await Promise.all(sources.splice(0).map((s) => s.stop()));
+      await etcd.destroy();
+    }
+  }, 20000);
+
+  test("TLS with client certificates, on an IP-address endpoint", async () => {
+    const etcd = await startEtcd({ tls: true });
+    try {
+      const tls = { cacert: etcd.certs!.ca, cert: etcd.certs!.clientCert, key: etcd.certs!.clientKey };
+      expect(etcd.clientUrl).toStartWith("https://127.0.0.1:");
+      const c = makeEtcdClient({ endpoints: [etcd.clientUrl], ...tls });
+      clients.push(c);
+      await c.put("/clusterf/routes/tls").value('{"IpvsMethod":"masq"}');
+
+      const sink = new RecordingSink();
+      const src = source({ endpoints: [etcd.clientUrl], ...tls });
+      await src.start(sink);
+      expect(sink.texts()).toEqual({ "routes/tls": '{"IpvsMethod":"masq"}' });
+      await c.put("/clusterf/routes/tls2").value("{}");
+      await waitFor("tls2", () => sink.state.has("routes/tls2"));
+
+      // The server certificate is checked: another CA is refused.
+      const otherDir = join(dirname(etcd.certs!.ca), "other-ca");
+      mkdirSync(otherDir);
+      const other = makeTestCerts(otherDir);
+      const bad = new RecordingSink();
+      const src2 = source({ endpoints: [etcd.clientUrl], ...tls, cacert: other.ca, backoffInitialMs: 50 });
+      await src2.start(bad);
+      expect(bad.up).toBe(false);
+      expect(bad.snapshots.length).toBe(0);
+    } finally {
+      await Promise.all(sources.splice(0).map((s) => s.stop()));
+      await etcd.destroy();
+    }
+  }, 20000);
 });

@@ -18,6 +18,9 @@
 // An error never produces a snapshot: only a successful range read does.
 
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import { checkServerIdentity } from "node:tls";
+import { createRequire } from "node:module";
 import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, isRecoverableError, type IOptions } from "etcd3";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
 import { debug, error as logError, info, warn } from "../util/log.ts";
@@ -61,17 +64,49 @@ export function makeEtcdClient(opts: EtcdClientOptions, extra: Partial<IOptions>
   const hosts = opts.endpoints.map((e) => e.trim()).filter((e) => e !== "");
   if (hosts.length === 0) throw new Error("etcd: no endpoints given");
   const o: IOptions = { hosts };
+  let tls: { ca?: Buffer; key?: Buffer; cert?: Buffer } | null = null;
   if (opts.cacert || opts.cert || opts.key) {
     if (!!opts.cert !== !!opts.key) throw new Error("etcd: a client certificate needs both -etcd-cert and -etcd-key");
-    o.credentials = {
-      // Without a CA file, gRPC falls back to the system roots.
-      rootCertificate: (opts.cacert ? readFileSync(opts.cacert) : undefined) as Buffer,
-      privateKey: opts.key ? readFileSync(opts.key) : undefined,
-      certChain: opts.cert ? readFileSync(opts.cert) : undefined,
+    tls = {
+      ca: opts.cacert ? readFileSync(opts.cacert) : undefined,
+      key: opts.key ? readFileSync(opts.key) : undefined,
+      cert: opts.cert ? readFileSync(opts.cert) : undefined,
     };
+    // Without a CA file, gRPC falls back to the system roots.
+    o.credentials = { rootCertificate: tls.ca as Buffer, privateKey: tls.key, certChain: tls.cert };
+  } else if (hosts.some((h) => h.startsWith("https:"))) {
+    tls = {};
   }
   if (opts.username) o.auth = { username: opts.username, password: opts.password ?? "" };
-  return new Etcd3({ ...o, ...extra });
+  const client = new Etcd3({ ...o, ...extra });
+  if (tls) fixTlsIpHosts(client, tls);
+  return client;
+}
+
+/** The @grpc/grpc-js instance that etcd3 itself uses (its credentials are checked by instanceof). */
+function etcd3Grpc(): typeof import("@grpc/grpc-js") {
+  const req = createRequire(import.meta.url);
+  return createRequire(req.resolve("etcd3"))("@grpc/grpc-js");
+}
+
+/**
+ * gRPC sends the host name as TLS SNI; Bun refuses an IP address there (Node only warns), so
+ * `https://10.0.0.1:2379` would never connect. For IP-address endpoints: send a fixed SNI name
+ * and check the server certificate against the real address (its IP SANs) ourselves.
+ * This patches the pool's per-host settings before any connection is made.
+ */
+function fixTlsIpHosts(client: Etcd3, tls: { ca?: Buffer; key?: Buffer; cert?: Buffer }): void {
+  const pool = (client as any).pool;
+  let grpc: typeof import("@grpc/grpc-js") | null = null;
+  for (const host of pool?.hosts ?? []) {
+    const addr = String(host.host).replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+    if (!isIP(addr)) continue;
+    grpc ??= etcd3Grpc();
+    host.channelCredentials = grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null, {
+      checkServerIdentity: (_name: string, cert: any) => checkServerIdentity(addr, cert),
+    });
+    host.channelOptions = { ...(host.channelOptions ?? {}), "grpc.ssl_target_name_override": "etcd" };
+  }
 }
 
 /** The range end that covers every key starting with `prefix` (etcd's "prefix" semantics). */
@@ -159,6 +194,7 @@ export class EtcdSource implements ConfigSource {
   /** Highest revision whose changes have all been delivered; null = a full read is needed. */
   private rev: number | null = null;
   private up: boolean | null = null;
+  private downReason: string | undefined;
   private watchHost: string | null = null;
   private backoff: number;
   private wake: (() => void) | null = null;
@@ -248,10 +284,17 @@ export class EtcdSource implements ConfigSource {
   }
 
   private setStatus(up: boolean, detail?: string): void {
+    if (!up && this.up === false && detail !== this.downReason) {
+      // Still down, for another reason (e.g. reachable again, but access denied): log it.
+      this.downReason = detail;
+      warn("etcd source still down", { prefix: this.prefix, reason: detail });
+      return;
+    }
     if (this.up === up) return;
     this.up = up;
+    this.downReason = up ? undefined : detail;
     if (up) info("etcd connected", { prefix: this.prefix, revision: this.rev ?? undefined });
-    else warn("etcd unreachable, keeping the last known config", { prefix: this.prefix, reason: detail });
+    else warn("etcd source down, keeping the last known config", { prefix: this.prefix, reason: detail });
     try {
       this.sink?.status("etcd", up, detail);
     } catch (e) {
@@ -360,7 +403,7 @@ export class EtcdSource implements ConfigSource {
         }
         if (err) {
           const cast = castGrpcError(err);
-          if (cast instanceof EtcdInvalidAuthTokenError) (this.client as any).pool.authenticator?.invalidateMetadata();
+          if (cast instanceof EtcdInvalidAuthTokenError) this.invalidateToken();
           if (!(cast instanceof SkipHost)) this.hostHealth.failed(host);
           reject(new Error(`${host}: ${describe(cast)}`));
         } else resolve(outcome!);
@@ -383,7 +426,12 @@ export class EtcdSource implements ConfigSource {
                 compacted: compact,
               });
               finish(null, "compacted");
-            } else finish(new Error(`watch canceled by etcd: ${res.cancel_reason || "no reason given"}`));
+            } else {
+              // etcd 3.4 answers a watch with an expired or unknown token by "permission denied":
+              // get a new token for the next attempt.
+              if (/permission denied|auth token/i.test(res.cancel_reason ?? "")) this.invalidateToken();
+              finish(new Error(`watch canceled by etcd: ${res.cancel_reason || "no reason given"}`));
+            }
             return;
           }
           if (res.created) {
@@ -417,6 +465,10 @@ export class EtcdSource implements ConfigSource {
         },
       });
     });
+  }
+
+  private invalidateToken(): void {
+    if (this.opts.username) (this.client as any).pool?.authenticator?.invalidateMetadata();
   }
 
   /** One watch response → one update batch, the last event per key kept. */

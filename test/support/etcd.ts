@@ -8,7 +8,7 @@
 // even when that one is killed; live processes are also killed at "exit". etcd's own output goes
 // to `<dataDir>/../etcd-<name>.log`, never to the console. Temp dirs are removed by stop().
 
-import { mkdtempSync, openSync, closeSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, openSync, closeSync, rmSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:net";
@@ -72,8 +72,42 @@ export interface EtcdMember {
 }
 
 export interface Etcd extends EtcdMember {
+  /** The certificates, when started with tls. */
+  certs?: TestCerts;
   /** Stop the process for good and remove the temp dir. */
   destroy(): Promise<void>;
+}
+
+/** PEM files for a TLS etcd: a CA, a server certificate for 127.0.0.1, a client certificate. */
+export interface TestCerts {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+/** Makes a throwaway CA and certificates with openssl, in `dir`. */
+export function makeTestCerts(dir: string): TestCerts {
+  const f = (n: string) => join(dir, n);
+  const run = (args: string[]) => {
+    const r = Bun.spawnSync(["openssl", ...args], { stdout: "ignore", stderr: "pipe" });
+    if (r.exitCode !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr.toString()}`);
+  };
+  const ext = f("san.ext");
+  writeFileSync(ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n");
+  run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=clusterf-test-ca", "-keyout", f("ca.key"), "-out", f("ca.pem")]);
+  for (const who of ["server", "client"]) {
+    run(["req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${who === "server" ? "127.0.0.1" : "clusterf"}`, "-keyout", f(`${who}.key`), "-out", f(`${who}.csr`)]);
+    run(["x509", "-req", "-in", f(`${who}.csr`), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f(`${who}.pem`)]);
+  }
+  return {
+    ca: f("ca.pem"),
+    serverCert: f("server.pem"),
+    serverKey: f("server.key"),
+    clientCert: f("client.pem"),
+    clientKey: f("client.key"),
+  };
 }
 
 interface MemberSpec {
@@ -84,6 +118,8 @@ interface MemberSpec {
   logFile: string;
   initialCluster: string;
   clusterToken: string;
+  /** Serve clients over TLS with these files, and require client certificates. */
+  tls?: TestCerts;
 }
 
 class Member implements EtcdMember {
@@ -96,7 +132,7 @@ class Member implements EtcdMember {
 
   constructor(private spec: MemberSpec) {
     this.name = spec.name;
-    this.clientUrl = `http://127.0.0.1:${spec.clientPort}`;
+    this.clientUrl = `${spec.tls ? "https" : "http"}://127.0.0.1:${spec.clientPort}`;
     this.peerUrl = `http://127.0.0.1:${spec.peerPort}`;
     this.dataDir = spec.dataDir;
     this.logFile = spec.logFile;
@@ -142,6 +178,17 @@ class Member implements EtcdMember {
       "50",
       "--election-timeout",
       "500",
+      ...(this.spec.tls
+        ? [
+            "--cert-file",
+            this.spec.tls.serverCert,
+            "--key-file",
+            this.spec.tls.serverKey,
+            "--trusted-ca-file",
+            this.spec.tls.ca,
+            "--client-cert-auth",
+          ]
+        : []),
       "--logger",
       "zap",
       "--log-outputs",
@@ -196,6 +243,13 @@ class Member implements EtcdMember {
     await this.waitAnswering();
   }
 
+  /** Bun's fetch TLS options for this member's client URL (CA and client certificate). */
+  fetchTls(): object {
+    const t = this.spec.tls;
+    if (!t) return {};
+    return { tls: { ca: Bun.file(t.ca), cert: Bun.file(t.clientCert), key: Bun.file(t.clientKey) } };
+  }
+
   /** Waits until the member answers on its client URL (a /version GET). */
   async waitAnswering(timeoutMs = 15000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
@@ -203,7 +257,7 @@ class Member implements EtcdMember {
     while (Date.now() < deadline) {
       if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
       try {
-        const r = await fetch(`${this.clientUrl}/version`, { signal: AbortSignal.timeout(500) });
+        const r = await fetch(`${this.clientUrl}/version`, { signal: AbortSignal.timeout(500), ...this.fetchTls() });
         if (r.ok) return;
         last = `HTTP ${r.status}`;
       } catch (e) {
@@ -221,7 +275,7 @@ class Member implements EtcdMember {
     while (Date.now() < deadline) {
       if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
       try {
-        const r = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
+        const r = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000), ...this.fetchTls() });
         const body = await r.text();
         if (r.ok && /"health":\s*"true"/.test(body)) return;
         last = body;
@@ -238,9 +292,14 @@ function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "clusterf-etcd-"));
 }
 
-/** One etcd member on free loopback ports, in a fresh temp dir; resolves once it is healthy. */
-export async function startEtcd(): Promise<Etcd> {
+/**
+ * One etcd member on free loopback ports, in a fresh temp dir; resolves once it is healthy.
+ * `tls: true` serves clients over https with certificates made in the temp dir (`e.certs`),
+ * client certificates required.
+ */
+export async function startEtcd(opts: { tls?: boolean } = {}): Promise<Etcd> {
   const dir = tempDir();
+  const certs = opts.tls ? makeTestCerts(dir) : undefined;
   const [clientPort, peerPort] = await freePorts(2);
   const name = "etcd0";
   const m = new Member({
@@ -251,6 +310,7 @@ export async function startEtcd(): Promise<Etcd> {
     logFile: join(dir, `etcd-${name}.log`),
     initialCluster: `${name}=http://127.0.0.1:${peerPort}`,
     clusterToken: `clusterf-test-${peerPort}`,
+    tls: certs,
   });
   m.spawn();
   try {
@@ -260,6 +320,7 @@ export async function startEtcd(): Promise<Etcd> {
     throw e;
   }
   return Object.assign(m, {
+    certs,
     async destroy() {
       await m.kill();
       if (!process.env.KEEP_ETCD_LOGS) rmSync(dir, { recursive: true, force: true });
