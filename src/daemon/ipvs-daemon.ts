@@ -190,8 +190,8 @@ export class IpvsDaemon implements SourceSink {
     this.counters.applies++;
     this.counters.lastApplyMs = ms;
     if (result.errors === 0) this.counters.lastSyncAt = Date.now();
-    if (result.ops > 0 || result.errors > 0) {
-      log.info("IPVS: applied", { writes: result.ops, errors: result.errors, ms: Math.round(ms * 100) / 100 });
+    if (result.ops > 0 || result.errors > 0 || kind === "full") {
+      log.info("IPVS: applied", { kind, writes: result.ops, errors: result.errors, ms: Math.round(ms * 100) / 100 });
     }
     if (result.errors > 0 && !this.retryTimer) {
       this.retryTimer = setTimeout(() => {

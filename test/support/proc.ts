@@ -31,8 +31,9 @@ export class Daemon {
   stderr = "";
   private waiters: { pred: (t: string[]) => boolean; resolve: (t: string[]) => void }[] = [];
 
-  constructor(args: string[], env: Record<string, string> = {}) {
-    this.proc = Bun.spawn([BUN, join(ROOT, "src/cli/clusterf-ipvs.ts"), "-print", ...args], {
+  /** `prefix` runs the daemon through another command, e.g. ["ip", "netns", "exec", "lb"]. */
+  constructor(args: string[], env: Record<string, string> = {}, prefix: string[] = []) {
+    this.proc = Bun.spawn([...prefix, BUN, join(ROOT, "src/cli/clusterf-ipvs.ts"), "-print", ...args], {
       env: { ...process.env, ...env },
       stdout: "pipe",
       stderr: "pipe",
