@@ -179,25 +179,26 @@ class TreeReader {
     return res;
   }
 
-  /** Re-read the one key a file path maps to: every file of that key in its directory competes. */
-  async scanKey(relFile: string): Promise<{ key: string; res: ScanResult } | null> {
-    if (relFile === "" || relFile.split("/").some(isIgnoredName)) return null;
-    const relDir = dirOf(relFile);
-    const { stem } = parseFileName(relFile.slice(relDir === "" ? 0 : relDir.length + 1));
+  /**
+   * Re-read the keys that some file names of one directory map to: every file of such a key in
+   * that directory competes for it.
+   */
+  async scanKeys(relDir: string, stems: Set<string>): Promise<ScanResult> {
     const res = newScan();
-    await this.scanDir(relDir, stem, res, new Set(), MAX_DEPTH);
-    return { key: joinRel(relDir, stem), res };
+    if (relDir !== "" && relDir.split("/").some(isIgnoredName)) return res;
+    await this.scanDir(relDir, stems, res, new Set(), MAX_DEPTH);
+    return res;
   }
 
   /**
-   * List one directory. With `onlyStem`, only the files of that key are considered and nothing is
-   * descended; otherwise subdirectories are scanned recursively.
+   * List one directory. With `onlyStems`, only the files of those keys are considered and nothing
+   * is descended; otherwise subdirectories are scanned recursively.
    */
-  private async scanDir(relDir: string, onlyStem: string | null, res: ScanResult, seen: Set<string>, depth: number): Promise<void> {
+  private async scanDir(relDir: string, onlyStems: Set<string> | null, res: ScanResult, seen: Set<string>, depth: number): Promise<void> {
     const absDir = this.abs(relDir);
     let entries: fs.Dirent[];
     try {
-      if (onlyStem === null) {
+      if (onlyStems === null) {
         const st = await fsp.stat(absDir);
         if (!st.isDirectory()) return;
         const id = dirIdentity(st);
@@ -238,11 +239,11 @@ class TreeReader {
       } else kind = "other";
 
       if (kind === "dir") {
-        if (onlyStem === null) subdirs.push(name);
+        if (onlyStems === null) subdirs.push(name);
         continue;
       }
       const { stem } = parseFileName(name);
-      if (onlyStem !== null && stem !== onlyStem) continue;
+      if (onlyStems !== null && !onlyStems.has(stem)) continue;
       res.files.add(joinRel(relDir, name));
       if (kind === "dangling") {
         // Remembered (and its target's directory watched): it may come to life.
@@ -262,8 +263,8 @@ class TreeReader {
       const first = cands[0]!;
       await this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
     }
-    if (onlyStem !== null) {
-      if (!groups.has(onlyStem)) this.noteConflict(joinRel(relDir, onlyStem), relDir, []);
+    if (onlyStems !== null) {
+      for (const stem of onlyStems) if (!groups.has(stem)) this.noteConflict(joinRel(relDir, stem), relDir, []);
       return;
     }
     if (depth >= MAX_DEPTH) {
@@ -373,6 +374,8 @@ export class DirSource implements ConfigSource {
   private rootId: string | null = null;
   /** One watch per directory of the tree, by relative path. */
   private dirWatches = new Map<string, DirWatch>();
+  /** The directories of the tree as last listed (relative paths). */
+  private listedDirs = new Set<string>();
   /** Watches on the directories holding symlinked files' targets, by absolute path. */
   private linkWatches = new Map<string, LinkWatch>();
   /** Symlinked file (relative path) → its target's directory. */
@@ -402,7 +405,7 @@ export class DirSource implements ConfigSource {
         this.rootId = await this.rootIdentity();
         const res = await this.reader.scanTree("");
         if (this.stopped) return;
-        this.syncWatches("", res);
+        this.syncDirs("", res);
         this.syncLinks("", res);
         this.known = new Map(res.values);
         if (this.rootId === null) {
@@ -419,6 +422,7 @@ export class DirSource implements ConfigSource {
       await this.stop();
       throw failure;
     }
+    if (this.stopped) return; // stop() during start()
     this.pollTimer = setInterval(() => void this.pollRoot(), this.rootPollMs);
     if (this.rescanMs > 0) this.rescanTimer = setInterval(() => this.markDirty(""), this.rescanMs);
   }
@@ -436,6 +440,7 @@ export class DirSource implements ConfigSource {
     this.dirWatches.clear();
     this.linkWatches.clear();
     this.linkTargets.clear();
+    this.listedDirs.clear();
     this.dirty.clear();
     this.sink = null;
   }
@@ -489,8 +494,12 @@ export class DirSource implements ConfigSource {
     }
   }
 
-  /** After a re-read of the subtree at `scope`: drop the watches of directories that are gone. */
-  private syncWatches(scope: string, res: ScanResult): void {
+  /** After a re-read of the subtree at `scope`: note the directories listed, drop the watches of those gone. */
+  private syncDirs(scope: string, res: ScanResult): void {
+    for (const rel of this.listedDirs) {
+      if (isUnder(rel, scope) && !res.dirs.has(rel) && !res.keepPrefixes.some((p) => isUnder(rel, p))) this.listedDirs.delete(rel);
+    }
+    for (const rel of res.dirs.keys()) this.listedDirs.add(rel);
     for (const [rel, w] of this.dirWatches) {
       if (isUnder(rel, scope) && res.dirs.get(rel) !== w.id && !res.keepPrefixes.some((p) => isUnder(rel, p))) {
         w.watcher.close();
@@ -613,16 +622,22 @@ export class DirSource implements ConfigSource {
     this.dirty.clear();
 
     // A path strictly below another dirty path is covered by that one's subtree re-read.
-    const top: string[] = [];
-    for (const p of paths) if (!top.some((t) => isBelow(p, t))) top.push(p);
+    const topSet = new Set<string>();
+    for (const p of paths) {
+      let covered = topSet.has("") && p !== "";
+      for (let d = dirOf(p); !covered && d !== ""; d = dirOf(d)) covered = topSet.has(d);
+      if (!covered) topSet.add(p);
+    }
+    const top = [...topSet];
 
     const changes = new Map<string, RawValue | null>();
-    const doneKeys = new Set<string>();
+    // 1. The subtree below each path, if it is (or was) a directory.
     for (const p of top) {
-      // The subtree below p, if p is (or was) a directory.
+      const wasDir = p === "" || this.listedDirs.has(p);
       const res = await this.reader.scanTree(p);
       if (this.stopped) return;
-      this.syncWatches(p, res);
+      if (!wasDir && !res.dirs.size && !res.keepPrefixes.length) continue; // a plain file (or nothing): step 2
+      this.syncDirs(p, res);
       this.syncLinks(p, res);
       for (const [k, v] of res.values) if (!sameValue(this.known.get(k), v)) changes.set(k, v);
       for (const k of this.known.keys()) {
@@ -630,19 +645,31 @@ export class DirSource implements ConfigSource {
         if (res.keepPrefixes.some((d) => isUnder(k, d))) continue;
         changes.set(k, null);
       }
-      // The key that p's name maps to, as a file, in its directory.
-      const r = p === "" ? null : await this.reader.scanKey(p);
+    }
+    // 2. The key each path's name maps to, as a file in its directory: one listing per directory.
+    const byDir = new Map<string, { stems: Set<string>; files: Set<string> }>();
+    for (const p of top) {
+      if (p === "" || p.split("/").some(isIgnoredName)) continue;
+      const d = dirOf(p);
+      let g = byDir.get(d);
+      if (!g) byDir.set(d, (g = { stems: new Set(), files: new Set() }));
+      g.stems.add(parseFileName(d === "" ? p : p.slice(d.length + 1)).stem);
+      g.files.add(p);
+    }
+    for (const [d, g] of byDir) {
+      const res = await this.reader.scanKeys(d, g.stems);
       if (this.stopped) return;
-      if (!r || doneKeys.has(r.key)) continue;
-      doneKeys.add(r.key);
-      const { key, res: kr } = r;
-      kr.files.add(p);
-      this.syncLinks(kr.files, kr);
-      if (kr.keepKeys.has(key) || kr.keepPrefixes.length) continue;
-      const v = kr.values.get(key);
-      if (v) {
-        if (!sameValue(this.known.get(key), v)) changes.set(key, v);
-      } else if (this.known.has(key)) changes.set(key, null);
+      for (const f of res.files) g.files.add(f);
+      this.syncLinks(g.files, res);
+      if (res.keepPrefixes.length) continue;
+      for (const stem of g.stems) {
+        const key = joinRel(d, stem);
+        if (res.keepKeys.has(key)) continue;
+        const v = res.values.get(key);
+        if (v) {
+          if (!sameValue(this.known.get(key), v)) changes.set(key, v);
+        } else if (this.known.has(key)) changes.set(key, null);
+      }
     }
 
     if (!changes.size) return;
