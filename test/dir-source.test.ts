@@ -55,6 +55,24 @@ function plain(m: Map<string, RawValue>): Array<[string, string, string, string]
   return [...m].map(([k, v]) => [k, v.text, v.format, v.origin] as [string, string, string, string]).sort((a, b) => (a[0] < b[0] ? -1 : 1));
 }
 
+/** The log lines written while `fn` runs (warnings and up). */
+async function captureLogs(fn: () => Promise<void>): Promise<string[]> {
+  const lines: string[] = [];
+  const orig = process.stderr.write.bind(process.stderr);
+  (process.stderr as { write: unknown }).write = (chunk: unknown) => {
+    lines.push(String(chunk));
+    return true;
+  };
+  configureLog({ level: "warn" });
+  try {
+    await fn();
+  } finally {
+    configureLog({ level: "error" });
+    (process.stderr as { write: unknown }).write = orig;
+  }
+  return lines;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function until(pred: () => boolean | Promise<boolean>, timeoutMs = 3000): Promise<void> {
@@ -279,8 +297,12 @@ describe("DirSource", () => {
     const root = newRoot();
     write(root, "services/web/frontend", '{"tcp":80}');
     write(root, "services/web/backends/big", "x".repeat(500));
-    const { rec } = await startSource(root, { maxBytes: 100 });
+    let rec!: Recorder;
+    const logs = await captureLogs(async () => {
+      rec = (await startSource(root, { maxBytes: 100 })).rec;
+    });
     expect(rec.texts()).toEqual({ "services/web/frontend": '{"tcp":80}' });
+    expect(logs.some((l) => l.includes("too large") && l.includes(path.join(root, "services/web/backends/big")) && l.includes("size=500"))).toBe(true);
     write(root, "services/web/frontend", `{"tcp":80,"pad":"${"x".repeat(200)}"}`);
     write(root, "services/web/backends/b1", '{"ipv4":"10.1.0.1"}');
     await until(() => rec.map.has("services/web/backends/b1"));
@@ -304,13 +326,19 @@ describe("DirSource", () => {
     fs.chmodSync(f, 0o644);
   });
 
-  test("two files for one key: the name sorting first wins, live", async () => {
+  test("two files for one key: the name sorting first wins, live, with a warning naming both", async () => {
     const root = newRoot();
     write(root, "services/web/frontend.yaml", "tcp: 80\n");
     const { rec } = await startSource(root);
     expect(rec.map.get("services/web/frontend")!.format).toBe("yaml");
-    write(root, "services/web/frontend.json", '{"tcp":81}');
-    await until(() => rec.map.get("services/web/frontend")?.format === "json");
+    const logs = await captureLogs(async () => {
+      write(root, "services/web/frontend.json", '{"tcp":81}');
+      await until(() => rec.map.get("services/web/frontend")?.format === "json");
+    });
+    const w = logs.filter((l) => l.includes("several files for one key"));
+    expect(w.length).toBe(1);
+    expect(w[0]).toContain(path.join(root, "services/web/frontend.json"));
+    expect(w[0]).toContain(path.join(root, "services/web/frontend.yaml"));
     expect(rec.map.get("services/web/frontend")!.text).toBe('{"tcp":81}');
     fs.unlinkSync(path.join(root, "services/web/frontend.json"));
     await until(() => rec.map.get("services/web/frontend")?.format === "yaml");

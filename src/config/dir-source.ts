@@ -159,6 +159,14 @@ function newScan(): ScanResult {
 class TreeReader {
   /** Conflicting file names per key, as last warned about (to warn once per distinct conflict). */
   private conflicts = new Map<string, string>();
+  /** Unreadable files as last warned about (re-reads of an unchanged problem stay quiet). */
+  private problems = new Map<string, string>();
+
+  private problem(file: string, sig: string, msg: string, fields: Record<string, string | number>): void {
+    if (this.problems.get(file) === sig) return;
+    this.problems.set(file, sig);
+    warn(msg, { source: SOURCE, ...fields, path: file });
+  }
 
   constructor(
     readonly root: string,
@@ -300,27 +308,25 @@ class TreeReader {
       fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
       const st = await fh.stat();
       if (!st.isFile()) return; // not a regular file (any more): no value
-      if (st.size > this.maxBytes) {
-        warn("config-path: file too large, not read (previous value kept)", { source: SOURCE, key, path: file, size: st.size, limit: this.maxBytes });
+      const tooLarge = (size: number) => {
+        this.problem(file, `size:${size}:${st.mtimeMs}`, "config-path: file too large, not read (previous value kept)", { key, size, limit: this.maxBytes });
         res.keepKeys.add(key);
-        return;
-      }
+      };
+      if (st.size > this.maxBytes) return tooLarge(st.size);
       const buf = await fh.readFile();
-      if (buf.length > this.maxBytes) {
-        warn("config-path: file too large, not read (previous value kept)", { source: SOURCE, key, path: file, size: buf.length, limit: this.maxBytes });
-        res.keepKeys.add(key);
-        return;
-      }
+      if (buf.length > this.maxBytes) return tooLarge(buf.length);
+      this.problems.delete(file);
       let text = buf.toString("utf8");
       if (text.charCodeAt(0) === 0xfeff) text = text.slice(1); // byte order mark from some editors
       res.values.set(key, { text, format, origin: file });
     } catch (e) {
       const code = errCode(e);
       if (GONE.has(code)) {
+        this.problems.delete(file);
         debug("config-path: file vanished while reading", { source: SOURCE, key, path: file });
         return;
       }
-      warn("config-path: cannot read file (previous value kept)", { source: SOURCE, key, path: file, error: code });
+      this.problem(file, code, "config-path: cannot read file (previous value kept)", { key, error: code });
       res.keepKeys.add(key);
     } finally {
       await fh?.close().catch(() => {});
