@@ -368,6 +368,34 @@ describe("EtcdSource, three members", () => {
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     await cluster.restartMember(mine);
   }, 40000);
+
+  test("the source's member frozen (SIGSTOP): keepalive notices, the watch moves to another member", async () => {
+    const sink = new RecordingSink();
+    const src = source({ endpoints: cluster.clientUrls, keepaliveMs: 5000, keepaliveTimeoutMs: 1000, backoffInitialMs: 100 });
+    await src.start(sink);
+    await waitFor("connected", () => src.endpoint !== null);
+    const mine = cluster.members.find((m) => m.clientUrl.endsWith(src.endpoint!))!;
+    // Writes go through the other members.
+    const c = client(cluster.members.filter((m) => m !== mine).map((m) => m.clientUrl));
+    mine.pause();
+    try {
+      // If the frozen member was the leader, a write can be lost in the election: retry it.
+      for (let i = 0; ; i++) {
+        try {
+          await c.put("/clusterf/routes/while-frozen").value("{}").options({ deadline: new Date(Date.now() + 1000) });
+          break;
+        } catch (e) {
+          if (i >= 10) throw e;
+        }
+      }
+      await waitFor("moved to another member", () => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 15000);
+      await waitFor("caught up", () => sink.state.has("routes/while-frozen"));
+      expect(sink.snapshots.length).toBe(1);
+    } finally {
+      mine.resume();
+    }
+    expect(sink.texts()).toEqual(await etcdState(c));
+  }, 30000);
 });
 
 describe("EtcdSource, authentication and TLS", () => {

@@ -21,7 +21,14 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { checkServerIdentity } from "node:tls";
 import { createRequire } from "node:module";
-import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, isRecoverableError, type IOptions } from "etcd3";
+import {
+  Etcd3,
+  EtcdInvalidAuthTokenError,
+  GRPCDeadlineExceededError,
+  castGrpcError,
+  isRecoverableError,
+  type IOptions,
+} from "etcd3";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
 import { debug, error as logError, info, warn } from "../util/log.ts";
 
@@ -157,7 +164,11 @@ class HostHealth {
           const r = await fn({ signal: new AbortController().signal, attempt: 0 });
           return r;
         } catch (e) {
-          if (e instanceof Error && isRecoverableError(castGrpcError(e))) self.failed(key);
+          if (e instanceof Error) {
+            const c = castGrpcError(e);
+            // Unreachable, or frozen (a request that ran into its deadline): try others first.
+            if (isRecoverableError(c) || c instanceof GRPCDeadlineExceededError) self.failed(key);
+          }
           throw e;
         }
       },
