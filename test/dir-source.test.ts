@@ -312,20 +312,6 @@ describe("DirSource", () => {
     await until(() => rec.map.get("services/web/frontend")?.text === '{"tcp":81}');
   });
 
-  test("an unreadable file keeps its previous value", async () => {
-    if (process.getuid?.() === 0) return; // root reads everything
-    const root = newRoot();
-    write(root, "services/web/frontend", '{"tcp":80}');
-    const { rec } = await startSource(root);
-    const f = path.join(root, "services/web/frontend");
-    fs.chmodSync(f, 0o000);
-    write(root, "services/web/backends/b1", "{}");
-    await until(() => rec.map.has("services/web/backends/b1"));
-    await sleep(50);
-    expect(rec.map.get("services/web/frontend")!.text).toBe('{"tcp":80}');
-    fs.chmodSync(f, 0o644);
-  });
-
   test("two files for one key: the name sorting first wins, live, with a warning naming both", async () => {
     const root = newRoot();
     write(root, "services/web/frontend.yaml", "tcp: 80\n");
