@@ -1,0 +1,181 @@
+// clusterf-docker: publishes this Docker host's labelled containers as backends in etcd
+// (CONTRACT §6), all under one etcd lease that this daemon keeps alive.
+
+import { join } from "node:path";
+import type { IOptions } from "etcd3";
+import { makeEtcdClient } from "../config/etcd-source.ts";
+import { parseIPv4, parseIPv6 } from "../config/values.ts";
+import { DockerDaemon } from "../docker/daemon.ts";
+import { STATE_FILE } from "../docker/publisher.ts";
+import { dockerOptions } from "../docker/watcher.ts";
+import * as log from "../util/log.ts";
+import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
+
+const ipv4Check = (v: string) => {
+  try {
+    parseIPv4(v, "");
+    return undefined;
+  } catch {
+    return "not an IPv4 address";
+  }
+};
+const ipv6Check = (v: string) => {
+  try {
+    parseIPv6(v, "");
+    return undefined;
+  } catch {
+    return "not an IPv6 address";
+  }
+};
+
+export const DOCKER_FLAGS: FlagSpec[] = [
+  {
+    name: "docker-endpoint",
+    type: "string",
+    default: "unix:///var/run/docker.sock",
+    env: "DOCKER_HOST",
+    help: "Docker API endpoint: unix:///path or tcp://host:port",
+    check: (v: string) => {
+      try {
+        dockerOptions(v, {});
+        return undefined;
+      } catch (e) {
+        return (e as Error).message;
+      }
+    },
+  },
+  { name: "docker-network", type: "string", default: "", help: "publish the containers' addresses on this Docker network; empty = the container's only network" },
+  { name: "backend-published", type: "bool", default: false, help: "publish -host-ipv4/-host-ipv6 with the published host ports instead of the containers' addresses" },
+  { name: "host-ipv4", type: "string", default: "", help: "this Docker host's IPv4 address, with -backend-published", check: ipv4Check },
+  { name: "host-ipv6", type: "string", default: "", help: "this Docker host's IPv6 address, with -backend-published", check: ipv6Check },
+  { name: "etcd-machines", type: "string", default: "http://127.0.0.1:2379", help: "etcd endpoints, comma-separated URLs" },
+  {
+    name: "etcd-prefix",
+    type: "string",
+    default: "/clusterf",
+    help: "etcd key prefix of the config tree",
+    check: (v: string) => (/\s/.test(v) ? "expected a key prefix such as /clusterf" : undefined),
+  },
+  {
+    name: "etcd-ttl",
+    type: "duration",
+    default: 10_000,
+    help: "TTL of this host's etcd lease (whole seconds, kept alive while running): a dead host's backends expire after it",
+    check: (v: number) => (v >= 1000 ? undefined : "must be at least 1s"),
+  },
+  { name: "etcd-cacert", type: "string", default: "", help: "CA certificate file for etcd TLS" },
+  { name: "etcd-cert", type: "string", default: "", help: "client certificate file for etcd TLS" },
+  { name: "etcd-key", type: "string", default: "", help: "client key file for etcd TLS" },
+  { name: "etcd-username", type: "string", default: "", help: "etcd user name" },
+  { name: "etcd-password", type: "string", default: "", help: "etcd password", env: "ETCD_PASSWORD" },
+  { name: "exit-revoke", type: "bool", default: true, help: "at SIGTERM/SIGINT, revoke the lease (remove this host's backends at once); false = leave them to expire with the TTL, or to a restart within it" },
+  { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the lease id is kept, so that a restart takes the keys over; empty = nowhere" },
+  { name: "debug", type: "bool", default: false, help: "log every container state change" },
+];
+
+function checkCombination(flags: FlagValues): void {
+  if (flags["backend-published"] && !flags["host-ipv4"] && !flags["host-ipv6"]) {
+    throw new FlagError("-backend-published needs -host-ipv4 and/or -host-ipv6");
+  }
+  if (!flags["backend-published"] && (flags["host-ipv4"] || flags["host-ipv6"])) {
+    throw new FlagError("-host-ipv4 and -host-ipv6 only apply with -backend-published");
+  }
+  if (flags["backend-published"] && flags["docker-network"]) {
+    throw new FlagError("-docker-network does not apply with -backend-published");
+  }
+  if (!(flags["etcd-machines"] as string).split(",").some((s) => s.trim())) {
+    throw new FlagError("-etcd-machines is empty: clusterf-docker needs etcd");
+  }
+}
+
+/** An etcd client that leaves retries to the daemon (no circuit breaker holding a single endpoint back). */
+function etcdClient(flags: FlagValues) {
+  const passThrough = {
+    execute: <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T) => fn({ signal: new AbortController().signal, attempt: 0 }),
+  };
+  const extra: Partial<IOptions> = {
+    faultHandling: { host: () => passThrough as never, global: passThrough as never },
+    grpcOptions: { "grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 3000 },
+  };
+  return makeEtcdClient(
+    {
+      endpoints: (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean),
+      cacert: (flags["etcd-cacert"] as string) || undefined,
+      cert: (flags["etcd-cert"] as string) || undefined,
+      key: (flags["etcd-key"] as string) || undefined,
+      username: (flags["etcd-username"] as string) || undefined,
+      password: (flags["etcd-password"] as string) || undefined,
+    },
+    extra,
+  );
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const flags = parseOrExit("clusterf-docker", "Publishes this Docker host's labelled containers as clusterf backends in etcd.", argv, DOCKER_FLAGS);
+  try {
+    checkCombination(flags);
+  } catch (e) {
+    process.stderr.write(`clusterf-docker: ${(e as Error).message}\n`);
+    return 2;
+  }
+  if (flags.debug) log.configureLog({ level: "debug" });
+  let client;
+  try {
+    client = etcdClient(flags);
+  } catch (e) {
+    log.error(`etcd: ${(e as Error).message}`);
+    return 1;
+  }
+  const stateDir = flags["state-dir"] as string;
+  const prefix = (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+  const daemon = new DockerDaemon(client, {
+    dockerEndpoint: flags["docker-endpoint"] as string,
+    network: (flags["docker-network"] as string) || undefined,
+    published: flags["backend-published"]
+      ? { ipv4: parseIPv4(flags["host-ipv4"] as string, "host-ipv4"), ipv6: parseIPv6(flags["host-ipv6"] as string, "host-ipv6") }
+      : undefined,
+    prefix,
+    ttlSeconds: Math.ceil((flags["etcd-ttl"] as number) / 1000),
+    stateFile: stateDir ? join(stateDir, STATE_FILE) : undefined,
+    etcdEndpoints: (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean),
+  });
+  log.info("clusterf-docker: starting", {
+    docker: flags["docker-endpoint"] as string,
+    etcd: flags["etcd-machines"] as string,
+    prefix,
+    ttl: Math.ceil((flags["etcd-ttl"] as number) / 1000),
+  });
+  daemon.start();
+
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn("exit: second signal, exiting at once", { signal });
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      log.info("exit", { signal });
+      daemon
+        .stop({ revoke: flags["exit-revoke"] as boolean })
+        .then(
+          () => 0,
+          (e) => {
+            log.error(`exit: ${(e as Error).message}`);
+            return 1;
+          },
+        )
+        .then((code) => {
+          client.close();
+          resolve(code);
+        });
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+  });
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then((code) => process.exit(code));
+}

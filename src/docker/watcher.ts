@@ -1,0 +1,335 @@
+// The Docker side of clusterf-docker: the containers of this Docker host, kept current from the
+// event stream. On every (re)connect: subscribe to events first, then list and inspect every
+// container (a full state), so nothing that happens in between is missed. Events mark
+// containers dirty; a burst of events is coalesced (debounce, with a maximum delay) into one
+// round of inspects and one report of the whole state.
+//
+// Lost connection (Docker daemon restart, broken stream, failed ping): reconnect with backoff
+// and report a new full state; meanwhile the last state stands (a Docker daemon that is down
+// does not mean its containers are gone: with live-restore they keep running).
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+// @ts-ignore: dockerode ships no type declarations; DockerApi below types the calls used.
+import Docker from "dockerode";
+import type { ContainerInspect } from "./labels.ts";
+import * as log from "../util/log.ts";
+
+export interface WatcherOptions {
+  /** -docker-endpoint: unix:///path, /path, tcp://host:port, http(s)://host:port. */
+  endpoint: string;
+  /** Quiet time that ends a burst of events, ms (default 50). */
+  debounceMs?: number;
+  /** Longest delay of a report during an endless burst, ms (default 500). */
+  maxDelayMs?: number;
+  /** How often the connection is checked with a ping, ms (default 5000). */
+  pingMs?: number;
+  /** Deadline of one API request, ms (default 10000). */
+  requestTimeoutMs?: number;
+  /** Every change of the container state: the whole state, and whether it was a full re-read. */
+  onState: (state: DockerState, full: boolean) => void;
+}
+
+export interface DockerState {
+  containers: ReadonlyMap<string, ContainerInspect>;
+  /** Containers for which a stopping kill was seen (kill → weight 0 before die). */
+  draining: ReadonlySet<string>;
+}
+
+/** Kill signals that stop a container (others, such as HUP or USR1, only ask it to reload). */
+const STOP_SIGNALS = new Set(["2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "INT", "QUIT", "KILL", "TERM"]);
+
+/** Container actions that change nothing this daemon publishes. */
+function ignoredAction(action: string): boolean {
+  return /^(exec_|attach|detach|top|resize|commit|copy|export|archive-path|extract-to-dir)/.test(action);
+}
+
+/** dockerode/docker-modem options for an endpoint string. */
+export interface DockerOptions {
+  socketPath?: string;
+  host?: string;
+  port?: number;
+  protocol?: "http" | "https";
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+/** The dockerode calls used here (the package ships no types). */
+interface DockerApi {
+  getEvents(opts: object): Promise<NodeJS.ReadableStream>;
+  listContainers(opts: object): Promise<{ Id: string }[]>;
+  getContainer(id: string): { inspect(): Promise<unknown> };
+  ping(): Promise<unknown>;
+}
+
+export function dockerOptions(endpoint: string, env: Record<string, string | undefined> = process.env): DockerOptions {
+  const e = endpoint.trim();
+  if (e.startsWith("unix://")) return { socketPath: e.slice("unix://".length) || "/var/run/docker.sock" };
+  if (e.startsWith("/")) return { socketPath: e };
+  const m = /^(tcp|http|https):\/\/([^/:]+|\[[^\]]+\]):(\d+)\/?$/.exec(e);
+  if (!m) throw new Error(`unsupported Docker endpoint ${JSON.stringify(endpoint)}: expected unix:///path or tcp://host:port`);
+  const tls = m[1] === "https" || (m[1] === "tcp" && (env.DOCKER_TLS_VERIFY === "1" || m[3] === "2376"));
+  const o: DockerOptions = { host: m[2]!.replace(/^\[|\]$/g, ""), port: Number(m[3]), protocol: tls ? "https" : "http" };
+  if (tls && env.DOCKER_CERT_PATH) {
+    o.ca = readFileSync(join(env.DOCKER_CERT_PATH, "ca.pem"));
+    o.cert = readFileSync(join(env.DOCKER_CERT_PATH, "cert.pem"));
+    o.key = readFileSync(join(env.DOCKER_CERT_PATH, "key.pem"));
+  }
+  return o;
+}
+
+interface DockerEvent {
+  Type?: string;
+  Action?: string;
+  Actor?: { ID?: string; Attributes?: Record<string, string> };
+}
+
+function statusCode(e: unknown): number | undefined {
+  return (e as { statusCode?: number }).statusCode;
+}
+
+function describe(e: unknown): string {
+  if (e instanceof Error) return e.message.replace(/\s+/g, " ").slice(0, 300);
+  return String(e);
+}
+
+export class DockerWatcher {
+  readonly docker: DockerApi;
+  private containers = new Map<string, ContainerInspect>();
+  private draining = new Set<string>();
+  private dirty = new Set<string>();
+  private stopped = false;
+  private loop: Promise<void> | undefined;
+  private stream: NodeJS.ReadableStream | undefined;
+  private breakConnection: ((why: string) => void) | undefined;
+  private flushTimer: ReturnType<typeof setTimeout> | undefined;
+  private firstDirtyAt = 0;
+  private flushing: Promise<void> | undefined;
+  private connected = false;
+  /** Bumped at every full read, so that an inspect round of an older connection is dropped. */
+  private generation = 0;
+  /** Full re-reads done (the first one included). */
+  resyncs = 0;
+
+  constructor(private readonly opts: WatcherOptions) {
+    this.docker = new Docker(dockerOptions(opts.endpoint)) as DockerApi;
+  }
+
+  get state(): DockerState {
+    return { containers: this.containers, draining: this.draining };
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.flushTimer);
+    this.breakConnection?.("stopping");
+    await this.loop?.catch(() => {});
+  }
+
+  private timeout<T>(p: Promise<T>, what: string, ms = this.opts.requestTimeoutMs ?? 10_000): Promise<T> {
+    let t: ReturnType<typeof setTimeout>;
+    return Promise.race([
+      p,
+      new Promise<T>((_, reject) => {
+        t = setTimeout(() => reject(new Error(`${what}: no answer from Docker within ${ms} ms`)), ms);
+      }),
+    ]).finally(() => clearTimeout(t));
+  }
+
+  private async run(): Promise<void> {
+    let backoff = 250;
+    while (!this.stopped) {
+      const started = Date.now();
+      try {
+        await this.session();
+      } catch (e) {
+        if (this.stopped) break;
+        log.warn(this.connected ? "docker: connection lost; reconnecting" : "docker: cannot connect; retrying", {
+          endpoint: this.opts.endpoint,
+          error: describe(e),
+          retryMs: backoff,
+        });
+      }
+      this.connected = false;
+      if (this.stopped) break;
+      if (Date.now() - started > 30_000) backoff = 250;
+      await Bun.sleep(backoff);
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  }
+
+  /** One connection: events stream, full read, then events until the stream breaks. */
+  private async session(): Promise<void> {
+    const closed = new Promise<never>((_, reject) => {
+      this.breakConnection = (why: string) => reject(new Error(why));
+    });
+    closed.catch(() => {});
+    const stream = (await this.timeout(
+      this.docker.getEvents({ filters: { type: ["container", "network"] } }),
+      "events",
+    )) as NodeJS.ReadableStream & { destroy?: () => void };
+    this.stream = stream;
+    let buf = "";
+    const pending: DockerEvent[] = [];
+    let live = false; // false while the full read runs: events are queued (they only mark ids dirty)
+    stream.on("data", (chunk: Buffer) => {
+      buf += chunk.toString("utf8");
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (!line) continue;
+        let ev: DockerEvent;
+        try {
+          ev = JSON.parse(line) as DockerEvent;
+        } catch {
+          log.warn("docker: unreadable event skipped", { line: line.slice(0, 200) });
+          continue;
+        }
+        if (live) this.onEvent(ev);
+        else pending.push(ev);
+      }
+    });
+    stream.on("end", () => this.breakConnection?.("event stream ended"));
+    stream.on("close", () => this.breakConnection?.("event stream closed"));
+    stream.on("error", (e: Error) => this.breakConnection?.(`event stream: ${describe(e)}`));
+
+    const pinger = setInterval(() => {
+      this.timeout(this.docker.ping(), "ping", Math.min(this.opts.requestTimeoutMs ?? 10_000, 5000)).catch((e) =>
+        this.breakConnection?.(describe(e)),
+      );
+    }, this.opts.pingMs ?? 5000);
+    try {
+      await Promise.race([this.fullRead(), closed]);
+      live = true;
+      for (const ev of pending.splice(0)) this.onEvent(ev);
+      await closed;
+    } finally {
+      clearInterval(pinger);
+      this.breakConnection = undefined;
+      this.stream = undefined;
+      try {
+        stream.removeAllListeners("data");
+        stream.destroy?.();
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  private async fullRead(): Promise<void> {
+    const t0 = Date.now();
+    const list = await this.timeout(this.docker.listContainers({ all: true }), "list containers");
+    const next = new Map<string, ContainerInspect>();
+    await this.inspectAll(
+      list.map((c) => c.Id),
+      (id, c) => {
+        if (c) next.set(id, c);
+      },
+    );
+    this.generation++;
+    this.containers = next;
+    for (const id of this.draining) if (!next.get(id)?.State?.Running) this.draining.delete(id);
+    this.dirty.clear();
+    this.resyncs++;
+    if (!this.connected) log.info("docker: connected", { endpoint: this.opts.endpoint, containers: next.size, ms: Date.now() - t0 });
+    this.connected = true;
+    this.opts.onState(this.state, true);
+  }
+
+  /** Inspects containers, a few at a time; `on(id, undefined)` for a container that is gone. */
+  private async inspectAll(ids: string[], on: (id: string, c: ContainerInspect | undefined) => void): Promise<void> {
+    const queue = [...ids];
+    const worker = async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        try {
+          const c = (await this.timeout(this.docker.getContainer(id).inspect(), `inspect ${id.slice(0, 12)}`)) as unknown as ContainerInspect;
+          on(id, c);
+        } catch (e) {
+          if (statusCode(e) === 404) on(id, undefined);
+          else throw e;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, queue.length) }, worker));
+  }
+
+  private onEvent(ev: DockerEvent): void {
+    const action = ev.Action ?? "";
+    let id: string | undefined;
+    if (ev.Type === "container") {
+      if (ignoredAction(action)) return;
+      id = ev.Actor?.ID;
+      if (!id) return;
+      if (action === "kill") {
+        const sig = ev.Actor?.Attributes?.signal ?? "";
+        if (STOP_SIGNALS.has(sig)) this.draining.add(id);
+      } else if (action === "start" || action === "restart" || action === "die" || action === "destroy") {
+        this.draining.delete(id);
+      }
+    } else if (ev.Type === "network") {
+      // connect / disconnect change a container's addresses.
+      id = ev.Actor?.Attributes?.container;
+      if (!id) return;
+    } else return;
+    this.dirty.add(id);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    const now = Date.now();
+    if (!this.flushTimer) this.firstDirtyAt = now;
+    clearTimeout(this.flushTimer);
+    const wait = Math.max(0, Math.min(this.opts.debounceMs ?? 50, this.firstDirtyAt + (this.opts.maxDelayMs ?? 500) - now));
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      void this.flush();
+    }, wait);
+  }
+
+  private async flush(): Promise<void> {
+    if (this.flushing) {
+      // One round at a time; the ids that came in meanwhile wait for the next one.
+      await this.flushing;
+      if (this.dirty.size && !this.flushTimer) this.scheduleFlush();
+      return;
+    }
+    const ids = [...this.dirty];
+    this.dirty.clear();
+    if (ids.length === 0 || this.stopped) return;
+    const gen = this.generation;
+    const round = (async () => {
+      const changed: [string, ContainerInspect | undefined][] = [];
+      try {
+        await this.inspectAll(ids, (id, c) => changed.push([id, c]));
+      } catch (e) {
+        // Docker went away mid-round: the reconnect re-reads everything.
+        this.breakConnection?.(`inspect: ${describe(e)}`);
+        return;
+      }
+      if (gen !== this.generation || this.stopped) return;
+      const next = new Map(this.containers);
+      for (const [id, c] of changed) {
+        if (c) next.set(id, c);
+        else {
+          next.delete(id);
+          this.draining.delete(id);
+        }
+      }
+      this.containers = next;
+      this.opts.onState(this.state, false);
+    })();
+    this.flushing = round;
+    try {
+      await round;
+    } finally {
+      this.flushing = undefined;
+    }
+    if (this.dirty.size && !this.flushTimer) this.scheduleFlush();
+  }
+}
