@@ -31,6 +31,18 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
     return cache.services;
   };
 
+  /** Each listed destination with its labels: config service and backend names where known. */
+  const destRows = () =>
+    listed().flatMap((s) => {
+      const vip = serviceKeyString(s);
+      const entry = daemon.desired.table.get(vip);
+      return s.dests.map((dest) => {
+        const dk = destKeyString(dest);
+        const backend = entry?.backendsByDest.get(dk)?.join(",") ?? "";
+        return { dest, labels: { service: entry?.owner ?? "", vip, backend, dest: dk } };
+      });
+    });
+
   const serviceLabels = ["service", "vip"];
   const destLabels = ["service", "vip", "backend", "dest"];
   for (const [field, suffix, what] of STAT_FIELDS) {
@@ -55,15 +67,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of listed()) {
-          const key = serviceKeyString(s);
-          const entry = daemon.desired.table.get(key);
-          for (const d of s.dests) {
-            const dk = destKeyString(d);
-            const backend = entry?.backendsByDest.get(dk)?.join(",") ?? "";
-            this.inc({ service: entry?.owner ?? "", vip: key, backend, dest: dk }, d.stats?.[field] ?? 0);
-          }
-        }
+        for (const { labels, dest } of destRows()) this.inc(labels, dest.stats?.[field] ?? 0);
       },
     });
   }
@@ -74,14 +78,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const s of listed()) {
-        const key = serviceKeyString(s);
-        const entry = daemon.desired.table.get(key);
-        for (const d of s.dests) {
-          const dk = destKeyString(d);
-          this.set({ service: entry?.owner ?? "", vip: key, backend: entry?.backendsByDest.get(dk)?.join(",") ?? "", dest: dk }, d.activeConnections ?? 0);
-        }
-      }
+      for (const { labels, dest } of destRows()) this.set(labels, dest.activeConnections ?? 0);
     },
   });
 
