@@ -1,0 +1,675 @@
+// Pure encode/decode of IPVS generic netlink messages (no I/O). Layout: linux/ip_vs.h and
+// linux/netlink.h; byte vectors in the tests. Everything is written into a caller-owned,
+// reused buffer so that per-object work stays small.
+
+import ipaddr from "ipaddr.js";
+import {
+  AF,
+  FWD_METHOD_CODE,
+  IPPROTO,
+  SVC_F_HASHED,
+  type Dest,
+  type DestKey,
+  type Family,
+  type FwdMethod,
+  type IpvsInfo,
+  type ObservedDest,
+  type ObservedService,
+  type Protocol,
+  type Service,
+  type ServiceKey,
+  type Stats,
+} from "../types.ts";
+
+// ---- constants ----------------------------------------------------------------------------
+
+export const NLMSG_HDRLEN = 16;
+export const GENL_HDRLEN = 4;
+export const NLMSG_NOOP = 1;
+export const NLMSG_ERROR = 2;
+export const NLMSG_DONE = 3;
+export const NLMSG_OVERRUN = 4;
+
+export const NLM_F_REQUEST = 0x1;
+export const NLM_F_MULTI = 0x2;
+export const NLM_F_ACK = 0x4;
+export const NLM_F_DUMP = 0x300;
+export const NLM_F_DUMP_INTR = 0x10;
+
+export const IPVS_GENL_VERSION = 1;
+
+export const CMD = {
+  NEW_SERVICE: 1,
+  SET_SERVICE: 2,
+  DEL_SERVICE: 3,
+  GET_SERVICE: 4,
+  NEW_DEST: 5,
+  SET_DEST: 6,
+  DEL_DEST: 7,
+  GET_DEST: 8,
+  NEW_DAEMON: 9,
+  DEL_DAEMON: 10,
+  GET_DAEMON: 11,
+  SET_CONFIG: 12,
+  GET_CONFIG: 13,
+  SET_INFO: 14,
+  GET_INFO: 15,
+  ZERO: 16,
+  FLUSH: 17,
+} as const;
+
+export const CMD_NAME: Record<number, string> = Object.fromEntries(
+  Object.entries(CMD).map(([k, v]) => [v, k]),
+);
+
+export const CMD_ATTR_SERVICE = 1;
+export const CMD_ATTR_DEST = 2;
+
+export const SVC_ATTR = {
+  AF: 1,
+  PROTOCOL: 2,
+  ADDR: 3,
+  PORT: 4,
+  FWMARK: 5,
+  SCHED_NAME: 6,
+  FLAGS: 7,
+  TIMEOUT: 8,
+  NETMASK: 9,
+  STATS: 10,
+  PE_NAME: 11,
+  STATS64: 12,
+} as const;
+
+export const DEST_ATTR = {
+  ADDR: 1,
+  PORT: 2,
+  FWD_METHOD: 3,
+  WEIGHT: 4,
+  U_THRESH: 5,
+  L_THRESH: 6,
+  ACTIVE_CONNS: 7,
+  INACT_CONNS: 8,
+  PERSIST_CONNS: 9,
+  STATS: 10,
+  ADDR_FAMILY: 11,
+  STATS64: 12,
+} as const;
+
+export const STATS_ATTR = { CONNS: 1, INPKTS: 2, OUTPKTS: 3, INBYTES: 4, OUTBYTES: 5 } as const;
+
+export const INFO_ATTR = { VERSION: 1, CONN_TAB_SIZE: 2 } as const;
+
+const FAMILY_OF_AF: Record<number, Family> = { 2: "inet", 10: "inet6" };
+const PROTOCOL_OF_NR: Record<number, Protocol> = { 6: "tcp", 17: "udp", 132: "sctp" };
+const METHOD_OF_CODE: FwdMethod[] = ["masq", "localnode", "tunnel", "droute", "bypass"];
+const IP_VS_CONN_F_FWD_MASK = 0x7;
+
+// ---- writer -------------------------------------------------------------------------------
+
+/** Appends netlink messages/attributes into one growable, reused byte buffer. */
+export class NlWriter {
+  buf: Uint8Array;
+  dv: DataView;
+  pos = 0;
+
+  constructor(size = 65536) {
+    this.buf = new Uint8Array(size);
+    this.dv = new DataView(this.buf.buffer);
+  }
+
+  reset(): void {
+    this.pos = 0;
+  }
+
+  /** The bytes written so far (a view, valid until the next write). */
+  bytes(from = 0): Uint8Array {
+    return this.buf.subarray(from, this.pos);
+  }
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.pos + n) size *= 2;
+    const nb = new Uint8Array(size);
+    nb.set(this.buf.subarray(0, this.pos));
+    this.buf = nb;
+    this.dv = new DataView(nb.buffer);
+  }
+
+  private hdr(type: number, len: number): void {
+    this.dv.setUint16(this.pos, len, true);
+    this.dv.setUint16(this.pos + 2, type, true);
+    this.pos += 4;
+  }
+
+  u16(type: number, v: number): void {
+    this.ensure(8);
+    this.hdr(type, 6);
+    this.dv.setUint32(this.pos, v & 0xffff, true);
+    this.pos += 4;
+  }
+
+  /** u16 in network byte order (ports). */
+  be16(type: number, v: number): void {
+    this.ensure(8);
+    this.hdr(type, 6);
+    this.dv.setUint32(this.pos, 0, true);
+    this.dv.setUint16(this.pos, v & 0xffff, false);
+    this.pos += 4;
+  }
+
+  u32(type: number, v: number): void {
+    this.ensure(8);
+    this.hdr(type, 8);
+    this.dv.setUint32(this.pos, v >>> 0, true);
+    this.pos += 4;
+  }
+
+  /** Raw bytes, padded to 4. */
+  raw(type: number, data: ArrayLike<number>): void {
+    const n = data.length;
+    const padded = (n + 3) & ~3;
+    this.ensure(4 + padded);
+    this.hdr(type, 4 + n);
+    const b = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < n; i++) b[p++] = data[i]!;
+    for (let i = n; i < padded; i++) b[p++] = 0;
+    this.pos = p;
+  }
+
+  /** NUL-terminated ASCII string, padded to 4. */
+  str(type: number, s: string): void {
+    const n = s.length + 1;
+    const padded = (n + 3) & ~3;
+    this.ensure(4 + padded);
+    this.hdr(type, 4 + n);
+    const b = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < s.length; i++) b[p++] = s.charCodeAt(i) & 0xff;
+    for (let i = s.length; i < padded; i++) b[p++] = 0;
+    this.pos = p;
+  }
+
+  /** Address attribute: 4 bytes for inet, 16 for inet6. */
+  addr(type: number, family: Family, address: string): void {
+    const len = family === "inet" ? 4 : 16;
+    this.ensure(4 + len);
+    this.hdr(type, 4 + len);
+    writeAddr(this.buf, this.pos, family, address);
+    this.pos += len;
+  }
+
+  /** Starts a nested attribute (without NLA_F_NESTED, as the IPVS kernel code expects). */
+  nestStart(type: number): number {
+    this.ensure(4);
+    const at = this.pos;
+    this.hdr(type, 0);
+    return at;
+  }
+
+  nestEnd(at: number): void {
+    this.dv.setUint16(at, this.pos - at, true);
+  }
+
+  /** Writes nlmsghdr + genlmsghdr; returns the message start for msgEnd(). */
+  msgStart(familyId: number, flags: number, seq: number, pid: number, cmd: number): number {
+    this.ensure(NLMSG_HDRLEN + GENL_HDRLEN);
+    const at = this.pos;
+    const dv = this.dv;
+    dv.setUint32(at, 0, true); // length, set by msgEnd
+    dv.setUint16(at + 4, familyId, true);
+    dv.setUint16(at + 6, flags, true);
+    dv.setUint32(at + 8, seq >>> 0, true);
+    dv.setUint32(at + 12, pid >>> 0, true);
+    this.buf[at + 16] = cmd;
+    this.buf[at + 17] = IPVS_GENL_VERSION;
+    dv.setUint16(at + 18, 0, true);
+    this.pos = at + NLMSG_HDRLEN + GENL_HDRLEN;
+    return at;
+  }
+
+  msgEnd(at: number): void {
+    this.dv.setUint32(at, this.pos - at, true);
+  }
+}
+
+// ---- addresses ----------------------------------------------------------------------------
+
+/** Writes an address (4 bytes for inet, 16 for inet6) at buf[off]. Throws on a bad address. */
+export function writeAddr(buf: Uint8Array, off: number, family: Family, address: string): void {
+  if (family === "inet") {
+    if (!fastIPv4(buf, off, address)) {
+      const a = ipaddr.parse(address);
+      if (a.kind() !== "ipv4") throw new Error(`not an IPv4 address: ${address}`);
+      buf.set(a.toByteArray(), off);
+    }
+  } else {
+    const a = ipaddr.parse(address);
+    const bytes = a.kind() === "ipv6" ? a.toByteArray() : (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray();
+    buf.set(bytes, off);
+  }
+}
+
+function fastIPv4(buf: Uint8Array, off: number, s: string): boolean {
+  let part = 0;
+  let digits = 0;
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || n === 3) return false;
+      buf[off + n++] = part;
+      part = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && part === 0) return false; // leading zero: let ipaddr.js decide
+      part = part * 10 + (c - 48);
+      if (++digits > 3 || part > 255) return false;
+    } else return false;
+  }
+  if (digits === 0 || n !== 3) return false;
+  buf[off + 3] = part;
+  return true;
+}
+
+/** Canonical text of a 4- or 16-byte address read from buf[off]. */
+export function readAddr(buf: Uint8Array, off: number, family: Family): string {
+  if (family === "inet") return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
+  return ipaddr.fromByteArray(Array.from(buf.subarray(off, off + 16))).toString();
+}
+
+/** Family of a textual address (for dests, whose family may differ from the service's). */
+export function addrFamily(address: string): Family {
+  return address.includes(":") ? "inet6" : "inet";
+}
+
+// ---- attribute bodies ---------------------------------------------------------------------
+
+/** Netmask attribute value: inet carries a network-order mask, inet6 a prefix length (LE u32). */
+export function netmaskValue(family: Family, prefix: number): number {
+  if (family === "inet6") return prefix >>> 0;
+  if (prefix <= 0) return 0;
+  if (prefix >= 32) return 0xffffffff;
+  const mask = (0xffffffff << (32 - prefix)) >>> 0;
+  // the kernel reads it as be32: store the bytes in network order, i.e. byte-swap for a LE u32
+  return (
+    (((mask & 0xff) << 24) | ((mask & 0xff00) << 8) | ((mask >>> 8) & 0xff00) | (mask >>> 24)) >>> 0
+  );
+}
+
+/** Prefix length of a NETMASK attribute value read as a LE u32. */
+export function netmaskPrefix(family: Family, v: number): number {
+  if (family === "inet6") return v;
+  // bytes in network order: count leading one bits of the big-endian value
+  const be = (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
+  let n = 0;
+  for (let bit = 31; bit >= 0 && (be >>> bit) & 1; bit--) n++;
+  return n;
+}
+
+/** Service identity attributes: AF, PROTOCOL, ADDR, PORT. */
+export function putServiceKey(w: NlWriter, s: ServiceKey): void {
+  w.u16(SVC_ATTR.AF, AF[s.family]);
+  w.u16(SVC_ATTR.PROTOCOL, IPPROTO[s.protocol]);
+  w.addr(SVC_ATTR.ADDR, s.family, s.address);
+  w.be16(SVC_ATTR.PORT, s.port);
+}
+
+/** CMD_ATTR_SERVICE{identity (+ SCHED_NAME, FLAGS, TIMEOUT, NETMASK when full)}. */
+export function putService(w: NlWriter, s: ServiceKey | Service, full: boolean): void {
+  const at = w.nestStart(CMD_ATTR_SERVICE);
+  putServiceKey(w, s);
+  if (full) {
+    const svc = s as Service;
+    w.str(SVC_ATTR.SCHED_NAME, svc.scheduler);
+    w.ensure(12);
+    const p = w.pos;
+    w.dv.setUint16(p, 12, true);
+    w.dv.setUint16(p + 2, SVC_ATTR.FLAGS, true);
+    w.dv.setUint32(p + 4, (svc.flags & ~SVC_F_HASHED) >>> 0, true);
+    w.dv.setUint32(p + 8, 0xffffffff, true);
+    w.pos = p + 12;
+    w.u32(SVC_ATTR.TIMEOUT, svc.timeout);
+    w.u32(SVC_ATTR.NETMASK, netmaskValue(s.family, svc.netmask));
+  }
+  w.nestEnd(at);
+}
+
+/** CMD_ATTR_DEST{ADDR, PORT (+ FWD_METHOD, WEIGHT, U_THRESH, L_THRESH when full)}. */
+export function putDest(w: NlWriter, serviceFamily: Family, d: DestKey | Dest, full: boolean): void {
+  const at = w.nestStart(CMD_ATTR_DEST);
+  const fam = addrFamily(d.address);
+  w.addr(DEST_ATTR.ADDR, fam, d.address);
+  w.be16(DEST_ATTR.PORT, d.port);
+  if (full) {
+    const dest = d as Dest;
+    const code = FWD_METHOD_CODE[dest.method];
+    if (code === undefined) throw new Error(`unknown forwarding method: ${dest.method}`);
+    w.u32(DEST_ATTR.FWD_METHOD, code);
+    w.u32(DEST_ATTR.WEIGHT, dest.weight);
+    w.u32(DEST_ATTR.U_THRESH, dest.upperThreshold);
+    w.u32(DEST_ATTR.L_THRESH, dest.lowerThreshold);
+  }
+  // a dest of the other family (tunnel to an IPv4 real server from an IPv6 service, ...)
+  if (fam !== serviceFamily) w.u16(DEST_ATTR.ADDR_FAMILY, AF[fam]);
+  w.nestEnd(at);
+}
+
+// ---- whole requests -----------------------------------------------------------------------
+
+export interface Header {
+  familyId: number;
+  seq: number;
+  pid: number;
+}
+
+/** Flags of a request for cmd: REQUEST|ACK, plus DUMP for the GET_SERVICE/GET_DEST listings. */
+export function requestFlags(cmd: number): number {
+  return cmd === CMD.GET_SERVICE || cmd === CMD.GET_DEST
+    ? NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP
+    : NLM_F_REQUEST | NLM_F_ACK;
+}
+
+/** A request as an operation: what encodeRequest() writes. */
+export type Request =
+  | { cmd: typeof CMD.NEW_SERVICE | typeof CMD.SET_SERVICE; service: Service }
+  | { cmd: typeof CMD.DEL_SERVICE | typeof CMD.GET_DEST; service: ServiceKey }
+  | { cmd: typeof CMD.NEW_DEST | typeof CMD.SET_DEST; service: ServiceKey; dest: Dest }
+  | { cmd: typeof CMD.DEL_DEST; service: ServiceKey; dest: DestKey }
+  | { cmd: typeof CMD.GET_SERVICE | typeof CMD.GET_INFO | typeof CMD.FLUSH };
+
+/** Appends one complete netlink message for req to w; returns its start offset. */
+export function encodeRequest(w: NlWriter, h: Header, req: Request): number {
+  const at = w.msgStart(h.familyId, requestFlags(req.cmd), h.seq, h.pid, req.cmd);
+  switch (req.cmd) {
+    case CMD.NEW_SERVICE:
+    case CMD.SET_SERVICE:
+      putService(w, req.service, true);
+      break;
+    case CMD.DEL_SERVICE:
+    case CMD.GET_DEST:
+      putService(w, req.service, false);
+      break;
+    case CMD.NEW_DEST:
+    case CMD.SET_DEST:
+      putService(w, req.service, false);
+      putDest(w, req.service.family, req.dest, true);
+      break;
+    case CMD.DEL_DEST:
+      putService(w, req.service, false);
+      putDest(w, req.service.family, req.dest, false);
+      break;
+  }
+  w.msgEnd(at);
+  return at;
+}
+
+/** The genetlink payload after the genlmsghdr (the `attrs_hex` of the vectors), as a copy. */
+export function encodeAttrs(req: Request): Uint8Array {
+  const w = new NlWriter(256);
+  encodeRequest(w, { familyId: 0, seq: 0, pid: 0 }, req);
+  return w.bytes(NLMSG_HDRLEN + GENL_HDRLEN).slice();
+}
+
+// ---- reader -------------------------------------------------------------------------------
+
+/**
+ * Calls fn(type, payloadOffset, payloadLength) for each attribute in buf[off, end).
+ * The type is masked to drop NLA_F_NESTED / NLA_F_NET_BYTEORDER.
+ */
+export function forEachAttr(
+  dv: DataView,
+  off: number,
+  end: number,
+  fn: (type: number, p: number, len: number) => void,
+): void {
+  while (off + 4 <= end) {
+    const len = dv.getUint16(off, true);
+    if (len < 4 || off + len > end) break;
+    fn(dv.getUint16(off + 2, true) & 0x3fff, off + 4, len - 4);
+    off += (len + 3) & ~3;
+  }
+}
+
+function readU64(dv: DataView, p: number): number {
+  return dv.getUint32(p, true) + dv.getUint32(p + 4, true) * 0x100000000;
+}
+
+/** Reads u8/u16/u32/u64 by attribute length. */
+function readUint(dv: DataView, p: number, len: number): number {
+  if (len >= 8) return readU64(dv, p);
+  if (len >= 4) return dv.getUint32(p, true);
+  if (len >= 2) return dv.getUint16(p, true);
+  if (len >= 1) return dv.getUint8(p);
+  return 0;
+}
+
+export function decodeStats(dv: DataView, off: number, end: number): Stats {
+  const s: Stats = { connections: 0, packetsIn: 0, packetsOut: 0, bytesIn: 0, bytesOut: 0 };
+  forEachAttr(dv, off, end, (t, p, len) => {
+    switch (t) {
+      case STATS_ATTR.CONNS:
+        s.connections = readUint(dv, p, len);
+        break;
+      case STATS_ATTR.INPKTS:
+        s.packetsIn = readUint(dv, p, len);
+        break;
+      case STATS_ATTR.OUTPKTS:
+        s.packetsOut = readUint(dv, p, len);
+        break;
+      case STATS_ATTR.INBYTES:
+        s.bytesIn = readUint(dv, p, len);
+        break;
+      case STATS_ATTR.OUTBYTES:
+        s.bytesOut = readUint(dv, p, len);
+        break;
+    }
+  });
+  return s;
+}
+
+/** A decoded service; fwmark services (not modelled) come back with fwmark set and no key. */
+export interface DecodedService extends ObservedService {
+  fwmark?: number;
+}
+
+/** Decodes the body of a CMD_ATTR_SERVICE nest (buf[off, end)). Dests are left empty. */
+export function decodeService(buf: Uint8Array, dv: DataView, off: number, end: number): DecodedService {
+  let af = 0;
+  let proto = 0;
+  let addrAt = -1;
+  let port = 0;
+  let fwmark = 0;
+  let scheduler = "";
+  let flags = 0;
+  let timeout = 0;
+  let netmask = -1;
+  let stats: Stats | undefined;
+  let stats64: Stats | undefined;
+  forEachAttr(dv, off, end, (t, p, len) => {
+    switch (t) {
+      case SVC_ATTR.AF:
+        af = dv.getUint16(p, true);
+        break;
+      case SVC_ATTR.PROTOCOL:
+        proto = dv.getUint16(p, true);
+        break;
+      case SVC_ATTR.ADDR:
+        addrAt = p;
+        break;
+      case SVC_ATTR.PORT:
+        port = dv.getUint16(p, false);
+        break;
+      case SVC_ATTR.FWMARK:
+        fwmark = dv.getUint32(p, true);
+        break;
+      case SVC_ATTR.SCHED_NAME: {
+        let e = p;
+        while (e < p + len && buf[e] !== 0) e++;
+        scheduler = String.fromCharCode(...buf.subarray(p, e));
+        break;
+      }
+      case SVC_ATTR.FLAGS:
+        flags = dv.getUint32(p, true) & ~SVC_F_HASHED;
+        break;
+      case SVC_ATTR.TIMEOUT:
+        timeout = dv.getUint32(p, true);
+        break;
+      case SVC_ATTR.NETMASK:
+        netmask = dv.getUint32(p, true);
+        break;
+      case SVC_ATTR.STATS:
+        stats = decodeStats(dv, p, p + len);
+        break;
+      case SVC_ATTR.STATS64:
+        stats64 = decodeStats(dv, p, p + len);
+        break;
+    }
+  });
+  const family = FAMILY_OF_AF[af] ?? ("af" + af as Family);
+  const protocol = PROTOCOL_OF_NR[proto] ?? ("proto" + proto as Protocol);
+  const svc: DecodedService = {
+    family,
+    protocol,
+    address: addrAt >= 0 && FAMILY_OF_AF[af] ? readAddr(buf, addrAt, family) : "",
+    port,
+    scheduler,
+    flags,
+    timeout,
+    netmask: netmask < 0 ? (family === "inet6" ? 128 : 32) : netmaskPrefix(family, netmask),
+    dests: [],
+  };
+  const st = stats64 ?? stats;
+  if (st) svc.stats = st;
+  if (fwmark) svc.fwmark = fwmark;
+  return svc;
+}
+
+/** Decodes the body of a CMD_ATTR_DEST nest; the address family defaults to the service's. */
+export function decodeDest(
+  buf: Uint8Array,
+  dv: DataView,
+  off: number,
+  end: number,
+  serviceFamily: Family,
+): ObservedDest {
+  let addrAt = -1;
+  let addrLen = 0;
+  let af = 0;
+  let port = 0;
+  let method = 0;
+  let weight = 0;
+  let u = 0;
+  let l = 0;
+  let active: number | undefined;
+  let inactive: number | undefined;
+  let persistent: number | undefined;
+  let stats: Stats | undefined;
+  let stats64: Stats | undefined;
+  forEachAttr(dv, off, end, (t, p, len) => {
+    switch (t) {
+      case DEST_ATTR.ADDR:
+        addrAt = p;
+        addrLen = len;
+        break;
+      case DEST_ATTR.PORT:
+        port = dv.getUint16(p, false);
+        break;
+      case DEST_ATTR.FWD_METHOD:
+        method = dv.getUint32(p, true) & IP_VS_CONN_F_FWD_MASK;
+        break;
+      case DEST_ATTR.WEIGHT:
+        weight = dv.getInt32(p, true);
+        break;
+      case DEST_ATTR.U_THRESH:
+        u = dv.getUint32(p, true);
+        break;
+      case DEST_ATTR.L_THRESH:
+        l = dv.getUint32(p, true);
+        break;
+      case DEST_ATTR.ACTIVE_CONNS:
+        active = dv.getUint32(p, true);
+        break;
+      case DEST_ATTR.INACT_CONNS:
+        inactive = dv.getUint32(p, true);
+        break;
+      case DEST_ATTR.PERSIST_CONNS:
+        persistent = dv.getUint32(p, true);
+        break;
+      case DEST_ATTR.STATS:
+        stats = decodeStats(dv, p, p + len);
+        break;
+      case DEST_ATTR.STATS64:
+        stats64 = decodeStats(dv, p, p + len);
+        break;
+      case DEST_ATTR.ADDR_FAMILY:
+        af = dv.getUint16(p, true);
+        break;
+    }
+  });
+  let family = FAMILY_OF_AF[af] ?? serviceFamily;
+  if (family === "inet6" && addrLen > 0 && addrLen < 16) family = "inet";
+  const d: ObservedDest = {
+    address: addrAt >= 0 ? readAddr(buf, addrAt, family) : "",
+    port,
+    method: METHOD_OF_CODE[method] ?? ("0x" + method.toString(16).padStart(4, "0") as FwdMethod),
+    weight,
+    upperThreshold: u,
+    lowerThreshold: l,
+  };
+  if (active !== undefined) d.activeConnections = active;
+  if (inactive !== undefined) d.inactiveConnections = inactive;
+  if (persistent !== undefined) d.persistentConnections = persistent;
+  const st = stats64 ?? stats;
+  if (st) d.stats = st;
+  return d;
+}
+
+/** Decodes a GET_INFO answer's attributes (after the genlmsghdr). */
+export function decodeInfo(dv: DataView, off: number, end: number): IpvsInfo {
+  let v = 0;
+  let size = 0;
+  forEachAttr(dv, off, end, (t, p) => {
+    if (t === INFO_ATTR.VERSION) v = dv.getUint32(p, true);
+    else if (t === INFO_ATTR.CONN_TAB_SIZE) size = dv.getUint32(p, true);
+  });
+  return { version: `${(v >> 16) & 0xff}.${(v >> 8) & 0xff}.${v & 0xff}`, connTableSize: size };
+}
+
+/** Finds the first attribute of a type in buf[off, end); returns [payloadOffset, len] or null. */
+export function findAttr(dv: DataView, off: number, end: number, type: number): [number, number] | null {
+  while (off + 4 <= end) {
+    const len = dv.getUint16(off, true);
+    if (len < 4 || off + len > end) break;
+    if ((dv.getUint16(off + 2, true) & 0x3fff) === type) return [off + 4, len - 4];
+    off += (len + 3) & ~3;
+  }
+  return null;
+}
+
+// ---- helpers for tests and debug ----------------------------------------------------------
+
+export function toHex(b: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < b.length; i++) s += b[i]!.toString(16).padStart(2, "0");
+  return s;
+}
+
+export function fromHex(h: string): Uint8Array {
+  const clean = h.replace(/\s+/g, "");
+  const out = new Uint8Array(clean.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.substr(i * 2, 2), 16);
+  return out;
+}
+
+/** Decodes a service + dest request payload (attrs after the genlmsghdr) — for round trips. */
+export function decodeRequestAttrs(payload: Uint8Array): { service?: DecodedService; dest?: ObservedDest } {
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const out: { service?: DecodedService; dest?: ObservedDest } = {};
+  const s = findAttr(dv, 0, payload.length, CMD_ATTR_SERVICE);
+  if (s) out.service = decodeService(payload, dv, s[0], s[0] + s[1]);
+  const d = findAttr(dv, 0, payload.length, CMD_ATTR_DEST);
+  if (d) out.dest = decodeDest(payload, dv, d[0], d[0] + d[1], out.service?.family ?? "inet");
+  return out;
+}

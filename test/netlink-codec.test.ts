@@ -1,0 +1,233 @@
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import ipaddr from "ipaddr.js";
+import {
+  CMD,
+  GENL_HDRLEN,
+  NLMSG_HDRLEN,
+  NlWriter,
+  decodeRequestAttrs,
+  encodeAttrs,
+  encodeRequest,
+  netmaskPrefix,
+  netmaskValue,
+  toHex,
+  type Request,
+} from "../src/ipvs/netlink/codec.ts";
+import type { Dest, FwdMethod, Service, ServiceKey } from "../src/ipvs/types.ts";
+
+const v4: ServiceKey = { family: "inet", protocol: "tcp", address: "10.0.0.1", port: 80 };
+const v4svc: Service = { ...v4, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 };
+const v6: ServiceKey = { family: "inet6", protocol: "udp", address: "2001:db8::1", port: 53 };
+const v6svc: Service = { ...v6, scheduler: "wlc", flags: 0, timeout: 0, netmask: 128 };
+const d = (address: string, port: number, method: FwdMethod, weight: number): Dest => ({
+  address,
+  port,
+  method,
+  weight,
+  upperThreshold: 0,
+  lowerThreshold: 0,
+});
+
+// netlink-vectors.md, with the IPv6 NETMASK 128 difference (last attribute 08000900 80000000).
+const vectors: [string, Request, string][] = [
+  ["NEW_SERVICE v4 tcp 10.0.0.1:80 wlc", { cmd: CMD.NEW_SERVICE, service: v4svc },
+    "4800010006000100020000000600020006000000080003000a000001060004000050000008000600776c63000c00070000000000ffffffff080008000000000008000900ffffffff"],
+  ["SET_SERVICE v4", { cmd: CMD.SET_SERVICE, service: v4svc },
+    "4800010006000100020000000600020006000000080003000a000001060004000050000008000600776c63000c00070000000000ffffffff080008000000000008000900ffffffff"],
+  ["DEL_SERVICE v4", { cmd: CMD.DEL_SERVICE, service: v4 },
+    "2400010006000100020000000600020006000000080003000a0000010600040000500000"],
+  ["GET_DEST dump v4", { cmd: CMD.GET_DEST, service: v4 },
+    "2400010006000100020000000600020006000000080003000a0000010600040000500000"],
+  ["NEW_DEST v4 10.1.0.1:8080 masq w=10", { cmd: CMD.NEW_DEST, service: v4, dest: d("10.1.0.1", 8080, "masq", 10) },
+    "2400010006000100020000000600020006000000080003000a000001060004000050000034000200080001000a010001060002001f9000000800030000000000080004000a00000008000500000000000800060000000000"],
+  ["SET_DEST v4 10.255.0.1:80 droute w=20", { cmd: CMD.SET_DEST, service: v4, dest: d("10.255.0.1", 80, "droute", 20) },
+    "2400010006000100020000000600020006000000080003000a000001060004000050000034000200080001000aff000106000200005000000800030003000000080004001400000008000500000000000800060000000000"],
+  ["DEL_DEST v4 10.1.0.1:8080", { cmd: CMD.DEL_DEST, service: v4, dest: { address: "10.1.0.1", port: 8080 } },
+    "2400010006000100020000000600020006000000080003000a000001060004000050000014000200080001000a010001060002001f900000"],
+  ["NEW_SERVICE v6 udp [2001:db8::1]:53 wlc (netmask 128)", { cmd: CMD.NEW_SERVICE, service: v6svc },
+    "54000100060001000a00000006000200110000001400030020010db8000000000000000000000001060004000035000008000600776c63000c00070000000000ffffffff080008000000000008000900" + "80000000"],
+  ["NEW_DEST v6 [2001:db8:1::1]:53 tunnel w=0", { cmd: CMD.NEW_DEST, service: v6, dest: d("2001:db8:1::1", 53, "tunnel", 0) },
+    "30000100060001000a00000006000200110000001400030020010db80000000000000000000000010600040000350000400002001400010020010db800010000000000000000000106000200003500000800030002000000080004000000000008000500000000000800060000000000"],
+];
+
+describe("netlink codec: byte vectors", () => {
+  for (const [name, req, hex] of vectors) {
+    test(name, () => {
+      expect(toHex(encodeAttrs(req))).toBe(hex);
+    });
+  }
+
+  test("headers: nlmsghdr + genlmsghdr, flags 0x5 / 0x305", () => {
+    const w = new NlWriter(64);
+    encodeRequest(w, { familyId: 0x1c, seq: 7, pid: 99 }, { cmd: CMD.DEL_SERVICE, service: v4 });
+    const b = w.bytes();
+    expect(b.length).toBe(NLMSG_HDRLEN + GENL_HDRLEN + 0x24);
+    expect(toHex(b.subarray(0, 20))).toBe("38000000" + "1c00" + "0500" + "07000000" + "63000000" + "03010000");
+    const start = w.pos;
+    encodeRequest(w, { familyId: 0x1c, seq: 8, pid: 99 }, { cmd: CMD.GET_SERVICE });
+    expect(toHex(w.bytes(start))).toBe("14000000" + "1c00" + "0503" + "08000000" + "63000000" + "04010000");
+    const s2 = w.pos;
+    encodeRequest(w, { familyId: 0x1c, seq: 9, pid: 99 }, { cmd: CMD.GET_DEST, service: v4 });
+    expect(toHex(w.bytes(s2).subarray(4, 8))).toBe("1c000503");
+  });
+
+  test("persistence flags and timeout", () => {
+    const hex = toHex(encodeAttrs({ cmd: CMD.NEW_SERVICE, service: { ...v4svc, flags: 1, timeout: 300 } }));
+    expect(hex).toContain("0c000700" + "01000000" + "ffffffff");
+    expect(hex).toContain("08000800" + "2c010000");
+  });
+
+  test("the HASHED flag is never sent", () => {
+    const hex = toHex(encodeAttrs({ cmd: CMD.SET_SERVICE, service: { ...v4svc, flags: 3 } }));
+    expect(hex).toContain("0c000700" + "01000000" + "ffffffff");
+  });
+
+  test("an IPv4 dest in an IPv6 service carries ADDR_FAMILY", () => {
+    const hex = toHex(encodeAttrs({ cmd: CMD.NEW_DEST, service: v6, dest: d("192.0.2.1", 53, "tunnel", 1) }));
+    expect(hex).toContain("08000100c0000201");
+    expect(hex.endsWith("06000b00" + "02000000")).toBe(true);
+    const back = decodeRequestAttrs(encodeAttrs({ cmd: CMD.NEW_DEST, service: v6, dest: d("192.0.2.1", 53, "tunnel", 1) }));
+    expect(back.dest?.address).toBe("192.0.2.1");
+  });
+
+  test("netmask values", () => {
+    expect(netmaskValue("inet", 32)).toBe(0xffffffff);
+    expect(netmaskValue("inet", 24)).toBe(0x00ffffff);
+    expect(netmaskValue("inet6", 128)).toBe(128);
+    for (let p = 0; p <= 32; p++) expect(netmaskPrefix("inet", netmaskValue("inet", p))).toBe(p);
+    expect(netmaskPrefix("inet6", 64)).toBe(64);
+  });
+
+  test("read-back of kernel flags: HASHED stripped, host order", () => {
+    // a kernel answer: FLAGS = {0x3 (persistent|hashed), 0xffffffff}
+    const w = new NlWriter(64);
+    const at = w.nestStart(1);
+    w.u16(1, 2);
+    w.u16(2, 6);
+    w.raw(3, [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // kernel sends 16 bytes
+    w.be16(4, 80);
+    w.str(6, "rr");
+    w.raw(7, [3, 0, 0, 0, 255, 255, 255, 255]);
+    w.u32(8, 360);
+    w.u32(9, 0xffffffff);
+    w.nestEnd(at);
+    const s = decodeRequestAttrs(w.bytes().slice()).service!;
+    expect(s).toEqual({
+      family: "inet", protocol: "tcp", address: "192.0.2.1", port: 80,
+      scheduler: "rr", flags: 1, timeout: 360, netmask: 32, dests: [],
+    });
+  });
+});
+
+// ---- round trips --------------------------------------------------------------------------
+
+const ipv4 = fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((a) => a.join("."));
+const ipv6 = fc.array(fc.nat(0xffff), { minLength: 8, maxLength: 8 }).map((g) => {
+  // canonical compact text, as ipaddr.js prints it
+  return ipaddr.fromByteArray(g.flatMap((x) => [x >> 8, x & 0xff])).toString() as string;
+});
+const port = fc.integer({ min: 0, max: 65535 });
+const method = fc.constantFrom<FwdMethod>("masq", "localnode", "tunnel", "droute", "bypass");
+const u32 = fc.integer({ min: 0, max: 0xffffffff });
+const serviceArb = fc
+  .record({
+    family: fc.constantFrom("inet" as const, "inet6" as const),
+    protocol: fc.constantFrom("tcp" as const, "udp" as const, "sctp" as const),
+    v4: ipv4,
+    v6: ipv6,
+    port,
+    scheduler: fc.constantFrom("wlc", "rr", "wrr", "lc", "sh", "dh", "mh", "lblc"),
+    persistent: fc.boolean(),
+    timeout: u32,
+    prefix: fc.integer({ min: 0, max: 128 }),
+  })
+  .map(
+    (r): Service => ({
+      family: r.family,
+      protocol: r.protocol,
+      address: r.family === "inet" ? r.v4 : r.v6,
+      port: r.port,
+      scheduler: r.scheduler,
+      flags: r.persistent ? 1 : 0,
+      timeout: r.timeout,
+      netmask: r.family === "inet" ? Math.min(r.prefix, 32) : r.prefix,
+    }),
+  );
+const destArb = fc
+  .record({
+    v6: fc.boolean(),
+    a4: ipv4,
+    a6: ipv6,
+    port,
+    method,
+    weight: fc.integer({ min: 0, max: 0x7fffffff }),
+    upperThreshold: u32,
+    lowerThreshold: u32,
+  })
+  .map(
+    (r): Dest => ({
+      address: r.v6 ? r.a6 : r.a4,
+      port: r.port,
+      method: r.method,
+      weight: r.weight,
+      upperThreshold: r.upperThreshold,
+      lowerThreshold: r.lowerThreshold,
+    }),
+  );
+
+describe("netlink codec: round trips", () => {
+  test("service encode -> decode", () => {
+    fc.assert(
+      fc.property(serviceArb, fc.constantFrom(CMD.NEW_SERVICE, CMD.SET_SERVICE), (svc, cmd) => {
+        const back = decodeRequestAttrs(encodeAttrs({ cmd, service: svc })).service!;
+        const { dests, ...rest } = back;
+        expect(dests).toEqual([]);
+        expect(rest).toEqual(svc);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  test("dest encode -> decode", () => {
+    fc.assert(
+      fc.property(serviceArb, destArb, fc.constantFrom(CMD.NEW_DEST, CMD.SET_DEST), (svc, dest, cmd) => {
+        const back = decodeRequestAttrs(encodeAttrs({ cmd, service: svc, dest }));
+        expect(back.dest).toEqual(dest);
+        const { family, protocol, address, port } = back.service!;
+        expect({ family, protocol, address, port }).toEqual({
+          family: svc.family, protocol: svc.protocol, address: svc.address, port: svc.port,
+        });
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  test("dest identity encode -> decode", () => {
+    fc.assert(
+      fc.property(serviceArb, destArb, (svc, dest) => {
+        const back = decodeRequestAttrs(encodeAttrs({ cmd: CMD.DEL_DEST, service: svc, dest })).dest!;
+        expect({ address: back.address, port: back.port }).toEqual({ address: dest.address, port: dest.port });
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test("many messages in one reused writer", () => {
+    const w = new NlWriter(64); // grows
+    fc.assert(
+      fc.property(fc.array(serviceArb, { maxLength: 50 }), (svcs) => {
+        w.reset();
+        const starts = svcs.map((s, i) => encodeRequest(w, { familyId: 30, seq: i, pid: 1 }, { cmd: CMD.NEW_SERVICE, service: s }));
+        svcs.forEach((s, i) => {
+          const at = starts[i]!;
+          const len = w.dv.getUint32(at, true);
+          const back = decodeRequestAttrs(w.buf.slice(at + 20, at + len)).service!;
+          expect(back.address).toBe(s.address);
+          expect(w.dv.getUint32(at + 8, true)).toBe(i);
+        });
+      }),
+      { numRuns: 50 },
+    );
+  });
+});
