@@ -1,0 +1,361 @@
+// clusterf-docker against a real Docker engine (a private dockerd, test/support/docker.ts) and
+// a real etcd. No traffic is ever sent to the containers: only their addresses are read.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Etcd3 } from "etcd3";
+import { parseBackend } from "../src/config/values.ts";
+import { dockerUnavailable, labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
+import { startEtcd, type Etcd } from "./support/etcd.ts";
+import { BUN, ROOT, runCli, tableLines } from "./support/proc.ts";
+
+const unavailable = dockerUnavailable();
+if (unavailable) console.warn(`docker tests skipped: ${unavailable}`);
+
+const S = "net.qmsk.clusterf.service";
+const B = "net.qmsk.clusterf.backend";
+
+let docker: DockerEngine;
+let etcd: Etcd;
+let client: Etcd3;
+let v6net: string;
+let testNo = 0;
+const daemons: ClusterfDocker[] = [];
+const tmpDirs: string[] = [];
+
+/** A running clusterf-docker, its stderr collected. */
+class ClusterfDocker {
+  readonly proc: ReturnType<typeof Bun.spawn>;
+  stderr = "";
+  constructor(
+    readonly prefix: string,
+    readonly stateDir: string,
+    extra: string[] = [],
+  ) {
+    this.proc = Bun.spawn(
+      [
+        BUN,
+        join(ROOT, "src/cli/clusterf-docker.ts"),
+        `-docker-endpoint=${docker.endpoint}`,
+        `-etcd-machines=${etcd.clientUrl}`,
+        `-etcd-prefix=${prefix}`,
+        `-state-dir=${stateDir}`,
+        "-etcd-ttl=2s",
+        ...extra,
+      ],
+      { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { ...process.env, CLUSTERF_LOG_LEVEL: "info" } },
+    );
+    daemons.push(this);
+    (async () => {
+      const dec = new TextDecoder();
+      for await (const chunk of this.proc.stderr as ReadableStream<Uint8Array>) this.stderr += dec.decode(chunk);
+    })();
+  }
+  async waitLog(re: RegExp, timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!re.test(this.stderr)) {
+      if (Date.now() > deadline) throw new Error(`no log line ${re} within ${timeoutMs} ms; stderr:\n${this.stderr}`);
+      await Bun.sleep(25);
+    }
+  }
+  async signal(sig: "SIGTERM" | "SIGKILL" | "SIGINT"): Promise<number | null> {
+    this.proc.kill(sig);
+    await this.proc.exited;
+    return this.proc.signalCode ? null : this.proc.exitCode;
+  }
+}
+
+/** A fresh prefix and state dir per test, so that daemons of different tests never share keys. */
+function fresh(): { prefix: string; stateDir: string } {
+  testNo++;
+  const stateDir = mkdtempSync(join(tmpdir(), "clusterf-docker-state-"));
+  tmpDirs.push(stateDir);
+  return { prefix: `/cfd${testNo}`, stateDir };
+}
+
+async function keys(prefix: string): Promise<Map<string, string>> {
+  const all = await client.getAll().prefix(`${prefix}/services/`).strings();
+  return new Map(Object.entries(all).map(([k, v]) => [k.slice(prefix.length + "/services/".length), v]));
+}
+
+/** Polls etcd until pred holds for the keys under prefix; returns them. */
+async function waitKeys(prefix: string, pred: (k: Map<string, string>) => boolean, what: string, timeoutMs = 10_000, d?: ClusterfDocker): Promise<Map<string, string>> {
+  const deadline = Date.now() + timeoutMs;
+  let last = new Map<string, string>();
+  while (Date.now() < deadline) {
+    last = await keys(prefix);
+    if (pred(last)) return last;
+    await Bun.sleep(25);
+  }
+  throw new Error(`timed out waiting for ${what}; keys:\n${[...last].map(([k, v]) => `${k} ${v}`).join("\n")}${d ? `\nstderr:\n${d.stderr.slice(-4000)}` : ""}`);
+}
+
+const bk = (service: string, id: string) => `${service}/backends/${id}`;
+const value = (k: Map<string, string>, service: string, id: string) => {
+  const v = k.get(bk(service, id));
+  return v === undefined ? undefined : (JSON.parse(v) as Record<string, unknown>);
+};
+
+async function run(args: string[]): Promise<string> {
+  return docker.run(["run", "-d", "--stop-timeout", "1", ...args]);
+}
+
+async function ipOf(id: string, net = "bridge"): Promise<string> {
+  return docker.run(["inspect", "-f", `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`, id]);
+}
+
+const d = unavailable ? describe.skip : describe;
+
+d("clusterf-docker on a real Docker engine and etcd", () => {
+  beforeAll(async () => {
+    const t0 = Date.now();
+    [docker, etcd] = await Promise.all([startDocker(), startEtcd()]);
+    client = new Etcd3({ hosts: etcd.clientUrl });
+    v6net = "cf-v6";
+    await docker.run(["network", "create", "--ipv6", "--subnet", "2001:db8:1::/64", v6net]);
+    await labelledImage(docker, "clusterf-test:labelled", [`LABEL ${S}=img ${B}.tcp=8080`, "EXPOSE 8080/tcp"]);
+    console.log(`docker (${docker.storageDriver}) and etcd up in ${Date.now() - t0} ms`);
+  }, 60_000);
+
+  afterEach(async () => {
+    for (const p of daemons.splice(0)) {
+      p.proc.kill("SIGKILL");
+      await p.proc.exited;
+    }
+    if (etcd && !etcd.running) await etcd.restart();
+    if (docker && !docker.pid) await docker.start();
+    const ids = (await docker.run(["ps", "-aq"])).split(/\s+/).filter(Boolean);
+    if (ids.length) await docker.run(["rm", "-f", ...ids]);
+  }, 30_000);
+
+  afterAll(async () => {
+    client?.close();
+    await Promise.all([docker?.destroy(), etcd?.destroy()]);
+    for (const dir of tmpDirs) rmSync(dir, { recursive: true, force: true });
+  }, 60_000);
+
+  test("labels on the container and its image, several services, not-exposed ports, IPv6; clusterf-ipvs reads them", async () => {
+    const { prefix, stateDir } = fresh();
+    // Every label form on one container, plus a bad port and a bad service name.
+    const multi = await run([
+      "--name", "multi",
+      "-l", `${S}=web api dns bad/name`,
+      "-l", `${B}.tcp=80`,
+      "-l", `${B}:api.tcp=81`,
+      "-l", `${B}:api.weight=5`,
+      "-l", `${B}:dns.udp=53`,
+      "-l", `${B}:dns.tcp=9999`,
+      "-l", `${B}.weight=20`,
+      "--expose", "80", "--expose", "81", "--expose", "53/udp",
+      docker.image,
+    ]);
+    const fromImage = await run(["--name", "from-image", "clusterf-test:labelled"]);
+    const overridden = await run(["--name", "overridden", "-l", `${S}=other`, "clusterf-test:labelled"]);
+    const notExposed = await run(["--name", "not-exposed", "-l", `${S}=hidden`, "-l", `${B}.tcp=8081`, docker.image]);
+    const v6 = await run(["--name", "v6", "--network", v6net, "-l", `${S}=six`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const unlabelled = await run(["--expose", "80", docker.image]);
+
+    const cd = new ClusterfDocker(prefix, stateDir);
+    const k = await waitKeys(prefix, (k) => k.size >= 6, "six backends", 10_000, cd);
+    const ip = await ipOf(multi);
+    expect(Object.fromEntries(k)).toEqual({
+      [bk("web", multi)]: JSON.stringify({ ipv4: ip, tcp: 80, weight: 20 }),
+      [bk("api", multi)]: JSON.stringify({ ipv4: ip, tcp: 81, weight: 5 }),
+      [bk("dns", multi)]: JSON.stringify({ ipv4: ip, udp: 53, weight: 20 }),
+      [bk("img", fromImage)]: JSON.stringify({ ipv4: await ipOf(fromImage), tcp: 8080, weight: 10 }),
+      [bk("other", overridden)]: JSON.stringify({ ipv4: await ipOf(overridden), tcp: 8080, weight: 10 }),
+      [bk("six", v6)]: JSON.stringify({
+        ipv4: await ipOf(v6, v6net),
+        ipv6: await docker.run(["inspect", "-f", `{{(index .NetworkSettings.Networks "${v6net}").GlobalIPv6Address}}`, v6]),
+        tcp: 80,
+        weight: 10,
+      }),
+    });
+    expect(value(k, "six", v6)!.ipv6).toMatch(/^2001:db8:1::/);
+    for (const v of k.values()) expect(parseBackend(v).warnings).toEqual([]);
+    expect([...k.keys()].some((key) => key.includes(unlabelled) || key.includes(notExposed))).toBe(false);
+    // Warnings name the container and the label.
+    await cd.waitLog(/not-exposed\): label net\.qmsk\.clusterf\.backend\.tcp=8081: port 8081\/tcp is not exposed/);
+    expect(cd.stderr).toContain(`container ${multi.slice(0, 12)} (multi): label ${B}:dns.tcp=9999: port 9999/tcp is not exposed`);
+    expect(cd.stderr).toContain(`container ${multi.slice(0, 12)} (multi): label ${S}: service name "bad/name" is not a valid key name`);
+
+    // End to end: clusterf-ipvs reading the same etcd puts the container into its table.
+    await client.put(`${prefix}/services/web/frontend`).value(JSON.stringify({ ipv4: "192.0.2.80", tcp: 80 }));
+    const r = runCli("clusterf-ipvs", ["-ipvs-mock", "-print", "-once", "-config-path=", `-etcd-machines=${etcd.clientUrl}`, `-etcd-prefix=${prefix}`]);
+    expect(r.code).toBe(0);
+    expect(tableLines(r.stdout)).toEqual(["TCP 192.0.2.80:80 wlc", `-> ${ip}:80 Masq 20 0 0`]);
+  }, 40_000);
+
+  test("lifecycle: start → published; stop → weight 0 then removed; pause → 0; restart → back", async () => {
+    const { prefix, stateDir } = fresh();
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await cd.waitLog(/docker: connected/);
+    const events: string[] = [];
+    const watcher = await client.watch().prefix(`${prefix}/services/`).create();
+    watcher.on("put", (kv) => events.push(`put ${JSON.parse(kv.value.toString()).weight}`));
+    watcher.on("delete", () => events.push("delete"));
+    try {
+      const t0 = Date.now();
+      const id = await run(["-l", `${S}=life`, "-l", `${B}.tcp=80`, "-l", `${B}.weight=7`, "--expose", "80", docker.image]);
+      await waitKeys(prefix, (k) => value(k, "life", id)?.weight === 7, "published at weight 7", 5000, cd);
+      console.log(`start → published: ${Date.now() - t0} ms`);
+
+      await docker.run(["pause", id]);
+      await waitKeys(prefix, (k) => value(k, "life", id)?.weight === 0, "weight 0 when paused", 5000, cd);
+      await docker.run(["unpause", id]);
+      await waitKeys(prefix, (k) => value(k, "life", id)?.weight === 7, "weight 7 after unpause", 5000, cd);
+
+      // sleep as PID 1 ignores SIGTERM: `docker stop -t 2` drains for 2 s before the SIGKILL.
+      const stopping = docker.run(["stop", "-t", "2", id]);
+      await waitKeys(prefix, (k) => value(k, "life", id)?.weight === 0, "weight 0 while stopping", 1500, cd);
+      await stopping;
+      await waitKeys(prefix, (k) => !k.has(bk("life", id)), "removed after the container died", 3000, cd);
+
+      await docker.run(["start", id]);
+      await waitKeys(prefix, (k) => value(k, "life", id)?.weight === 7, "published again after start", 5000, cd);
+      await docker.run(["rm", "-f", id]);
+      await waitKeys(prefix, (k) => k.size === 0, "removed after rm -f", 5000, cd);
+      await Bun.sleep(200);
+      expect(events.slice(0, 6)).toEqual(["put 7", "put 0", "put 7", "put 0", "delete", "put 7"]);
+      // rm -f is a SIGKILL then die: a drain may show if the two events are not coalesced.
+      expect([["delete"], ["put 0", "delete"]]).toContainEqual(events.slice(6));
+    } finally {
+      await watcher.cancel();
+    }
+  }, 40_000);
+
+  test("health check: unhealthy → weight 0, healthy again → label weight", async () => {
+    const { prefix, stateDir } = fresh();
+    const cd = new ClusterfDocker(prefix, stateDir);
+    const id = await run([
+      "-l", `${S}=checked`, "-l", `${B}.tcp=80`, "--expose", "80",
+      "--health-cmd", "test -f /tmp/ok", "--health-interval", "300ms", "--health-retries", "1", "--health-timeout", "2s",
+      docker.image, "sh", "-c", "touch /tmp/ok; exec sleep 3600",
+    ]);
+    await waitKeys(prefix, (k) => value(k, "checked", id)?.weight === 10, "healthy at weight 10", 10_000, cd);
+    await docker.run(["exec", id, "rm", "/tmp/ok"]);
+    await waitKeys(prefix, (k) => value(k, "checked", id)?.weight === 0, "weight 0 when unhealthy", 10_000, cd);
+    expect(await docker.run(["inspect", "-f", "{{.State.Health.Status}}", id])).toBe("unhealthy");
+    await docker.run(["exec", id, "touch", "/tmp/ok"]);
+    await waitKeys(prefix, (k) => value(k, "checked", id)?.weight === 10, "weight 10 when healthy again", 10_000, cd);
+  }, 40_000);
+
+  test("-backend-published: the host address and the published host port", async () => {
+    const { prefix, stateDir } = fresh();
+    const id = await run(["-l", `${S}=pub`, "-l", `${B}.tcp=80`, "-p", "127.0.0.1::80", docker.image]);
+    const hostPort = Number((await docker.run(["port", id, "80/tcp"])).split(":").pop());
+    const cd = new ClusterfDocker(prefix, stateDir, ["-backend-published", "-host-ipv4=127.0.0.1"]);
+    const k = await waitKeys(prefix, (k) => k.size === 1, "published backend", 10_000, cd);
+    expect(value(k, "pub", id)).toEqual({ ipv4: "127.0.0.1", tcp: hostPort, weight: 10 });
+    expect(hostPort).toBeGreaterThan(0);
+  }, 30_000);
+
+  test("SIGTERM revokes the lease: keys removed at once, exit 0", async () => {
+    const { prefix, stateDir } = fresh();
+    const id = await run(["-l", `${S}=term`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await waitKeys(prefix, (k) => k.has(bk("term", id)), "published", 10_000, cd);
+    const t0 = Date.now();
+    expect(await cd.signal("SIGTERM")).toBe(0);
+    expect((await keys(prefix)).size).toBe(0);
+    console.log(`SIGTERM → keys gone and exited: ${Date.now() - t0} ms`);
+  }, 30_000);
+
+  test("SIGKILL: the keys expire with the lease TTL (2 s)", async () => {
+    const { prefix, stateDir } = fresh();
+    const id = await run(["-l", `${S}=kill`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await waitKeys(prefix, (k) => k.has(bk("kill", id)), "published", 10_000, cd);
+    const t0 = Date.now();
+    await cd.signal("SIGKILL");
+    expect((await keys(prefix)).has(bk("kill", id))).toBe(true); // not removed by anyone: left to the TTL
+    await waitKeys(prefix, (k) => k.size === 0, "expired", 4000);
+    const ms = Date.now() - t0;
+    console.log(`SIGKILL → keys expired after ${ms} ms (TTL 2 s)`);
+    expect(ms).toBeLessThan(3500);
+  }, 30_000);
+
+  test("a restarted clusterf-docker takes its keys over with no gap, and resyncs what changed meanwhile", async () => {
+    const { prefix, stateDir } = fresh();
+    const stay = await run(["-l", `${S}=keep`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const gone = await run(["-l", `${S}=keep`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd1 = new ClusterfDocker(prefix, stateDir);
+    await waitKeys(prefix, (k) => k.size === 2, "two backends", 10_000, cd1);
+    const stayKey = `${prefix}/services/${bk("keep", stay)}`;
+    const before = (await client.get(stayKey).exec()).kvs[0]!;
+    const lease1 = JSON.parse(readFileSync(join(stateDir, "docker-lease.json"), "utf8")).leaseId;
+    const deletes: string[] = [];
+    const watcher = await client.watch().prefix(`${prefix}/services/`).create();
+    watcher.on("delete", (kv) => deletes.push(kv.key.toString()));
+    try {
+      await cd1.signal("SIGKILL");
+      // While it is down, one container goes away (its die/destroy events are missed).
+      await docker.run(["rm", "-f", gone]);
+      const t0 = Date.now();
+      const cd2 = new ClusterfDocker(prefix, stateDir);
+      await cd2.waitLog(/took over the lease of the previous run/, 5000);
+      console.log(`restart → lease taken over after ${Date.now() - t0} ms`);
+      await waitKeys(prefix, (k) => k.size === 1 && k.has(bk("keep", stay)), "the stale key removed by the resync", 5000, cd2);
+      await Bun.sleep(2500); // longer than the TTL: the old lease would have expired by now
+      const after = (await client.get(stayKey).exec()).kvs[0];
+      expect(after).toBeDefined();
+      // Never deleted, never even rewritten: the same create and mod revisions, the same lease.
+      expect(after!.create_revision).toBe(before.create_revision);
+      expect(after!.mod_revision).toBe(before.mod_revision);
+      expect(after!.lease).toBe(lease1);
+      expect(deletes).toEqual([`${prefix}/services/${bk("keep", gone)}`]);
+    } finally {
+      await watcher.cancel();
+    }
+  }, 30_000);
+
+  test("the Docker daemon restarts: reconnect and full resync", async () => {
+    const { prefix, stateDir } = fresh();
+    const always = await run(["--restart", "always", "-l", `${S}=dr`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const once = await run(["-l", `${S}=dr`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await waitKeys(prefix, (k) => k.size === 2, "two backends", 10_000, cd);
+    // A crash of dockerd: no events at all. Meanwhile someone deletes a key by hand.
+    await docker.kill();
+    await cd.waitLog(/docker: connection lost/, 10_000);
+    await client.delete().key(`${prefix}/services/${bk("dr", always)}`);
+    const t0 = Date.now();
+    await docker.start();
+    // dockerd's restore stops the container without a restart policy and restarts the other one.
+    const k = await waitKeys(prefix, (k) => k.size === 1 && value(k, "dr", always)?.weight === 10, "resynced after the Docker restart", 15_000, cd);
+    console.log(`dockerd restart → etcd resynced ${Date.now() - t0} ms after the start`);
+    expect(value(k, "dr", always)!.ipv4).toBe(await ipOf(always));
+    expect(k.has(bk("dr", once))).toBe(false);
+    expect(cd.stderr).toMatch(/docker: full state read; resyncing etcd/);
+  }, 60_000);
+
+  test("an etcd outage: changes made meanwhile are resynced after it", async () => {
+    const { prefix, stateDir } = fresh();
+    const old = await run(["-l", `${S}=out`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await waitKeys(prefix, (k) => k.size === 1, "one backend", 10_000, cd);
+    await etcd.kill();
+    await docker.run(["rm", "-f", old]);
+    const fresh1 = await run(["-l", `${S}=out`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    await cd.waitLog(/cannot publish the backends|keep-alive failing/, 10_000);
+    const t0 = Date.now();
+    await etcd.restart();
+    const k = await waitKeys(prefix, (k) => k.size === 1 && k.has(bk("out", fresh1)), "resynced after the outage", 15_000, cd);
+    console.log(`etcd back → resynced after ${Date.now() - t0} ms`);
+    expect(value(k, "out", fresh1)).toEqual({ ipv4: await ipOf(fresh1), tcp: 80, weight: 10 });
+  }, 40_000);
+
+  test("the lease revoked behind its back: published again under a new lease", async () => {
+    const { prefix, stateDir } = fresh();
+    const id = await run(["-l", `${S}=rev`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await waitKeys(prefix, (k) => k.has(bk("rev", id)), "published", 10_000, cd);
+    const lease1 = JSON.parse(readFileSync(join(stateDir, "docker-lease.json"), "utf8")).leaseId as string;
+    await client.leaseClient.leaseRevoke({ ID: lease1 });
+    await waitKeys(prefix, (k) => k.has(bk("rev", id)), "published again", 5000, cd);
+    const kv = (await client.get(`${prefix}/services/${bk("rev", id)}`).exec()).kvs[0]!;
+    expect(kv.lease).not.toBe(lease1);
+    expect(JSON.parse(readFileSync(join(stateDir, "docker-lease.json"), "utf8")).leaseId).toBe(kv.lease);
+  }, 30_000);
+});
