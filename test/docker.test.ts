@@ -107,6 +107,42 @@ async function ipOf(id: string, net = "bridge"): Promise<string> {
 
 const d = unavailable ? describe.skip : describe;
 
+describe("clusterf-docker command line", () => {
+  test("-help lists every flag with its default", () => {
+    const r = runCli("clusterf-docker", ["-help"]);
+    expect(r.code).toBe(0);
+    for (const f of ["docker-endpoint", "docker-network", "backend-published", "host-ipv4", "host-ipv6", "etcd-machines", "etcd-prefix", "etcd-ttl", "etcd-cacert", "etcd-cert", "etcd-key", "etcd-username", "etcd-password", "state-dir"]) {
+      expect(r.stdout).toContain(`-${f}`);
+    }
+    expect(r.stdout).toContain('(default "unix:///var/run/docker.sock"; env DOCKER_HOST)');
+    expect(r.stdout).toContain("(default 10s)");
+  });
+
+  test.each([
+    [["-bogus"], /flag provided but not defined: -bogus/],
+    [["-etcd-ttl=soon"], /invalid value "soon" for flag -etcd-ttl/],
+    [["-etcd-ttl=500ms"], /-etcd-ttl: must be at least 1s/],
+    [["-host-ipv4=10.0.0.300", "-backend-published"], /invalid value "10.0.0.300" for flag -host-ipv4/],
+    [["-backend-published"], /-backend-published needs -host-ipv4/],
+    [["-host-ipv4=192.0.2.1"], /only apply with -backend-published/],
+    [["-docker-endpoint=ssh://host"], /invalid value "ssh:\/\/host" for flag -docker-endpoint/],
+    [["-etcd-machines="], /-etcd-machines is empty/],
+  ])("%p: one line, exit 2", (args, re) => {
+    const r = runCli("clusterf-docker", args as string[]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(re);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  test("DOCKER_HOST is the default endpoint", () => {
+    const r = runCli("clusterf-docker", ["-help"], { DOCKER_HOST: "tcp://192.0.2.1:2375" });
+    expect(r.code).toBe(0);
+    const bad = runCli("clusterf-docker", ["-etcd-machines="], { DOCKER_HOST: "nonsense" });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/-docker-endpoint/);
+  });
+});
+
 d("clusterf-docker on a real Docker engine and etcd", () => {
   beforeAll(async () => {
     const t0 = Date.now();

@@ -268,7 +268,13 @@ export class DockerWatcher {
       if (!id) return;
       if (action === "kill") {
         const sig = ev.Actor?.Attributes?.signal ?? "";
-        if (STOP_SIGNALS.has(sig)) this.draining.add(id);
+        if (STOP_SIGNALS.has(sig) && !this.draining.has(id)) {
+          // A drain is worth most when it is early: no debounce for it.
+          this.draining.add(id);
+          this.dirty.add(id);
+          this.scheduleFlush(true);
+          return;
+        }
       } else if (action === "start" || action === "restart" || action === "die" || action === "destroy") {
         this.draining.delete(id);
       }
@@ -281,11 +287,11 @@ export class DockerWatcher {
     this.scheduleFlush();
   }
 
-  private scheduleFlush(): void {
+  private scheduleFlush(urgent = false): void {
     const now = Date.now();
     if (!this.flushTimer) this.firstDirtyAt = now;
     clearTimeout(this.flushTimer);
-    const wait = Math.max(0, Math.min(this.opts.debounceMs ?? 50, this.firstDirtyAt + (this.opts.maxDelayMs ?? 500) - now));
+    const wait = urgent ? 0 : Math.max(0, Math.min(this.opts.debounceMs ?? 50, this.firstDirtyAt + (this.opts.maxDelayMs ?? 500) - now));
     this.flushTimer = setTimeout(() => {
       this.flushTimer = undefined;
       void this.flush();
