@@ -1,0 +1,339 @@
+// The kernel IPVS table: generic netlink family "IPVS" over a libnl socket (bun:ffi). Requests
+// are encoded in JS into one reused buffer (codec.ts), answers are read into one reused buffer
+// and matched to requests by sequence number. Calls are synchronous with a receive timeout.
+
+import {
+  IpvsError,
+  destKeyString,
+  serviceKeyString,
+  type Dest,
+  type DestKey,
+  type IpvsErrorCode,
+  type IpvsInfo,
+  type IpvsTable,
+  type ObservedService,
+  type Service,
+  type ServiceKey,
+} from "../types.ts";
+import {
+  CMD,
+  CMD_ATTR_DEST,
+  CMD_ATTR_SERVICE,
+  CMD_NAME,
+  GENL_HDRLEN,
+  IPVS_GENL_VERSION,
+  NLMSG_DONE,
+  NLMSG_ERROR,
+  NLMSG_HDRLEN,
+  NLM_F_DUMP,
+  NlWriter,
+  decodeDest,
+  decodeInfo,
+  decodeService,
+  findAttr,
+  requestFlags,
+  encodeRequest,
+  toHex,
+  type Request,
+} from "./codec.ts";
+import { ERRNO, GenlSocket, strerror } from "./libnl.ts";
+
+export const IPVS_MISSING = "IPVS is not available in this kernel: load ip_vs";
+
+export interface KernelIpvsOptions {
+  /** Called with each request and answer (hex and a summary) when set. */
+  debug?: (line: string) => void;
+  /** Receive timeout of one request, ms (default 5000). */
+  timeoutMs?: number;
+  /** Largest number of requests sent in one send() by applyBatch (default 64). */
+  batchSize?: number;
+}
+
+/** A write for applyBatch(): the commands that change the table. */
+export type IpvsOp = Extract<
+  Request,
+  { cmd: 1 | 2 | 3 | 5 | 6 | 7 | 17 }
+>;
+
+function errnoCode(errno: number): IpvsErrorCode {
+  switch (errno) {
+    case ERRNO.EEXIST:
+      return "EEXIST";
+    case ERRNO.ENOENT:
+      return "ENOENT";
+    case ERRNO.ESRCH:
+      return "ESRCH";
+    case ERRNO.EINVAL:
+      return "EINVAL";
+    case ERRNO.ETIMEDOUT:
+      return "ETIMEDOUT";
+    default:
+      return "EOTHER";
+  }
+}
+
+/** "NEW_DEST inet+tcp://10.0.0.1:80 10.1.0.1:8080" */
+export function describeRequest(req: Request): string {
+  let s = CMD_NAME[req.cmd] ?? `cmd ${req.cmd}`;
+  if ("service" in req) s += " " + serviceKeyString(req.service);
+  if ("dest" in req) s += " " + destKeyString(req.dest);
+  return s;
+}
+
+type OnMessage = (buf: Uint8Array, dv: DataView, off: number, end: number) => void;
+
+const MAX_HEX = 512;
+
+export class KernelIpvsTable implements IpvsTable {
+  private sock: GenlSocket | null = null;
+  private familyId = 0;
+  private seq = (Date.now() / 1000) >>> 0;
+  private readonly w = new NlWriter(1 << 16);
+  private readonly rbuf = new Uint8Array(1 << 17);
+  private readonly rdv = new DataView(this.rbuf.buffer);
+  private readonly debug?: (line: string) => void;
+  private readonly timeoutMs: number;
+  readonly batchSize: number;
+
+  constructor(opts: KernelIpvsOptions = {}) {
+    this.debug = opts.debug;
+    this.timeoutMs = opts.timeoutMs ?? 5000;
+    this.batchSize = Math.max(1, opts.batchSize ?? 64);
+    this.open();
+  }
+
+  /** The resolved generic netlink family id of IPVS. */
+  get family(): number {
+    return this.familyId;
+  }
+
+  private open(): GenlSocket {
+    if (this.sock) return this.sock;
+    const sock = new GenlSocket({ timeoutMs: this.timeoutMs });
+    try {
+      const id = sock.resolve("IPVS");
+      if (id < 0) throw new Error(`${IPVS_MISSING} (generic netlink family IPVS not found)`);
+      const version = sock.familyVersion("IPVS");
+      if (version !== IPVS_GENL_VERSION)
+        throw new Error(`IPVS generic netlink family version ${version}, expected ${IPVS_GENL_VERSION}`);
+      this.familyId = id;
+    } catch (e) {
+      sock.close();
+      throw e;
+    }
+    this.debug?.(`open: IPVS family id ${this.familyId}, port ${sock.port}, fd ${sock.fd}`);
+    this.sock = sock;
+    return sock;
+  }
+
+  private reset(): void {
+    this.sock?.close();
+    this.sock = null;
+  }
+
+  private nextSeq(): number {
+    this.seq = (this.seq + 1) >>> 0;
+    if (this.seq === 0) this.seq = 1;
+    return this.seq;
+  }
+
+  /**
+   * Sends one request and reads its answer: for a dump, every part until NLMSG_DONE; otherwise
+   * the answer messages until the ACK. onMessage gets each message of the family.
+   */
+  private exec(req: Request, onMessage?: OnMessage): void {
+    const sock = this.open();
+    const w = this.w;
+    w.reset();
+    const seq = this.nextSeq();
+    encodeRequest(w, { familyId: this.familyId, seq, pid: sock.port }, req);
+    if (this.debug) this.debug(`> ${describeRequest(req)} seq=${seq} ${toHex(w.bytes())}`);
+    sock.send(w.buf, w.pos);
+    const dump = (requestFlags(req.cmd) & NLM_F_DUMP) === NLM_F_DUMP;
+    const err = this.receive(seq, seq, dump, onMessage, null);
+    if (err) throw this.error(req, err);
+  }
+
+  private error(req: Request, errno: number): IpvsError {
+    return new IpvsError(`${describeRequest(req)}: ${strerror(errno)}`, errnoCode(errno), errno);
+  }
+
+  /**
+   * Receives the answers for sequence numbers [first, last]. Completes when each has been acked
+   * (or, for a dump, has ended). Returns the errno of a single request, or records per-request
+   * errnos in errs (index seq - first) for a batch.
+   */
+  private receive(
+    first: number,
+    last: number,
+    dump: boolean,
+    onMessage: OnMessage | undefined,
+    errs: Int32Array | null,
+  ): number {
+    const sock = this.sock!;
+    const buf = this.rbuf;
+    const dv = this.rdv;
+    const span = ((last - first) >>> 0) + 1;
+    let pending = span;
+    let result = 0;
+    for (;;) {
+      const n = sock.recv(buf);
+      if (n < 0) {
+        if (-n === ERRNO.EINTR) continue;
+        this.reset();
+        if (-n === ERRNO.EAGAIN) {
+          throw new IpvsError(
+            `netlink: no answer within ${this.timeoutMs} ms (seq ${first}${span > 1 ? `-${last}` : ""}); socket reopened`,
+            "ETIMEDOUT",
+            ERRNO.ETIMEDOUT,
+          );
+        }
+        throw new IpvsError(`netlink recv: ${strerror(-n)}; socket reopened`, errnoCode(-n), -n);
+      }
+      let off = 0;
+      while (off + NLMSG_HDRLEN <= n) {
+        const len = dv.getUint32(off, true);
+        if (len < NLMSG_HDRLEN || off + len > n) break;
+        const type = dv.getUint16(off + 4, true);
+        const mseq = dv.getUint32(off + 8, true);
+        const idx = (mseq - first) >>> 0;
+        if (this.debug) {
+          const hex = toHex(buf.subarray(off, off + Math.min(len, MAX_HEX)));
+          this.debug(
+            `< type=${type} flags=0x${dv.getUint16(off + 6, true).toString(16)} seq=${mseq} len=${len}${
+              idx >= span ? " (stale, skipped)" : ""
+            } ${hex}${len > MAX_HEX ? "…" : ""}`,
+          );
+        }
+        if (idx < span) {
+          if (type === NLMSG_ERROR) {
+            const e = -dv.getInt32(off + NLMSG_HDRLEN, true);
+            if (errs) errs[idx] = e;
+            else result = e;
+            if (e !== 0 || !dump) pending--;
+          } else if (type === NLMSG_DONE) {
+            const e = len >= NLMSG_HDRLEN + 4 ? -dv.getInt32(off + NLMSG_HDRLEN, true) : 0;
+            if (e > 0) result = e;
+            pending--;
+          } else if (type === this.familyId && onMessage) {
+            onMessage(buf, dv, off + NLMSG_HDRLEN + GENL_HDRLEN, off + len);
+          }
+        }
+        off += (len + 3) & ~3;
+      }
+      if (pending <= 0) return result;
+    }
+  }
+
+  info(): IpvsInfo {
+    let info: IpvsInfo | null = null;
+    this.exec({ cmd: CMD.GET_INFO }, (_buf, dv, off, end) => {
+      info = decodeInfo(dv, off, end);
+    });
+    if (!info) throw new IpvsError("GET_INFO: no answer", "EOTHER");
+    return info;
+  }
+
+  list(): ObservedService[] {
+    const services: ObservedService[] = [];
+    this.exec({ cmd: CMD.GET_SERVICE }, (buf, dv, off, end) => {
+      const a = findAttr(dv, off, end, CMD_ATTR_SERVICE);
+      if (!a) return;
+      const svc = decodeService(buf, dv, a[0], a[0] + a[1]);
+      if (svc.fwmark !== undefined) {
+        // fwmark services are not modelled (no identity in ServiceKey): left out
+        this.debug?.(`list: skipping fwmark service ${svc.fwmark}`);
+        return;
+      }
+      services.push(svc);
+    });
+    for (const svc of services) {
+      const fam = svc.family;
+      const dests = svc.dests;
+      this.exec({ cmd: CMD.GET_DEST, service: svc }, (buf, dv, off, end) => {
+        const a = findAttr(dv, off, end, CMD_ATTR_DEST);
+        if (a) dests.push(decodeDest(buf, dv, a[0], a[0] + a[1], fam));
+      });
+    }
+    return services;
+  }
+
+  addService(service: Service): void {
+    this.exec({ cmd: CMD.NEW_SERVICE, service });
+  }
+
+  editService(service: Service): void {
+    this.exec({ cmd: CMD.SET_SERVICE, service });
+  }
+
+  deleteService(key: ServiceKey): void {
+    this.exec({ cmd: CMD.DEL_SERVICE, service: key });
+  }
+
+  addDest(service: ServiceKey, dest: Dest): void {
+    this.exec({ cmd: CMD.NEW_DEST, service, dest });
+  }
+
+  editDest(service: ServiceKey, dest: Dest): void {
+    this.exec({ cmd: CMD.SET_DEST, service, dest });
+  }
+
+  deleteDest(service: ServiceKey, dest: DestKey): void {
+    this.exec({ cmd: CMD.DEL_DEST, service, dest });
+  }
+
+  flush(): void {
+    this.exec({ cmd: CMD.FLUSH });
+  }
+
+  /**
+   * Sends many writes, up to batchSize messages per send() call, and returns one result per op
+   * (null, or the IpvsError of that op). The kernel handles the messages of one send in order
+   * and answers each; a failed op does not stop the ones after it.
+   */
+  applyBatch(ops: readonly IpvsOp[]): (IpvsError | null)[] {
+    const results: (IpvsError | null)[] = new Array(ops.length).fill(null);
+    const errs = new Int32Array(this.batchSize);
+    for (let i = 0; i < ops.length; i += this.batchSize) {
+      const sock = this.open();
+      const w = this.w;
+      w.reset();
+      const end = Math.min(ops.length, i + this.batchSize);
+      if (this.seq + this.batchSize >= 0xffffffff) this.seq = 0; // no wrap inside a batch
+      const first = this.seq + 1;
+      let last = first;
+      for (let j = i; j < end; j++) {
+        last = this.nextSeq();
+        encodeRequest(w, { familyId: this.familyId, seq: last, pid: sock.port }, ops[j]!);
+      }
+      if (this.debug) this.debug(`> batch of ${end - i} seq=${first}-${last} ${toHex(w.bytes())}`);
+      sock.send(w.buf, w.pos);
+      errs.fill(0);
+      this.receive(first, last, false, undefined, errs);
+      for (let j = i; j < end; j++) {
+        const e = errs[j - i]!;
+        if (e) results[j] = this.error(ops[j]!, e);
+      }
+    }
+    return results;
+  }
+
+  close(): void {
+    this.reset();
+  }
+}
+
+/** Opens the kernel table, or throws an Error saying clearly that IPVS is missing. */
+export function openKernelIpvs(opts: KernelIpvsOptions = {}): KernelIpvsTable {
+  return new KernelIpvsTable(opts);
+}
+
+/** Whether the kernel IPVS family can be resolved (no exception). */
+export function kernelIpvsAvailable(): { ok: true } | { ok: false; reason: string } {
+  try {
+    new KernelIpvsTable().close();
+    return { ok: true };
+  } catch (e) {
+    return { ok: false, reason: (e as Error).message };
+  }
+}
