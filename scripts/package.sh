@@ -2,7 +2,8 @@
 # Builds the clusterf packages from this tree (`npm run package`):
 #   dist/clusterf_<version>_amd64.deb        (dpkg-deb)
 #   dist/clusterf-<version>-1.x86_64.rpm     (rpmbuild from Debian's rpm package)
-# with <version> from package.json. See packaging/README.md for what is in them and why.
+# with <version> from package.json; the last two lines on stdout are those two paths.
+# See packaging/README.md for what is in them and why.
 # Installs the Debian tools it needs when they are missing (dpkg-dev, rpm; lintian and systemd
 # too, for checking the packages), with sudo unless run as root.
 #
@@ -12,11 +13,13 @@
 #   CLUSTERF_MAINTAINER="Name <address>"   the Maintainer/Packager field
 #   CLUSTERF_BUN_TARGET=bun-linux-x64-baseline   compile for CPUs without AVX2 (Bun downloads
 #                                   that runtime); default: the running Bun's own target
+#   CLUSTERF_PKG_DIST=DIR           write the packages there instead of dist/ (the tests do)
 #   SOURCE_DATE_EPOCH               timestamps of the packaged files (default: the last commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DIST=$ROOT/dist
+DIST=${CLUSTERF_PKG_DIST:-$ROOT/dist}
+mkdir -p "$DIST"; DIST=$(cd "$DIST" && pwd)
 BUN=$ROOT/node_modules/.bin/bun
 PKG=$ROOT/packaging
 started=$(date +%s)
