@@ -1,8 +1,9 @@
 // The Docker side of clusterf-docker: the containers of this Docker host, kept current from the
 // event stream. On every (re)connect: subscribe to events first, then list and inspect every
 // container (a full state), so nothing that happens in between is missed. Events mark
-// containers dirty; a burst of events is coalesced (debounce, with a maximum delay) into one
-// round of inspects and one report of the whole state.
+// containers dirty; a burst of events is coalesced (debounce, with a maximum delay), then each
+// dirty container is inspected once and the whole state reported (the publisher turns it into
+// one diff against etcd, and coalesces again while a write is in flight).
 //
 // Lost connection (Docker daemon restart, broken stream, failed ping): reconnect with backoff
 // and report a new full state; meanwhile the last state stands (a Docker daemon that is down
@@ -35,6 +36,8 @@ export interface DockerState {
   /** Containers for which a stopping kill was seen (kill → weight 0 before die). */
   draining: ReadonlySet<string>;
 }
+
+const INSPECT_CONCURRENCY = 16;
 
 /** Kill signals that stop a container (others, such as HUP or USR1, only ask it to reload). */
 const STOP_SIGNALS = new Set(["2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "INT", "QUIT", "KILL", "TERM"]);
@@ -105,7 +108,10 @@ export class DockerWatcher {
   private breakConnection: ((why: string) => void) | undefined;
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
   private firstDirtyAt = 0;
-  private flushing: Promise<void> | undefined;
+  /** Debounced ids waiting for an inspect slot, and those being inspected. */
+  private queued = new Set<string>();
+  private inflight = new Set<string>();
+  private reportTimer: ReturnType<typeof setTimeout> | undefined;
   private connected = false;
   /** Bumped at every full read, so that an inspect round of an older connection is dropped. */
   private generation = 0;
@@ -127,6 +133,7 @@ export class DockerWatcher {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.flushTimer);
+    clearTimeout(this.reportTimer);
     this.breakConnection?.("stopping");
     await this.loop?.catch(() => {});
   }
@@ -233,6 +240,7 @@ export class DockerWatcher {
       },
     );
     this.generation++;
+    this.queued.clear();
     this.containers = next;
     for (const id of this.draining) if (!next.get(id)?.State?.Running) this.draining.delete(id);
     this.dirty.clear();
@@ -256,14 +264,15 @@ export class DockerWatcher {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(16, queue.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(INSPECT_CONCURRENCY, queue.length) }, worker));
   }
 
   private onEvent(ev: DockerEvent): void {
     const action = ev.Action ?? "";
     let id: string | undefined;
     if (ev.Type === "container") {
-      if (ignoredAction(action)) return;
+      // A created container is not running yet: its start event will follow.
+      if (ignoredAction(action) || action === "create") return;
       id = ev.Actor?.ID;
       if (!id) return;
       if (action === "kill") {
@@ -279,14 +288,16 @@ export class DockerWatcher {
         this.draining.delete(id);
       }
     } else if (ev.Type === "network") {
-      // connect / disconnect change a container's addresses.
+      // connect / disconnect change the addresses of a running container; for one that is
+      // starting or stopping, the start or die event says all.
       id = ev.Actor?.Attributes?.container;
-      if (!id) return;
+      if (!id || !this.containers.get(id)?.State?.Running) return;
     } else return;
     this.dirty.add(id);
     this.scheduleFlush();
   }
 
+  /** The debounce: a burst of events ends after a quiet time (or the maximum delay). */
   private scheduleFlush(urgent = false): void {
     const now = Date.now();
     if (!this.flushTimer) this.firstDirtyAt = now;
@@ -294,48 +305,58 @@ export class DockerWatcher {
     const wait = urgent ? 0 : Math.max(0, Math.min(this.opts.debounceMs ?? 50, this.firstDirtyAt + (this.opts.maxDelayMs ?? 500) - now));
     this.flushTimer = setTimeout(() => {
       this.flushTimer = undefined;
-      void this.flush();
+      for (const id of this.dirty) this.queued.add(id);
+      this.dirty.clear();
+      this.pump();
     }, wait);
   }
 
-  private async flush(): Promise<void> {
-    if (this.flushing) {
-      // One round at a time; the ids that came in meanwhile wait for the next one.
-      await this.flushing;
-      if (this.dirty.size && !this.flushTimer) this.scheduleFlush();
-      return;
+  /**
+   * Inspects the queued containers, a few at a time, each on its own: a container that Docker
+   * keeps busy (its start holds its lock) delays no other. A container is never inspected twice
+   * at once; one that changes again meanwhile is inspected again afterwards.
+   */
+  private pump(): void {
+    if (this.stopped) return;
+    for (const id of this.queued) {
+      if (this.inflight.size >= INSPECT_CONCURRENCY) break;
+      if (this.inflight.has(id)) continue;
+      this.queued.delete(id);
+      this.inflight.add(id);
+      void this.inspectOne(id, this.generation);
     }
-    const ids = [...this.dirty];
-    this.dirty.clear();
-    if (ids.length === 0 || this.stopped) return;
-    const gen = this.generation;
-    const round = (async () => {
-      const changed: [string, ContainerInspect | undefined][] = [];
-      try {
-        await this.inspectAll(ids, (id, c) => changed.push([id, c]));
-      } catch (e) {
-        // Docker went away mid-round: the reconnect re-reads everything.
-        this.breakConnection?.(`inspect: ${describe(e)}`);
-        return;
-      }
-      if (gen !== this.generation || this.stopped) return;
-      const next = new Map(this.containers);
-      for (const [id, c] of changed) {
-        if (c) next.set(id, c);
-        else {
-          next.delete(id);
-          this.draining.delete(id);
-        }
-      }
-      this.containers = next;
-      this.opts.onState(this.state, false);
-    })();
-    this.flushing = round;
+  }
+
+  private async inspectOne(id: string, gen: number): Promise<void> {
+    let c: ContainerInspect | undefined;
+    let ok = true;
     try {
-      await round;
+      c = (await this.timeout(this.docker.getContainer(id).inspect(), `inspect ${id.slice(0, 12)}`)) as unknown as ContainerInspect;
+    } catch (e) {
+      if (statusCode(e) !== 404) {
+        ok = false;
+        // Docker went away: the reconnect re-reads everything.
+        if (gen === this.generation) this.breakConnection?.(`inspect: ${describe(e)}`);
+      }
     } finally {
-      this.flushing = undefined;
+      this.inflight.delete(id);
     }
-    if (this.dirty.size && !this.flushTimer) this.scheduleFlush();
+    if (!ok || gen !== this.generation || this.stopped) return;
+    if (c) this.containers.set(id, c);
+    else {
+      this.containers.delete(id);
+      this.draining.delete(id);
+    }
+    this.scheduleReport();
+    this.pump();
+  }
+
+  /** Results that arrive together make one report (the publisher coalesces further). */
+  private scheduleReport(): void {
+    if (this.reportTimer) return;
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = undefined;
+      if (!this.stopped) this.opts.onState(this.state, false);
+    }, 0);
   }
 }
