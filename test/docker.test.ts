@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Etcd3 } from "etcd3";
 import { parseBackend } from "../src/config/values.ts";
+import { Publisher, STATE_FILE } from "../src/docker/publisher.ts";
 import { dockerUnavailable, labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
 import { startEtcd, type Etcd } from "./support/etcd.ts";
 import { BUN, ROOT, runCli, tableLines } from "./support/proc.ts";
@@ -106,6 +107,103 @@ async function ipOf(id: string, net = "bridge"): Promise<string> {
 }
 
 const d = unavailable ? describe.skip : describe;
+
+// The etcd side alone (runs without Docker): the lease, the take-over, the resync.
+describe("publisher on a real etcd", () => {
+  let e: Etcd;
+  let c: Etcd3;
+  const pubs: Publisher[] = [];
+  beforeAll(async () => {
+    e = await startEtcd();
+    c = new Etcd3({ hosts: e.clientUrl });
+  }, 30_000);
+  afterEach(async () => {
+    for (const p of pubs.splice(0)) await p.stop({ revoke: true });
+  });
+  afterAll(async () => {
+    c.close();
+    await e.destroy();
+  });
+
+  const publisher = (prefix: string, stateDir: string, ttlSeconds = 2) => {
+    const p = new Publisher(c, { prefix, ttlSeconds, stateFile: join(stateDir, STATE_FILE), endpoints: [e.clientUrl] });
+    pubs.push(p);
+    p.start();
+    return p;
+  };
+  const kvs = async (prefix: string) => (await c.getAll().prefix(`${prefix}/`).exec()).kvs;
+
+  test("nothing is written or deleted before the first desired state; then one txn", async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), "clusterf-docker-state-"));
+    tmpDirs.push(stateDir);
+    const p = publisher("/pub1", stateDir);
+    await Bun.sleep(300);
+    expect(p.lease).toBeDefined();
+    expect(await kvs("/pub1")).toEqual([]);
+    p.setDesired(new Map([["/pub1/services/a/backends/x", '{"ipv4":"192.0.2.1","tcp":80,"weight":10}'], ["/pub1/services/b/backends/x", '{"ipv4":"192.0.2.1","tcp":81,"weight":10}']]));
+    await p.synced();
+    const got = await kvs("/pub1");
+    expect(got.map((kv) => kv.key.toString())).toEqual(["/pub1/services/a/backends/x", "/pub1/services/b/backends/x"]);
+    expect(new Set(got.map((kv) => kv.lease))).toEqual(new Set([p.lease!]));
+    expect(got[0]!.mod_revision).toBe(got[1]!.mod_revision); // one txn
+    expect(p.stats).toMatchObject({ puts: 2, deletes: 0, txns: 1, grants: 1 });
+  }, 15_000);
+
+  test("a second publisher on the same state file takes the lease over; the resync keeps, rewrites and deletes only what differs", async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), "clusterf-docker-state-"));
+    tmpDirs.push(stateDir);
+    const k = (n: string) => `/pub2/services/s/backends/${n}`;
+    const p1 = publisher("/pub2", stateDir);
+    p1.setDesired(new Map([[k("same"), '{"ipv4":"192.0.2.1","tcp":80,"weight":10}'], [k("changed"), '{"ipv4":"192.0.2.2","tcp":80,"weight":10}'], [k("stale"), '{"ipv4":"192.0.2.3","tcp":80,"weight":10}']]));
+    await p1.synced();
+    // A key of someone else (no lease) is never touched.
+    await c.put("/pub2/services/s/backends/foreign").value('{"ipv4":"192.0.2.9","tcp":80}');
+    const before = new Map((await kvs("/pub2")).map((kv) => [kv.key.toString(), kv]));
+    await p1.stop({ revoke: false }); // as a SIGKILL would: the lease is left to its TTL
+    pubs.splice(pubs.indexOf(p1), 1);
+    const p2 = publisher("/pub2", stateDir);
+    p2.setDesired(new Map([[k("same"), '{"ipv4":"192.0.2.1","tcp":80,"weight":10}'], [k("changed"), '{"ipv4":"192.0.2.2","tcp":80,"weight":0}'], [k("new"), '{"ipv4":"192.0.2.4","tcp":80,"weight":10}']]));
+    await p2.synced();
+    expect(p2.lease).toBe(p1.lease);
+    expect(p2.stats).toMatchObject({ adopted: 1, grants: 0, puts: 2, deletes: 1 });
+    const after = new Map((await kvs("/pub2")).map((kv) => [kv.key.toString(), kv]));
+    expect([...after.keys()].sort()).toEqual([k("changed"), k("foreign"), k("new"), k("same")]);
+    expect(after.get(k("same"))!.mod_revision).toBe(before.get(k("same"))!.mod_revision);
+    expect(after.get(k("foreign"))!.mod_revision).toBe(before.get(k("foreign"))!.mod_revision);
+    await Bun.sleep(2500); // past the TTL: the taken-over lease is kept alive
+    expect((await kvs("/pub2")).length).toBe(4);
+  }, 15_000);
+
+  test("an expired saved lease: a new one, everything written again", async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), "clusterf-docker-state-"));
+    tmpDirs.push(stateDir);
+    const key = "/pub3/services/s/backends/x";
+    const p1 = publisher("/pub3", stateDir, 1);
+    p1.setDesired(new Map([[key, '{"ipv4":"192.0.2.1","tcp":80,"weight":10}']]));
+    await p1.synced();
+    await p1.stop({ revoke: false });
+    pubs.splice(pubs.indexOf(p1), 1);
+    await Bun.sleep(2200);
+    expect(await kvs("/pub3")).toEqual([]);
+    const p2 = publisher("/pub3", stateDir);
+    p2.setDesired(new Map([[key, '{"ipv4":"192.0.2.1","tcp":80,"weight":10}']]));
+    await p2.synced();
+    expect(p2.lease).not.toBe(p1.lease);
+    expect(p2.stats).toMatchObject({ adopted: 0, grants: 1, puts: 1 });
+    expect(JSON.parse(readFileSync(join(stateDir, STATE_FILE), "utf8")).leaseId).toBe(p2.lease);
+  }, 15_000);
+
+  test("stop with revoke removes every key at once and the state file", async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), "clusterf-docker-state-"));
+    tmpDirs.push(stateDir);
+    const p = publisher("/pub4", stateDir);
+    p.setDesired(new Map([["/pub4/services/s/backends/x", '{"ipv4":"192.0.2.1","tcp":80,"weight":10}']]));
+    await p.synced();
+    await p.stop({ revoke: true });
+    expect(await kvs("/pub4")).toEqual([]);
+    expect(() => readFileSync(join(stateDir, STATE_FILE))).toThrow();
+  }, 15_000);
+});
 
 describe("clusterf-docker command line", () => {
   test("-help lists every flag with its default", () => {

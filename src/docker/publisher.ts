@@ -239,7 +239,8 @@ export class Publisher {
       const ttl = Number(r.TTL);
       if (r.header.cluster_id !== saved.clusterId) {
         log.info("etcd: saved lease belongs to another etcd cluster; granting a new one", { lease: saved.leaseId });
-      } else if (ttl > 0) {
+      } else if (ttl >= 0) {
+        // TTL is the remaining whole seconds: 0 = alive for less than a second; -1 = gone.
         this.leaseId = saved.leaseId;
         this.clusterId = r.header.cluster_id;
         this.stats.adopted++;
@@ -270,7 +271,7 @@ export class Publisher {
     const id = this.leaseId!;
     const r = await this.client.leaseClient.leaseTimeToLive({ ID: id, keys: false }, this.deadline());
     this.checkLease = false;
-    if (Number(r.TTL) > 0) return;
+    if (Number(r.TTL) >= 0) return; // -1: not found
     this.leaseLost(`lease ${id} has expired`);
   }
 
@@ -384,7 +385,7 @@ export class Publisher {
   private async readOwned(): Promise<void> {
     const lease = this.leaseId!;
     const ttl = await this.client.leaseClient.leaseTimeToLive({ ID: lease, keys: true }, this.deadline());
-    if (Number(ttl.TTL) <= 0) {
+    if (Number(ttl.TTL) < 0) {
       this.leaseLost("lease not found while resyncing");
       throw new Error("lease expired");
     }
