@@ -353,9 +353,20 @@ describe("installed", () => {
   // from files next to its code, which packaging/build.ts inlines. Run the installed binary
   // against a real etcd with this source tree hidden (a private mount namespace).
   let etcd: Etcd | undefined;
+  let etcdTls: Etcd | undefined;
   afterAll(async () => {
     await etcd?.destroy();
+    await etcdTls?.destroy();
   });
+  /** Runs the installed clusterf-ipvs with ARGS, this source tree hidden when we may (root). */
+  function runHidden(root: string, args: string[]): Run {
+    const cmd = [bin(root, "clusterf-ipvs"), ...args];
+    const hidden = IS_ROOT && run(["unshare", "-m", "true"]).code === 0;
+    if (!hidden) console.error("packaging: unshare not available: the etcd check runs with the source tree visible");
+    return hidden
+      ? run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$1" && shift && exec "$@"', "sh", ROOT, ...cmd], { cwd: "/" })
+      : run(cmd, { cwd: "/" });
+  }
   test("the installed clusterf-ipvs reads etcd with the source tree out of sight", async () => {
     if (!debRoot && !rpmRoot) throw new Error("needs the install tests");
     const root = rpmRoot || debRoot;
@@ -366,14 +377,25 @@ describe("installed", () => {
       ok(["etcdctl", `--endpoints=${etcd!.clientUrl}`, "put", `/clusterf/${k}`, JSON.stringify(v)], { env: { ETCDCTL_API: "3" } });
     put("services/pkg/frontend", { ipv4: "10.9.0.1", tcp: 443 });
     put("services/pkg/backends/b1", { ipv4: "10.9.1.1", tcp: 8443, weight: 7 });
-    const args = [bin(root, "clusterf-ipvs"), "-once", "-once-timeout=20s", "-ipvs-mock", "-print", "-config-path=", `-etcd-machines=${etcd.clientUrl}`];
-    const hidden = IS_ROOT && run(["unshare", "-m", "true"]).code === 0;
-    const r = hidden
-      ? run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$1" && shift && exec "$@"', "sh", ROOT, ...args], { cwd: "/" })
-      : run(args, { cwd: "/" });
-    if (!hidden) console.error("packaging: unshare not available: the etcd check ran with the source tree visible");
+    const r = runHidden(root, ["-once", "-once-timeout=20s", "-ipvs-mock", "-print", "-config-path=", `-etcd-machines=${etcd.clientUrl}`]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain("TCP  10.9.0.1:443 wlc");
     expect(r.stdout).toContain("  -> 10.9.1.1:8443                Masq    7      0          0");
+  }, 60_000);
+
+  test("the installed clusterf-ipvs reads etcd over TLS at an IP address", async () => {
+    if (!debRoot && !rpmRoot) throw new Error("needs the install tests");
+    const root = rpmRoot || debRoot;
+    etcdTls = await startEtcd({ tls: true });
+    const c = etcdTls.certs!;
+    ok(["etcdctl", `--endpoints=${etcdTls.clientUrl}`, `--cacert=${c.ca}`, `--cert=${c.clientCert}`, `--key=${c.clientKey}`, "put", "/clusterf/services/tls/frontend", JSON.stringify({ ipv4: "10.9.0.2", tcp: 443 })], {
+      env: { ETCDCTL_API: "3" },
+    });
+    const r = runHidden(root, [
+      "-once", "-once-timeout=20s", "-ipvs-mock", "-print", "-config-path=",
+      `-etcd-machines=${etcdTls.clientUrl}`, `-etcd-cacert=${c.ca}`, `-etcd-cert=${c.clientCert}`, `-etcd-key=${c.clientKey}`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("TCP  10.9.0.2:443 wlc");
   }, 60_000);
 });
