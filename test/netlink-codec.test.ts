@@ -11,6 +11,8 @@ import {
   encodeRequest,
   netmaskPrefix,
   netmaskValue,
+  readAddr,
+  writeAddr,
   toHex,
   type Request,
 } from "../src/ipvs/netlink/codec.ts";
@@ -229,5 +231,54 @@ describe("netlink codec: round trips", () => {
       }),
       { numRuns: 50 },
     );
+  });
+});
+
+describe("addresses: fast paths agree with ipaddr.js", () => {
+  // groups biased to zero, so that runs of zeros ("::") are common
+  const group = fc.oneof(fc.constant(0), fc.constant(0), fc.nat(0xffff), fc.nat(0xff));
+  const bytes16 = fc.array(group, { minLength: 8, maxLength: 8 }).map((g) => g.flatMap((x) => [x >> 8, x & 0xff]));
+
+  test("readAddr(inet6) = ipaddr.js toString()", () => {
+    fc.assert(
+      fc.property(bytes16, (b) => {
+        expect(readAddr(Uint8Array.from(b), 0, "inet6")).toBe(ipaddr.fromByteArray(b).toString());
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("writeAddr(inet6) of any textual form = ipaddr.js bytes", () => {
+    const forms = (b: number[]): string[] => {
+      const a = ipaddr.fromByteArray(b) as ipaddr.IPv6;
+      const full = a.toNormalizedString().split(":").map((g) => g.padStart(4, "0")).join(":");
+      const norm = a.toNormalizedString();
+      const tail4 = norm.split(":").slice(0, 6).join(":") + ":" + b.slice(12).join(".");
+      return [a.toString(), full, norm, full.toUpperCase(), tail4, a.toString().toUpperCase()];
+    };
+    fc.assert(
+      fc.property(bytes16, (b) => {
+        for (const text of forms(b)) {
+          const out = new Uint8Array(16);
+          writeAddr(out, 0, "inet6", text);
+          expect(Array.from(out)).toEqual(ipaddr.parse(text).toByteArray());
+        }
+      }),
+      { numRuns: 1000 },
+    );
+    for (const text of ["::", "::1", "1::", "::ffff:192.0.2.1", "64:ff9b::198.51.100.7", "2001:db8::", "fe80::1:2:3:4:5:6"]) {
+      const out = new Uint8Array(16);
+      writeAddr(out, 0, "inet6", text);
+      expect(Array.from(out)).toEqual(ipaddr.parse(text).toByteArray());
+    }
+  });
+
+  test("bad addresses are refused", () => {
+    for (const text of ["1:2:3:4:5:6:7:8:9", "1::2::3", "12345::", "g::", "1.2.3.4.5", ""]) {
+      expect(() => writeAddr(new Uint8Array(16), 0, "inet6", text)).toThrow();
+    }
+    for (const text of ["256.0.0.1", "1.2.3", "a.b.c.d", "", "2001:db8::1"]) {
+      expect(() => writeAddr(new Uint8Array(16), 0, "inet", text)).toThrow();
+    }
   });
 });

@@ -239,12 +239,10 @@ export class NlWriter {
 /** Writes an address (4 bytes for inet, 16 for inet6) at buf[off]. Throws on a bad address. */
 export function writeAddr(buf: Uint8Array, off: number, family: Family, address: string): void {
   if (family === "inet") {
-    if (!fastIPv4(buf, off, address)) {
-      const a = ipaddr.parse(address);
-      if (a.kind() !== "ipv4") throw new Error(`not an IPv4 address: ${address}`);
-      buf.set(a.toByteArray(), off);
-    }
+    // four-part decimal only (not the classful/octal/hex forms that inet_aton and ipaddr.js take)
+    if (!fastIPv4(buf, off, address)) throw new Error(`not an IPv4 address: ${address}`);
   } else {
+    if (fastIPv6(buf, off, address)) return;
     const a = ipaddr.parse(address);
     const bytes = a.kind() === "ipv6" ? a.toByteArray() : (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray();
     buf.set(bytes, off);
@@ -263,7 +261,7 @@ function fastIPv4(buf: Uint8Array, off: number, s: string): boolean {
       part = 0;
       digits = 0;
     } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && part === 0) return false; // leading zero: let ipaddr.js decide
+      if (digits > 0 && part === 0) return false; // leading zero
       part = part * 10 + (c - 48);
       if (++digits > 3 || part > 255) return false;
     } else return false;
@@ -273,10 +271,88 @@ function fastIPv4(buf: Uint8Array, off: number, s: string): boolean {
   return true;
 }
 
-/** Canonical text of a 4- or 16-byte address read from buf[off]. */
+const groups = new Uint16Array(8);
+
+/** Plain IPv6 text (hex groups, at most one "::", optional dotted IPv4 tail) to 16 bytes. */
+function fastIPv6(buf: Uint8Array, off: number, s: string): boolean {
+  const dbl = s.indexOf("::");
+  if (dbl >= 0 && s.indexOf("::", dbl + 1) >= 0) return false;
+  const head = dbl >= 0 ? s.slice(0, dbl) : s;
+  const tail = dbl >= 0 ? s.slice(dbl + 2) : "";
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const all = dbl >= 0 ? [...h, ...t] : h;
+  let count = all.length;
+  const last = all[all.length - 1];
+  const v4 = last !== undefined && last.includes(".");
+  if (v4) count += 1; // the IPv4 tail is two groups
+  if (dbl >= 0 ? count > 7 : count !== 8) return false;
+  const fill = 8 - count;
+  let gi = 0;
+  const put = (parts: string[], isTail: boolean): boolean => {
+    for (let i = 0; i < parts.length; i++) {
+      const g = parts[i]!;
+      if (v4 && isTail === (dbl >= 0 ? true : false) && i === parts.length - 1 && g === last) {
+        const tmp = new Uint8Array(4);
+        if (!fastIPv4(tmp, 0, g)) return false;
+        groups[gi++] = (tmp[0]! << 8) | tmp[1]!;
+        groups[gi++] = (tmp[2]! << 8) | tmp[3]!;
+        continue;
+      }
+      if (g.length < 1 || g.length > 4) return false;
+      let v = 0;
+      for (let k = 0; k < g.length; k++) {
+        const c = g.charCodeAt(k);
+        const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+        if (d < 0) return false;
+        v = (v << 4) | d;
+      }
+      groups[gi++] = v;
+    }
+    return true;
+  };
+  if (dbl >= 0) {
+    if (v4 && t.length === 0) return false; // "1.2.3.4::" forms: leave to ipaddr.js
+    if (!put(h, false)) return false;
+    for (let i = 0; i < fill; i++) groups[gi++] = 0;
+    if (!put(t, true)) return false;
+  } else if (!put(h, false)) return false;
+  if (gi !== 8) return false;
+  for (let i = 0; i < 8; i++) {
+    buf[off + 2 * i] = groups[i]! >> 8;
+    buf[off + 2 * i + 1] = groups[i]! & 0xff;
+  }
+  return true;
+}
+
+/** Canonical text of a 4- or 16-byte address read from buf[off] (as ipaddr.js toString()). */
 export function readAddr(buf: Uint8Array, off: number, family: Family): string {
   if (family === "inet") return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
-  return ipaddr.fromByteArray(Array.from(buf.subarray(off, off + 16))).toString();
+  // RFC 5952: lowercase hex, no leading zeros, the first longest run of 2+ zero groups as "::"
+  let bestAt = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (buf[off + 2 * i] === 0 && buf[off + 2 * i + 1] === 0) {
+      let j = i;
+      while (j < 8 && buf[off + 2 * j] === 0 && buf[off + 2 * j + 1] === 0) j++;
+      if (j - i > bestLen) {
+        bestAt = i;
+        bestLen = j - i;
+      }
+      i = j;
+    } else i++;
+  }
+  let s = "";
+  for (let i = 0; i < 8; i++) {
+    if (i === bestAt) {
+      s += "::";
+      i += bestLen - 1;
+      continue;
+    }
+    if (s.length && !s.endsWith(":")) s += ":";
+    s += ((buf[off + 2 * i]! << 8) | buf[off + 2 * i + 1]!).toString(16);
+  }
+  return s;
 }
 
 /** Family of a textual address (for dests, whose family may differ from the service's). */
