@@ -121,30 +121,44 @@ function main(): void {
     writeFileSync("/tmp/ipvs-bench-warm.txt", ipvsadmSave(10, 2));
     run(["ip", "netns", "exec", freshNs(), "ipvsadm", "-R"], "/tmp/ipvs-bench-warm.txt");
   }
+  const repeat = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
+  const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const rows: string[][] = [];
   for (const n of sizes) {
     const file = `/tmp/ipvs-bench-${n}.txt`;
     writeFileSync(file, ipvsadmSave(n, D));
-    const ns0 = freshNs();
-    const ip = run(["ip", "netns", "exec", ns0, "ipvsadm", "-R"], file);
-    const [s0, d0] = count(ns0);
-    if (s0 !== n || d0 !== n * D) throw new Error(`ipvsadm -R: ${s0} services, ${d0} dests`);
+    const ipTimes: number[] = [];
+    for (let k = 0; k < repeat; k++) {
+      const ns0 = freshNs();
+      ipTimes.push(run(["ip", "netns", "exec", ns0, "ipvsadm", "-R"], file).ms);
+      const [s0, d0] = count(ns0);
+      if (s0 !== n || d0 !== n * D) throw new Error(`ipvsadm -R: ${s0} services, ${d0} dests`);
+    }
+    const ip = median(ipTimes);
     for (const mode of modes) {
-      const ns = freshNs();
-      const r = run(["ip", "netns", "exec", ns, BUN, SELF, "program", String(n), String(D), mode]);
-      const res = JSON.parse(r.out.trim().split("\n").pop()!) as { ms: number; listMs: number; services: number; dests: number };
-      if (res.services !== n || res.dests !== n * D) throw new Error(`driver ${mode}: ${res.services} services, ${res.dests} dests`);
-      const [s, d] = count(ns);
-      if (s !== n || d !== n * D) throw new Error(`driver ${mode}: ipvsadm sees ${s} services, ${d} dests`);
+      const ms: number[] = [];
+      const wall: number[] = [];
+      const list: number[] = [];
+      for (let k = 0; k < repeat; k++) {
+        const ns = freshNs();
+        const r = run(["ip", "netns", "exec", ns, BUN, SELF, "program", String(n), String(D), mode]);
+        const res = JSON.parse(r.out.trim().split("\n").pop()!) as { ms: number; listMs: number; services: number; dests: number };
+        if (res.services !== n || res.dests !== n * D) throw new Error(`driver ${mode}: ${res.services} services, ${res.dests} dests`);
+        const [s, d] = count(ns);
+        if (s !== n || d !== n * D) throw new Error(`driver ${mode}: ipvsadm sees ${s} services, ${d} dests`);
+        ms.push(res.ms);
+        wall.push(r.ms);
+        list.push(res.listMs);
+      }
       rows.push([
         `${n} x ${D}`,
         mode === "single" ? "1 msg/send" : `${mode.slice(5)} msgs/send`,
-        res.ms.toFixed(1),
-        r.ms.toFixed(1),
-        ip.ms.toFixed(1),
-        (res.ms / ip.ms).toFixed(2),
-        (r.ms / ip.ms).toFixed(2),
-        res.listMs.toFixed(1),
+        median(ms).toFixed(1),
+        median(wall).toFixed(1),
+        ip.toFixed(1),
+        (median(ms) / ip).toFixed(2),
+        (median(wall) / ip).toFixed(2),
+        median(list).toFixed(1),
       ]);
     }
   }
@@ -157,7 +171,8 @@ function main(): void {
   console.log(
     "\ndriver ms: programming in the process, from the first request to the last ack; driver+bun ms: the whole" +
       "\n`ip netns exec NS bun …` process (start-up, list() read-back included); ipvsadm -R ms: the whole process." +
-      "\nratio = driver ms / ipvsadm -R ms. Each run programs an empty, fresh network namespace.",
+      "\nratio = driver ms / ipvsadm -R ms. Each run programs an empty, fresh network namespace;" +
+      `\nmedians of ${repeat} runs (BENCH_REPEAT).`,
   );
 }
 
