@@ -449,7 +449,9 @@ export class Publisher {
     this.stopped = true;
     this.kick();
     this.stopKeepalive();
-    await this.loop?.catch(() => {});
+    // A write in flight to an unreachable etcd is not waited for: the revoke goes out anyway
+    // (a put that lands after it fails, its lease being gone).
+    await Promise.race([this.loop?.catch(() => {}), Bun.sleep(1000)]);
     const lease = this.leaseId;
     if (!opts.revoke || !lease) return;
     try {

@@ -135,7 +135,8 @@ export class DockerWatcher {
     clearTimeout(this.flushTimer);
     clearTimeout(this.reportTimer);
     this.breakConnection?.("stopping");
-    await this.loop?.catch(() => {});
+    // Not waiting out a reconnect backoff: nothing is reported once stopped.
+    await Promise.race([this.loop?.catch(() => {}), Bun.sleep(500)]);
   }
 
   private timeout<T>(p: Promise<T>, what: string, ms = this.opts.requestTimeoutMs ?? 10_000): Promise<T> {
