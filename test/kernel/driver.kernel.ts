@@ -34,6 +34,12 @@ const loadedModules = () =>
 
 /** Unloads ip_vs and its schedulers (whatever loaded them before this file). */
 function unloadIpvs(): void {
+  // services of earlier tests (in any namespace) hold their scheduler modules
+  if (loadedModules().includes("ip_vs")) {
+    Bun.spawnSync(["ipvsadm", "-C"]);
+    const names = Bun.spawnSync(["ip", "netns", "list"]).stdout.toString().split("\n").map((l) => l.split(" ")[0]!).filter(Boolean);
+    for (const ns of names) Bun.spawnSync(["ip", "netns", "exec", ns, "ipvsadm", "-C"]);
+  }
   for (let i = 0; i < 5 && loadedModules().includes("ip_vs"); i++) {
     const deps = loadedModules().filter((m) => m.startsWith("ip_vs_"));
     for (const m of deps) Bun.spawnSync(["rmmod", m]);

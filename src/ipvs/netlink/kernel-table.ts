@@ -50,10 +50,12 @@ export interface KernelIpvsOptions {
 }
 
 /** A write for applyBatch(): the commands that change the table. */
-export type IpvsOp = Extract<
-  Request,
-  { cmd: 1 | 2 | 3 | 5 | 6 | 7 | 17 }
->;
+export type IpvsOp =
+  | { cmd: typeof CMD.NEW_SERVICE | typeof CMD.SET_SERVICE; service: Service }
+  | { cmd: typeof CMD.DEL_SERVICE; service: ServiceKey }
+  | { cmd: typeof CMD.NEW_DEST | typeof CMD.SET_DEST; service: ServiceKey; dest: Dest }
+  | { cmd: typeof CMD.DEL_DEST; service: ServiceKey; dest: DestKey }
+  | { cmd: typeof CMD.FLUSH };
 
 function errnoCode(errno: number): IpvsErrorCode {
   switch (errno) {
