@@ -150,10 +150,19 @@ export class KernelIpvsTable implements IpvsTable {
     const seq = this.nextSeq();
     encodeRequest(w, { familyId: this.familyId, seq, pid: sock.port }, req);
     if (this.debug) this.debug(`> ${describeRequest(req)} seq=${seq} ${toHex(w.bytes())}`);
-    sock.send(w.buf, w.pos);
+    this.send(sock, req);
     const dump = (requestFlags(req.cmd) & NLM_F_DUMP) === NLM_F_DUMP;
     const err = this.receive(seq, seq, dump, onMessage, null);
     if (err) throw this.error(req, err);
+  }
+
+  private send(sock: GenlSocket, req: Request): void {
+    try {
+      sock.send(this.w.buf, this.w.pos);
+    } catch (e) {
+      this.reset();
+      throw new IpvsError(`${describeRequest(req)}: ${(e as Error).message}; socket reopened`, "EOTHER");
+    }
   }
 
   private error(req: Request, errno: number): IpvsError {
@@ -309,7 +318,7 @@ export class KernelIpvsTable implements IpvsTable {
         encodeRequest(w, { familyId: this.familyId, seq: last, pid: sock.port }, ops[j]!);
       }
       if (this.debug) this.debug(`> batch of ${end - i} seq=${first}-${last} ${toHex(w.bytes())}`);
-      sock.send(w.buf, w.pos);
+      this.send(sock, ops[i]!);
       errs.fill(0);
       this.receive(first, last, false, undefined, errs);
       for (let j = i; j < end; j++) {
