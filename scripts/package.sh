@@ -108,7 +108,8 @@ stage() {
   for cmd in "${COMMANDS[@]}"; do
     ln -s ../lib/clusterf/clusterf "$dir/usr/bin/$cmd"
     sed "s|@DEFAULTS_DIR@|$defaults|g" "$PKG/systemd/$cmd.service" >"$dir$unitdir/$cmd.service"
-    install -m 0644 "$PKG/defaults/$cmd" "$dir$defaults/$cmd"
+    # 0600: the flags file may hold ETCD_PASSWORD.
+    install -m 0600 "$PKG/defaults/$cmd" "$dir$defaults/$cmd"
     install -m 0644 "$WORK/$cmd.8.gz" "$dir/usr/share/man/man8/$cmd.8.gz"
   done
   chmod 0644 "$dir$unitdir"/*.service

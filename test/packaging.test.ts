@@ -96,6 +96,8 @@ describe("package files", () => {
     for (const p of want) expect(paths.has(p), p).toBe(true);
     expect(paths.get("/usr/lib/clusterf/clusterf")).toMatch(/^-rwxr-xr-x /);
     for (const c of commands) expect(paths.get(`/usr/bin/${c}`)).toMatch(/^lrwxrwxrwx .* -> \.\.\/lib\/clusterf\/clusterf$/);
+    // The flags files may hold ETCD_PASSWORD: root only.
+    for (const c of commands) expect(paths.get(`/etc/default/${c}`)).toMatch(/^-rw------- /);
     // Nothing live under services/ or routes/: the examples are documentation only.
     expect([...paths.keys()].filter((p) => /^\/etc\/clusterf\/(services|routes)\/./.test(p))).toEqual([]);
 
@@ -135,6 +137,8 @@ describe("package files", () => {
     // The flags files are %config(noreplace): an operator's edits survive an upgrade.
     const flags = ok(["rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\\n]", rpm]).stdout;
     for (const c of commands) expect(flags).toMatch(new RegExp(`^/etc/sysconfig/${c} cn$`, "m"));
+    const modes = ok(["rpm", "-qlvp", rpm]).stdout;
+    for (const c of commands) expect(modes).toMatch(new RegExp(`^-rw------- .* /etc/sysconfig/${c}$`, "m"));
     const requires = ok(["rpm", "-qp", "--requires", rpm]).stdout;
     expect(requires).toContain("libnl-3.so.200()(64bit)");
     expect(requires).toContain("libnl-genl-3.so.200()(64bit)");
