@@ -251,9 +251,10 @@ describe("installed", () => {
       "Prot LocalAddress:Port Scheduler Flags",
       "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
     ]);
-    expect(table).toContain("TCP  192.0.2.10:80 wlc");
-    expect(table).toContain("  -> 198.51.100.12:8080           Masq    20     0          0");
-    expect(table).toContain("UDP  [2001:db8::53]:53 wlc persistent 300");
+    expect(table.length).toBeGreaterThan(3);
+    // The same table as the daemon run from source prints for the same tree.
+    const fromSource = ok([join(ROOT, "bin/clusterf-ipvs"), "-once", "-ipvs-mock", "-print", "-etcd-machines=", `-config-path=${join(ROOT, "config.example")}`]);
+    expect(ex.stdout).toBe(fromSource.stdout);
     expect(ex.stderr).not.toMatch(/^(WARN|ERROR)/m);
 
     // The default flags, as the unit passes them (file-only mode from /etc/clusterf, here under
