@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(etcd-server etcd-client libnl-3-200 libnl-genl-3-200 user-mode-linux kmod iproute2 ipvsadm curl procps)
+PKGS=(docker.io busybox-static etcd-server etcd-client libnl-3-200 libnl-genl-3-200 user-mode-linux kmod iproute2 ipvsadm curl procps)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

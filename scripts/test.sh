@@ -26,6 +26,7 @@ kernel_tests=$(ls test/kernel/*.kernel.ts 2>/dev/null || true)
 if [ $# -eq 0 ] && [ -n "$kernel_tests" ]; then
   echo "== kernel tests (user-mode Linux with IPVS)"
   if [ -x "$SHARED/tools/run-in-kernel.sh" ] || [ -f "$SHARED/tools/run-in-kernel.sh" ]; then
+    command -v gcc >/dev/null && export PATH="$PWD/test/kernel/uml-shim:$PATH"
     IPVS_VM_TIMEOUT=${IPVS_VM_TIMEOUT:-900} bash "$SHARED/tools/run-in-kernel.sh" "$BUN" test --timeout 300000 $(printf './%s ' $kernel_tests) 2>&1 | tee "$LOG/kernel.txt"
     rc=${PIPESTATUS[0]}
     count "$LOG/kernel.txt" "kernel tests"

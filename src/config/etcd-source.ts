@@ -20,7 +20,7 @@
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { checkServerIdentity } from "node:tls";
-import { createRequire } from "node:module";
+import * as grpcJs from "@grpc/grpc-js";
 import {
   Etcd3,
   EtcdInvalidAuthTokenError,
@@ -92,8 +92,8 @@ export function makeEtcdClient(opts: EtcdClientOptions, extra: Partial<IOptions>
 
 /** The @grpc/grpc-js instance that etcd3 itself uses (its credentials are checked by instanceof). */
 function etcd3Grpc(): typeof import("@grpc/grpc-js") {
-  const req = createRequire(import.meta.url);
-  return createRequire(req.resolve("etcd3"))("@grpc/grpc-js");
+  // The one grpc-js in node_modules is etcd3's own; a static import keeps it in a compiled binary.
+  return grpcJs;
 }
 
 /**
