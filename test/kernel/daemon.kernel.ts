@@ -1,0 +1,243 @@
+// clusterf-ipvs against the real kernel (run inside the user-mode kernel by scripts/test.sh).
+// Every test works in network namespaces of its own (each has its own IPVS table), with TEST-NET
+// addresses, and sends traffic only between namespaces inside the guest.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
+
+const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
+const FIX = join(import.meta.dir, "fixtures");
+// Config trees live on the guest's tmpfs: inotify does not report changes on hostfs.
+const tmp = mkdtempSync("/run/clusterf-kernel-");
+const namespaces: string[] = [];
+const children: { kill(sig?: number | string): void }[] = [];
+
+function sh(cmd: string): { code: number; out: string; err: string } {
+  const p = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+function must(cmd: string): string {
+  const r = sh(cmd);
+  if (r.code !== 0) throw new Error(`${cmd}: exit ${r.code}: ${r.err}`);
+  return r.out;
+}
+function netns(name: string): string {
+  must(`ip netns add ${name} && ip -n ${name} link set lo up`);
+  namespaces.push(name);
+  return name;
+}
+function writeTree(root: string, files: Record<string, unknown>): string {
+  for (const [path, value] of Object.entries(files)) {
+    const file = join(root, path);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, typeof value === "string" ? value : JSON.stringify(value));
+  }
+  return root;
+}
+function once(ns: string, args: string[]) {
+  const p = Bun.spawnSync(["ip", "netns", "exec", ns, BUN, CLI, "-etcd-machines=", "-print", "-once", ...args], { stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+/** The table as blocks (a service line and its destination lines), sorted: ipvsadm lists in hash order. */
+function blocks(lines: string[]): string[] {
+  const out: string[] = [];
+  for (const l of lines) {
+    if (l.startsWith("->")) out[out.length - 1] += "\n" + l;
+    else out.push(l);
+  }
+  return out.map((b) => { const [s, ...d] = b.split("\n"); return [s, ...d.sort()].join("\n"); }).sort();
+}
+const kernelTable = (ns: string) => blocks(tableLines(must(`ip netns exec ${ns} ipvsadm -Ln`)));
+
+beforeAll(() => {
+  must("modprobe ip_vs");
+  expect(existsSync("/proc/net/ip_vs")).toBe(true);
+});
+
+afterAll(() => {
+  for (const c of children) c.kill("SIGKILL");
+  for (const n of namespaces) sh(`ip netns pids ${n} | xargs -r kill -9; ip netns del ${n}`);
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+const tree = {
+  "services/web/frontend.json": { ipv4: "192.0.2.10", ipv6: "2001:db8::10", tcp: 80, udp: 80, scheduler: "rr" },
+  "services/web/backends/w1.json": { ipv4: "198.51.100.11", ipv6: "2001:db8:100::11", tcp: 8080, udp: 8080 },
+  "services/web/backends/w2.json": { ipv4: "198.51.100.12", ipv6: "2001:db8:100::12", tcp: 8080, weight: 0 },
+  "services/dns/frontend.yaml": "ipv4: 192.0.2.53\nipv6: 2001:db8::53\ntcp: 53\nudp: 53\npersistent: 120\n",
+  "services/dns/backends/d1": { ipv4: "203.0.113.1", ipv6: "2001:db8:200::1", tcp: 53, udp: 53 },
+  "services/dns/backends/d2": { ipv4: "203.0.113.2", ipv6: "2001:db8:200::2", tcp: 53, udp: 53, weight: 5 },
+  "services/tun/frontend": { ipv4: "192.0.2.60", tcp: 443 },
+  "services/tun/backends/t1": { ipv4: "198.51.100.200", tcp: 443, weight: 2 },
+  "services/tun/backends/t2": { ipv4: "198.51.100.130", tcp: 443, weight: 3 },
+  "routes/local": { Prefix4: "198.51.100.0/25", Prefix6: "2001:db8:100::/48", IpvsMethod: "masq" },
+  "routes/tunnels": { Prefix4: "198.51.100.192/26", IpvsMethod: "tunnel" },
+  "routes/direct": { Prefix4: "198.51.100.128/26", IpvsMethod: "droute" },
+  "routes/remote": { Prefix4: "203.0.113.0/24", Gateway4: "192.0.2.254", Prefix6: "2001:db8:200::/48", Gateway6: "2001:db8::254", IpvsMethod: "droute" },
+};
+
+describe("programming the kernel", () => {
+  const ns = "cf-prog";
+  const dir = join(tmp, "prog");
+  const state = join(tmp, "prog-state");
+
+  test("the daemon programs a tree; ipvsadm -Ln shows exactly the printed table", () => {
+    netns(ns);
+    writeTree(dir, tree);
+    const r = once(ns, [`-config-path=${dir}`, `-state-dir=${state}`]);
+    expect(r.code).toBe(0);
+    const printed = blocks(tableLines(r.out));
+    expect(kernelTable(ns)).toEqual(printed);
+    expect(printed).toContain("TCP 192.0.2.53:53 wlc persistent 120\n-> 192.0.2.254:53 Route 15 0 0");
+    expect(printed).toContain("UDP [2001:db8::53]:53 wlc persistent 120\n-> [2001:db8::254]:53 Route 15 0 0");
+    expect(printed).toContain("TCP 192.0.2.60:443 wlc\n-> 198.51.100.130:443 Route 3 0 0\n-> 198.51.100.200:443 Tunnel 2 0 0");
+    expect(printed).toContain("TCP [2001:db8::10]:80 rr\n-> [2001:db8:100::11]:8080 Masq 10 0 0\n-> [2001:db8:100::12]:8080 Masq 0 0 0");
+    expect(printed).toContain("UDP 192.0.2.10:80 rr\n-> 198.51.100.11:8080 Masq 10 0 0");
+    expect(printed).toHaveLength(9);
+  });
+
+  test("soft restart: the same config makes zero writes; a changed one only the needed writes", () => {
+    const before = kernelTable(ns);
+    const r = once(ns, [`-config-path=${dir}`, `-state-dir=${state}`]);
+    expect(r.code).toBe(0);
+    expect(r.err).toMatch(/IPVS: applied kind=full writes=0 errors=0/);
+    expect(kernelTable(ns)).toEqual(before);
+
+    writeTree(dir, { "services/web/backends/w2.json": { ipv4: "198.51.100.12", ipv6: "2001:db8:100::12", tcp: 8080, weight: 7 } });
+    const r2 = once(ns, [`-config-path=${dir}`, `-state-dir=${state}`]);
+    expect(r2.err).toMatch(/IPVS: applied kind=full writes=2 errors=0/); // one edit-dest per family
+    expect(kernelTable(ns)).toContain("TCP 192.0.2.10:80 rr\n-> 198.51.100.11:8080 Masq 10 0 0\n-> 198.51.100.12:8080 Masq 7 0 0");
+
+    writeTree(dir, { "services/tun/frontend": { ipv4: "192.0.2.60", tcp: 443, scheduler: "sh" } });
+    const r3 = once(ns, [`-config-path=${dir}`, `-state-dir=${state}`]);
+    expect(r3.err).toMatch(/IPVS: applied kind=full writes=1 errors=0/); // set-service in place
+  });
+
+  test("-ipvs-noop reads the kernel and logs the writes it would make, making none", () => {
+    const before = kernelTable(ns);
+    rmSync(join(dir, "services/tun"), { recursive: true });
+    const r = once(ns, [`-config-path=${dir}`, `-state-dir=${state}`, "-ipvs-noop"]);
+    expect(r.err).toContain("IPVS: Delete service inet+tcp://192.0.2.60:443 (noop)");
+    expect(kernelTable(ns)).toEqual(before);
+  });
+});
+
+describe("ownership and drift", () => {
+  test("a hand-made service is left alone; hand edits of ours are corrected within one resync", async () => {
+    const ns = netns("cf-drift");
+    const dir = writeTree(join(tmp, "drift"), {
+      "services/web/frontend": { ipv4: "192.0.2.10", tcp: 80 },
+      "services/web/backends/a": { ipv4: "198.51.100.1", tcp: 80 },
+      "services/web/backends/b": { ipv4: "198.51.100.2", tcp: 80, weight: 5 },
+    });
+    must(`ip netns exec ${ns} ipvsadm -A -t 192.0.2.99:80 -s rr && ip netns exec ${ns} ipvsadm -a -t 192.0.2.99:80 -r 198.51.100.99:80 -m -w 1`);
+    const foreign = "TCP 192.0.2.99:80 rr\n-> 198.51.100.99:80 Masq 1 0 0";
+    const d = new Daemon([`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "drift-state")}`, "-ipvs-resync=1s"], {}, ["ip", "netns", "exec", ns]);
+    children.push(d.proc);
+    await d.waitFor((t) => t.length === 5, 20_000, "initial table with the foreign service");
+    const ours = "TCP 192.0.2.10:80 wlc\n-> 198.51.100.1:80 Masq 10 0 0\n-> 198.51.100.2:80 Masq 5 0 0";
+    expect(kernelTable(ns)).toEqual([ours, foreign].sort());
+
+    must(`ip netns exec ${ns} ipvsadm -d -t 192.0.2.10:80 -r 198.51.100.1:80`);
+    must(`ip netns exec ${ns} ipvsadm -e -t 192.0.2.10:80 -r 198.51.100.2:80 -m -w 99`);
+    must(`ip netns exec ${ns} ipvsadm -a -t 192.0.2.10:80 -r 198.51.100.77:80 -m -w 1`);
+    const t0 = Date.now();
+    while (kernelTable(ns).join() !== [ours, foreign].sort().join()) {
+      if (Date.now() - t0 > 5000) throw new Error(`not corrected: ${kernelTable(ns).join("\n")}\n${d.stderr}`);
+      await Bun.sleep(200);
+    }
+    expect(d.stderr).toContain("differs from what this daemon last wrote");
+
+    // Removing our service from the config deletes it; the foreign one stays.
+    rmSync(join(dir, "services/web"), { recursive: true });
+    const t1 = Date.now();
+    while (kernelTable(ns).join() !== foreign) {
+      if (Date.now() - t1 > 5000) throw new Error(`not removed: ${kernelTable(ns).join("\n")}`);
+      await Bun.sleep(200);
+    }
+    expect(await d.stop("SIGTERM")).toBe(0);
+  });
+});
+
+describe("end to end with traffic", () => {
+  // cli (203.0.113.2) → lb (VIP 192.0.2.1 on lo) → b1 (198.51.100.2), b2 (198.51.100.6), masq.
+  const link = (ns: string, peerAddr: string, lbAddr: string, prefix: number) =>
+    must(
+      [
+        `ip link add v-${ns} netns cf-lb type veth peer name eth0 netns ${ns}`,
+        `ip -n cf-lb addr add ${lbAddr}/${prefix} dev v-${ns}`,
+        `ip -n cf-lb link set v-${ns} up`,
+        `ip -n ${ns} addr add ${peerAddr}/${prefix} dev eth0`,
+        `ip -n ${ns} link set eth0 up`,
+        `ip -n ${ns} route add default via ${lbAddr}`,
+      ].join(" && "),
+    );
+  const curl = (n: number) =>
+    must(`for i in $(seq ${n}); do ip netns exec cf-cli curl --noproxy '*' -s -m 2 http://192.0.2.1/ || echo FAIL; done`).trim().split("\n");
+  const count = (lines: string[], who: string) => lines.filter((l) => l === `hello from ${who}`).length;
+
+  test("balanced by weight, drained by weight 0, and a long-lived connection survives drain and restart", async () => {
+    for (const n of ["cf-lb", "cf-cli", "cf-b1", "cf-b2"]) netns(n);
+    must("ip netns exec cf-lb sysctl -qw net.ipv4.ip_forward=1 && ip -n cf-lb addr add 192.0.2.1/32 dev lo");
+    link("cf-cli", "203.0.113.2", "203.0.113.1", 30);
+    link("cf-b1", "198.51.100.2", "198.51.100.1", 30);
+    link("cf-b2", "198.51.100.6", "198.51.100.5", 30);
+    for (const b of ["b1", "b2"]) {
+      const p = Bun.spawn(["ip", "netns", "exec", `cf-${b}`, BUN, join(FIX, "backend.ts"), b, "80", "9000"], { stdout: "pipe", stderr: "inherit" });
+      children.push(p);
+      const reader = (p.stdout as ReadableStream<Uint8Array>).getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("ready");
+      reader.releaseLock();
+    }
+    const dir = join(tmp, "e2e");
+    const backend = (ip: string, weight: number) => ({ ipv4: ip, tcp: 80, weight });
+    const echoBackend = (ip: string, weight: number) => ({ ipv4: ip, tcp: 9000, weight });
+    writeTree(dir, {
+      "services/http/frontend": { ipv4: "192.0.2.1", tcp: 80, scheduler: "wrr" },
+      "services/http/backends/b1": backend("198.51.100.2", 3),
+      "services/http/backends/b2": backend("198.51.100.6", 1),
+      "services/echo/frontend": { ipv4: "192.0.2.1", tcp: 9000, scheduler: "rr" },
+      "services/echo/backends/b1": echoBackend("198.51.100.2", 1),
+      "services/echo/backends/b2": echoBackend("198.51.100.6", 1),
+    });
+    const args = [`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "e2e-state")}`];
+    let d = new Daemon(args, {}, ["ip", "netns", "exec", "cf-lb"]);
+    children.push(d.proc);
+    await d.waitFor((t) => t.length === 6, 20_000, "e2e table");
+
+    const spread = curl(16);
+    expect(spread.filter((l) => l === "FAIL")).toEqual([]);
+    expect(count(spread, "b1")).toBe(12);
+    expect(count(spread, "b2")).toBe(4);
+
+    // Two long-lived connections through the echo VIP: rr puts one on each backend.
+    const go = join(tmp, "go");
+    const holds = [0, 1].map(() => {
+      const p = Bun.spawn(["ip", "netns", "exec", "cf-cli", BUN, join(FIX, "hold.ts"), "192.0.2.1", "9000", go], { stdout: "pipe", stderr: "pipe" });
+      children.push(p);
+      return p;
+    });
+    await Bun.sleep(1500);
+
+    // Drain b2 everywhere: no new connections to it.
+    writeTree(dir, { "services/http/backends/b2": backend("198.51.100.6", 0), "services/echo/backends/b2": echoBackend("198.51.100.6", 0) });
+    await d.waitFor((t) => t.includes("-> 198.51.100.6:80 Masq 0 0 0") && t.includes("-> 198.51.100.6:9000 Masq 0 0 0"), 10_000, "b2 drained");
+    const drained = curl(8);
+    expect(count(drained, "b1")).toBe(8);
+
+    // Restart the daemon: no flush, the connections stay.
+    expect(await d.stop("SIGTERM")).toBe(0);
+    d = new Daemon(args, {}, ["ip", "netns", "exec", "cf-lb"]);
+    children.push(d.proc);
+    await d.waitFor((t) => t.length === 6, 20_000, "table after restart");
+    expect(d.stderr).toMatch(/IPVS: applied kind=full writes=0/);
+
+    writeFileSync(go, "");
+    const outputs = await Promise.all(holds.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text() })));
+    const lines = outputs.flatMap((o) => o.out.trim().split("\n")).sort();
+    expect(outputs.map((o) => o.code)).toEqual([0, 0]);
+    expect(lines).toEqual(["b1:1", "b1:2", "b2:1", "b2:2"]);
+    expect(await d.stop("SIGTERM")).toBe(0);
+  });
+});
