@@ -9,6 +9,7 @@ import { DockerDaemon } from "../docker/daemon.ts";
 import { STATE_FILE } from "../docker/publisher.ts";
 import { dockerOptions } from "../docker/watcher.ts";
 import * as log from "../util/log.ts";
+import { ETCD_AUTH_FLAGS, etcdClientOptions, etcdEndpoints } from "./etcd-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 
 const ipv4Check = (v: string) => {
@@ -63,11 +64,7 @@ export const DOCKER_FLAGS: FlagSpec[] = [
     help: "TTL of this host's etcd lease (whole seconds, kept alive while running): a dead host's backends expire after it",
     check: (v: number) => (v >= 1000 ? undefined : "must be at least 1s"),
   },
-  { name: "etcd-cacert", type: "string", default: "", help: "CA certificate file for etcd TLS" },
-  { name: "etcd-cert", type: "string", default: "", help: "client certificate file for etcd TLS" },
-  { name: "etcd-key", type: "string", default: "", help: "client key file for etcd TLS" },
-  { name: "etcd-username", type: "string", default: "", help: "etcd user name" },
-  { name: "etcd-password", type: "string", default: "", help: "etcd password", env: "ETCD_PASSWORD" },
+  ...ETCD_AUTH_FLAGS,
   { name: "exit-revoke", type: "bool", default: true, help: "at SIGTERM/SIGINT, revoke the lease (remove this host's backends at once); false = leave them to expire with the TTL, or to a restart within it" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the lease id is kept, so that a restart takes the keys over; empty = nowhere" },
   { name: "debug", type: "bool", default: false, help: "log every container state change" },
@@ -83,7 +80,7 @@ function checkCombination(flags: FlagValues): void {
   if (flags["backend-published"] && flags["docker-network"]) {
     throw new FlagError("-docker-network does not apply with -backend-published");
   }
-  if (!(flags["etcd-machines"] as string).split(",").some((s) => s.trim())) {
+  if (etcdEndpoints(flags).length === 0) {
     throw new FlagError("-etcd-machines is empty: clusterf-docker needs etcd");
   }
 }
@@ -97,17 +94,7 @@ function etcdClient(flags: FlagValues) {
     faultHandling: { host: () => passThrough as never, global: passThrough as never },
     grpcOptions: { "grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 3000 },
   };
-  return makeEtcdClient(
-    {
-      endpoints: (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean),
-      cacert: (flags["etcd-cacert"] as string) || undefined,
-      cert: (flags["etcd-cert"] as string) || undefined,
-      key: (flags["etcd-key"] as string) || undefined,
-      username: (flags["etcd-username"] as string) || undefined,
-      password: (flags["etcd-password"] as string) || undefined,
-    },
-    extra,
-  );
+  return makeEtcdClient(etcdClientOptions(flags), extra);
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -137,7 +124,7 @@ export async function main(argv: string[]): Promise<number> {
     prefix,
     ttlSeconds: Math.ceil((flags["etcd-ttl"] as number) / 1000),
     stateFile: stateDir ? join(stateDir, STATE_FILE) : undefined,
-    etcdEndpoints: (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean),
+    etcdEndpoints: etcdEndpoints(flags),
   });
   log.info("clusterf-docker: starting", {
     docker: flags["docker-endpoint"] as string,

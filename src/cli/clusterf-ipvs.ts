@@ -5,6 +5,7 @@ import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
+import { ETCD_AUTH_FLAGS, etcdClientOptions, etcdEndpoints } from "./etcd-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
@@ -17,11 +18,7 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "config-path", type: "string", default: "/etc/clusterf", help: "local config tree (services/, routes/); empty = none" },
   { name: "etcd-machines", type: "string", default: "http://127.0.0.1:2379", help: "etcd endpoints, comma-separated URLs; empty = file-only mode" },
   { name: "etcd-prefix", type: "string", default: "/clusterf", help: "etcd key prefix of the config tree" },
-  { name: "etcd-cacert", type: "string", default: "", help: "CA certificate file for etcd TLS" },
-  { name: "etcd-cert", type: "string", default: "", help: "client certificate file for etcd TLS" },
-  { name: "etcd-key", type: "string", default: "", help: "client key file for etcd TLS" },
-  { name: "etcd-username", type: "string", default: "", help: "etcd user name" },
-  { name: "etcd-password", type: "string", default: "", help: "etcd password", env: "ETCD_PASSWORD" },
+  ...ETCD_AUTH_FLAGS,
   { name: "filter-etcd-routes", type: "bool", default: false, help: "ignore every route in etcd; only local routes apply" },
   {
     name: "ipvs-fwd-method",
@@ -84,16 +81,6 @@ function advertisedRoute(flags: FlagValues): { key: string; value: string } | un
   }
 }
 
-function etcdClientOptions(flags: FlagValues) {
-  return {
-    endpoints: (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean),
-    cacert: (flags["etcd-cacert"] as string) || undefined,
-    cert: (flags["etcd-cert"] as string) || undefined,
-    key: (flags["etcd-key"] as string) || undefined,
-    username: (flags["etcd-username"] as string) || undefined,
-    password: (flags["etcd-password"] as string) || undefined,
-  };
-}
 
 async function openIpvs(flags: FlagValues): Promise<IpvsTable> {
   if (flags["ipvs-mock"]) return new MemoryIpvsTable();
