@@ -117,7 +117,7 @@ function fixTlsIpHosts(client: Etcd3, tls: { ca?: Buffer; key?: Buffer; cert?: B
 }
 
 /** The range end that covers every key starting with `prefix` (etcd's "prefix" semantics). */
-function prefixEnd(prefix: Buffer): Buffer {
+export function prefixEnd(prefix: Buffer): Buffer {
   const end = Buffer.from(prefix);
   for (let i = end.length - 1; i >= 0; i--) {
     if (end[i]! < 0xff) {

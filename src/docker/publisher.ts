@@ -16,6 +16,7 @@ import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node
 import { dirname } from "node:path";
 import type { Etcd3, IDuplexStream } from "etcd3";
 import * as log from "../util/log.ts";
+import { prefixEnd } from "../config/etcd-source.ts";
 
 export const STATE_FILE = "docker-lease.json";
 
@@ -62,16 +63,6 @@ function describe(e: unknown): string {
   return String(e);
 }
 
-function prefixEnd(prefix: Buffer): Buffer {
-  const end = Buffer.from(prefix);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i]! < 0xff) {
-      end[i]! += 1;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.from([0]);
-}
 
 export class Publisher {
   readonly stats: PublisherStats = { puts: 0, deletes: 0, txns: 0, resyncs: 0, grants: 0, adopted: 0 };

@@ -1,3 +1,4 @@
+import { killAtExit } from "./reaper.ts";
 // Test harness: a private Docker engine (Debian's dockerd, package docker.io) in a temp dir.
 //
 //   const why = dockerUnavailable();          // undefined, or why dockerd cannot run here
@@ -61,21 +62,6 @@ export interface DockerEngine {
   destroy(): Promise<void>;
 }
 
-const live = new Set<number>();
-let exitHook = false;
-function installExitHook(): void {
-  if (exitHook) return;
-  exitHook = true;
-  process.on("exit", () => {
-    for (const pid of live) {
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        /* gone */
-      }
-    }
-  });
-}
 
 function sh(args: string[]): RunResult {
   const p = Bun.spawnSync(args, { stdout: "pipe", stderr: "pipe" });
@@ -241,7 +227,6 @@ class Engine implements DockerEngine {
 
   async start(): Promise<void> {
     if (this.pid) throw new Error("dockerd is already running");
-    installExitHook();
     const fd = openSync(this.logFile, "a");
     const args = [
       "setpriv",
@@ -280,8 +265,7 @@ class Engine implements DockerEngine {
       closeSync(fd);
     }
     const pid = this.proc.pid;
-    live.add(pid);
-    this.proc.exited.then(() => live.delete(pid));
+    killAtExit({ pid, exited: this.proc.exited });
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline) {
       if (!this.pid) throw new Error(`dockerd exited while starting: ${readFileSync(this.logFile, "utf8").split("\n").slice(-8).join("\n")}`);

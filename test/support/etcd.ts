@@ -1,3 +1,4 @@
+import { killAtExit } from "./reaper.ts";
 // Test harness: real etcd processes (the Debian etcd-server binary) on loopback, in temp dirs.
 //
 //   const e = await startEtcd();            // one member, e.clientUrl = "http://127.0.0.1:<port>"
@@ -15,22 +16,6 @@ import { createServer } from "node:net";
 
 const ETCD_BIN = process.env.ETCD_BIN ?? "/usr/bin/etcd";
 
-/** Processes that are alive now; killed at process exit whatever happened to the test. */
-const live = new Set<number>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on("exit", () => {
-    for (const pid of live) {
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        /* already gone */
-      }
-    }
-  });
-}
 
 /** Free TCP ports on 127.0.0.1, found by binding port 0 (all held at once, so they differ). */
 export async function freePorts(n: number): Promise<number[]> {
@@ -147,7 +132,6 @@ class Member implements EtcdMember {
 
   spawn(): void {
     if (this.running) throw new Error(`etcd ${this.name} is already running`);
-    installExitHook();
     const fd = openSync(this.logFile, "a");
     const args = [
       "setpriv",
@@ -200,8 +184,7 @@ class Member implements EtcdMember {
       closeSync(fd);
     }
     const pid = this.proc.pid;
-    live.add(pid);
-    this.proc.exited.then(() => live.delete(pid));
+    killAtExit({ pid, exited: this.proc.exited });
   }
 
   private async signal(sig: "SIGTERM" | "SIGKILL"): Promise<void> {
