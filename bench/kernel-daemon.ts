@@ -1,0 +1,42 @@
+// The daemon in the kernel (run inside the user-mode kernel by bench/kernel.sh): clusterf-ipvs
+// -once programs 1000 services × 10 backends from a config tree into a fresh network namespace;
+// then a restart with the unchanged config (writes and apply time, next to one `ipvsadm -Ln`);
+// then one changed backend. Times are the daemon's own "IPVS: applied" figures (Bun's start-up
+// and the config read are not in them) plus the whole process.
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dir, "..");
+const N = Number(process.env.BENCH_DAEMON_SERVICES ?? 1000);
+const D = 10;
+const sh = (cmd: string) => {
+  const t0 = performance.now();
+  const p = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  if (p.exitCode !== 0) throw new Error(`${cmd}: ${p.stderr}`);
+  return { ms: performance.now() - t0, out: p.stdout.toString(), err: p.stderr.toString() };
+};
+
+const dir = mkdtempSync("/run/clusterf-bench-"); // the guest's tmpfs
+const backend = (s: number, b: number, w: number) => JSON.stringify({ ipv4: `198.51.${100 + (s >> 8)}.${(s & 255)}`, tcp: 8000 + b, weight: w });
+for (let s = 0; s < N; s++) {
+  mkdirSync(join(dir, `services/s${s}/backends`), { recursive: true });
+  writeFileSync(join(dir, `services/s${s}/frontend`), JSON.stringify({ ipv4: `203.0.${113 + (s >> 8)}.${s & 255}`, tcp: 80 }));
+  for (let b = 0; b < D; b++) writeFileSync(join(dir, `services/s${s}/backends/b${b}`), backend(s, b, 10));
+}
+const ns = `cf-bench-${process.pid}`;
+sh(`ip netns add ${ns} && ip -n ${ns} link set lo up`);
+const run = (label: string) => {
+  const r = sh(`ip netns exec ${ns} ${ROOT}/bin/clusterf-ipvs -once -etcd-machines= -config-path=${dir} -state-dir=${dir}.state`);
+  const m = /IPVS: applied kind=full writes=(\d+) errors=(\d+) ms=([\d.]+)/.exec(r.err);
+  if (!m) throw new Error(`${label}: no apply line:\n${r.err}`);
+  return { label, writes: Number(m[1]), applyMs: Number(m[3]), processMs: r.ms };
+};
+const rows = [run(`full sync, ${N} × ${D}, empty table`), run("restart, unchanged config")];
+writeFileSync(join(dir, "services/s7/backends/b3"), backend(7, 3, 0));
+rows.push(run("restart, one backend drained"));
+const list = sh(`ip netns exec ${ns} ipvsadm -Ln > /dev/null`);
+sh(`ip netns del ${ns}`);
+console.log("| clusterf-ipvs -once | writes | apply | whole process |");
+console.log("|---|---|---|---|");
+for (const r of rows) console.log(`| ${r.label} | ${r.writes} | ${r.applyMs.toFixed(0)} ms | ${r.processMs.toFixed(0)} ms |`);
+console.log(`| one \`ipvsadm -Ln\` of the same table | 0 | | ${list.ms.toFixed(0)} ms |`);
