@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { Daemon, ROOT, runCli, tableLines } from "./support/proc.ts";
 import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
 import { parseDuration, parseFlags } from "../src/cli/flags.ts";
+import { parseListen, serveMetrics } from "../src/metrics/server.ts";
+import { Registry } from "prom-client";
 
 describe("flags", () => {
   test("Go-style spellings", () => {
@@ -135,5 +137,32 @@ describe("clusterf-ipvs daemon on a watched directory", () => {
     rmSync(join(dir, "services/web"), { recursive: true });
     await d.waitFor((t) => t.length === 0, 10_000, "service removed");
     expect(await d.stop("SIGTERM")).toBe(0);
+  });
+});
+
+describe("-metrics-listen", () => {
+  test.each([
+    ["127.0.0.1:9112", "127.0.0.1", 9112],
+    [":9112", "127.0.0.1", 9112],
+    ["9112", "127.0.0.1", 9112],
+    ["0.0.0.0:9112", "0.0.0.0", 9112],
+    ["[::1]:9112", "::1", 9112],
+    ["[::]:80", "::", 80],
+  ])("%p binds %p port %p (loopback unless an address is named)", (listen, hostname, port) => {
+    expect(parseListen(listen)).toEqual({ hostname, port });
+  });
+  test.each(["", "host", "1.2.3.4:", "1.2.3.4:70000", "::1:80", "a:b:80"])("%p is refused", (listen) => {
+    expect(() => parseListen(listen)).toThrow("expected ADDR:PORT");
+  });
+  test("a port alone serves on loopback only", async () => {
+    const srv = serveMetrics("0", new Registry(), () => ({ ok: true, detail: "ok" }));
+    try {
+      const url = new URL(srv.url);
+      expect(url.hostname).toBe("127.0.0.1");
+      expect((await fetch(`${srv.url}/healthz`)).status).toBe(200);
+      expect((await fetch(`${srv.url}/nope`)).status).toBe(404);
+    } finally {
+      srv.stop();
+    }
   });
 });

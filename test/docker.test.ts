@@ -8,7 +8,7 @@ import { Etcd3 } from "etcd3";
 import { parseBackend } from "../src/config/values.ts";
 import { Publisher, STATE_FILE } from "../src/docker/publisher.ts";
 import { dockerUnavailable, labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
-import { startEtcd, type Etcd } from "./support/etcd.ts";
+import { freePorts, startEtcd, type Etcd } from "./support/etcd.ts";
 import { BUN, ROOT, runCli, tableLines } from "./support/proc.ts";
 
 const unavailable = dockerUnavailable();
@@ -390,6 +390,40 @@ d("clusterf-docker on a real Docker engine and etcd", () => {
     expect(value(k, "pub", id)).toEqual({ ipv4: "127.0.0.1", tcp: hostPort, weight: 10 });
     expect(hostPort).toBeGreaterThan(0);
   }, 30_000);
+
+  test("metrics and health: backends published, etcd writes, keep-alive failures", async () => {
+    const { prefix, stateDir } = fresh();
+    const [port] = await freePorts(1);
+    const url = `http://127.0.0.1:${port}`;
+    const id = await run(["-l", `${S}=met`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir, [`-metrics-listen=127.0.0.1:${port}`]);
+    await waitKeys(prefix, (k) => k.has(bk("met", id)), "published", 10_000, cd);
+    const metric = async (name: string) => {
+      const res = await fetch(`${url}/metrics`).catch((e) => { throw new Error(`${e.message}; exit ${cd.proc.exitCode}; stderr:\n${cd.stderr}`); });
+      const line = (await res.text()).split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+      return line ? Number(line.split(" ").pop()) : NaN;
+    };
+    expect(await metric("clusterf_docker_backends_published")).toBe(1);
+    expect(await metric('clusterf_docker_etcd_writes_total{kind="put"}')).toBeGreaterThanOrEqual(1);
+    expect(await metric("clusterf_docker_connected")).toBe(1);
+    expect((await fetch(`${url}/healthz`)).status).toBe(200);
+    await etcd.stop();
+    const t0 = Date.now();
+    while ((await metric("clusterf_docker_lease_keepalive_failures_total")) < 1) {
+      if (Date.now() - t0 > 15_000) throw new Error(`no keep-alive failure counted:\n${cd.stderr}`);
+      await Bun.sleep(200);
+    }
+    expect((await fetch(`${url}/healthz`)).status).toBe(503);
+    await etcd.restart();
+    // The daemon rode the outage out: healthy again, its backend back in etcd.
+    const t1 = Date.now();
+    while ((await fetch(`${url}/healthz`)).status !== 200) {
+      if (Date.now() - t1 > 15_000) throw new Error(`not healthy after etcd returned:\n${cd.stderr}`);
+      await Bun.sleep(200);
+    }
+    expect(cd.proc.exitCode).toBeNull();
+    await waitKeys(prefix, (k) => k.has(bk("met", id)), "published after the outage", 10_000, cd);
+  }, 60_000);
 
   test("SIGTERM revokes the lease: keys removed at once, exit 0", async () => {
     const { prefix, stateDir } = fresh();

@@ -9,7 +9,9 @@ import { DockerDaemon } from "../docker/daemon.ts";
 import { STATE_FILE } from "../docker/publisher.ts";
 import { dockerOptions } from "../docker/watcher.ts";
 import * as log from "../util/log.ts";
-import { ETCD_AUTH_FLAGS, etcdClientOptions, etcdEndpoints } from "./etcd-flags.ts";
+import { serveMetrics, type MetricsServer } from "../metrics/server.ts";
+import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
+import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints } from "./shared-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 
 const ipv4Check = (v: string) => {
@@ -65,6 +67,7 @@ export const DOCKER_FLAGS: FlagSpec[] = [
     check: (v: number) => (v >= 1000 ? undefined : "must be at least 1s"),
   },
   ...ETCD_AUTH_FLAGS,
+  ...OPS_FLAGS,
   { name: "exit-revoke", type: "bool", default: true, help: "at SIGTERM/SIGINT, revoke the lease (remove this host's backends at once); false = leave them to expire with the TTL, or to a restart within it" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the lease id is kept, so that a restart takes the keys over; empty = nowhere" },
   { name: "debug", type: "bool", default: false, help: "log every container state change" },
@@ -87,8 +90,10 @@ function checkCombination(flags: FlagValues): void {
 
 /** An etcd client that leaves retries to the daemon (no circuit breaker holding a single endpoint back). */
 function etcdClient(flags: FlagValues) {
+  // async: etcd3's pool reports a failed stream by running a throwing fn through the policy and
+  // catching the returned promise; a synchronous throw here would escape as an uncaught error.
   const passThrough = {
-    execute: <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T) => fn({ signal: new AbortController().signal, attempt: 0 }),
+    execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T) => fn({ signal: new AbortController().signal, attempt: 0 }),
   };
   const extra: Partial<IOptions> = {
     faultHandling: { host: () => passThrough as never, global: passThrough as never },
@@ -105,7 +110,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`clusterf-docker: ${(e as Error).message}\n`);
     return 2;
   }
-  if (flags.debug) log.configureLog({ level: "debug" });
+  log.configureLog({ level: flags.debug ? "debug" : undefined, json: flags["log-format"] === "json" });
   let client;
   try {
     client = etcdClient(flags);
@@ -132,6 +137,16 @@ export async function main(argv: string[]): Promise<number> {
     prefix,
     ttl: Math.ceil((flags["etcd-ttl"] as number) / 1000),
   });
+  let metrics: MetricsServer | undefined;
+  if (flags["metrics-listen"]) {
+    try {
+      metrics = serveMetrics(flags["metrics-listen"] as string, dockerMetrics(daemon), () => dockerHealth(daemon));
+    } catch (e) {
+      log.error(`metrics: cannot listen on ${flags["metrics-listen"]}: ${(e as Error).message}`);
+      client.close();
+      return 1;
+    }
+  }
   daemon.start();
 
   return await new Promise<number>((resolve) => {
@@ -155,6 +170,7 @@ export async function main(argv: string[]): Promise<number> {
         )
         .then((code) => {
           client.close();
+          metrics?.stop();
           resolve(code);
         });
     };

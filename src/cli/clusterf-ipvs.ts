@@ -5,11 +5,11 @@ import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
-import { ETCD_AUTH_FLAGS, etcdClientOptions, etcdEndpoints } from "./etcd-flags.ts";
+import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints } from "./shared-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
-import { parseListen, serveMetrics, type MetricsServer } from "../metrics/server.ts";
+import { serveMetrics, type MetricsServer } from "../metrics/server.ts";
 import { ipvsHealth, ipvsMetrics } from "../metrics/ipvs-metrics.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
@@ -44,14 +44,7 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied)" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
   { name: "once-timeout", type: "duration", default: 30_000, help: "with -once: how long to wait for the sources' first read" },
-  { name: "metrics-listen", type: "string", default: "", help: "serve Prometheus /metrics and /healthz on ADDR:PORT; empty = off" },
-  {
-    name: "log-format",
-    type: "string",
-    default: "text",
-    help: "log line format on stderr: text or json",
-    check: (v: string) => (v === "text" || v === "json" ? undefined : "expected text or json"),
-  },
+  ...OPS_FLAGS,
   { name: "etcd-ttl", type: "duration", default: 10_000, help: "TTL of the advertised route's etcd lease (kept alive while running)" },
   { name: "advertise-route-name", type: "string", default: "", help: "write routes/NAME into etcd for this host (two-tier deployments); empty = none" },
   { name: "advertise-route-prefix4", type: "string", default: "", help: "Prefix4 of the advertised route (IPv4 CIDR)" },
@@ -113,14 +106,6 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   log.configureLog({ level: flags["ipvs-debug"] ? "debug" : undefined, json: flags["log-format"] === "json" });
-  if (flags["metrics-listen"]) {
-    try {
-      parseListen(flags["metrics-listen"] as string);
-    } catch (e) {
-      process.stderr.write(`clusterf-ipvs: invalid value for flag -metrics-listen: ${(e as Error).message}\n`);
-      return 2;
-    }
-  }
   let ipvs: IpvsTable;
   try {
     ipvs = await openIpvs(flags);

@@ -23,6 +23,10 @@ export class DockerDaemon {
   readonly publisher: Publisher;
   private lastWarnings = new Map<string, string>();
   private lastState = new Map<string, string>();
+  /** Backend keys this host publishes now (after the last Docker state). */
+  published = 0;
+  /** Set once the first full Docker state has been handed to the publisher. */
+  synced = false;
 
   constructor(
     client: Etcd3,
@@ -75,6 +79,8 @@ export class DockerDaemon {
     }
     for (const id of [...this.lastState.keys()]) if (!seen.has(id)) this.lastState.delete(id);
     if (full) log.info("docker: full state read; resyncing etcd", { containers: state.containers.size, keys: keys.size });
+    this.published = keys.size;
+    this.synced = true;
     this.publisher.setDesired(keys, { reread: full });
   }
 

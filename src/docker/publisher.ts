@@ -52,6 +52,8 @@ export interface PublisherStats {
   resyncs: number;
   /** Leases granted (a take-over does not count). */
   grants: number;
+  /** Keep-alive failures (a broken stream, no answer in time). */
+  keepaliveFailures: number;
   /** Leases taken over from a previous run. */
   adopted: number;
 }
@@ -65,7 +67,7 @@ function describe(e: unknown): string {
 
 
 export class Publisher {
-  readonly stats: PublisherStats = { puts: 0, deletes: 0, txns: 0, resyncs: 0, grants: 0, adopted: 0 };
+  readonly stats: PublisherStats = { puts: 0, deletes: 0, txns: 0, resyncs: 0, grants: 0, adopted: 0, keepaliveFailures: 0 };
   private readonly base: string; // "<prefix>/services/"
   private desired: Map<string, string> | undefined;
   /** What is in etcd under our lease, as far as we know (valid when !needFull). */
@@ -364,10 +366,16 @@ export class Publisher {
       /* broken */
     }
     if (this.stopped) return;
+    this.stats.keepaliveFailures++;
     if (!this.kaFailing) {
       this.kaFailing = true;
       log.warn("etcd: lease keep-alive failing", { lease: this.leaseId, error: describe(e) });
     }
+  }
+
+  /** True while the lease's keep-alive is failing (the keys may be about to expire). */
+  get keepaliveFailing(): boolean {
+    return this.kaFailing;
   }
 
   // ---- keys

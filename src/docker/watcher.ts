@@ -113,6 +113,10 @@ export class DockerWatcher {
   private inflight = new Set<string>();
   private reportTimer: ReturnType<typeof setTimeout> | undefined;
   private connected = false;
+  /** True while the Docker engine answers and its state has been read. */
+  get isConnected(): boolean {
+    return this.connected;
+  }
   /** Bumped at every full read, so that an inspect round of an older connection is dropped. */
   private generation = 0;
   /** Full re-reads done (the first one included). */

@@ -14,12 +14,16 @@ export interface MetricsServer {
   stop(): void;
 }
 
-/** "ADDR:PORT", "[v6]:PORT" or ":PORT" (all addresses) → hostname and port. */
+/**
+ * "ADDR:PORT", "[v6]:PORT", ":PORT" or "PORT" → hostname and port. Without an address it binds
+ * to loopback (metrics name services and backends: exposing them is the operator's choice, made
+ * by naming an address such as 0.0.0.0 or [::]).
+ */
 export function parseListen(listen: string): { hostname: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen.trim());
+  const m = /^(?:(?:\[([^\]]+)\]|([^:[\]]*)):)?(\d{1,5})$/.exec(listen.trim());
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw new Error(`invalid listen address ${JSON.stringify(listen)}: expected ADDR:PORT`);
-  return { hostname: m[1] ?? (m[2] || "0.0.0.0"), port };
+  return { hostname: m[1] ?? (m[2] || "127.0.0.1"), port };
 }
 
 export function serveMetrics(listen: string, registry: Registry, health: () => Health): MetricsServer {

@@ -1,6 +1,32 @@
-// The etcd connection flags both daemons share (CONTRACT §3), and their mapping to client options.
+// Flags both daemons share: etcd connection (CONTRACT §3) and operations (§8).
 import type { EtcdClientOptions } from "../config/etcd-source.ts";
 import type { FlagSpec, FlagValues } from "./flags.ts";
+import { parseListen } from "../metrics/server.ts";
+
+/** Operations flags both daemons share (CONTRACT §8). */
+export const OPS_FLAGS: FlagSpec[] = [
+  {
+    name: "metrics-listen",
+    type: "string",
+    default: "",
+    help: "serve Prometheus /metrics and /healthz on ADDR:PORT; empty = off",
+    check: (v: string) => {
+      try {
+        if (v) parseListen(v);
+        return undefined;
+      } catch {
+        return "expected ADDR:PORT";
+      }
+    },
+  },
+  {
+    name: "log-format",
+    type: "string",
+    default: "text",
+    help: "log line format on stderr: text or json",
+    check: (v: string) => (v === "text" || v === "json" ? undefined : "expected text or json"),
+  },
+];
 
 export const ETCD_AUTH_FLAGS: FlagSpec[] = [
   { name: "etcd-cacert", type: "string", default: "", help: "CA certificate file for etcd TLS" },
@@ -24,3 +50,4 @@ export function etcdClientOptions(flags: FlagValues): EtcdClientOptions {
     password: (flags["etcd-password"] as string) || undefined,
   };
 }
+

@@ -1,0 +1,39 @@
+// clusterf-docker metrics (CONTRACT §8): backends published, etcd writes, lease keep-alive failures.
+import client from "prom-client";
+import type { DockerDaemon } from "../docker/daemon.ts";
+import type { Health } from "./server.ts";
+
+export function dockerMetrics(daemon: DockerDaemon): client.Registry {
+  const registry = new client.Registry();
+  const stats = daemon.publisher.stats;
+  const counter = (name: string, help: string, value: () => number) =>
+    new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
+  const gauge = (name: string, help: string, value: () => number) =>
+    new client.Gauge({ name, help, registers: [registry], collect() { this.set(value()); } });
+  gauge("clusterf_docker_backends_published", "backend keys this host publishes (one per labelled container and service)", () => daemon.published);
+  gauge("clusterf_docker_connected", "1 while the Docker engine answers", () => (daemon.watcher.isConnected ? 1 : 0));
+  new client.Counter({
+    name: "clusterf_docker_etcd_writes_total",
+    help: "etcd key writes, by kind (put, delete) and write requests (txn)",
+    labelNames: ["kind"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ kind: "put" }, stats.puts);
+      this.inc({ kind: "delete" }, stats.deletes);
+      this.inc({ kind: "txn" }, stats.txns);
+    },
+  });
+  counter("clusterf_docker_etcd_resyncs_total", "full two-way resyncs with etcd", () => stats.resyncs);
+  counter("clusterf_docker_lease_grants_total", "etcd leases granted (a take-over does not count)", () => stats.grants);
+  counter("clusterf_docker_lease_keepalive_failures_total", "lease keep-alive failures", () => stats.keepaliveFailures);
+  return registry;
+}
+
+/** Healthy once Docker's state is published and both Docker and the lease keep-alive work. */
+export function dockerHealth(daemon: DockerDaemon): Health {
+  if (!daemon.synced) return { ok: false, detail: "waiting for the first Docker state" };
+  if (!daemon.watcher.isConnected) return { ok: false, detail: "Docker engine not answering" };
+  if (daemon.publisher.keepaliveFailing) return { ok: false, detail: "etcd lease keep-alive failing" };
+  return { ok: true, detail: `ok: ${daemon.published} backends published` };
+}
