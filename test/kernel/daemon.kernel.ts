@@ -1,64 +1,24 @@
 // clusterf-ipvs against the real kernel (run inside the user-mode kernel by scripts/test.sh).
 // Every test works in network namespaces of its own (each has its own IPVS table), with TEST-NET
 // addresses, and sends traffic only between namespaces inside the guest.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
+import { blocks, kernelScratch, kernelTable, must, writeTree } from "../support/kernel.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const FIX = join(import.meta.dir, "fixtures");
-// Config trees live on the guest's tmpfs: inotify does not report changes on hostfs.
-const tmp = mkdtempSync("/run/clusterf-kernel-");
-const namespaces: string[] = [];
-const children: { kill(sig?: number | string): void }[] = [];
+const { tmp, children, netns } = kernelScratch("kernel");
 
-function sh(cmd: string): { code: number; out: string; err: string } {
-  const p = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  return { code: p.exitCode ?? -1, out: p.stdout.toString(), err: p.stderr.toString() };
-}
-function must(cmd: string): string {
-  const r = sh(cmd);
-  if (r.code !== 0) throw new Error(`${cmd}: exit ${r.code}: ${r.err}`);
-  return r.out;
-}
-function netns(name: string): string {
-  must(`ip netns add ${name} && ip -n ${name} link set lo up`);
-  namespaces.push(name);
-  return name;
-}
-function writeTree(root: string, files: Record<string, unknown>): string {
-  for (const [path, value] of Object.entries(files)) {
-    const file = join(root, path);
-    mkdirSync(dirname(file), { recursive: true });
-    writeFileSync(file, typeof value === "string" ? value : JSON.stringify(value));
-  }
-  return root;
-}
 function once(ns: string, args: string[]) {
   const p = Bun.spawnSync(["ip", "netns", "exec", ns, BUN, CLI, "-etcd-machines=", "-print", "-once", ...args], { stdout: "pipe", stderr: "pipe" });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
-/** The table as blocks (a service line and its destination lines), sorted: ipvsadm lists in hash order. */
-function blocks(lines: string[]): string[] {
-  const out: string[] = [];
-  for (const l of lines) {
-    if (l.startsWith("->")) out[out.length - 1] += "\n" + l;
-    else out.push(l);
-  }
-  return out.map((b) => { const [s, ...d] = b.split("\n"); return [s, ...d.sort()].join("\n"); }).sort();
-}
-const kernelTable = (ns: string) => blocks(tableLines(must(`ip netns exec ${ns} ipvsadm -Ln`)));
 
 beforeAll(() => {
   must("modprobe ip_vs");
   expect(existsSync("/proc/net/ip_vs")).toBe(true);
-});
-
-afterAll(() => {
-  for (const c of children) c.kill("SIGKILL");
-  for (const n of namespaces) sh(`ip netns pids ${n} | xargs -r kill -9; ip netns del ${n}`);
-  rmSync(tmp, { recursive: true, force: true });
 });
 
 const tree = {
