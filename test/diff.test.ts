@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { applyOps, diffService, diffTables, type Table } from "../src/ipvs/diff.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { Reconciler, normalise } from "../src/daemon/reconciler.ts";
-import { destKeyString, serviceKeyString, type Dest, type Service } from "../src/ipvs/types.ts";
+import { IpvsError, destKeyString, serviceKeyString, type Dest, type Service } from "../src/ipvs/types.ts";
 import type { TableEntry } from "../src/model/desired.ts";
 
 const arbService: fc.Arbitrary<Service> = fc.record({
@@ -152,5 +152,43 @@ describe("reconciler error mapping against the in-memory table", () => {
     expect(res.ops).toBe(1);
     expect(r.counters.driftCorrections).toBe(1);
     expect(ipvs.list()[0]!.dests[0]!.weight).toBe(10);
+  });
+
+  test("a foreign service added by hand is not counted as drift, and left alone", () => {
+    const ipvs = new MemoryIpvsTable();
+    const r = new Reconciler(ipvs);
+    r.sync(desired);
+    ipvs.addService({ ...svc, address: "192.0.2.99" });
+    const res = r.resync(desired);
+    expect(res.ops).toBe(0);
+    expect(r.counters.driftCorrections).toBe(0);
+    expect(ipvs.list()).toHaveLength(2);
+  });
+
+  test("a service the kernel refuses is reported and retried; the others are programmed; logged once", () => {
+    // The in-memory table stands in for a kernel without the "nope" scheduler module.
+    class PickyTable extends MemoryIpvsTable {
+      override addService(s: Service): void {
+        if (s.scheduler === "nope") throw new IpvsError(`${serviceKeyString(s)}: No such file or directory`, "ENOENT", 2);
+        super.addService(s);
+      }
+    }
+    const ipvs = new PickyTable();
+    const bad: Service = { ...svc, address: "192.0.2.2", scheduler: "nope" };
+    const table: Table = new Map([...desired, [serviceKeyString(bad), { service: bad, dests: new Map([[destKeyString(d), d]]) }]]);
+    const r = new Reconciler(ipvs);
+    const first = r.sync(table);
+    expect(first).toMatchObject({ ops: 2, errors: 1, newFailures: 1 });
+    expect(ipvs.list().map((s) => s.address)).toEqual(["192.0.2.1"]);
+    expect([...r.failing.keys()]).toEqual([serviceKeyString(bad)]);
+    // The retry meets the same refusal: not new (logged once, the table counts as in sync).
+    const again = r.resync(table);
+    expect(again).toMatchObject({ errors: 1, newFailures: 0 });
+    // Fixed in the config: programmed, no longer failing.
+    const fixed: Service = { ...bad, scheduler: "rr" };
+    table.set(serviceKeyString(bad), { service: fixed, dests: new Map([[destKeyString(d), d]]) });
+    expect(r.sync(table, [serviceKeyString(bad)])).toMatchObject({ ops: 2, errors: 0 });
+    expect(r.failing.size).toBe(0);
+    expect(ipvs.list()).toHaveLength(2);
   });
 });

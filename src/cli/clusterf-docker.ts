@@ -3,7 +3,7 @@
 
 import { join } from "node:path";
 import type { IOptions } from "etcd3";
-import { makeEtcdClient } from "../config/etcd-source.ts";
+import { makeEtcdClient, passThroughFaultHandling } from "../config/etcd-source.ts";
 import { parseIPv4, parseIPv6 } from "../config/values.ts";
 import { DockerDaemon } from "../docker/daemon.ts";
 import { STATE_FILE } from "../docker/publisher.ts";
@@ -90,13 +90,8 @@ function checkCombination(flags: FlagValues): void {
 
 /** An etcd client that leaves retries to the daemon (no circuit breaker holding a single endpoint back). */
 function etcdClient(flags: FlagValues) {
-  // async: etcd3's pool reports a failed stream by running a throwing fn through the policy and
-  // catching the returned promise; a synchronous throw here would escape as an uncaught error.
-  const passThrough = {
-    execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T) => fn({ signal: new AbortController().signal, attempt: 0 }),
-  };
   const extra: Partial<IOptions> = {
-    faultHandling: { host: () => passThrough as never, global: passThrough as never },
+    ...passThroughFaultHandling(),
     grpcOptions: { "grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 3000 },
   };
   return makeEtcdClient(etcdClientOptions(flags), extra);

@@ -162,8 +162,8 @@ export async function main(argv: string[]): Promise<number> {
   let advertiser: RouteAdvertiser | undefined;
   let etcdClient: Etcd3 | undefined;
   if (advertise) {
-    const { makeEtcdClient } = await import("../config/etcd-source.ts");
-    etcdClient = makeEtcdClient(etcdClientOptions(flags));
+    const { makeEtcdClient, passThroughFaultHandling } = await import("../config/etcd-source.ts");
+    etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
     advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, Math.max(1, Math.round((flags["etcd-ttl"] as number) / 1000)));
     firstApply.then(() => advertiser!.start());
   }

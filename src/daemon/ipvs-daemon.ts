@@ -49,6 +49,7 @@ export class IpvsDaemon implements SourceSink {
   private scheduled = false;
   private resyncTimer?: ReturnType<typeof setInterval>;
   private retryTimer?: ReturnType<typeof setTimeout>;
+  private retries = 0;
   private applyListeners: ((r: SyncResult) => void)[] = [];
   private syncListeners: ((kind: SyncKind, ms: number, r: SyncResult) => void)[] = [];
 
@@ -180,7 +181,7 @@ export class IpvsDaemon implements SourceSink {
       result = this.reconciler.resync(this.desired.table);
     } catch (e) {
       log.error("IPVS: cannot read the kernel table", { error: (e as Error).message });
-      result = { ops: 0, errors: 1, failed: new Set(["*"]) };
+      result = { ops: 0, errors: 1, failed: new Set(["*"]), newFailures: 1 };
     }
     this.finish("resync", result, performance.now() - t0);
     return result;
@@ -189,15 +190,23 @@ export class IpvsDaemon implements SourceSink {
   private finish(kind: SyncKind, result: SyncResult, ms: number): void {
     this.counters.applies++;
     this.counters.lastApplyMs = ms;
-    if (result.errors === 0) this.counters.lastSyncAt = Date.now();
-    if (result.ops > 0 || result.errors > 0 || kind === "full") {
+    // In sync: every write went through, or the only failures repeat a known kernel refusal of a
+    // service (reported apart, see Reconciler.failing): the rest of the table is right.
+    if (result.newFailures === 0) this.counters.lastSyncAt = Date.now();
+    if (result.ops > 0 || result.newFailures > 0 || kind === "full") {
       log.info("IPVS: applied", { kind, writes: result.ops, errors: result.errors, ms: Math.round(ms * 100) / 100 });
     }
     if (result.errors > 0 && !this.retryTimer) {
+      // Retries back off (1 s, 2 s, 4 s… up to 30 s) while the failures go on.
+      const base = this.opts.retryMs ?? 1000;
+      const delay = Math.min(base * 2 ** this.retries, Math.max(base, 30_000));
+      this.retries++;
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
         this.resync();
-      }, this.opts.retryMs ?? 1000);
+      }, delay);
+    } else if (result.errors === 0) {
+      this.retries = 0;
     }
     for (const l of this.syncListeners) l(kind, ms, result);
     if (this.opts.print) this.opts.print(this.formatActual());

@@ -29,6 +29,12 @@ export interface SyncResult {
   errors: number;
   /** Keys whose writes failed: retried by the next resync. */
   failed: Set<string>;
+  /**
+   * Failures that are not a repeat of the same kernel refusal for the same service (a first
+   * failure, a changed error, a timeout or a socket error). 0 = the table is as the config wants,
+   * but for services the kernel keeps refusing (see Reconciler.failing).
+   */
+  newFailures: number;
 }
 
 export interface ReconcilerCounters {
@@ -48,6 +54,11 @@ export class Reconciler {
     netlinkErrors: 0,
     driftCorrections: 0,
   };
+  /**
+   * Services whose last write the kernel refused (key → error), for example an unknown scheduler:
+   * reported in logs and metrics while the other services are programmed; retried by resyncs.
+   */
+  readonly failing = new Map<string, string>();
   private ownedDirty = false;
 
   constructor(
@@ -80,8 +91,9 @@ export class Reconciler {
 
   /** Brings the given keys (all when omitted) of the actual table to the desired state. */
   sync(desired: Table, keys?: Iterable<string>): SyncResult {
-    const ops = diffTables(desired, this.actual, (k) => this.owned.has(k) || desired.has(k), keys);
-    const result: SyncResult = { ops: 0, errors: 0, failed: new Set() };
+    const scope = keys ? new Set(keys) : undefined;
+    const ops = diffTables(desired, this.actual, (k) => this.owned.has(k) || desired.has(k), scope);
+    const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
     for (const op of ops) {
       const key = serviceKeyString(op.service);
       if (result.failed.has(key)) continue; // the rest of a failed service waits for the retry
@@ -101,10 +113,23 @@ export class Reconciler {
         result.errors++;
         result.failed.add(key);
         this.counters.netlinkErrors++;
-        log.error(`IPVS: ${describeOp(op)} failed`, { error: (e as Error).message });
+        const message = (e as Error).message;
+        // A kernel refusal repeated by the retry is logged once, not at every retry.
+        const refusal = e instanceof IpvsError && e.code !== "ETIMEDOUT";
+        const repeat = refusal && this.failing.get(key) === message;
+        if (!repeat) result.newFailures++;
+        (repeat ? log.debug : log.error)(`IPVS: ${describeOp(op)} failed; the other services are programmed, this one is retried`, {
+          error: message,
+        });
+        this.failing.set(key, refusal ? message : `${message} (not a kernel refusal)`);
         // The cache may be wrong for this service now: forget it, the retry re-reads the kernel.
         this.actual.delete(key);
       }
+    }
+    for (const key of [...this.failing.keys()]) {
+      if (result.failed.has(key) || (scope && !scope.has(key))) continue;
+      this.failing.delete(key);
+      if (desired.has(key)) log.info("IPVS: service programmed after earlier failures", { service: key });
     }
     this.saveOwned();
     return result;
@@ -115,7 +140,8 @@ export class Reconciler {
     const before = this.actual;
     const snapshot: Table = new Map([...before].map(([k, e]) => [k, { service: e.service, dests: new Map(e.dests) }]));
     this.readActual();
-    const drift = countDrift(snapshot, this.actual);
+    // Only what this daemon manages counts: a foreign service added by hand is not drift.
+    const drift = countDrift(snapshot, this.actual, (k) => this.owned.has(k) || desired.has(k));
     if (drift > 0) {
       this.counters.driftCorrections += drift;
       log.warn("IPVS: the kernel table differs from what this daemon last wrote; correcting", { differences: drift });
@@ -204,9 +230,10 @@ export function normalise(s: ObservedService): TableEntry {
   return { service: { family, protocol, address, port, scheduler, flags, timeout, netmask }, dests };
 }
 
-function countDrift(expected: Table, actual: Table): number {
+function countDrift(expected: Table, actual: Table, managed: (key: string) => boolean): number {
   let n = 0;
   for (const key of new Set([...expected.keys(), ...actual.keys()])) {
+    if (!managed(key)) continue;
     const a = expected.get(key);
     const b = actual.get(key);
     if (!a || !b) {

@@ -95,18 +95,25 @@ export class RouteAdvertiser {
     this.backoffMs = Math.min(this.backoffMs * 2, 5000);
   }
 
-  /** Removes the route (revokes the lease); the key goes with it. */
+  /**
+   * Removes the route: revokes the lease and deletes the key if it still holds our value. The
+   * delete covers a key left under an older lease of ours that etcd kept alive across an outage
+   * (etcd renews every lease when it restarts) while this process had moved on to a new one.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.retryTimer);
     const lease = this.lease;
-    if (!lease) return;
+    const withdraw = async () => {
+      await lease?.revoke();
+      await this.client.if(this.key, "Value", "==", this.value).then(this.client.delete().key(this.key)).commit();
+    };
     try {
-      await Promise.race([lease.revoke(), Bun.sleep(3000).then(() => Promise.reject(new Error("timed out")))]);
+      await Promise.race([withdraw(), Bun.sleep(3000).then(() => Promise.reject(new Error("timed out")))]);
       log.info("route: withdrawn", { key: this.key });
     } catch (e) {
-      log.warn("route: cannot revoke the lease; the route expires with its TTL", { key: this.key, error: (e as Error).message });
-      lease.release();
+      log.warn("route: cannot withdraw the route; it expires with its lease TTL", { key: this.key, error: (e as Error).message });
+      lease?.release();
     }
   }
 }

@@ -118,6 +118,16 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
       for (const [source, n] of Object.entries(daemon.counters.configErrors)) this.inc({ source }, n);
     },
   });
+  new client.Gauge({
+    name: "clusterf_ipvs_service_failing",
+    help: "1 for each service whose last write the kernel refused (for example an unknown scheduler); the others are programmed",
+    labelNames: ["service", "vip"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const vip of daemon.reconciler.failing.keys()) this.set({ service: daemon.desired.table.get(vip)?.owner ?? "", vip }, 1);
+    },
+  });
   simple("clusterf_ipvs_netlink_errors_total", "IPVS writes that the kernel refused or that timed out", () => daemon.reconciler.counters.netlinkErrors);
   simple("clusterf_ipvs_drift_corrections_total", "differences between the kernel and the last written table found by a resync", () => daemon.reconciler.counters.driftCorrections);
   simple("clusterf_etcd_connected", "1 when the etcd source is connected (0 when down or not configured)", () => (daemon.sourceUp.etcd ? 1 : 0), "gauge");
@@ -131,5 +141,8 @@ export function ipvsHealth(daemon: IpvsDaemon): Health {
   if (!daemon.ready || daemon.counters.lastSyncAt === 0) return { ok: false, detail: "waiting for the first sync" };
   const down = Object.entries(daemon.sourceUp).filter(([, up]) => !up).map(([s]) => s);
   if (down.length) return { ok: false, detail: `config source down: ${down.join(", ")} (the last known config stays in force)` };
-  return { ok: true, detail: `ok: last sync ${new Date(daemon.counters.lastSyncAt).toISOString()}` };
+  const failing = daemon.reconciler.failing.size;
+  // A service the kernel refuses is the config's problem, not the daemon's: reported, still 200.
+  const note = failing ? `; ${failing} service(s) refused by the kernel: ${[...daemon.reconciler.failing.keys()].join(", ")}` : "";
+  return { ok: true, detail: `ok: last sync ${new Date(daemon.counters.lastSyncAt).toISOString()}${note}` };
 }
