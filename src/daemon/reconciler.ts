@@ -94,6 +94,12 @@ export class Reconciler {
     const scope = keys ? new Set(keys) : undefined;
     const ops = diffTables(desired, this.actual, (k) => this.owned.has(k) || desired.has(k), scope);
     const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
+    if (!this.opts.noop) {
+      // Ownership is saved before the services are created: a daemon killed in the middle of a
+      // sync must not leave services that its successor takes for foreign ones.
+      for (const op of ops) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
+      this.saveOwned();
+    }
     for (const op of ops) {
       const key = serviceKeyString(op.service);
       if (result.failed.has(key)) continue; // the rest of a failed service waits for the retry

@@ -143,6 +143,7 @@ export function ipvsHealth(daemon: IpvsDaemon): Health {
   if (down.length) return { ok: false, detail: `config source down: ${down.join(", ")} (the last known config stays in force)` };
   const failing = daemon.reconciler.failing.size;
   // A service the kernel refuses is the config's problem, not the daemon's: reported, still 200.
-  const note = failing ? `; ${failing} service(s) refused by the kernel: ${[...daemon.reconciler.failing.keys()].join(", ")}` : "";
+  const named = [...daemon.reconciler.failing.keys()].map((vip) => `${daemon.desired.table.get(vip)?.owner ?? "?"} (${vip})`);
+  const note = failing ? `; ${failing} service(s) refused by the kernel: ${named.join(", ")}` : "";
   return { ok: true, detail: `ok: last sync ${new Date(daemon.counters.lastSyncAt).toISOString()}${note}` };
 }
