@@ -110,3 +110,43 @@ describe("3-member etcd cluster", () => {
     expect(await d.stop("SIGTERM")).toBe(0);
   }, 90_000);
 });
+
+describe("security", () => {
+  test("etcd over TLS with client certificates and a password: it works, and neither the password nor the key is ever logged", async () => {
+    const etcd = await startEtcd({ tls: true });
+    cleanups.push(() => etcd.destroy());
+    const certs = etcd.certs!;
+    const tlsArgs = [`--cacert=${certs.ca}`, `--cert=${certs.clientCert}`, `--key=${certs.clientKey}`];
+    const ctl = (...args: string[]) => etcdctl(etcd.clientUrl, ...tlsArgs, ...args);
+    ctl("put", "/clusterf/services/web/frontend", '{"ipv4": "192.0.2.1", "tcp": 80}');
+    ctl("put", "/clusterf/services/web/backends/a", '{"ipv4": "198.51.100.1", "tcp": 80}');
+    ctl("user", "add", "root:Root-Pw-0x51");
+    ctl("user", "grant-role", "root", "root");
+    ctl("user", "add", "lb:Lb-Secret-0x52");
+    ctl("role", "add", "lb");
+    ctl("role", "grant-permission", "lb", "--prefix=true", "read", "/clusterf/");
+    ctl("user", "grant-role", "lb", "lb");
+    ctl("auth", "enable");
+
+    const flags = [`-etcd-machines=${etcd.clientUrl}`, `-etcd-cacert=${certs.ca}`, `-etcd-cert=${certs.clientCert}`, `-etcd-key=${certs.clientKey}`, "-etcd-username=lb", "-ipvs-mock", "-ipvs-debug"];
+    const good = new Daemon(flags, { ETCD_PASSWORD: "Lb-Secret-0x52" });
+    cleanups.push(() => good.stop("SIGKILL"));
+    await good.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 198.51.100.1:80 Masq 10 0 0", 15_000, "table read over TLS with a password");
+    const bad = new Daemon([...flags, "-etcd-password=Wrong-Pw-0x53", "-log-format=json"]);
+    cleanups.push(() => bad.stop("SIGKILL"));
+    const t0 = Date.now();
+    while (!/authentication failed/.test(bad.stderr)) {
+      if (Date.now() - t0 > 10_000) throw new Error(`no authentication error reported:\n${bad.stderr}`);
+      await Bun.sleep(100);
+    }
+    expect(bad.proc.exitCode).toBeNull(); // reported, not fatal
+    expect(await good.stop("SIGTERM")).toBe(0);
+    expect(await bad.stop("SIGTERM")).toBe(0);
+    const key = (await Bun.file(certs.clientKey).text()).split("\n")[1]!;
+    for (const text of [good.stderr, bad.stderr]) {
+      expect(text).not.toContain("Lb-Secret-0x52");
+      expect(text).not.toContain("Wrong-Pw-0x53");
+      expect(text).not.toContain(key);
+    }
+  }, 40_000);
+});

@@ -127,6 +127,22 @@ function fixTlsIpHosts(client: Etcd3, tls: { ca?: Buffer; key?: Buffer; cert?: B
     });
     host.channelOptions = { ...(host.channelOptions ?? {}), "grpc.ssl_target_name_override": "etcd" };
   }
+  // With a password, etcd3 fetches its token over a channel of its own made with the unpatched
+  // settings: fetch it through the patched host's Auth client instead.
+  const auth = pool?.authenticator;
+  if (!grpc || !auth) return;
+  const original = auth.getCredentialsFromHost.bind(auth);
+  const metadata = grpc.Metadata;
+  auth.getCredentialsFromHost = (address: string, name: string, password: string, callOptions: unknown, credentials: unknown) => {
+    const host = (pool.hosts as any[]).find((h) => h.host === address);
+    if (!host || host.channelCredentials === credentials) return original(address, name, password, callOptions, credentials);
+    const client = host.getServiceClient("Auth");
+    return new Promise<string>((resolve, reject) =>
+      client.authenticate({ name, password }, new metadata(), callOptions ?? {}, (err: Error | null, res: { token: string }) =>
+        err ? reject(castGrpcError(err)) : resolve(res.token),
+      ),
+    );
+  };
 }
 
 /** The range end that covers every key starting with `prefix` (etcd's "prefix" semantics). */

@@ -39,6 +39,9 @@ export interface DockerState {
 
 const INSPECT_CONCURRENCY = 16;
 
+/** A Docker request that got no answer in time (Docker may be busy, not gone). */
+class DockerTimeout extends Error {}
+
 /** Kill signals that stop a container (others, such as HUP or USR1, only ask it to reload). */
 const STOP_SIGNALS = new Set(["2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "INT", "QUIT", "KILL", "TERM"]);
 
@@ -148,7 +151,7 @@ export class DockerWatcher {
     return Promise.race([
       p,
       new Promise<T>((_, reject) => {
-        t = setTimeout(() => reject(new Error(`${what}: no answer from Docker within ${ms} ms`)), ms);
+        t = setTimeout(() => reject(new DockerTimeout(`${what}: no answer from Docker within ${ms} ms`)), ms);
       }),
     ]).finally(() => clearTimeout(t));
   }
@@ -289,8 +292,15 @@ export class DockerWatcher {
           this.scheduleFlush(true);
           return;
         }
-      } else if (action === "start" || action === "restart" || action === "die" || action === "destroy") {
+      } else if (action === "start" || action === "restart") {
         this.draining.delete(id);
+      } else if ((action === "die" || action === "destroy") && !this.draining.has(id)) {
+        // Until the inspect that follows answers (Docker may hold a dying container's lock for
+        // seconds), the cached state still says running: drain it now, never republish it.
+        this.draining.add(id);
+        this.dirty.add(id);
+        this.scheduleFlush(true);
+        return;
       }
     } else if (ev.Type === "network") {
       // connect / disconnect change the addresses of a running container; for one that is
@@ -340,18 +350,28 @@ export class DockerWatcher {
     } catch (e) {
       if (statusCode(e) !== 404) {
         ok = false;
-        // Docker went away: the reconnect re-reads everything.
-        if (gen === this.generation) this.breakConnection?.(`inspect: ${describe(e)}`);
+        if (e instanceof DockerTimeout) {
+          // Docker answers, but keeps this container busy (a start or stop holds its lock):
+          // ask again later; a re-read of every container would only add to its load.
+          log.debug("docker: inspect timed out; retrying", { container: id.slice(0, 12) });
+          if (gen === this.generation) setTimeout(() => (this.queued.add(id), this.pump()), 1000);
+        } else if (gen === this.generation) {
+          // Docker went away: the reconnect re-reads everything.
+          this.breakConnection?.(`inspect: ${describe(e)}`);
+        }
       }
     } finally {
       this.inflight.delete(id);
     }
-    if (!ok || gen !== this.generation || this.stopped) return;
-    if (c) this.containers.set(id, c);
-    else {
-      this.containers.delete(id);
-      this.draining.delete(id);
+    if (!ok || gen !== this.generation || this.stopped) {
+      this.pump();
+      return;
     }
+    if (c) this.containers.set(id, c);
+    else this.containers.delete(id);
+    // A drain ends when the container is gone or no longer running (a restart's start event
+    // ends it for a container that comes back).
+    if (!c?.State?.Running) this.draining.delete(id);
     this.scheduleReport();
     this.pump();
   }
