@@ -25,8 +25,28 @@ describe("key paths", () => {
     ["junk/x", undefined],
     ["services//frontend", undefined],
     ["", undefined],
+    ["services/../frontend", undefined],
+    ["services/./frontend", undefined],
+    ["routes/..", undefined],
+    ["services/web/backends/..", undefined],
+    ["routes/a\u0000b", undefined],
+    ["routes/a\nb", undefined],
+    ["routes/" + "x".repeat(256), undefined],
+    ["routes/" + "x".repeat(255), { kind: "route", route: "x".repeat(255) }],
+    ["routes/a..b", { kind: "route", route: "a..b" }],
+    ["routes/ünïcødé name", { kind: "route", route: "ünïcødé name" }],
   ])("%s", (key, want) => {
     expect(parseKeyPath(key)).toEqual(want as never);
+  });
+});
+
+describe("bounds", () => {
+  test("a value over 1 MiB is refused with its size, the last good value stays", () => {
+    const { s, errors } = store();
+    s.apply("etcd", put("routes/r", '{"IpvsMethod": "masq"}'));
+    s.apply("etcd", put("routes/r", `{"IpvsMethod": "droute", "x": "${"a".repeat(1024 * 1024)}"}`));
+    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/^value too large: \d+ bytes \(limit 1048576\); the last good value stays in force$/)]);
+    expect(s.routes.get("r")?.method).toBe("masq");
   });
 });
 

@@ -40,12 +40,17 @@ export interface StoreOptions {
   onWarning?: (p: ConfigProblem) => void;
 }
 
-const NAME = /^[^/\s][^/]*$/;
+/** A service, backend or route name: no slash, no control characters, not "." or "..". */
+const NAME = /^[^/\s\p{Cc}][^/\p{Cc}]*$/u;
+/** Longest accepted name, in characters (names become metric labels and log fields). */
+export const MAX_NAME_LENGTH = 255;
+/** Largest accepted value, in bytes (as the directory source's file limit). */
+export const MAX_VALUE_BYTES = 1024 * 1024;
 
 /** Maps a key path to what it names; undefined for paths outside the layout. */
 export function parseKeyPath(key: string): KeyPath | undefined {
   const parts = key.split("/");
-  if (parts.some((p) => !NAME.test(p))) return undefined;
+  if (parts.some((p) => !NAME.test(p) || p === "." || p === ".." || p.length > MAX_NAME_LENGTH)) return undefined;
   if (parts[0] === "services" && parts.length === 3 && parts[2] === "frontend") return { kind: "frontend", service: parts[1]! };
   if (parts[0] === "services" && parts.length === 4 && parts[2] === "backends") {
     return { kind: "backend", service: parts[1]!, backend: parts[3]! };
@@ -55,6 +60,7 @@ export function parseKeyPath(key: string): KeyPath | undefined {
 }
 
 function parseEntry(path: KeyPath, raw: RawValue): { entry: Entry; warnings: string[] } {
+  if (raw.text.length > MAX_VALUE_BYTES) throw new Error(`value too large: ${raw.text.length} bytes (limit ${MAX_VALUE_BYTES})`);
   switch (path.kind) {
     case "frontend": {
       const p = parseFrontend(raw.text, raw.format);
