@@ -162,7 +162,7 @@ describe("end to end with traffic", () => {
       "services/echo/backends/b2": echoBackend("198.51.100.6", 1),
     });
     const args = [`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "e2e-state")}`];
-    let d = new Daemon(args, {}, ["ip", "netns", "exec", "cf-lb"]);
+    let d = new Daemon([...args, "-metrics-listen=127.0.0.1:9112"], {}, ["ip", "netns", "exec", "cf-lb"]);
     children.push(d.proc);
     await d.waitFor((t) => t.length === 6, 20_000, "e2e table");
 
@@ -170,6 +170,21 @@ describe("end to end with traffic", () => {
     expect(spread.filter((l) => l === "FAIL")).toEqual([]);
     expect(count(spread, "b1")).toBe(12);
     expect(count(spread, "b2")).toBe(4);
+
+    // The kernel's counters in the metrics, labelled with the config's names (the kernel folds
+    // its counters in every 2 s).
+    const destMetric = (name: string, backend: string) => {
+      const text = must("ip netns exec cf-lb curl -s http://127.0.0.1:9112/metrics");
+      const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes('service="http"') && l.includes(`backend="${backend}"`));
+      return line ? Number(line.split(" ").pop()) : NaN;
+    };
+    const t0 = Date.now();
+    while (destMetric("clusterf_ipvs_dest_connections_total", "b1") !== 12 || destMetric("clusterf_ipvs_dest_connections_total", "b2") !== 4) {
+      if (Date.now() - t0 > 6000) throw new Error(`connections not counted: ${must("ip netns exec cf-lb curl -s http://127.0.0.1:9112/metrics")}`);
+      await Bun.sleep(250);
+    }
+    expect(destMetric("clusterf_ipvs_dest_packets_in_total", "b1")).toBeGreaterThanOrEqual(12 * 3);
+    expect(destMetric("clusterf_ipvs_dest_bytes_out_total", "b2")).toBeGreaterThan(0);
 
     // Two long-lived connections through the echo VIP: rr puts one on each backend.
     const go = join(tmp, "go");
