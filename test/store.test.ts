@@ -104,13 +104,28 @@ describe("merging sources", () => {
     expect(changes).toEqual([{ kind: "service", service: "b" }, { kind: "service", service: "b" }]);
   });
 
-  test("unknown paths are warnings and change nothing", () => {
+  test("malformed paths under services/ and routes/ are warnings and change nothing", () => {
     const { s, warnings, errors } = store();
     expect(s.apply("etcd", put("services/web/weird", {}))).toBeUndefined();
-    expect(s.apply("etcd", put("a/b/c/d/e/f", {}))).toBeUndefined();
-    expect(warnings).toHaveLength(2);
+    expect(s.apply("etcd", put("routes/a/b", {}))).toBeUndefined();
+    expect(s.apply("etcd", put("services/..", {}))).toBeUndefined();
+    expect(warnings.map((w) => w.key)).toEqual(["services/web/weird", "routes/a/b", "services/.."]);
     expect(errors).toHaveLength(0);
     expect(s.services.size).toBe(0);
+  });
+
+  test("other top-level names are skipped, reported once per name and source", () => {
+    const skipped: ConfigProblem[] = [];
+    const warnings: ConfigProblem[] = [];
+    const s = new ConfigStore({ onWarning: (p) => warnings.push(p), onSkipped: (p) => skipped.push(p) });
+    for (const k of ["two-tier/frontend/routes/default", "two-tier/intermediate/routes/local", "a/b/c/d/e/f"]) {
+      expect(s.apply("local", put(k, {}))).toBeUndefined();
+    }
+    s.apply("etcd", put("two-tier/x", {}));
+    expect(skipped.map((p) => `${p.source} ${p.key}`)).toEqual(["local two-tier/frontend/routes/default", "local a/b/c/d/e/f", "etcd two-tier/x"]);
+    expect(skipped[0]!.message).toContain('"two-tier/" are not part of the config layout');
+    expect(warnings).toHaveLength(0);
+    expect(s.services.size + s.routes.size).toBe(0);
   });
 
   test("a snapshot replaces what the source had", () => {

@@ -38,6 +38,8 @@ export interface StoreOptions {
   onError?: (p: ConfigProblem) => void;
   /** Unknown JSON keys and other harmless oddities. */
   onWarning?: (p: ConfigProblem) => void;
+  /** Keys outside the layout's top-level names (services/, routes/): skipped, reported once per name. */
+  onSkipped?: (p: ConfigProblem) => void;
 }
 
 /** A service, backend or route name: no slash, no control characters, not "." or "..". */
@@ -90,12 +92,24 @@ export class ConfigStore {
   readonly services = new Map<string, MergedService>();
   readonly routes = new Map<string, Route>();
 
+  private readonly skipped = new Set<string>();
+
   constructor(private readonly opts: StoreOptions = {}) {}
 
   /** Applies one key event from a source; returns the change in the merged view, if any. */
   apply(source: SourceName, event: KeyEvent): Change | undefined {
     const path = parseKeyPath(event.key);
     if (!path) {
+      const top = event.key.split("/")[0]!;
+      if (top !== "services" && top !== "routes") {
+        // Not config at all (docs or examples kept beside the tree, another tool's keys): one
+        // line per top-level name, not a warning per key.
+        if (event.value && !this.skipped.has(`${source}:${top}`)) {
+          this.skipped.add(`${source}:${top}`);
+          this.opts.onSkipped?.({ source, key: event.key, origin: event.value.origin, message: `keys under ${JSON.stringify(top + "/")} are not part of the config layout (services/, routes/); skipped` });
+        }
+        return undefined;
+      }
       if (event.value) {
         this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message: "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME or routes/NAME)" });
       }

@@ -62,6 +62,7 @@ export class IpvsDaemon implements SourceSink {
       filterEtcdRoutes: opts.filterEtcdRoutes,
       onError: (p) => this.configError(p),
       onWarning: (p) => log.warn(`config: ${p.message}`, { source: p.source, key: p.key, origin: p.origin }),
+      onSkipped: (p) => log.info(`config: ${p.message}`, { source: p.source, key: p.key }),
     });
     this.desired = new DesiredTable(opts.desired, (m, f) => log.warn(`config: ${m}`, f));
     this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir });
