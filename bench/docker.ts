@@ -21,6 +21,7 @@ import { join } from "node:path";
 // @ts-ignore: dockerode ships no type declarations
 import Docker from "dockerode";
 import { Etcd3 } from "etcd3";
+import { onEventLines } from "../src/docker/watcher.ts";
 import { dockerUnavailable, startDocker, type DockerEngine } from "../test/support/docker.ts";
 import { freePorts, startEtcd, type Etcd } from "../test/support/etcd.ts";
 
@@ -170,21 +171,12 @@ async function main(): Promise<void> {
   const dockerEvents = new Map<string, Map<string, number>>(); // id → action → first time
   const events = await api.getEvents({ filters: { type: ["container"] } });
   cleanups.push(() => events.destroy?.());
-  let buf = "";
-  events.on("data", (chunk: Buffer) => {
-    buf += chunk.toString("utf8");
-    let nl: number;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, nl).trim();
-      buf = buf.slice(nl + 1);
-      if (!line) continue;
-      const ev = JSON.parse(line) as { Action?: string; id?: string; Actor?: { ID?: string }; timeNano?: number };
-      const id = ev.Actor?.ID ?? ev.id;
-      if (!id || !ev.Action || !ev.timeNano) continue;
-      let m = dockerEvents.get(id);
-      if (!m) dockerEvents.set(id, (m = new Map()));
-      if (!m.has(ev.Action)) m.set(ev.Action, ev.timeNano / 1e6);
-    }
+  onEventLines(events, (ev) => {
+    const id = ev.Actor?.ID ?? ev.id;
+    if (!id || !ev.Action || !ev.timeNano) return;
+    let m = dockerEvents.get(id);
+    if (!m) dockerEvents.set(id, (m = new Map()));
+    if (!m.has(ev.Action)) m.set(ev.Action, ev.timeNano / 1e6);
   });
 
   // clusterf-docker, as an operator runs it.

@@ -11,8 +11,8 @@ passed=0; failed=0
 
 count() { # count FILE: add bun's "N pass" / "N fail" summary lines to the totals
   local p f
-  p=$(grep -E '^ *[0-9]+ pass$' "$1" | tail -1 | grep -oE '[0-9]+' || true)
-  f=$(grep -E '^ *[0-9]+ fail$' "$1" | tail -1 | grep -oE '[0-9]+' || true)
+  p=$(grep -aE '^ *[0-9]+ pass$' "$1" | tail -1 | grep -oE '[0-9]+' || true)
+  f=$(grep -aE '^ *[0-9]+ fail$' "$1" | tail -1 | grep -oE '[0-9]+' || true)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   if [ -z "$p" ] && [ -z "$f" ]; then failed=$((failed + 1)); echo "test.sh: $2 printed no summary" >&2; fi
 }
@@ -20,7 +20,7 @@ count() { # count FILE: add bun's "N pass" / "N fail" summary lines to the total
 echo "== host tests"
 "$BUN" test --timeout 120000 "$@" 2>&1 | tee "$LOG/host.txt"; rc=${PIPESTATUS[0]}
 count "$LOG/host.txt" "host tests"
-[ "$rc" = 0 ] || grep -qE '^ *[1-9][0-9]* fail$' "$LOG/host.txt" || failed=$((failed + 1))
+[ "$rc" = 0 ] || grep -aqE '^ *[1-9][0-9]* fail$' "$LOG/host.txt" || failed=$((failed + 1))
 
 kernel_tests=$(ls test/kernel/*.kernel.ts 2>/dev/null || true)
 if [ $# -eq 0 ] && [ -n "$kernel_tests" ]; then
@@ -30,7 +30,7 @@ if [ $# -eq 0 ] && [ -n "$kernel_tests" ]; then
     IPVS_VM_TIMEOUT=${IPVS_VM_TIMEOUT:-900} bash "$SHARED/tools/run-in-kernel.sh" "$BUN" test --timeout 300000 $(printf './%s ' $kernel_tests) 2>&1 | tee "$LOG/kernel.txt"
     rc=${PIPESTATUS[0]}
     count "$LOG/kernel.txt" "kernel tests"
-    [ "$rc" = 0 ] || grep -qE '^ *[1-9][0-9]* fail$' "$LOG/kernel.txt" || failed=$((failed + 1))
+    [ "$rc" = 0 ] || grep -aqE '^ *[1-9][0-9]* fail$' "$LOG/kernel.txt" || failed=$((failed + 1))
   else
     echo "test.sh: run-in-kernel.sh not found under $SHARED/tools; kernel tests not run" >&2
     failed=$((failed + 1))

@@ -8,7 +8,7 @@ import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/s
 import { configureLog } from "../src/util/log.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { makeTestCerts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
+import { enableAuth, makeTestCerts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
 
 configureLog({ level: (process.env.CLUSTERF_LOG_LEVEL as any) ?? "error" });
 
@@ -407,14 +407,7 @@ describe("EtcdSource, authentication and TLS", () => {
         if (r.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${r.stderr}`);
       };
       ctl("put", "/clusterf/routes/r1", "{}");
-      ctl("user", "add", "root:rootpw");
-      ctl("role", "add", "root");
-      ctl("user", "grant-role", "root", "root");
-      ctl("user", "add", "lb:lbpw");
-      ctl("role", "add", "lb");
-      ctl("role", "grant-permission", "lb", "--prefix=true", "read", "/clusterf/");
-      ctl("user", "grant-role", "lb", "lb");
-      ctl("auth", "enable");
+      enableAuth(ctl, "rootpw", { name: "lb", password: "lbpw" });
 
       const sink = new RecordingSink();
       const src = source({ endpoints: [etcd.clientUrl], username: "lb", password: "lbpw" });

@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
+import { enableAuth, freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
@@ -120,13 +120,7 @@ describe("security", () => {
     const ctl = (...args: string[]) => etcdctl(etcd.clientUrl, ...tlsArgs, ...args);
     ctl("put", "/clusterf/services/web/frontend", '{"ipv4": "192.0.2.1", "tcp": 80}');
     ctl("put", "/clusterf/services/web/backends/a", '{"ipv4": "198.51.100.1", "tcp": 80}');
-    ctl("user", "add", "root:Root-Pw-0x51");
-    ctl("user", "grant-role", "root", "root");
-    ctl("user", "add", "lb:Lb-Secret-0x52");
-    ctl("role", "add", "lb");
-    ctl("role", "grant-permission", "lb", "--prefix=true", "read", "/clusterf/");
-    ctl("user", "grant-role", "lb", "lb");
-    ctl("auth", "enable");
+    enableAuth(ctl, "Root-Pw-0x51", { name: "lb", password: "Lb-Secret-0x52" });
 
     const flags = [`-etcd-machines=${etcd.clientUrl}`, `-etcd-cacert=${certs.ca}`, `-etcd-cert=${certs.clientCert}`, `-etcd-key=${certs.clientKey}`, "-etcd-username=lb", "-ipvs-mock", "-ipvs-debug"];
     const good = new Daemon(flags, { ETCD_PASSWORD: "Lb-Secret-0x52" });

@@ -9,27 +9,13 @@ import { DockerDaemon } from "../docker/daemon.ts";
 import { STATE_FILE } from "../docker/publisher.ts";
 import { dockerOptions } from "../docker/watcher.ts";
 import * as log from "../util/log.ts";
-import { serveMetrics, type MetricsServer } from "../metrics/server.ts";
+import { startMetrics } from "../metrics/server.ts";
 import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
 import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints } from "./shared-flags.ts";
-import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
+import { FlagError, checkWith, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 
-const ipv4Check = (v: string) => {
-  try {
-    parseIPv4(v, "");
-    return undefined;
-  } catch {
-    return "not an IPv4 address";
-  }
-};
-const ipv6Check = (v: string) => {
-  try {
-    parseIPv6(v, "");
-    return undefined;
-  } catch {
-    return "not an IPv6 address";
-  }
-};
+const ipv4Check = checkWith((v) => parseIPv4(v, ""), "not an IPv4 address");
+const ipv6Check = checkWith((v) => parseIPv6(v, ""), "not an IPv6 address");
 
 export const DOCKER_FLAGS: FlagSpec[] = [
   {
@@ -38,14 +24,7 @@ export const DOCKER_FLAGS: FlagSpec[] = [
     default: "unix:///var/run/docker.sock",
     env: "DOCKER_HOST",
     help: "Docker API endpoint: unix:///path or tcp://host:port",
-    check: (v: string) => {
-      try {
-        dockerOptions(v, {});
-        return undefined;
-      } catch (e) {
-        return (e as Error).message;
-      }
-    },
+    check: checkWith((v) => dockerOptions(v, {})),
   },
   { name: "docker-network", type: "string", default: "", help: "publish the containers' addresses on this Docker network; empty = the container's only network" },
   { name: "backend-published", type: "bool", default: false, help: "publish -host-ipv4/-host-ipv6 with the published host ports instead of the containers' addresses" },
@@ -132,15 +111,10 @@ export async function main(argv: string[]): Promise<number> {
     prefix,
     ttl: Math.ceil((flags["etcd-ttl"] as number) / 1000),
   });
-  let metrics: MetricsServer | undefined;
-  if (flags["metrics-listen"]) {
-    try {
-      metrics = serveMetrics(flags["metrics-listen"] as string, dockerMetrics(daemon), () => dockerHealth(daemon));
-    } catch (e) {
-      log.error(`metrics: cannot listen on ${flags["metrics-listen"]}: ${(e as Error).message}`);
-      client.close();
-      return 1;
-    }
+  const metrics = startMetrics(flags["metrics-listen"] as string, () => dockerMetrics(daemon), () => dockerHealth(daemon));
+  if (metrics === null) {
+    client.close();
+    return 1;
   }
   daemon.start();
 

@@ -9,7 +9,7 @@ import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints } from "./
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
-import { serveMetrics, type MetricsServer } from "../metrics/server.ts";
+import { startMetrics } from "../metrics/server.ts";
 import { ipvsHealth, ipvsMetrics } from "../metrics/ipvs-metrics.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
@@ -130,15 +130,8 @@ export async function main(argv: string[]): Promise<number> {
   });
 
   const firstApply = daemon.nextApply();
-  let metrics: MetricsServer | undefined;
-  if (flags["metrics-listen"]) {
-    try {
-      metrics = serveMetrics(flags["metrics-listen"] as string, ipvsMetrics(daemon), () => ipvsHealth(daemon));
-    } catch (e) {
-      log.error(`metrics: cannot listen on ${flags["metrics-listen"]}: ${(e as Error).message}`);
-      return 1;
-    }
-  }
+  const metrics = startMetrics(flags["metrics-listen"] as string, () => ipvsMetrics(daemon), () => ipvsHealth(daemon));
+  if (metrics === null) return 1;
   try {
     await daemon.start();
   } catch (e) {

@@ -17,6 +17,21 @@ export interface FlagSpec {
   env?: string;
 }
 
+/**
+ * A flag check from a parser that throws: undefined when `parse` accepts the value, else
+ * `message` (or, without one, the parser's own message).
+ */
+export function checkWith(parse: (v: string) => unknown, message?: string): (v: string) => string | undefined {
+  return (v: string) => {
+    try {
+      parse(v);
+      return undefined;
+    } catch (e) {
+      return message ?? (e as Error).message;
+    }
+  };
+}
+
 export class FlagError extends Error {
   constructor(message: string) {
     super(message);

@@ -1,6 +1,6 @@
 // Flags both daemons share: etcd connection (CONTRACT §3) and operations (§8).
 import type { EtcdClientOptions } from "../config/etcd-source.ts";
-import type { FlagSpec, FlagValues } from "./flags.ts";
+import { checkWith, type FlagSpec, type FlagValues } from "./flags.ts";
 import { parseListen } from "../metrics/server.ts";
 
 /** Operations flags both daemons share (CONTRACT §8). */
@@ -10,14 +10,7 @@ export const OPS_FLAGS: FlagSpec[] = [
     type: "string",
     default: "",
     help: "serve Prometheus /metrics and /healthz on ADDR:PORT; empty = off",
-    check: (v: string) => {
-      try {
-        if (v) parseListen(v);
-        return undefined;
-      } catch {
-        return "expected ADDR:PORT";
-      }
-    },
+    check: checkWith((v) => v && parseListen(v), "expected ADDR:PORT"),
   },
   {
     name: "log-format",

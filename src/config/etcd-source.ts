@@ -98,7 +98,10 @@ export function makeEtcdClient(opts: EtcdClientOptions, extra: Partial<IOptions>
     tls = {};
   }
   if (opts.username) o.auth = { username: opts.username, password: opts.password ?? "" };
-  const client = new Etcd3({ ...o, ...extra });
+  // gRPC's own reconnect backoff grows to 120 s: after a long outage the channel would stay
+  // down that long after etcd is back, whatever our retry loops do. Cap it at 2 s.
+  const grpcOptions = { "grpc.initial_reconnect_backoff_ms": 250, "grpc.max_reconnect_backoff_ms": 2000, ...extra.grpcOptions };
+  const client = new Etcd3({ ...o, ...extra, grpcOptions });
   if (tls) fixTlsIpHosts(client, tls);
   return client;
 }

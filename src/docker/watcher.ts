@@ -50,6 +50,28 @@ function ignoredAction(action: string): boolean {
   return /^(exec_|attach|detach|top|resize|commit|copy|export|archive-path|extract-to-dir)/.test(action);
 }
 
+/** Docker's event stream is one JSON object a line, split across chunks anyhow. */
+export function onEventLines(stream: NodeJS.ReadableStream, onEvent: (ev: DockerEvent) => void): void {
+  let buf = "";
+  stream.on("data", (chunk: Buffer) => {
+    buf += chunk.toString("utf8");
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (!line) continue;
+      let ev: DockerEvent;
+      try {
+        ev = JSON.parse(line) as DockerEvent;
+      } catch {
+        log.warn("docker: unreadable event skipped", { line: line.slice(0, 200) });
+        continue;
+      }
+      onEvent(ev);
+    }
+  });
+}
+
 /** dockerode/docker-modem options for an endpoint string. */
 export interface DockerOptions {
   socketPath?: string;
@@ -85,10 +107,13 @@ export function dockerOptions(endpoint: string, env: Record<string, string | und
   return o;
 }
 
-interface DockerEvent {
+export interface DockerEvent {
   Type?: string;
   Action?: string;
   Actor?: { ID?: string; Attributes?: Record<string, string> };
+  /** Older engines' container id field. */
+  id?: string;
+  timeNano?: number;
 }
 
 function statusCode(e: unknown): number | undefined {
@@ -189,26 +214,11 @@ export class DockerWatcher {
       "events",
     )) as NodeJS.ReadableStream & { destroy?: () => void };
     this.stream = stream;
-    let buf = "";
     const pending: DockerEvent[] = [];
     let live = false; // false while the full read runs: events are queued (they only mark ids dirty)
-    stream.on("data", (chunk: Buffer) => {
-      buf += chunk.toString("utf8");
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
-        if (!line) continue;
-        let ev: DockerEvent;
-        try {
-          ev = JSON.parse(line) as DockerEvent;
-        } catch {
-          log.warn("docker: unreadable event skipped", { line: line.slice(0, 200) });
-          continue;
-        }
-        if (live) this.onEvent(ev);
-        else pending.push(ev);
-      }
+    onEventLines(stream, (ev) => {
+      if (live) this.onEvent(ev);
+      else pending.push(ev);
     });
     stream.on("end", () => this.breakConnection?.("event stream ended"));
     stream.on("close", () => this.breakConnection?.("event stream closed"));

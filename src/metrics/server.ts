@@ -47,3 +47,17 @@ export function serveMetrics(listen: string, registry: Registry, health: () => H
   log.info("metrics: listening", { url });
   return { url, stop: () => server.stop(true) };
 }
+
+/**
+ * The -metrics-listen flag: undefined when it is empty (off), the server when listening, null
+ * (after logging why) when it cannot listen; the caller exits then.
+ */
+export function startMetrics(listen: string, registry: () => Registry, health: () => Health): MetricsServer | undefined | null {
+  if (!listen) return undefined;
+  try {
+    return serveMetrics(listen, registry(), health);
+  } catch (e) {
+    log.error(`metrics: cannot listen on ${listen}: ${(e as Error).message}`);
+    return null;
+  }
+}

@@ -404,3 +404,15 @@ export async function startEtcdCluster(n = 3): Promise<EtcdCluster> {
     destroy,
   };
 }
+
+/** Turns etcd's authentication on: a root user, and a user that may only read under /clusterf/. */
+export function enableAuth(ctl: (...args: string[]) => unknown, rootPassword: string, reader: { name: string; password: string }): void {
+  ctl("user", "add", `root:${rootPassword}`);
+  ctl("role", "add", "root");
+  ctl("user", "grant-role", "root", "root");
+  ctl("user", "add", `${reader.name}:${reader.password}`);
+  ctl("role", "add", reader.name);
+  ctl("role", "grant-permission", reader.name, "--prefix=true", "read", "/clusterf/");
+  ctl("user", "grant-role", reader.name, reader.name);
+  ctl("auth", "enable");
+}
