@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { applyOps, diffService, diffTables, type Table } from "../src/ipvs/diff.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { Reconciler, normalise } from "../src/daemon/reconciler.ts";
-import { IpvsError, destKeyString, serviceKeyString, type Dest, type Service } from "../src/ipvs/types.ts";
+import { IpvsError, destKeyString, serviceKeyString, type Dest, type Op, type Service } from "../src/ipvs/types.ts";
 import type { TableEntry } from "../src/model/desired.ts";
 
 const arbService: fc.Arbitrary<Service> = fc.record({
@@ -188,6 +188,31 @@ describe("reconciler error mapping against the in-memory table", () => {
     const fixed: Service = { ...bad, scheduler: "rr" };
     table.set(serviceKeyString(bad), { service: fixed, dests: new Map([[destKeyString(d), d]]) });
     expect(r.sync(table, [serviceKeyString(bad)])).toMatchObject({ ops: 2, errors: 0 });
+    expect(r.failing.size).toBe(0);
+    expect(ipvs.list()).toHaveLength(2);
+  });
+
+  test("a batch without an answer fails its services and is not re-sent op by op; the retry re-reads", () => {
+    let deaf = true;
+    class DeafTable extends MemoryIpvsTable {
+      override writeBatch(ops: readonly Op[]): (Error | null)[] {
+        if (!deaf) return super.writeBatch(ops);
+        const e = new IpvsError("netlink: no answer within 5000 ms; socket reopened", "ETIMEDOUT");
+        return ops.map(() => e);
+      }
+      override addService(s: Service): void {
+        if (deaf) throw new Error("must not be re-sent alone");
+        super.addService(s);
+      }
+    }
+    const ipvs = new DeafTable();
+    const other: Service = { ...svc, address: "192.0.2.3" };
+    const table: Table = new Map([...desired, [serviceKeyString(other), { service: other, dests: new Map([[destKeyString(d), d]]) }]]);
+    const r = new Reconciler(ipvs);
+    expect(r.sync(table)).toMatchObject({ ops: 0, errors: 2, newFailures: 2 });
+    expect(r.failing.size).toBe(2);
+    deaf = false;
+    expect(r.resync(table)).toMatchObject({ ops: 4, errors: 0 });
     expect(r.failing.size).toBe(0);
     expect(ipvs.list()).toHaveLength(2);
   });

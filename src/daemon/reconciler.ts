@@ -14,6 +14,7 @@ import {
   serviceKeyString,
   type IpvsTable,
   type ObservedService,
+  writeOne,
 } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
 
@@ -100,37 +101,35 @@ export class Reconciler {
       for (const op of ops) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
       this.saveOwned();
     }
-    for (const op of ops) {
-      const key = serviceKeyString(op.service);
-      if (result.failed.has(key)) continue; // the rest of a failed service waits for the retry
-      if (this.opts.noop) {
-        log.info(`IPVS: ${describeOp(op)} (noop)`);
-        result.ops++;
-        continue;
-      }
-      try {
-        this.write(op);
-        applyOp(this.actual, op);
-        this.counters.writes[op.type]++;
-        result.ops++;
-        this.markOwned(op, key);
-        log.debug(`IPVS: ${describeOp(op)}`);
-      } catch (e) {
-        result.errors++;
-        result.failed.add(key);
-        this.counters.netlinkErrors++;
-        const message = (e as Error).message;
-        // A kernel refusal repeated by the retry is logged once, not at every retry.
-        const refusal = e instanceof IpvsError && e.code !== "ETIMEDOUT";
-        const repeat = refusal && this.failing.get(key) === message;
-        if (!repeat) result.newFailures++;
-        (repeat ? log.debug : log.error)(`IPVS: ${describeOp(op)} failed; the other services are programmed, this one is retried`, {
-          error: message,
-        });
-        this.failing.set(key, refusal ? message : `${message} (not a kernel refusal)`);
-        // The cache may be wrong for this service now: forget it, the retry re-reads the kernel.
-        this.actual.delete(key);
-      }
+    if (this.opts.noop) {
+      for (const op of ops) log.info(`IPVS: ${describeOp(op)} (noop)`);
+      result.ops = ops.length;
+    } else {
+      // The fast path sends every write at once (many to a netlink message); a write that fails
+      // there is tried again alone, in order, through the answer mapping (EEXIST on add → edit,
+      // ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
+      // retry re-reads the kernel.
+      // undefined = not sent yet, null = done, an error = what the batch got for it.
+      const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(ops) : [undefined];
+      const seen = new Set<Error>();
+      ops.forEach((op, i) => {
+        const key = serviceKeyString(op.service);
+        if (result.failed.has(key)) return; // the rest of a failed service waits for the retry
+        const first = batched[i];
+        try {
+          if (first instanceof Error && !isRefusal(first)) throw first;
+          if (first !== null) this.write(op);
+          applyOp(this.actual, op);
+          this.counters.writes[op.type]++;
+          result.ops++;
+          this.markOwned(op, key);
+          log.debug(`IPVS: ${describeOp(op)}`);
+        } catch (e) {
+          // A batch without an answer fails every service in it: one error line, not one each.
+          this.failed(op, key, e as Error, result, seen.has(e as Error));
+          seen.add(e as Error);
+        }
+      });
     }
     for (const key of [...this.failing.keys()]) {
       if (result.failed.has(key) || (scope && !scope.has(key))) continue;
@@ -139,6 +138,22 @@ export class Reconciler {
     }
     this.saveOwned();
     return result;
+  }
+
+  private failed(op: Op, key: string, e: Error, result: SyncResult, logged: boolean): void {
+    result.errors++;
+    result.failed.add(key);
+    this.counters.netlinkErrors++;
+    // A kernel refusal repeated by the retry is logged once, not at every retry.
+    const refusal = isRefusal(e);
+    const repeat = refusal && this.failing.get(key) === e.message;
+    if (!repeat) result.newFailures++;
+    (repeat || logged ? log.debug : log.error)(`IPVS: ${describeOp(op)} failed; the other services are programmed, this one is retried`, {
+      error: e.message,
+    });
+    this.failing.set(key, refusal ? e.message : `${e.message} (not a kernel refusal)`);
+    // The cache may be wrong for this service now: forget it, the retry re-reads the kernel.
+    this.actual.delete(key);
   }
 
   /** Re-reads the kernel and corrects every difference (drift); returns what it did. */
@@ -159,20 +174,7 @@ export class Reconciler {
   private write(op: Op): void {
     const ipvs = this.ipvs;
     try {
-      switch (op.type) {
-        case "add-service":
-          return ipvs.addService(op.service);
-        case "edit-service":
-          return ipvs.editService(op.service);
-        case "delete-service":
-          return ipvs.deleteService(op.service);
-        case "add-dest":
-          return ipvs.addDest(op.service, op.dest);
-        case "edit-dest":
-          return ipvs.editDest(op.service, op.dest);
-        case "delete-dest":
-          return ipvs.deleteDest(op.service, op.dest);
-      }
+      writeOne(ipvs, op);
     } catch (e) {
       if (!(e instanceof IpvsError)) throw e;
       if (e.code === "EEXIST" && op.type === "add-service") return ipvs.editService(op.service);
@@ -221,6 +223,11 @@ export class Reconciler {
       this.ownedDirty = false; // warn once per change, not on every sync
     }
   }
+}
+
+/** The kernel answered this write with an error (rather than not answering at all). */
+function isRefusal(e: Error): boolean {
+  return e instanceof IpvsError && e.code !== "ETIMEDOUT";
 }
 
 /** Kernel read-back → the plain comparable form (no stats, no HASHED flag). */

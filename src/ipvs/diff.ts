@@ -9,19 +9,10 @@ import {
   destKeyString,
   serviceConfigEqual,
   serviceKeyString,
-  type Dest,
-  type DestKey,
-  type Service,
-  type ServiceKey,
+  type Op,
 } from "./types.ts";
 
-export type Op =
-  | { type: "add-service"; service: Service }
-  | { type: "edit-service"; service: Service }
-  | { type: "delete-service"; service: ServiceKey }
-  | { type: "add-dest"; service: ServiceKey; dest: Dest }
-  | { type: "edit-dest"; service: ServiceKey; dest: Dest }
-  | { type: "delete-dest"; service: ServiceKey; dest: DestKey };
+export type { Op };
 
 export type Table = Map<string, TableEntry>;
 

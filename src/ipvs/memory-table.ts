@@ -11,6 +11,8 @@ import {
   type IpvsInfo,
   type IpvsTable,
   type ObservedService,
+  type Op,
+  writeEach,
   type Service,
   type ServiceKey,
 } from "./types.ts";
@@ -24,6 +26,10 @@ export class MemoryIpvsTable implements IpvsTable {
   private readonly rows = new Map<string, Row>();
   /** Counts of write calls, for tests and the benchmark. */
   writes = 0;
+
+  writeBatch(ops: readonly Op[]): (Error | null)[] {
+    return writeEach(this, ops);
+  }
 
   info(): IpvsInfo {
     return { version: "1.2.1", connTableSize: 4096 };

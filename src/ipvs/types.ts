@@ -86,6 +86,15 @@ export interface IpvsInfo {
  * kernel driver (libnl over bun:ffi). Calls are synchronous: a netlink request is a blocking
  * send and receive with a timeout. Errors are thrown as IpvsError.
  */
+/** One write to the IPVS table. */
+export type Op =
+  | { type: "add-service"; service: Service }
+  | { type: "edit-service"; service: Service }
+  | { type: "delete-service"; service: ServiceKey }
+  | { type: "add-dest"; service: ServiceKey; dest: Dest }
+  | { type: "edit-dest"; service: ServiceKey; dest: Dest }
+  | { type: "delete-dest"; service: ServiceKey; dest: DestKey };
+
 export interface IpvsTable {
   info(): IpvsInfo;
   /** Every service with its destinations (and stats where the backend has them). */
@@ -97,7 +106,42 @@ export interface IpvsTable {
   editDest(service: ServiceKey, dest: Dest): void;
   deleteDest(service: ServiceKey, dest: DestKey): void;
   flush(): void;
+  /**
+   * Several writes, in order (the kernel driver sends many in one netlink message): one result
+   * per write, null or its error. A failed write does not stop the ones after it.
+   */
+  writeBatch(ops: readonly Op[]): (Error | null)[];
   close(): void;
+}
+
+/** One write through the single-write methods. */
+export function writeOne(ipvs: IpvsTable, op: Op): void {
+  switch (op.type) {
+    case "add-service":
+      return ipvs.addService(op.service);
+    case "edit-service":
+      return ipvs.editService(op.service);
+    case "delete-service":
+      return ipvs.deleteService(op.service);
+    case "add-dest":
+      return ipvs.addDest(op.service, op.dest);
+    case "edit-dest":
+      return ipvs.editDest(op.service, op.dest);
+    case "delete-dest":
+      return ipvs.deleteDest(op.service, op.dest);
+  }
+}
+
+/** writeBatch() for tables without a faster way: one write after another. */
+export function writeEach(ipvs: IpvsTable, ops: readonly Op[]): (Error | null)[] {
+  return ops.map((op) => {
+    try {
+      writeOne(ipvs, op);
+      return null;
+    } catch (e) {
+      return e as Error;
+    }
+  });
 }
 
 export type IpvsErrorCode = "EEXIST" | "ENOENT" | "ESRCH" | "EINVAL" | "ETIMEDOUT" | "EOTHER";

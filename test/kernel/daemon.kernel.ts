@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { blocks, kernelScratch, kernelTable, must, writeTree } from "../support/kernel.ts";
+import { blocks, kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const FIX = join(import.meta.dir, "fixtures");
@@ -107,7 +107,8 @@ describe("ownership and drift", () => {
       if (Date.now() - t0 > 5000) throw new Error(`not corrected: ${kernelTable(ns).join("\n")}\n${d.stderr}`);
       await Bun.sleep(200);
     }
-    expect(d.stderr).toContain("differs from what this daemon last wrote");
+    // The log line is read from the daemon's stderr a moment after the kernel shows the fix.
+    await until(() => d.stderr.includes("differs from what this daemon last wrote"), 3000, () => d.stderr);
 
     // Removing our service from the config deletes it; the foreign one stays.
     rmSync(join(dir, "services/web"), { recursive: true });
@@ -206,7 +207,7 @@ describe("end to end with traffic", () => {
     d = new Daemon(args, {}, ["ip", "netns", "exec", "cf-lb"]);
     children.push(d.proc);
     await d.waitFor((t) => t.length === 6, 20_000, "table after restart");
-    expect(d.stderr).toMatch(/IPVS: applied kind=full writes=0/);
+    await until(() => /IPVS: applied kind=full writes=0/.test(d.stderr), 3000, () => d.stderr);
 
     writeFileSync(go, "");
     const outputs = await Promise.all(holds.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text() })));

@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { blocks, kernelScratch, kernelTable, must, writeTree } from "../support/kernel.ts";
+import { blocks, kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const { tmp, children, netns } = kernelScratch("faults");
@@ -13,14 +13,6 @@ const { tmp, children, netns } = kernelScratch("faults");
 beforeAll(() => {
   must("modprobe ip_vs");
 });
-
-async function until(pred: () => boolean, timeoutMs: number, what: () => string): Promise<void> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what()}`);
-    await Bun.sleep(100);
-  }
-}
 
 describe("a refused service and drift, seen in the metrics", () => {
   test("the kernel refuses an unknown scheduler: that service is reported, the others are programmed; drift is corrected and counted", async () => {

@@ -26,6 +26,15 @@ export function writeTree(root: string, files: Record<string, unknown>): string 
   return root;
 }
 
+/** Polls `pred` every 100 ms; throws with `what()` after `timeoutMs`. */
+export async function until(pred: () => boolean, timeoutMs: number, what: () => string): Promise<void> {
+  const t0 = Date.now();
+  while (!pred()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what()}`);
+    await Bun.sleep(100);
+  }
+}
+
 /** The table as blocks (a service line and its destination lines), sorted: ipvsadm lists in hash order. */
 export function blocks(lines: string[]): string[] {
   const out: string[] = [];

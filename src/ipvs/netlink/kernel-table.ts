@@ -12,6 +12,7 @@ import {
   type IpvsInfo,
   type IpvsTable,
   type ObservedService,
+  type Op,
   type Service,
   type ServiceKey,
 } from "../types.ts";
@@ -295,6 +296,32 @@ export class KernelIpvsTable implements IpvsTable {
 
   flush(): void {
     this.exec({ cmd: CMD.FLUSH });
+  }
+
+  /** IpvsTable.writeBatch: the writes as netlink commands, many to a send (applyBatch). */
+  writeBatch(ops: readonly Op[]): (Error | null)[] {
+    const cmds: IpvsOp[] = ops.map((op) => {
+      switch (op.type) {
+        case "add-service":
+          return { cmd: CMD.NEW_SERVICE, service: op.service };
+        case "edit-service":
+          return { cmd: CMD.SET_SERVICE, service: op.service };
+        case "delete-service":
+          return { cmd: CMD.DEL_SERVICE, service: op.service };
+        case "add-dest":
+          return { cmd: CMD.NEW_DEST, service: op.service, dest: op.dest };
+        case "edit-dest":
+          return { cmd: CMD.SET_DEST, service: op.service, dest: op.dest };
+        case "delete-dest":
+          return { cmd: CMD.DEL_DEST, service: op.service, dest: op.dest };
+      }
+    });
+    try {
+      return this.applyBatch(cmds);
+    } catch (e) {
+      // No answer (timeout) or a socket error: none of them is known to have happened.
+      return ops.map(() => e as Error);
+    }
   }
 
   /**
