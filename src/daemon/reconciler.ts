@@ -112,6 +112,7 @@ export class Reconciler {
       // undefined = not sent yet, null = done, an error = what the batch got for it.
       const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(ops) : [undefined];
       const seen = new Set<Error>();
+      const debug = log.debugEnabled();
       ops.forEach((op, i) => {
         const key = serviceKeyString(op.service);
         if (result.failed.has(key)) return; // the rest of a failed service waits for the retry
@@ -123,7 +124,7 @@ export class Reconciler {
           this.counters.writes[op.type]++;
           result.ops++;
           this.markOwned(op, key);
-          log.debug(`IPVS: ${describeOp(op)}`);
+          if (debug) log.debug(`IPVS: ${describeOp(op)}`);
         } catch (e) {
           // A batch without an answer fails every service in it: one error line, not one each.
           this.failed(op, key, e as Error, result, seen.has(e as Error));

@@ -29,6 +29,8 @@ export function log(level: Level, msg: string, fields: Fields = {}): void {
 }
 
 export const debug = (m: string, f?: Fields) => log("debug", m, f);
+/** For hot loops: skip building debug messages that would be dropped. */
+export const debugEnabled = () => order.debug >= order[minLevel];
 export const info = (m: string, f?: Fields) => log("info", m, f);
 export const warn = (m: string, f?: Fields) => log("warn", m, f);
 export const error = (m: string, f?: Fields) => log("error", m, f);
