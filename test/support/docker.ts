@@ -1,4 +1,4 @@
-import { killAtExit } from "./reaper.ts";
+import { spawnServer } from "./reaper.ts";
 // Test harness: a private Docker engine (Debian's dockerd, package docker.io) in a temp dir.
 //
 //   const why = dockerUnavailable();          // undefined, or why dockerd cannot run here
@@ -14,7 +14,7 @@ import { killAtExit } from "./reaper.ts";
 // root filesystem made of Debian's static busybox (no registry is needed). Storage: overlay2,
 // or vfs when overlay2 cannot run a container here (CLUSTERF_DOCKER_STORAGE forces one).
 
-import { existsSync, mkdirSync, rmdirSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, symlinkSync, copyFileSync, chmodSync } from "node:fs";
+import { existsSync, mkdirSync, rmdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, copyFileSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -227,12 +227,7 @@ class Engine implements DockerEngine {
 
   async start(): Promise<void> {
     if (this.pid) throw new Error("dockerd is already running");
-    const fd = openSync(this.logFile, "a");
     const args = [
-      "setpriv",
-      "--pdeathsig",
-      "KILL",
-      "--",
       DOCKERD,
       "--host",
       this.endpoint,
@@ -259,13 +254,7 @@ class Engine implements DockerEngine {
       "--config-file",
       join(this.dir, "daemon.json"),
     ];
-    try {
-      this.proc = Bun.spawn(args, { stdin: "ignore", stdout: fd, stderr: fd });
-    } finally {
-      closeSync(fd);
-    }
-    const pid = this.proc.pid;
-    killAtExit({ pid, exited: this.proc.exited });
+    this.proc = spawnServer(args, this.logFile);
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline) {
       if (!this.pid) throw new Error(`dockerd exited while starting: ${readFileSync(this.logFile, "utf8").split("\n").slice(-8).join("\n")}`);

@@ -1,4 +1,4 @@
-import { killAtExit } from "./reaper.ts";
+import { spawnServer } from "./reaper.ts";
 // Test harness: real etcd processes (the Debian etcd-server binary) on loopback, in temp dirs.
 //
 //   const e = await startEtcd();            // one member, e.clientUrl = "http://127.0.0.1:<port>"
@@ -9,7 +9,7 @@ import { killAtExit } from "./reaper.ts";
 // even when that one is killed; live processes are also killed at "exit". etcd's own output goes
 // to `<dataDir>/../etcd-<name>.log`, never to the console. Temp dirs are removed by stop().
 
-import { mkdtempSync, openSync, closeSync, rmSync, existsSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:net";
@@ -132,12 +132,7 @@ class Member implements EtcdMember {
 
   spawn(): void {
     if (this.running) throw new Error(`etcd ${this.name} is already running`);
-    const fd = openSync(this.logFile, "a");
     const args = [
-      "setpriv",
-      "--pdeathsig",
-      "KILL",
-      "--",
       ETCD_BIN,
       "--name",
       this.name,
@@ -178,13 +173,7 @@ class Member implements EtcdMember {
       "--log-outputs",
       "stderr",
     ];
-    try {
-      this.proc = Bun.spawn(args, { stdin: "ignore", stdout: fd, stderr: fd });
-    } finally {
-      closeSync(fd);
-    }
-    const pid = this.proc.pid;
-    killAtExit({ pid, exited: this.proc.exited });
+    this.proc = spawnServer(args, this.logFile);
   }
 
   private async signal(sig: "SIGTERM" | "SIGKILL"): Promise<void> {
