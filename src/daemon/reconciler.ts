@@ -162,8 +162,9 @@ export class Reconciler {
     const before = this.actual;
     const snapshot: Table = new Map([...before].map(([k, e]) => [k, { service: e.service, dests: new Map(e.dests) }]));
     this.readActual();
-    // Only what this daemon manages counts: a foreign service added by hand is not drift.
-    const drift = countDrift(snapshot, this.actual, (k) => this.owned.has(k) || desired.has(k));
+    // Only what this daemon manages counts: a foreign service added by hand is not drift, nor a
+    // service whose write failed (its cache was dropped on purpose, to be re-read now).
+    const drift = countDrift(snapshot, this.actual, (k) => (this.owned.has(k) || desired.has(k)) && !this.failing.has(k));
     if (drift > 0) {
       this.counters.driftCorrections += drift;
       log.warn("IPVS: the kernel table differs from what this daemon last wrote; correcting", { differences: drift });

@@ -1,12 +1,13 @@
 // One line per event on stderr, with a level and the context (source, key) of what happened.
 
 export type Level = "debug" | "info" | "warn" | "error";
-const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+const order: Record<Level | "off", number> = { debug: 10, info: 20, warn: 30, error: 40, off: 100 };
 
-let minLevel: Level = (process.env.CLUSTERF_LOG_LEVEL as Level) in order ? (process.env.CLUSTERF_LOG_LEVEL as Level) : "info";
+let minLevel: Level | "off" = (process.env.CLUSTERF_LOG_LEVEL as Level) in order ? (process.env.CLUSTERF_LOG_LEVEL as Level) : "info";
 let jsonFormat = false;
 
-export function configureLog(opts: { level?: Level; json?: boolean }): void {
+/** `off` silences everything (tests that make thousands of failures on purpose). */
+export function configureLog(opts: { level?: Level | "off"; json?: boolean }): void {
   if (opts.level) minLevel = opts.level;
   if (opts.json !== undefined) jsonFormat = opts.json;
 }
