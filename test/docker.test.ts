@@ -395,15 +395,16 @@ d("clusterf-docker on a real Docker engine and etcd", () => {
     const { prefix, stateDir } = fresh();
     const [port] = await freePorts(1);
     const url = `http://127.0.0.1:${port}`;
-    const id = await run(["-l", `${S}=met`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const id = await run(["-l", `${S}=met met2`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
     const cd = new ClusterfDocker(prefix, stateDir, [`-metrics-listen=127.0.0.1:${port}`]);
-    await waitKeys(prefix, (k) => k.has(bk("met", id)), "published", 10_000, cd);
+    await waitKeys(prefix, (k) => k.has(bk("met", id)) && k.has(bk("met2", id)), "published", 10_000, cd);
     const metric = async (name: string) => {
       const res = await fetch(`${url}/metrics`).catch((e) => { throw new Error(`${e.message}; exit ${cd.proc.exitCode}; stderr:\n${cd.stderr}`); });
       const line = (await res.text()).split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
       return line ? Number(line.split(" ").pop()) : NaN;
     };
-    expect(await metric("clusterf_docker_backends_published")).toBe(1);
+    expect(await metric("clusterf_docker_backends_published")).toBe(2); // one container, two services
+    expect(await metric("clusterf_docker_containers_published")).toBe(1);
     expect(await metric('clusterf_docker_etcd_writes_total{kind="put"}')).toBeGreaterThanOrEqual(1);
     expect(await metric("clusterf_docker_connected")).toBe(1);
     expect((await fetch(`${url}/healthz`)).status).toBe(200);

@@ -25,6 +25,8 @@ export class DockerDaemon {
   private lastState = new Map<string, string>();
   /** Backend keys this host publishes now (after the last Docker state). */
   published = 0;
+  /** Containers behind those keys (a container with several services counts once). */
+  publishedContainers = 0;
   /** Set once the first full Docker state has been handed to the publisher. */
   synced = false;
 
@@ -80,6 +82,7 @@ export class DockerDaemon {
     for (const id of [...this.lastState.keys()]) if (!seen.has(id)) this.lastState.delete(id);
     if (full) log.info("docker: full state read; resyncing etcd", { containers: state.containers.size, keys: keys.size });
     this.published = keys.size;
+    this.publishedContainers = new Set([...keys.keys()].map((k) => k.slice(k.lastIndexOf("/") + 1))).size;
     this.synced = true;
     this.publisher.setDesired(keys, { reread: full });
   }

@@ -10,6 +10,7 @@ export function dockerMetrics(daemon: DockerDaemon): client.Registry {
     new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
   const gauge = (name: string, help: string, value: () => number) =>
     new client.Gauge({ name, help, registers: [registry], collect() { this.set(value()); } });
+  gauge("clusterf_docker_containers_published", "labelled containers this host publishes", () => daemon.publishedContainers);
   gauge("clusterf_docker_backends_published", "backend keys this host publishes (one per labelled container and service)", () => daemon.published);
   gauge("clusterf_docker_connected", "1 while the Docker engine answers", () => (daemon.watcher.isConnected ? 1 : 0));
   new client.Counter({
