@@ -107,3 +107,39 @@ test("SIGTERM withdraws the route at once; an etcd outage longer than the TTL re
   expect(await mid.stop("SIGTERM")).toBe(0);
   expect(routeValue()).toBe("");
 });
+
+test("a dual-stack route: the IPv6 prefix goes to the IPv6 gateway", async () => {
+  etcdctl("put", "/clusterf/services/web6/frontend", '{"ipv4": "192.0.2.2", "ipv6": "2001:db8::2", "tcp": 80}');
+  etcdctl("put", "/clusterf/services/web6/backends/d", '{"ipv4": "198.51.100.3", "ipv6": "2001:db8:100::3", "tcp": 8080, "weight": 7}');
+  const front = new Daemon([`-etcd-machines=${etcd.clientUrl}`, `-config-path=${frontendDir}`, "-ipvs-mock"]);
+  daemons.push(front);
+  const mid = new Daemon([
+    `-etcd-machines=${etcd.clientUrl}`,
+    `-config-path=${intermediateDir}`,
+    "-ipvs-mock",
+    "-filter-etcd-routes",
+    "-etcd-ttl=2s",
+    "-advertise-route-name=mid6",
+    "-advertise-route-prefix4=198.51.100.0/24",
+    "-advertise-route-gateway4=192.0.2.23",
+    "-advertise-route-prefix6=2001:db8:100::/48",
+    "-advertise-route-gateway6=2001:db8::23",
+    "-advertise-route-ipvs-method=droute",
+  ]);
+  daemons.push(mid);
+  const value = () => etcdctl("get", "--print-value-only", "/clusterf/routes/mid6").trim();
+  await until(() => value() !== "", 15_000, "dual-stack route advertised");
+  expect(JSON.parse(value())).toEqual({
+    Prefix4: "198.51.100.0/24",
+    Gateway4: "192.0.2.23",
+    Prefix6: "2001:db8:100::/48",
+    Gateway6: "2001:db8::23",
+    IpvsMethod: "droute",
+  });
+  const want = ["TCP 192.0.2.2:80 wlc", "-> 192.0.2.23:80 Route 7 0 0", "TCP [2001:db8::2]:80 wlc", "-> [2001:db8::23]:80 Route 7 0 0"];
+  await front.waitFor((t) => want.every((l) => t.includes(l)), 15_000, "frontend: droute to both gateways");
+  expect(await mid.stop("SIGTERM")).toBe(0);
+  expect(value()).toBe("");
+  await front.waitFor((t) => !t.some((l) => l.includes("2001:db8::23") || l.includes("192.0.2.23")), 10_000, "both destinations gone with the route");
+  expect(await front.stop("SIGTERM")).toBe(0);
+});
