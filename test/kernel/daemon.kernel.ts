@@ -185,6 +185,10 @@ describe("end to end with traffic", () => {
       await Bun.sleep(250);
     }
     expect(destMetric("clusterf_ipvs_dest_packets_in_total", "b1")).toBeGreaterThanOrEqual(12 * 3);
+    const serviceLine = must("ip netns exec cf-lb curl -s http://127.0.0.1:9112/metrics")
+      .split("\n")
+      .find((l) => l.startsWith('clusterf_ipvs_service_connections_total{service="http",vip="inet+tcp://192.0.2.1:80"}'));
+    expect(serviceLine?.split(" ").pop()).toBe("16");
     expect(destMetric("clusterf_ipvs_dest_bytes_out_total", "b2")).toBeGreaterThan(0);
 
     // Two long-lived connections through the echo VIP: rr puts one on each backend.

@@ -50,6 +50,12 @@ describe("a refused service and drift, seen in the metrics", () => {
     expect(refusals[0]).toContain("nosuch");
     expect(curl("/healthz")).toMatch(/refused by the kernel: bad \(inet\+tcp:\/\/192\.0\.2\.12:443\)\n\n200$/);
     expect(metric("clusterf_ipvs_netlink_errors_total")).toBeGreaterThanOrEqual(2);
+    // The rest of the daemon's own metrics: writes by kind, sync durations, the last good sync.
+    expect(metric('clusterf_ipvs_operations_total{op="add-service"}')).toBe(2);
+    expect(metric('clusterf_ipvs_operations_total{op="add-dest"}')).toBe(3);
+    expect(metric('clusterf_ipvs_sync_duration_seconds_count{kind="full"}')).toBe(1);
+    expect(metric('clusterf_ipvs_sync_duration_seconds_count{kind="resync"}')).toBeGreaterThanOrEqual(2);
+    expect(metric("clusterf_ipvs_last_sync_timestamp_seconds")! * 1000).toBeGreaterThan(Date.now() - 5000);
     expect(kernelTable(ns)).toEqual([good, other]);
 
     // Drift: a destination deleted, a weight changed, a destination added to ours, and a foreign
