@@ -108,8 +108,8 @@ export class Reconciler {
       // The fast path sends every write at once (many to a netlink message); a write that fails
       // there is tried again alone, in order, through the answer mapping (EEXIST on add → edit,
       // ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
-      // retry re-reads the kernel.
-      // undefined = not sent yet, null = done, an error = what the batch got for it.
+      // retry re-reads the kernel. Per write: undefined = not sent yet (a single write goes
+      // straight to the mapping), null = done, an error = what the batch got for it.
       const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(ops) : [undefined];
       const seen = new Set<Error>();
       const debug = log.debugEnabled();
