@@ -30,16 +30,16 @@ async function until(pred: () => boolean, timeoutMs: number, what: string): Prom
   return Date.now() - t0;
 }
 
-function intermediate(): Daemon {
+/** An intermediate host's daemon advertising routes/NAME (IPv4 by default; `route` adds or replaces flags). */
+function intermediate(name = "mid1", route: string[] = ["-advertise-route-prefix4=198.51.100.0/24", "-advertise-route-gateway4=192.0.2.21"]): Daemon {
   const d = new Daemon([
     `-etcd-machines=${etcd.clientUrl}`,
     `-config-path=${intermediateDir}`,
     "-ipvs-mock",
     "-filter-etcd-routes",
     "-etcd-ttl=2s",
-    "-advertise-route-name=mid1",
-    "-advertise-route-prefix4=198.51.100.0/24",
-    "-advertise-route-gateway4=192.0.2.21",
+    `-advertise-route-name=${name}`,
+    ...route,
     "-advertise-route-ipvs-method=droute",
   ]);
   daemons.push(d);
@@ -113,20 +113,12 @@ test("a dual-stack route: the IPv6 prefix goes to the IPv6 gateway", async () =>
   etcdctl("put", "/clusterf/services/web6/backends/d", '{"ipv4": "198.51.100.3", "ipv6": "2001:db8:100::3", "tcp": 8080, "weight": 7}');
   const front = new Daemon([`-etcd-machines=${etcd.clientUrl}`, `-config-path=${frontendDir}`, "-ipvs-mock"]);
   daemons.push(front);
-  const mid = new Daemon([
-    `-etcd-machines=${etcd.clientUrl}`,
-    `-config-path=${intermediateDir}`,
-    "-ipvs-mock",
-    "-filter-etcd-routes",
-    "-etcd-ttl=2s",
-    "-advertise-route-name=mid6",
+  const mid = intermediate("mid6", [
     "-advertise-route-prefix4=198.51.100.0/24",
     "-advertise-route-gateway4=192.0.2.23",
     "-advertise-route-prefix6=2001:db8:100::/48",
     "-advertise-route-gateway6=2001:db8::23",
-    "-advertise-route-ipvs-method=droute",
   ]);
-  daemons.push(mid);
   const value = () => etcdctl("get", "--print-value-only", "/clusterf/routes/mid6").trim();
   await until(() => value() !== "", 15_000, "dual-stack route advertised");
   expect(JSON.parse(value())).toEqual({
