@@ -64,10 +64,6 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
 }
 
 /**
- * An `Etcd3` client from the -etcd-* options (TLS files read here, auth passed on). `extra`
- * is merged into the library options last (fault handling, gRPC options…).
- */
-/**
  * etcd3 fault handling that passes every call straight through: for callers that retry on their
  * own (the lease keepers), so that etcd3's circuit breaker never refuses a call after an outage.
  * execute() is async: the pool reports a failed stream by running a throwing function through it
@@ -80,6 +76,10 @@ export function passThroughFaultHandling(): Partial<IOptions> {
   return { faultHandling: { host: () => passThrough as never, global: passThrough as never } };
 }
 
+/**
+ * An `Etcd3` client from the -etcd-* options (TLS files read here, auth passed on). `extra`
+ * is merged into the library options last (fault handling, gRPC options…).
+ */
 export function makeEtcdClient(opts: EtcdClientOptions, extra: Partial<IOptions> = {}): Etcd3 {
   const hosts = opts.endpoints.map((e) => e.trim()).filter((e) => e !== "");
   if (hosts.length === 0) throw new Error("etcd: no endpoints given");
