@@ -1,15 +1,13 @@
 // clusterf-docker metrics (CONTRACT §8): backends published, etcd writes, lease keep-alive failures.
 import client from "prom-client";
 import type { DockerDaemon } from "../docker/daemon.ts";
-import type { Health } from "./server.ts";
+import { scrapedMetric, type Health } from "./server.ts";
 
 export function dockerMetrics(daemon: DockerDaemon): client.Registry {
   const registry = new client.Registry();
   const stats = daemon.publisher.stats;
-  const counter = (name: string, help: string, value: () => number) =>
-    new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
-  const gauge = (name: string, help: string, value: () => number) =>
-    new client.Gauge({ name, help, registers: [registry], collect() { this.set(value()); } });
+  const counter = (name: string, help: string, value: () => number) => scrapedMetric(registry, "counter", name, help, value);
+  const gauge = (name: string, help: string, value: () => number) => scrapedMetric(registry, "gauge", name, help, value);
   gauge("clusterf_docker_containers_published", "labelled containers this host publishes", () => daemon.publishedContainers);
   gauge("clusterf_docker_backends_published", "backend keys this host publishes (one per labelled container and service)", () => daemon.published);
   gauge("clusterf_docker_connected", "1 while the Docker engine answers", () => (daemon.watcher.isConnected ? 1 : 0));

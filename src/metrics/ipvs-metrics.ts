@@ -4,7 +4,7 @@
 import client from "prom-client";
 import type { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { destKeyString, serviceKeyString, type ObservedService, type Stats } from "../ipvs/types.ts";
-import type { Health } from "./server.ts";
+import { scrapedMetric, type Health } from "./server.ts";
 
 const STAT_FIELDS: [keyof Stats, string, string][] = [
   ["connections", "connections_total", "connections scheduled"],
@@ -101,13 +101,8 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
       for (const [op, n] of Object.entries(daemon.reconciler.counters.writes)) this.inc({ op }, n);
     },
   });
-  const simple = (name: string, help: string, value: () => number, type: "counter" | "gauge" = "counter") => {
-    if (type === "counter") {
-      new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
-    } else {
-      new client.Gauge({ name, help, registers: [registry], collect() { this.set(value()); } });
-    }
-  };
+  const simple = (name: string, help: string, value: () => number, type: "counter" | "gauge" = "counter") =>
+    scrapedMetric(registry, type, name, help, value);
   new client.Counter({
     name: "clusterf_config_errors_total",
     help: "bad config values refused (the last good value stayed in force), by source",

@@ -1,7 +1,7 @@
 // The -metrics-listen HTTP endpoint shared by both daemons: Prometheus text at /metrics and a
 // health answer at /healthz (200 when healthy, 503 with the reason otherwise).
 
-import type { Registry } from "prom-client";
+import client, { type Registry } from "prom-client";
 import * as log from "../util/log.ts";
 
 export interface Health {
@@ -59,5 +59,14 @@ export function startMetrics(listen: string, registry: () => Registry, health: (
   } catch (e) {
     log.error(`metrics: cannot listen on ${listen}: ${(e as Error).message}`);
     return null;
+  }
+}
+
+/** A counter or gauge without labels whose value is read from the daemon at each scrape. */
+export function scrapedMetric(registry: Registry, type: "counter" | "gauge", name: string, help: string, value: () => number): void {
+  if (type === "counter") {
+    new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
+  } else {
+    new client.Gauge({ name, help, registers: [registry], collect() { this.set(value()); } });
   }
 }
