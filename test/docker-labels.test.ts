@@ -134,6 +134,12 @@ describe("bad labels: a warning naming the container and the label; the rest sti
       [/service name "\."/, /service name "\.\."/],
     ],
     [
+      "a service name over 255 characters",
+      { labels: { [S]: `web ${"x".repeat(256)}`, [`${B}.tcp`]: "80" }, exposed: ["80/tcp"] },
+      { web: { ipv4: "198.51.100.2", tcp: 80, weight: 10 } },
+      [/service name "x{256}" is not a valid key name/],
+    ],
+    [
       "bad weight: default weight",
       { labels: { [S]: "web", [`${B}.tcp`]: "80", [`${B}:web.weight`]: "heavy" }, exposed: ["80/tcp"] },
       { web: { ipv4: "198.51.100.2", tcp: 80, weight: 10 } },

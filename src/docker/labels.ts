@@ -11,6 +11,7 @@
 // A bad label skips only what it describes: that port (or that service, when no port is left),
 // never the container's other services.
 
+import { parseKeyPath } from "../config/store.ts";
 import { DEFAULT_WEIGHT, MAX_WEIGHT, parseIPv4, parseIPv6, type Backend } from "../config/values.ts";
 
 export const LABEL_SERVICE = "net.qmsk.clusterf.service";
@@ -56,7 +57,8 @@ export interface ContainerBackends {
 
 /** A service name that clusterf-ipvs accepts as one key segment. */
 export function validServiceName(name: string): boolean {
-  return name !== "" && name !== "." && name !== ".." && !/[/\s\u0000-\u001f\u007f]/.test(name);
+  // The readers' own rule for a key name (clusterf-ipvs would skip the key otherwise).
+  return parseKeyPath(`services/${name}/frontend`) !== undefined;
 }
 
 /** A whole decimal number in min…max, or undefined. */
