@@ -278,4 +278,66 @@ describe("reconciler error mapping against the in-memory table", () => {
     expect(r.failing.size).toBe(0);
     expect(ipvs.list()).toHaveLength(2);
   });
+
+  test("a destination that leaves the config with active connections drains (weight 0) and goes when they end", () => {
+    const ipvs = new MemoryIpvsTable();
+    const r = new Reconciler(ipvs, { drainMs: 60_000 });
+    const d2: Dest = { ...d, address: "198.51.100.2", weight: 7 };
+    const d3: Dest = { ...d, address: "198.51.100.3", weight: 4 };
+    const entry = (...ds: Dest[]): Table => new Map([[serviceKeyString(svc), { service: svc, dests: new Map(ds.map((x) => [destKeyString(x), x])) }]]);
+    const weights = () => Object.fromEntries(ipvs.list()[0]!.dests.map((x) => [x.address, x.weight]));
+    r.sync(entry(d, d2, d3));
+    ipvs.activeConnections.set(`${serviceKeyString(svc)}|${destKeyString(d2)}`, 3);
+
+    // d2 (3 connections) and d3 (none) leave: d3 is deleted, d2 drains.
+    expect(r.sync(entry(d))).toMatchObject({ ops: 2, errors: 0 });
+    expect(weights()).toEqual({ "198.51.100.1": 10, "198.51.100.2": 0 });
+    expect(r.sync(entry(d)).ops).toBe(0); // stable while draining
+    expect(r.resync(entry(d)).ops).toBe(0);
+    expect(r.counters.driftCorrections).toBe(0);
+    expect(r.releaseDrained()).toEqual([]);
+
+    // Its connections end: released, then deleted by the sync of that service.
+    ipvs.activeConnections.delete(`${serviceKeyString(svc)}|${destKeyString(d2)}`);
+    expect(r.releaseDrained()).toEqual([serviceKeyString(svc)]);
+    expect(r.sync(entry(d), [serviceKeyString(svc)]).ops).toBe(1);
+    expect(weights()).toEqual({ "198.51.100.1": 10 });
+    expect(r.draining.size).toBe(0);
+
+    // Back in the config while draining: its weight returns, the drain is forgotten.
+    r.sync(entry(d, d2));
+    ipvs.activeConnections.set(`${serviceKeyString(svc)}|${destKeyString(d2)}`, 1);
+    r.sync(entry(d));
+    expect(weights()["198.51.100.2"]).toBe(0);
+    r.sync(entry(d, d2));
+    expect(weights()["198.51.100.2"]).toBe(7);
+    expect(r.draining.size).toBe(0);
+
+    // Time is up: deleted even with connections left.
+    r.sync(entry(d));
+    expect(r.releaseDrained(Date.now() + 59_000)).toEqual([]);
+    expect(r.releaseDrained(Date.now() + 61_000)).toEqual([serviceKeyString(svc)]);
+    r.sync(entry(d));
+    expect(weights()).toEqual({ "198.51.100.1": 10 });
+  });
+
+  test("no drain for UDP, with drainMs 0, or when the whole service goes", () => {
+    const udp: Service = { ...svc, protocol: "udp" };
+    for (const [service, drainMs] of [[udp, 60_000], [svc, 0]] as const) {
+      const ipvs = new MemoryIpvsTable();
+      const r = new Reconciler(ipvs, { drainMs });
+      r.sync(new Map([[serviceKeyString(service), { service, dests: new Map([[destKeyString(d), d]]) }]]));
+      ipvs.activeConnections.set(`${serviceKeyString(service)}|${destKeyString(d)}`, 5);
+      expect(r.sync(new Map([[serviceKeyString(service), { service, dests: new Map() }]])).ops).toBe(1);
+      expect(ipvs.list()[0]!.dests).toEqual([]);
+      expect(r.draining.size).toBe(0);
+    }
+    const ipvs = new MemoryIpvsTable();
+    const r = new Reconciler(ipvs, { drainMs: 60_000 });
+    r.sync(desired);
+    ipvs.activeConnections.set(`${serviceKeyString(svc)}|${destKeyString(d)}`, 5);
+    r.sync(new Map());
+    expect(ipvs.list()).toEqual([]);
+    expect(r.draining.size).toBe(0);
+  });
 });

@@ -39,6 +39,12 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "ipvs-noop", type: "bool", default: false, help: "read the kernel table, log the writes it would make, make none" },
   { name: "ipvs-debug", type: "bool", default: false, help: "log every netlink request and answer" },
   { name: "ipvs-resync", type: "duration", default: 60_000, help: "re-read the kernel table and correct drift this often; 0 = never" },
+  {
+    name: "ipvs-drain-removed",
+    type: "duration",
+    default: 60_000,
+    help: "a TCP/SCTP backend that leaves the config while it has active connections stays at weight 0 until they end, this long at most; 0 = delete at once",
+  },
   { name: "flush", type: "bool", default: false, help: "clear the whole IPVS table at start instead of a soft restart" },
   { name: "print", type: "bool", default: false, help: "print the table (ipvsadm -Ln layout) after each apply" },
   { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied)" },
@@ -127,6 +133,8 @@ export async function main(argv: string[]): Promise<number> {
     noop: flags["ipvs-noop"] as boolean,
     stateDir: flags["ipvs-mock"] ? undefined : (flags["state-dir"] as string) || undefined,
     resyncMs: flags.once ? 0 : (flags["ipvs-resync"] as number),
+    // -once cannot wait for connections to end: it deletes at once.
+    drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),
   });
 
   const firstApply = daemon.nextApply();

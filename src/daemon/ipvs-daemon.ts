@@ -24,6 +24,10 @@ export interface IpvsDaemonOptions {
   resyncMs: number;
   /** Retry delay after failed writes. */
   retryMs?: number;
+  /** See ReconcilerOptions.drainMs: removed destinations with active connections drain first. */
+  drainMs?: number;
+  /** How often draining destinations are checked for connections left (default 1 s). */
+  drainCheckMs?: number;
 }
 
 export type SyncKind = "full" | "incremental" | "resync";
@@ -49,6 +53,7 @@ export class IpvsDaemon implements SourceSink {
   private scheduled = false;
   private resyncTimer?: ReturnType<typeof setInterval>;
   private retryTimer?: ReturnType<typeof setTimeout>;
+  private drainTimer?: ReturnType<typeof setTimeout>;
   private retries = 0;
   private applyListeners: ((r: SyncResult) => void)[] = [];
   private syncListeners: ((kind: SyncKind, ms: number, r: SyncResult) => void)[] = [];
@@ -65,7 +70,7 @@ export class IpvsDaemon implements SourceSink {
       onSkipped: (p) => log.info(`config: ${p.message}`, { source: p.source, key: p.key }),
     });
     this.desired = new DesiredTable(opts.desired, (m, f) => log.warn(`config: ${m}`, f));
-    this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir });
+    this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs });
     for (const s of sources) this.waiting.add(s.name);
   }
 
@@ -83,6 +88,7 @@ export class IpvsDaemon implements SourceSink {
   async stop(): Promise<void> {
     clearInterval(this.resyncTimer);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.drainTimer);
     await Promise.all(this.sources.map((s) => s.stop()));
     this.reconciler.ipvs.close();
   }
@@ -173,6 +179,23 @@ export class IpvsDaemon implements SourceSink {
     return result;
   }
 
+  private scheduleDrainCheck(): void {
+    if (this.reconciler.draining.size === 0 || this.drainTimer) return;
+    this.drainTimer = setTimeout(() => {
+      this.drainTimer = undefined;
+      this.releaseDrained();
+    }, this.opts.drainCheckMs ?? 1000);
+  }
+
+  /** Deletes the draining destinations whose connections have ended (or whose time is up). */
+  private releaseDrained(): void {
+    const t0 = performance.now();
+    const keys = this.reconciler.releaseDrained();
+    if (keys.length === 0) return this.scheduleDrainCheck();
+    const result = this.reconciler.sync(this.desired.table, keys);
+    this.finish("incremental", result, performance.now() - t0);
+  }
+
   /** Re-reads the kernel and corrects drift (periodic, and the retry after failed writes). */
   resync(): SyncResult | undefined {
     if (!this.started) return undefined;
@@ -209,6 +232,7 @@ export class IpvsDaemon implements SourceSink {
     } else if (result.errors === 0) {
       this.retries = 0;
     }
+    this.scheduleDrainCheck();
     for (const l of this.syncListeners) l(kind, ms, result);
     if (this.opts.print) this.opts.print(this.formatActual());
     const listeners = this.applyListeners;

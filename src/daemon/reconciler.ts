@@ -12,7 +12,9 @@ import {
   SVC_F_HASHED,
   destKeyString,
   serviceKeyString,
+  type Dest,
   type IpvsTable,
+  type ObservedDest,
   type ObservedService,
   writeOne,
 } from "../ipvs/types.ts";
@@ -23,6 +25,18 @@ export interface ReconcilerOptions {
   noop?: boolean;
   /** Where the set of services this daemon created is kept; undefined = memory only. */
   stateDir?: string;
+  /**
+   * A TCP or SCTP destination that leaves the config while it has active connections stays at
+   * weight 0 until they end, this long at most (the kernel drops the packets of connections whose
+   * destination is deleted). 0 or undefined = delete at once.
+   */
+  drainMs?: number;
+}
+
+/** A destination kept at weight 0 after it left the config, until its connections end. */
+export interface DrainingDest {
+  dest: Dest;
+  until: number;
 }
 
 export interface SyncResult {
@@ -60,6 +74,10 @@ export class Reconciler {
    * reported in logs and metrics while the other services are programmed; retried by resyncs.
    */
   readonly failing = new Map<string, string>();
+  /** Destinations kept at weight 0 after they left the config (service key → dest key → …). */
+  readonly draining = new Map<string, Map<string, DrainingDest>>();
+  /** "service|dest" of drains just ended: the next sync deletes them, whatever their connections. */
+  private drained = new Set<string>();
   private ownedDirty = false;
 
   constructor(
@@ -93,7 +111,14 @@ export class Reconciler {
   /** Brings the given keys (all when omitted) of the actual table to the desired state. */
   sync(desired: Table, keys?: Iterable<string>): SyncResult {
     const scope = keys ? new Set(keys) : undefined;
-    const ops = diffTables(desired, this.actual, (k) => this.owned.has(k) || desired.has(k), scope);
+    const owned = (k: string) => this.owned.has(k) || desired.has(k);
+    this.forgetDraining(desired, scope);
+    let target = this.withDraining(desired);
+    let ops = diffTables(target, this.actual, owned, scope);
+    if (this.startDraining(ops, target)) {
+      target = this.withDraining(desired);
+      ops = diffTables(target, this.actual, owned, scope);
+    }
     const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
     if (!this.opts.noop) {
       // Ownership is saved before the services are created: a daemon killed in the middle of a
@@ -139,6 +164,119 @@ export class Reconciler {
     }
     this.saveOwned();
     return result;
+  }
+
+  // ---- removed destinations with active connections (drain instead of delete)
+
+  /** Drops draining entries that the config describes again, or whose service left the config. */
+  private forgetDraining(desired: Table, scope: Set<string> | undefined): void {
+    for (const id of this.drained) {
+      const [key, dk] = id.split("|") as [string, string];
+      if (!desired.get(key) || desired.get(key)!.dests.has(dk)) this.drained.delete(id);
+    }
+    for (const [key, dests] of this.draining) {
+      if (scope && !scope.has(key)) continue;
+      const want = desired.get(key);
+      if (!want) {
+        this.draining.delete(key);
+        continue;
+      }
+      for (const dk of dests.keys()) if (want.dests.has(dk)) dests.delete(dk);
+      if (dests.size === 0) this.draining.delete(key);
+    }
+  }
+
+  /** The desired table plus the draining destinations at weight 0. */
+  private withDraining(desired: Table): Table {
+    if (this.draining.size === 0) return desired;
+    const t: Table = new Map(desired);
+    for (const [key, dests] of this.draining) {
+      const e = desired.get(key);
+      if (!e) continue;
+      const merged = new Map(e.dests);
+      for (const [dk, d] of dests) merged.set(dk, d.dest);
+      t.set(key, { ...e, dests: merged });
+    }
+    return t;
+  }
+
+  /**
+   * Turns the deletes of TCP/SCTP destinations that still carry active connections into drains
+   * (weight 0, deleted later by releaseDrained()). Asks the kernel for the connection counts of
+   * those services only. True when anything started draining.
+   */
+  private startDraining(ops: Op[], target: Table): boolean {
+    const drainMs = this.opts.drainMs ?? 0;
+    if (drainMs <= 0 || this.opts.noop) return false;
+    const byService = new Map<string, Op[]>();
+    for (const op of ops) {
+      if (op.type !== "delete-dest" || op.service.protocol === "udp") continue;
+      const key = serviceKeyString(op.service);
+      if (!target.has(key)) continue;
+      byService.set(key, [...(byService.get(key) ?? []), op]);
+    }
+    let started = false;
+    for (const [key, dels] of byService) {
+      let observed: ObservedDest[];
+      try {
+        observed = this.ipvs.listDests(dels[0]!.service);
+      } catch {
+        continue; // unknown: delete as asked (the service may be gone already)
+      }
+      const active = new Map(observed.map((d) => [destKeyString(d), d]));
+      for (const op of dels) {
+        if (op.type !== "delete-dest") continue;
+        const dk = destKeyString(op.dest);
+        if (this.drained.delete(`${key}|${dk}`)) continue;
+        const o = active.get(dk);
+        if (!o || !o.activeConnections) continue;
+        const current = this.actual.get(key)?.dests.get(dk) ?? o;
+        let dests = this.draining.get(key);
+        if (!dests) this.draining.set(key, (dests = new Map()));
+        dests.set(dk, { dest: { ...current, weight: 0 }, until: Date.now() + drainMs });
+        started = true;
+        log.info("IPVS: a destination that left the config still has active connections; weight 0 until they end", {
+          service: key,
+          dest: dk,
+          active: o.activeConnections,
+          at_most_s: Math.round(drainMs / 1000),
+        });
+      }
+    }
+    return started;
+  }
+
+  /**
+   * Ends the drains whose connections are gone, or whose time is up; returns the service keys
+   * to sync (their destinations are then deleted).
+   */
+  releaseDrained(now = Date.now()): string[] {
+    const keys: string[] = [];
+    for (const [key, dests] of this.draining) {
+      const svc = this.actual.get(key)?.service;
+      let observed = new Map<string, ObservedDest>();
+      try {
+        if (svc) observed = new Map(this.ipvs.listDests(svc).map((d) => [destKeyString(d), d]));
+      } catch {
+        /* the service is gone: nothing left to drain */
+      }
+      let released = false;
+      for (const [dk, d] of dests) {
+        const active = observed.get(dk)?.activeConnections ?? 0;
+        if (active > 0 && now < d.until) continue;
+        dests.delete(dk);
+        this.drained.add(`${key}|${dk}`);
+        released = true;
+        log.info(active > 0 ? "IPVS: drain time is up; deleting the destination" : "IPVS: drained destination has no connections left; deleting it", {
+          service: key,
+          dest: dk,
+          active,
+        });
+      }
+      if (dests.size === 0) this.draining.delete(key);
+      if (released) keys.push(key);
+    }
+    return keys;
   }
 
   private failed(op: Op, key: string, e: Error, result: SyncResult, logged: boolean): void {

@@ -10,6 +10,7 @@ import {
   type DestKey,
   type IpvsInfo,
   type IpvsTable,
+  type ObservedDest,
   type ObservedService,
   type Op,
   writeEach,
@@ -36,10 +37,19 @@ export class MemoryIpvsTable implements IpvsTable {
   }
 
   list(): ObservedService[] {
-    return [...this.rows.values()].map((r) => ({
-      ...r.service,
-      dests: [...r.dests.values()].map((d) => ({ ...d, activeConnections: 0, inactiveConnections: 0 })),
-    }));
+    return [...this.rows.values()].map((r) => ({ ...r.service, dests: this.observed(r) }));
+  }
+
+  listDests(service: ServiceKey): ObservedDest[] {
+    return this.observed(this.row(service));
+  }
+
+  /** Active connections per "service|dest" key: set by tests (the fake has no traffic). */
+  readonly activeConnections = new Map<string, number>();
+
+  private observed(r: Row): ObservedDest[] {
+    const svc = serviceKeyString(r.service);
+    return [...r.dests.values()].map((d) => ({ ...d, activeConnections: this.activeConnections.get(`${svc}|${destKeyString(d)}`) ?? 0, inactiveConnections: 0 }));
   }
 
   private row(key: ServiceKey): Row {

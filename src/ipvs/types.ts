@@ -99,6 +99,8 @@ export interface IpvsTable {
   info(): IpvsInfo;
   /** Every service with its destinations (and stats where the backend has them). */
   list(): ObservedService[];
+  /** One service's destinations with their connection counts (one small dump). */
+  listDests(service: ServiceKey): ObservedDest[];
   addService(service: Service): void;
   editService(service: Service): void;
   deleteService(key: ServiceKey): void;

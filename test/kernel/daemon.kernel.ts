@@ -138,7 +138,7 @@ describe("end to end with traffic", () => {
     must(`for i in $(seq ${n}); do ip netns exec cf-cli curl --noproxy '*' -s -m 2 http://192.0.2.1/ || echo FAIL; done`).trim().split("\n");
   const count = (lines: string[], who: string) => lines.filter((l) => l === `hello from ${who}`).length;
 
-  test("balanced by weight, drained by weight 0, and a long-lived connection survives drain and restart", async () => {
+  test("balanced by weight, drained by weight 0, and a long-lived connection survives drain, restart and removal", async () => {
     for (const n of ["cf-lb", "cf-cli", "cf-b1", "cf-b2"]) netns(n);
     must("ip netns exec cf-lb sysctl -qw net.ipv4.ip_forward=1 && ip -n cf-lb addr add 192.0.2.1/32 dev lo");
     link("cf-cli", "203.0.113.2", "203.0.113.1", 30);
@@ -213,11 +213,22 @@ describe("end to end with traffic", () => {
     await d.waitFor((t) => t.length === 6, 20_000, "table after restart");
     await until(() => /IPVS: applied kind=full writes=0/.test(d.stderr), 3000, () => d.stderr);
 
+    // b2 leaves the echo service's config altogether while a connection is on it: the kernel
+    // would drop that connection's packets once the destination is deleted, so it stays at
+    // weight 0 until the connection ends (-ipvs-drain-removed), then goes.
+    rmSync(join(dir, "services/echo/backends/b2"));
+    await until(() => d.stderr.includes("still has active connections; weight 0 until they end"), 10_000, () => d.stderr);
+    await Bun.sleep(1500); // a few drain checks: the connection is still there
+    expect(kernelTable("cf-lb")).toContain("TCP 192.0.2.1:9000 rr\n-> 198.51.100.2:9000 Masq 1 1 0\n-> 198.51.100.6:9000 Masq 0 1 0");
+
     writeFileSync(go, "");
     const outputs = await Promise.all(holds.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text() })));
     const lines = outputs.flatMap((o) => o.out.trim().split("\n")).sort();
     expect(outputs.map((o) => o.code)).toEqual([0, 0]);
     expect(lines).toEqual(["b1:1", "b1:2", "b2:1", "b2:2"]);
+    // Its connection closed: the drained destination is deleted.
+    await d.waitFor((t) => t.length === 5 && !t.some((l) => l.startsWith("-> 198.51.100.6:9000")), 10_000, "b2 deleted after its connection ended");
+    expect(kernelTable("cf-lb").join("\n")).not.toContain("198.51.100.6:9000");
     expect(await d.stop("SIGTERM")).toBe(0);
   });
 });

@@ -11,6 +11,7 @@ import {
   type IpvsErrorCode,
   type IpvsInfo,
   type IpvsTable,
+  type ObservedDest,
   type ObservedService,
   type Op,
   type Service,
@@ -259,15 +260,17 @@ export class KernelIpvsTable implements IpvsTable {
       }
       services.push(svc);
     });
-    for (const svc of services) {
-      const fam = svc.family;
-      const dests = svc.dests;
-      this.exec({ cmd: CMD.GET_DEST, service: svc }, (buf, dv, off, end) => {
-        const a = findAttr(dv, off, end, CMD_ATTR_DEST);
-        if (a) dests.push(decodeDest(buf, dv, a[0], a[0] + a[1], fam));
-      });
-    }
+    for (const svc of services) svc.dests.push(...this.listDests(svc));
     return services;
+  }
+
+  listDests(service: ServiceKey): ObservedDest[] {
+    const dests: ObservedDest[] = [];
+    this.exec({ cmd: CMD.GET_DEST, service }, (buf, dv, off, end) => {
+      const a = findAttr(dv, off, end, CMD_ATTR_DEST);
+      if (a) dests.push(decodeDest(buf, dv, a[0], a[0] + a[1], service.family));
+    });
+    return dests;
   }
 
   addService(service: Service): void {
