@@ -128,6 +128,12 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
   simple("clusterf_etcd_connected", "1 when the etcd source is connected (0 when down or not configured)", () => (daemon.sourceUp.etcd ? 1 : 0), "gauge");
   simple("clusterf_ipvs_last_sync_timestamp_seconds", "when the table was last brought to the desired state without errors", () => daemon.counters.lastSyncAt / 1000, "gauge");
   simple("clusterf_ipvs_services", "IPVS services in the desired table", () => daemon.desired.table.size, "gauge");
+  simple(
+    "clusterf_ipvs_draining_destinations",
+    "destinations that left the config but stay at weight 0 until their active connections end (-ipvs-drain-removed)",
+    () => [...daemon.reconciler.draining.values()].reduce((n, m) => n + m.size, 0),
+    "gauge",
+  );
   return registry;
 }
 

@@ -208,7 +208,7 @@ describe("end to end with traffic", () => {
 
     // Restart the daemon: no flush, the connections stay.
     expect(await d.stop("SIGTERM")).toBe(0);
-    d = new Daemon(args, {}, ["ip", "netns", "exec", "cf-lb"]);
+    d = new Daemon([...args, "-metrics-listen=127.0.0.1:9112"], {}, ["ip", "netns", "exec", "cf-lb"]);
     children.push(d.proc);
     await d.waitFor((t) => t.length === 6, 20_000, "table after restart");
     await until(() => /IPVS: applied kind=full writes=0/.test(d.stderr), 3000, () => d.stderr);
@@ -220,6 +220,7 @@ describe("end to end with traffic", () => {
     await until(() => d.stderr.includes("still has active connections; weight 0 until they end"), 10_000, () => d.stderr);
     await Bun.sleep(1500); // a few drain checks: the connection is still there
     expect(kernelTable("cf-lb")).toContain("TCP 192.0.2.1:9000 rr\n-> 198.51.100.2:9000 Masq 1 1 0\n-> 198.51.100.6:9000 Masq 0 1 0");
+    expect(must("ip netns exec cf-lb curl -s http://127.0.0.1:9112/metrics")).toContain("\nclusterf_ipvs_draining_destinations 1\n");
 
     writeFileSync(go, "");
     const outputs = await Promise.all(holds.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text() })));
