@@ -147,6 +147,46 @@ describe("diff", () => {
     }
   });
 
+  test("property: with connections on random destinations, removals drain (weight 0, never deleted) and the table converges once they end", () => {
+    configureLog({ level: "off" });
+    try {
+      fc.assert(
+        fc.property(arbTable, arbTable, fc.array(fc.nat(40), { maxLength: 12 }), (first, second, busy) => {
+          const ipvs = new MemoryIpvsTable();
+          const r = new Reconciler(ipvs, { drainMs: 60_000 });
+          r.sync(first);
+          // Some destinations of the first table carry connections.
+          const all = ipvs.list().flatMap((s) => s.dests.map((x) => `${serviceKeyString(s)}|${destKeyString(x)}`));
+          for (const i of busy) if (all.length) ipvs.activeConnections.set(all[i % all.length]!, 1 + (i % 3));
+          r.sync(second);
+          // Every busy TCP/SCTP destination of a service that stays is still there, at weight 0
+          // unless the config still wants it.
+          for (const s of ipvs.list()) {
+            for (const x of s.dests) {
+              const want = second.get(serviceKeyString(s))?.dests.get(destKeyString(x));
+              expect(want ? x.weight === want.weight : x.weight === 0).toBe(true);
+            }
+          }
+          for (const id of ipvs.activeConnections.keys()) {
+            const [key, dk] = id.split("|") as [string, string];
+            // A busy TCP destination of a service that stays is never deleted while busy.
+            const inKernel = ipvs.list().some((s) => serviceKeyString(s) === key && s.dests.some((x) => destKeyString(x) === dk));
+            if (second.has(key) && !key.includes("+udp:")) expect(inKernel).toBe(true);
+          }
+          // The connections end: released, deleted, and the table is the config.
+          ipvs.activeConnections.clear();
+          r.sync(second, r.releaseDrained());
+          const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
+          expect(listed).toEqual(second);
+          expect(r.draining.size).toBe(0);
+        }),
+        { seed: 6, numRuns: 300 },
+      );
+    } finally {
+      configureLog({ level: "info" });
+    }
+  });
+
   test("only config fields changing → edits in place, never delete+add", () => {
     const svc: Service = { family: "inet", protocol: "tcp", address: "192.0.2.1", port: 80, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 };
     const d: Dest = { address: "198.51.100.1", port: 80, method: "masq", weight: 10, upperThreshold: 0, lowerThreshold: 0 };
@@ -313,8 +353,19 @@ describe("reconciler error mapping against the in-memory table", () => {
     expect(weights()["198.51.100.2"]).toBe(7);
     expect(r.draining.size).toBe(0);
 
-    // Time is up: deleted even with connections left.
+    // Deleted by hand while draining: not brought back.
+    r.sync(entry(d, d2));
     r.sync(entry(d));
+    expect(r.draining.size).toBe(1);
+    ipvs.deleteDest(svc, d2);
+    expect(r.resync(entry(d)).ops).toBe(0);
+    expect(weights()).toEqual({ "198.51.100.1": 10 });
+    expect(r.draining.size).toBe(0);
+
+    // Time is up: deleted even with connections left.
+    r.sync(entry(d, d2));
+    r.sync(entry(d));
+    expect(r.draining.size).toBe(1);
     expect(r.releaseDrained(Date.now() + 59_000)).toEqual([]);
     expect(r.releaseDrained(Date.now() + 61_000)).toEqual([serviceKeyString(svc)]);
     r.sync(entry(d));

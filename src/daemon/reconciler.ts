@@ -181,7 +181,9 @@ export class Reconciler {
         this.draining.delete(key);
         continue;
       }
-      for (const dk of dests.keys()) if (want.dests.has(dk)) dests.delete(dk);
+      // Back in the config, or gone from the kernel (deleted by hand: nothing left to drain).
+      const actual = this.actual.get(key);
+      for (const dk of dests.keys()) if (want.dests.has(dk) || !actual?.dests.has(dk)) dests.delete(dk);
       if (dests.size === 0) this.draining.delete(key);
     }
   }
@@ -230,10 +232,10 @@ export class Reconciler {
         if (this.drained.delete(`${key}|${dk}`)) continue;
         const o = active.get(dk);
         if (!o || !o.activeConnections) continue;
-        const current = this.actual.get(key)?.dests.get(dk) ?? o;
+        const { address, port, method, upperThreshold, lowerThreshold } = this.actual.get(key)?.dests.get(dk) ?? o;
         let dests = this.draining.get(key);
         if (!dests) this.draining.set(key, (dests = new Map()));
-        dests.set(dk, { dest: { ...current, weight: 0 }, until: Date.now() + drainMs });
+        dests.set(dk, { dest: { address, port, method, weight: 0, upperThreshold, lowerThreshold }, until: Date.now() + drainMs });
         started = true;
         log.info("IPVS: a destination that left the config still has active connections; weight 0 until they end", {
           service: key,
