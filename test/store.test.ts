@@ -45,7 +45,7 @@ describe("bounds", () => {
     const { s, errors } = store();
     s.apply("etcd", put("routes/r", '{"IpvsMethod": "masq"}'));
     s.apply("etcd", put("routes/r", `{"IpvsMethod": "droute", "x": "${"a".repeat(1024 * 1024)}"}`));
-    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/^value too large: \d+ bytes \(limit 1048576\); the last good value stays in force$/)]);
+    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/^value is \d+ bytes, larger than the limit of 1048576; the last good value stays in force$/)]);
     expect(s.routes.get("r")?.method).toBe("masq");
   });
 });

@@ -94,6 +94,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const stateDir = flags["state-dir"] as string;
   const prefix = (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+  const ttlSeconds = Math.ceil((flags["etcd-ttl"] as number) / 1000);
   const daemon = new DockerDaemon(client, {
     dockerEndpoint: flags["docker-endpoint"] as string,
     network: (flags["docker-network"] as string) || undefined,
@@ -101,7 +102,7 @@ export async function main(argv: string[]): Promise<number> {
       ? { ipv4: parseIPv4(flags["host-ipv4"] as string, "host-ipv4"), ipv6: parseIPv6(flags["host-ipv6"] as string, "host-ipv6") }
       : undefined,
     prefix,
-    ttlSeconds: Math.ceil((flags["etcd-ttl"] as number) / 1000),
+    ttlSeconds,
     stateFile: stateDir ? join(stateDir, STATE_FILE) : undefined,
     etcdEndpoints: etcdEndpoints(flags),
   });
@@ -109,7 +110,7 @@ export async function main(argv: string[]): Promise<number> {
     docker: flags["docker-endpoint"] as string,
     etcd: flags["etcd-machines"] as string,
     prefix,
-    ttl: Math.ceil((flags["etcd-ttl"] as number) / 1000),
+    ttl: ttlSeconds,
   });
   const metrics = startMetrics(flags["metrics-listen"] as string, () => dockerMetrics(daemon), () => dockerHealth(daemon));
   if (metrics === null) {

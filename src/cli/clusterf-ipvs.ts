@@ -80,7 +80,6 @@ function advertisedRoute(flags: FlagValues): { key: string; value: string } | un
   }
 }
 
-
 async function openIpvs(flags: FlagValues): Promise<IpvsTable> {
   if (flags["ipvs-mock"]) return new MemoryIpvsTable();
   const { openKernelIpvs } = await import("../ipvs/netlink/kernel-table.ts");

@@ -43,4 +43,3 @@ export function etcdClientOptions(flags: FlagValues): EtcdClientOptions {
     password: (flags["etcd-password"] as string) || undefined,
   };
 }
-

@@ -41,6 +41,7 @@ import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
 import { debug, info, warn } from "../util/log.ts";
+import { MAX_VALUE_BYTES } from "./values.ts";
 
 export interface DirSourceOptions {
   /** The -config-path directory. */
@@ -58,7 +59,6 @@ export interface DirSourceOptions {
 }
 
 const SOURCE = "local" as const;
-const DEFAULT_MAX_BYTES = 1024 * 1024;
 const MAX_DEPTH = 32;
 
 const EXTENSIONS: ReadonlyArray<[string, ValueFormat]> = [
@@ -339,7 +339,7 @@ class TreeReader {
  * unreadable and oversized files are left out (with a warning).
  */
 export async function readConfigDir(root: string, opts: { maxBytes?: number } = {}): Promise<Map<string, RawValue>> {
-  const reader = new TreeReader(path.resolve(root), opts.maxBytes ?? DEFAULT_MAX_BYTES);
+  const reader = new TreeReader(path.resolve(root), opts.maxBytes ?? MAX_VALUE_BYTES);
   return (await reader.scanTree("")).values;
 }
 
@@ -396,7 +396,7 @@ export class DirSource implements ConfigSource {
     this.maxDelayMs = Math.max(this.debounceMs, opts.maxDelayMs ?? Math.max(1000, 10 * this.debounceMs));
     this.rescanMs = opts.rescanMs ?? 60_000;
     this.rootPollMs = opts.rootPollMs ?? 1000;
-    this.reader = new TreeReader(this.root, opts.maxBytes ?? DEFAULT_MAX_BYTES, (rel, abs, id) => this.watchDir(rel, abs, id));
+    this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES, (rel, abs, id) => this.watchDir(rel, abs, id));
   }
 
   async start(sink: SourceSink): Promise<void> {

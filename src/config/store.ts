@@ -45,9 +45,7 @@ export interface StoreOptions {
 /** A service, backend or route name: no slash, no control characters, not "." or "..". */
 const NAME = /^[^/\s\p{Cc}][^/\p{Cc}]*$/u;
 /** Longest accepted name, in characters (names become metric labels and log fields). */
-export const MAX_NAME_LENGTH = 255;
-/** Largest accepted value, in bytes (as the directory source's file limit). */
-export const MAX_VALUE_BYTES = 1024 * 1024;
+const MAX_NAME_LENGTH = 255;
 
 /** Maps a key path to what it names; undefined for paths outside the layout. */
 export function parseKeyPath(key: string): KeyPath | undefined {
@@ -62,7 +60,6 @@ export function parseKeyPath(key: string): KeyPath | undefined {
 }
 
 function parseEntry(path: KeyPath, raw: RawValue): { entry: Entry; warnings: string[] } {
-  if (raw.text.length > MAX_VALUE_BYTES) throw new Error(`value too large: ${raw.text.length} bytes (limit ${MAX_VALUE_BYTES})`);
   switch (path.kind) {
     case "frontend": {
       const p = parseFrontend(raw.text, raw.format);

@@ -37,6 +37,8 @@ export interface ReconcilerOptions {
 export interface DrainingDest {
   dest: Dest;
   until: number;
+  /** Its drain has ended: the next sync deletes it, whatever its connections. */
+  released?: boolean;
 }
 
 export interface SyncResult {
@@ -76,8 +78,6 @@ export class Reconciler {
   readonly failing = new Map<string, string>();
   /** Destinations kept at weight 0 after they left the config (service key → dest key → …). */
   readonly draining = new Map<string, Map<string, DrainingDest>>();
-  /** "service|dest" of drains just ended: the next sync deletes them, whatever their connections. */
-  private drained = new Set<string>();
   private ownedDirty = false;
 
   constructor(
@@ -120,16 +120,14 @@ export class Reconciler {
       ops = diffTables(target, this.actual, owned, scope);
     }
     const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
-    if (!this.opts.noop) {
-      // Ownership is saved before the services are created: a daemon killed in the middle of a
-      // sync must not leave services that its successor takes for foreign ones.
-      for (const op of ops) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
-      this.saveOwned();
-    }
     if (this.opts.noop) {
       for (const op of ops) log.info(`IPVS: ${describeOp(op)} (noop)`);
       result.ops = ops.length;
     } else {
+      // Ownership is saved before the services are created: a daemon killed in the middle of a
+      // sync must not leave services that its successor takes for foreign ones.
+      for (const op of ops) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
+      this.saveOwned();
       // The fast path sends every write at once (many to a netlink message); a write that fails
       // there is tried again alone, in order, through the answer mapping (EEXIST on add → edit,
       // ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
@@ -162,18 +160,18 @@ export class Reconciler {
       this.failing.delete(key);
       if (desired.has(key)) log.info("IPVS: service programmed after earlier failures", { service: key });
     }
+    this.forgetDraining(desired, scope); // released drains whose destination is now deleted
     this.saveOwned();
     return result;
   }
 
   // ---- removed destinations with active connections (drain instead of delete)
 
-  /** Drops draining entries that the config describes again, or whose service left the config. */
+  /**
+   * Drops draining entries that the config describes again, whose service left the config, or
+   * whose destination is no longer in the kernel (deleted after its drain, or by hand).
+   */
   private forgetDraining(desired: Table, scope: Set<string> | undefined): void {
-    for (const id of this.drained) {
-      const [key, dk] = id.split("|") as [string, string];
-      if (!desired.get(key) || desired.get(key)!.dests.has(dk)) this.drained.delete(id);
-    }
     for (const [key, dests] of this.draining) {
       if (scope && !scope.has(key)) continue;
       const want = desired.get(key);
@@ -181,14 +179,13 @@ export class Reconciler {
         this.draining.delete(key);
         continue;
       }
-      // Back in the config, or gone from the kernel (deleted by hand: nothing left to drain).
       const actual = this.actual.get(key);
       for (const dk of dests.keys()) if (want.dests.has(dk) || !actual?.dests.has(dk)) dests.delete(dk);
       if (dests.size === 0) this.draining.delete(key);
     }
   }
 
-  /** The desired table plus the draining destinations at weight 0. */
+  /** The desired table plus the draining destinations (not yet released) at weight 0. */
   private withDraining(desired: Table): Table {
     if (this.draining.size === 0) return desired;
     const t: Table = new Map(desired);
@@ -196,7 +193,7 @@ export class Reconciler {
       const e = desired.get(key);
       if (!e) continue;
       const merged = new Map(e.dests);
-      for (const [dk, d] of dests) merged.set(dk, d.dest);
+      for (const [dk, d] of dests) if (!d.released) merged.set(dk, d.dest);
       t.set(key, { ...e, dests: merged });
     }
     return t;
@@ -210,12 +207,14 @@ export class Reconciler {
   private startDraining(ops: Op[], target: Table): boolean {
     const drainMs = this.opts.drainMs ?? 0;
     if (drainMs <= 0 || this.opts.noop) return false;
-    const byService = new Map<string, Op[]>();
+    const byService = new Map<string, Extract<Op, { type: "delete-dest" }>[]>();
     for (const op of ops) {
       if (op.type !== "delete-dest" || op.service.protocol === "udp") continue;
       const key = serviceKeyString(op.service);
       if (!target.has(key)) continue;
-      byService.set(key, [...(byService.get(key) ?? []), op]);
+      const list = byService.get(key);
+      if (list) list.push(op);
+      else byService.set(key, [op]);
     }
     let started = false;
     for (const [key, dels] of byService) {
@@ -227,9 +226,8 @@ export class Reconciler {
       }
       const active = new Map(observed.map((d) => [destKeyString(d), d]));
       for (const op of dels) {
-        if (op.type !== "delete-dest") continue;
         const dk = destKeyString(op.dest);
-        if (this.drained.delete(`${key}|${dk}`)) continue;
+        if (this.draining.get(key)?.get(dk)?.released) continue; // its drain is over: delete
         const o = active.get(dk);
         if (!o || !o.activeConnections) continue;
         const { address, port, method, upperThreshold, lowerThreshold } = this.actual.get(key)?.dests.get(dk) ?? o;
@@ -255,6 +253,7 @@ export class Reconciler {
   releaseDrained(now = Date.now()): string[] {
     const keys: string[] = [];
     for (const [key, dests] of this.draining) {
+      if ([...dests.values()].every((d) => d.released)) continue;
       const svc = this.actual.get(key)?.service;
       let observed = new Map<string, ObservedDest>();
       try {
@@ -264,10 +263,10 @@ export class Reconciler {
       }
       let released = false;
       for (const [dk, d] of dests) {
+        if (d.released) continue;
         const active = observed.get(dk)?.activeConnections ?? 0;
         if (active > 0 && now < d.until) continue;
-        dests.delete(dk);
-        this.drained.add(`${key}|${dk}`);
+        d.released = true;
         released = true;
         log.info(active > 0 ? "IPVS: drain time is up; deleting the destination" : "IPVS: drained destination has no connections left; deleting it", {
           service: key,
@@ -275,7 +274,6 @@ export class Reconciler {
           active,
         });
       }
-      if (dests.size === 0) this.draining.delete(key);
       if (released) keys.push(key);
     }
     return keys;

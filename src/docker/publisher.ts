@@ -65,7 +65,6 @@ function describe(e: unknown): string {
   return String(e);
 }
 
-
 export class Publisher {
   readonly stats: PublisherStats = { puts: 0, deletes: 0, txns: 0, resyncs: 0, grants: 0, adopted: 0, keepaliveFailures: 0 };
   private readonly base: string; // "<prefix>/services/"

@@ -81,11 +81,6 @@ export interface IpvsInfo {
   connTableSize: number;
 }
 
-/**
- * The small interface every IPVS backend implements: the in-memory table (-ipvs-mock) and the
- * kernel driver (libnl over bun:ffi). Calls are synchronous: a netlink request is a blocking
- * send and receive with a timeout. Errors are thrown as IpvsError.
- */
 /** One write to the IPVS table. */
 export type Op =
   | { type: "add-service"; service: Service }
@@ -95,6 +90,11 @@ export type Op =
   | { type: "edit-dest"; service: ServiceKey; dest: Dest }
   | { type: "delete-dest"; service: ServiceKey; dest: DestKey };
 
+/**
+ * The small interface every IPVS backend implements: the in-memory table (-ipvs-mock) and the
+ * kernel driver (libnl over bun:ffi). Calls are synchronous: a netlink request is a blocking
+ * send and receive with a timeout. Errors are thrown as IpvsError.
+ */
 export interface IpvsTable {
   info(): IpvsInfo;
   /** Every service with its destinations (and stats where the backend has them). */

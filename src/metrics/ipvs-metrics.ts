@@ -126,12 +126,12 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
   simple("clusterf_ipvs_netlink_errors_total", "IPVS writes that the kernel refused or that timed out", () => daemon.reconciler.counters.netlinkErrors);
   simple("clusterf_ipvs_drift_corrections_total", "differences between the kernel and the last written table found by a resync", () => daemon.reconciler.counters.driftCorrections);
   simple("clusterf_etcd_connected", "1 when the etcd source is connected (0 when down or not configured)", () => (daemon.sourceUp.etcd ? 1 : 0), "gauge");
-  simple("clusterf_ipvs_last_sync_timestamp_seconds", "when the table was last brought to the desired state without errors", () => daemon.counters.lastSyncAt / 1000, "gauge");
+  simple("clusterf_ipvs_last_sync_timestamp_seconds", "when the table was last brought to the desired state (services the kernel keeps refusing aside: see clusterf_ipvs_service_failing)", () => daemon.counters.lastSyncAt / 1000, "gauge");
   simple("clusterf_ipvs_services", "IPVS services in the desired table", () => daemon.desired.table.size, "gauge");
   simple(
     "clusterf_ipvs_draining_destinations",
     "destinations that left the config but stay at weight 0 until their active connections end (-ipvs-drain-removed)",
-    () => [...daemon.reconciler.draining.values()].reduce((n, m) => n + m.size, 0),
+    () => [...daemon.reconciler.draining.values()].reduce((n, m) => n + [...m.values()].filter((d) => !d.released).length, 0),
     "gauge",
   );
   return registry;

@@ -289,10 +289,11 @@ function fastIPv6(buf: Uint8Array, off: number, s: string): boolean {
   if (dbl >= 0 ? count > 7 : count !== 8) return false;
   const fill = 8 - count;
   let gi = 0;
-  const put = (parts: string[], isTail: boolean): boolean => {
+  /** `holdsLast`: this list ends the address (where a dotted IPv4 tail may stand). */
+  const put = (parts: string[], holdsLast: boolean): boolean => {
     for (let i = 0; i < parts.length; i++) {
       const g = parts[i]!;
-      if (v4 && isTail === (dbl >= 0 ? true : false) && i === parts.length - 1 && g === last) {
+      if (v4 && holdsLast && i === parts.length - 1) {
         const tmp = new Uint8Array(4);
         if (!fastIPv4(tmp, 0, g)) return false;
         groups[gi++] = (tmp[0]! << 8) | tmp[1]!;
@@ -316,7 +317,7 @@ function fastIPv6(buf: Uint8Array, off: number, s: string): boolean {
     if (!put(h, false)) return false;
     for (let i = 0; i < fill; i++) groups[gi++] = 0;
     if (!put(t, true)) return false;
-  } else if (!put(h, false)) return false;
+  } else if (!put(h, true)) return false;
   if (gi !== 8) return false;
   for (let i = 0; i < 8; i++) {
     buf[off + 2 * i] = groups[i]! >> 8;

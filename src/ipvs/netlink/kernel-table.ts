@@ -59,6 +59,16 @@ export type IpvsOp =
   | { cmd: typeof CMD.DEL_DEST; service: ServiceKey; dest: DestKey }
   | { cmd: typeof CMD.FLUSH };
 
+/** The netlink command of each table write. */
+const OP_CMD: Record<Op["type"], number> = {
+  "add-service": CMD.NEW_SERVICE,
+  "edit-service": CMD.SET_SERVICE,
+  "delete-service": CMD.DEL_SERVICE,
+  "add-dest": CMD.NEW_DEST,
+  "edit-dest": CMD.SET_DEST,
+  "delete-dest": CMD.DEL_DEST,
+};
+
 function errnoCode(errno: number): IpvsErrorCode {
   switch (errno) {
     case ERRNO.EEXIST:
@@ -303,22 +313,7 @@ export class KernelIpvsTable implements IpvsTable {
 
   /** IpvsTable.writeBatch: the writes as netlink commands, many to a send (applyBatch). */
   writeBatch(ops: readonly Op[]): (Error | null)[] {
-    const cmds: IpvsOp[] = ops.map((op) => {
-      switch (op.type) {
-        case "add-service":
-          return { cmd: CMD.NEW_SERVICE, service: op.service };
-        case "edit-service":
-          return { cmd: CMD.SET_SERVICE, service: op.service };
-        case "delete-service":
-          return { cmd: CMD.DEL_SERVICE, service: op.service };
-        case "add-dest":
-          return { cmd: CMD.NEW_DEST, service: op.service, dest: op.dest };
-        case "edit-dest":
-          return { cmd: CMD.SET_DEST, service: op.service, dest: op.dest };
-        case "delete-dest":
-          return { cmd: CMD.DEL_DEST, service: op.service, dest: op.dest };
-      }
-    });
+    const cmds = ops.map((op) => ({ ...op, cmd: OP_CMD[op.type] }) as unknown as IpvsOp);
     try {
       return this.applyBatch(cmds);
     } catch (e) {
