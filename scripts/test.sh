@@ -5,7 +5,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
 BUN="$PWD/node_modules/.bin/bun"
-SHARED=${CLUSTERF_SHARED:-$(cd .. && pwd)/shared}
 LOG=$(mktemp -d)
 passed=0; failed=0
 
@@ -25,16 +24,10 @@ count "$LOG/host.txt" "host tests"
 kernel_tests=$(ls test/kernel/*.kernel.ts 2>/dev/null || true)
 if [ $# -eq 0 ] && [ -n "$kernel_tests" ]; then
   echo "== kernel tests (user-mode Linux with IPVS)"
-  if [ -x "$SHARED/tools/run-in-kernel.sh" ] || [ -f "$SHARED/tools/run-in-kernel.sh" ]; then
-    command -v gcc >/dev/null && export PATH="$PWD/test/kernel/uml-shim:$PATH"
-    IPVS_VM_TIMEOUT=${IPVS_VM_TIMEOUT:-900} bash "$SHARED/tools/run-in-kernel.sh" "$BUN" test --timeout 300000 $(printf './%s ' $kernel_tests) 2>&1 | tee "$LOG/kernel.txt"
-    rc=${PIPESTATUS[0]}
-    count "$LOG/kernel.txt" "kernel tests"
-    [ "$rc" = 0 ] || grep -aqE '^ *[1-9][0-9]* fail$' "$LOG/kernel.txt" || failed=$((failed + 1))
-  else
-    echo "test.sh: run-in-kernel.sh not found under $SHARED/tools; kernel tests not run" >&2
-    failed=$((failed + 1))
-  fi
+  CLUSTERF_VM_TIMEOUT=${CLUSTERF_VM_TIMEOUT:-900} bash test/kernel/vm.sh "$BUN" test --timeout 300000 $(printf './%s ' $kernel_tests) 2>&1 | tee "$LOG/kernel.txt"
+  rc=${PIPESTATUS[0]}
+  count "$LOG/kernel.txt" "kernel tests"
+  [ "$rc" = 0 ] || grep -aqE '^ *[1-9][0-9]* fail$' "$LOG/kernel.txt" || failed=$((failed + 1))
 fi
 rm -rf "$LOG"
 echo "$passed passed, $failed failed"

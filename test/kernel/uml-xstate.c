@@ -1,5 +1,5 @@
 /*
- * LD_PRELOAD for User-Mode Linux 6.1 (the run-in-kernel.sh guest) on hosts whose XSAVE area is
+ * LD_PRELOAD for User-Mode Linux 6.1 (the test/kernel/vm.sh guest) on hosts whose XSAVE area is
  * larger than UML's buffer (AMX, AVX-512: "ptrace set fp regs failed, errno = 14", then a panic).
  * The host's PTRACE_SETREGSET(NT_X86_XSTATE) only takes the whole XSAVE area, and UML hands it
  * its own smaller one. This ptrace() wrapper reads the whole area on GETREGSET (kept per UML
