@@ -1,4 +1,4 @@
-// Container inspect → backends (CONTRACT §6): pure table tests of src/docker/labels.ts.
+// Container inspect → backends (docs/config.md §6): pure table tests of src/docker/labels.ts.
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { parseKeyPath } from "../src/config/store.ts";

@@ -1,5 +1,5 @@
 // clusterf-docker: publishes this Docker host's labelled containers as backends in etcd
-// (CONTRACT §6), all under one etcd lease that this daemon keeps alive.
+// (docs/config.md §6), all under one etcd lease that this daemon keeps alive.
 
 import { join } from "node:path";
 import type { IOptions } from "etcd3";

@@ -1,4 +1,4 @@
-// Go-style flags (CONTRACT §7): -name=value, -name value, --name=value; booleans as -name or
+// Go-style flags (docs/config.md §7): -name=value, -name value, --name=value; booleans as -name or
 // -name=false. yargs-parser does the tokenising; the flag table here does the typing, the
 // defaults, -help, and the refusal of unknown flags (yargs-parser lets them through).
 

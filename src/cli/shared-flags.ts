@@ -1,9 +1,9 @@
-// Flags both daemons share: etcd connection (CONTRACT §3) and operations (§8).
+// Flags both daemons share: etcd connection (docs/config.md §3) and operations (§8).
 import type { EtcdClientOptions } from "../config/etcd-source.ts";
 import { checkWith, type FlagSpec, type FlagValues } from "./flags.ts";
 import { parseListen } from "../metrics/server.ts";
 
-/** Operations flags both daemons share (CONTRACT §8). */
+/** Operations flags both daemons share (docs/config.md §8). */
 export const OPS_FLAGS: FlagSpec[] = [
   {
     name: "metrics-listen",

@@ -1,4 +1,4 @@
-// The -config-path source: a directory tree whose file paths are keys (CONTRACT §2, §3).
+// The -config-path source: a directory tree whose file paths are keys (docs/config.md §2, §3).
 //
 //   services/web/frontend.json            -> key services/web/frontend, format json
 //   services/web/backends/b1.yaml         -> key services/web/backends/b1, format yaml

@@ -1,5 +1,5 @@
 // The etcd (v3 API) config source: a full read of everything under the prefix, then a watch of
-// the prefix from the next revision (CONTRACT §3).
+// the prefix from the next revision (docs/config.md §3).
 //
 // The watch loop is our own, on the raw gRPC Watch stream of the `etcd3` library's connection
 // pool, not the library's Watcher: measured against etcd 3.4, the Watcher turns a compaction

@@ -1,4 +1,4 @@
-// The config store: each source's last good values, and the merged view (CONTRACT §3).
+// The config store: each source's last good values, and the merged view (docs/config.md §3).
 // A key's effective value is the local (-config-path) one when it has one, else etcd's; routes
 // from etcd are dropped with -filter-etcd-routes. A bad value is reported and the key keeps its
 // last good value (or none). The store reports which services and routes changed, so that the

@@ -1,4 +1,4 @@
-// Parsing of config values: frontend, backend and route objects (CONTRACT §2).
+// Parsing of config values: frontend, backend and route objects (docs/config.md §2).
 // Pure functions: text in, a typed value or a ConfigValueError out, plus warnings for unknown keys.
 // JSON keys match case-insensitively, as Go's encoding/json did; when two spellings of one key
 // appear, the last one in the document wins (also as Go did).

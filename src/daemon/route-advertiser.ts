@@ -1,4 +1,4 @@
-// Route advertisement for two-tier deployments (CONTRACT §5): clusterf-ipvs on an intermediate
+// Route advertisement for two-tier deployments (docs/config.md §5): clusterf-ipvs on an intermediate
 // host writes routes/NAME into etcd, bound to a lease it keeps alive, so that a dead host's
 // route disappears after the TTL. The key is written again whenever the lease is re-established
 // (after an etcd outage, a new lease if the old one expired) and removed at a clean exit.

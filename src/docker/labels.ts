@@ -1,4 +1,4 @@
-// Container → backends (CONTRACT §6). Pure: the relevant part of a `docker inspect` result in,
+// Container → backends (docs/config.md §6). Pure: the relevant part of a `docker inspect` result in,
 // the backend values per service out, plus warnings that name the container and the label.
 //
 // Labels (Config.Labels already merges the image's labels with the container's own):

@@ -1,5 +1,5 @@
 // The etcd side of clusterf-docker: the keys this host publishes, all bound to ONE lease kept
-// alive by this daemon (CONTRACT §6), so that a dead host's backends expire by themselves.
+// alive by this daemon (docs/config.md §6), so that a dead host's backends expire by themselves.
 //
 // - The lease id is saved in <state-dir>/docker-lease.json with the etcd cluster id. A restarted
 //   daemon that finds its lease still alive (same cluster) keeps it alive and takes its keys

@@ -1,4 +1,4 @@
-// clusterf-docker metrics (CONTRACT §8): backends published, etcd writes, lease keep-alive failures.
+// clusterf-docker metrics (docs/config.md §8): backends published, etcd writes, lease keep-alive failures.
 import client from "prom-client";
 import type { DockerDaemon } from "../docker/daemon.ts";
 import { scrapedMetric, type Health } from "./server.ts";

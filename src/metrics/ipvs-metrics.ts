@@ -1,4 +1,4 @@
-// clusterf-ipvs metrics (CONTRACT §8): kernel counters per service and destination, labelled with
+// clusterf-ipvs metrics (docs/config.md §8): kernel counters per service and destination, labelled with
 // the config's service and backend names, and the daemon's own health counters.
 
 import client from "prom-client";

@@ -1,4 +1,4 @@
-// The desired IPVS table (CONTRACT §2, §4): services per (frontend, family, protocol),
+// The desired IPVS table (docs/config.md §2, §4): services per (frontend, family, protocol),
 // destinations from backends through the route table, summed weights for backends that end on
 // the same destination. compileService is a pure function of one config service; DesiredTable
 // keeps the compiled result per config service so that one changed key recomputes one service.

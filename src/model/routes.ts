@@ -1,5 +1,5 @@
 // Route lookup: for a backend address, the matching route with the longest prefix; a tie goes to
-// the route whose name sorts first (CONTRACT §2). A route without any prefix is a default route
+// the route whose name sorts first (docs/config.md §2). A route without any prefix is a default route
 // for both families (length 0).
 
 import type { Cidr, Route } from "../config/values.ts";

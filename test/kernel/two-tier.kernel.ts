@@ -1,4 +1,4 @@
-// The two-tier deployment of CONTRACT §5 in the real kernel (run inside the user-mode kernel by
+// The two-tier deployment of docs/config.md §5 in the real kernel (run inside the user-mode kernel by
 // test/kernel/run.sh): network namespaces play the hosts, each with its own IPVS table and its own
 // clusterf-ipvs, all reading one real etcd.
 //
