@@ -7,18 +7,9 @@ import { join } from "node:path";
 import { Etcd3 } from "etcd3";
 import { parseBackend } from "../src/config/values.ts";
 import { Publisher, STATE_FILE } from "../src/docker/publisher.ts";
-import { dockerUnavailable, labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
+import { labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
 import { freePorts, startEtcd, type Etcd } from "./support/etcd.ts";
 import { BUN, ROOT, runCli, tableLines } from "./support/proc.ts";
-
-const unavailable = dockerUnavailable();
-if (unavailable) console.warn(`docker tests skipped: ${unavailable}`);
-// CI sets CLUSTERF_REQUIRE_DOCKER=1: there a missing Docker engine is a failure, not a skip.
-if (unavailable && process.env.CLUSTERF_REQUIRE_DOCKER === "1") {
-  test("a Docker engine can run here", () => {
-    throw new Error(`cannot run the Docker tests: ${unavailable}`);
-  });
-}
 
 const S = "net.qmsk.clusterf.service";
 const B = "net.qmsk.clusterf.backend";
@@ -111,8 +102,6 @@ async function run(args: string[]): Promise<string> {
 async function ipOf(id: string, net = "bridge"): Promise<string> {
   return docker.run(["inspect", "-f", `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`, id]);
 }
-
-const d = unavailable ? describe.skip : describe;
 
 // The etcd side alone (runs without Docker): the lease, the take-over, the resync.
 describe("publisher on a real etcd", () => {
@@ -247,7 +236,30 @@ describe("clusterf-docker command line", () => {
   });
 });
 
-d("clusterf-docker on a real Docker engine and etcd", () => {
+// npm test installs Docker (scripts/setup.sh): a dockerd that cannot start is a failure there,
+// never a skip. Proven on this very file, run with a dockerd that is missing or exits at once.
+describe("the Docker tests never skip themselves", () => {
+  test.each([["missing", "/nonexistent/dockerd", /cannot run dockerd: \/nonexistent\/dockerd not found/], ["exiting at once", "/bin/false", /dockerd exited while starting/]])(
+    "a dockerd %s: they fail and say why",
+    (_what, bin, reason) => {
+      const p = Bun.spawnSync([BUN, "test", "--timeout", "60000", join(ROOT, "test/docker.test.ts"), "-t", "lifecycle: start"], {
+        cwd: ROOT,
+        env: { ...process.env, DOCKERD_BIN: bin as string },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const out = p.stdout.toString() + p.stderr.toString();
+      expect(out).toMatch(reason as RegExp);
+      expect(out).toMatch(/^ *[1-9]\d* fail$/m); // what scripts/test.sh counts
+      expect(p.exitCode).not.toBe(0);
+    },
+    60_000,
+  );
+});
+
+// No skip: when no private dockerd can start here, beforeAll throws the reason and every test
+// below counts as failed.
+describe("clusterf-docker on a real Docker engine and etcd", () => {
   beforeAll(async () => {
     const t0 = Date.now();
     [docker, etcd] = await Promise.all([startDocker(), startEtcd()]);
