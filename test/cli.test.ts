@@ -7,6 +7,15 @@ import { parseDuration, parseFlags } from "../src/cli/flags.ts";
 import { parseListen, serveMetrics } from "../src/metrics/server.ts";
 import { Registry } from "prom-client";
 
+/** runCli for an invocation that might not end: killed (and reported as such) after `ms`. */
+async function runCliWithin(program: "clusterf-ipvs" | "clusterf-docker", args: string[], ms: number) {
+  const p = Bun.spawn([process.execPath, join(ROOT, "src/cli", `${program}.ts`), ...args], { stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => p.kill("SIGKILL"), ms);
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearTimeout(timer);
+  return { code: p.signalCode ? `killed after ${ms} ms (${p.signalCode})` : code, stdout, stderr };
+}
+
 describe("flags", () => {
   test("Go-style spellings", () => {
     const { values } = parseFlags(
@@ -36,6 +45,47 @@ describe("flags", () => {
   ])("%p is refused", (argv, re) => {
     expect(() => parseFlags(argv as string[], IPVS_FLAGS, {})).toThrow(re);
   });
+  // Go's flag package, token by token (flag.FlagSet.parseOne).
+  test.each([
+    [["-etcd-prefix"], "flag needs an argument: -etcd-prefix"],
+    [["-print", "-ipvs-resync"], "flag needs an argument: -ipvs-resync"],
+    [["--config-path"], "flag needs an argument: -config-path"],
+    [["-once", "false"], 'unexpected argument "false"'],
+    [["stray", "-nope"], 'unexpected argument "stray"'],
+    [["-", "-print"], 'unexpected argument "-"'],
+    [["-print", "--", "-nope"], 'unexpected argument "-nope"'],
+    [["---print"], "bad flag syntax: ---print"],
+    [["-=x"], "bad flag syntax: -=x"],
+  ])("%p is refused with %p", (argv, message) => {
+    expect(() => parseFlags(argv as string[], IPVS_FLAGS, {})).toThrow(message);
+  });
+  test("a flag that takes a value takes the next argument, whatever it looks like", () => {
+    const { values } = parseFlags(["-config-path", "-print", "-etcd-machines", "--", "-etcd-prefix", "=x"], IPVS_FLAGS, {});
+    expect(values).toMatchObject({ "config-path": "-print", print: false, "etcd-machines": "--", "etcd-prefix": "=x" });
+  });
+  test("-- ends the flags; nothing after it is a flag", () => {
+    expect(parseFlags(["-print", "--"], IPVS_FLAGS, {}).values.print).toBe(true);
+  });
+  test("the last of a repeated flag wins", () => {
+    expect(parseFlags(["-etcd-prefix=/a", "-etcd-prefix", "/b"], IPVS_FLAGS, {}).values["etcd-prefix"]).toBe("/b");
+  });
+  test("-name= gives an empty value; -name=a=b keeps everything after the first =", () => {
+    expect(parseFlags(["-config-path=", "-etcd-username=a=b"], IPVS_FLAGS, {}).values).toMatchObject({ "config-path": "", "etcd-username": "a=b" });
+  });
+  test.each([
+    ["1", true], ["t", true], ["T", true], ["true", true], ["TRUE", true], ["True", true],
+    ["0", false], ["f", false], ["F", false], ["false", false], ["FALSE", false], ["False", false],
+  ])("-print=%p is %p (strconv.ParseBool)", (text, value) => {
+    expect(parseFlags([`-print=${text}`], IPVS_FLAGS, {}).values.print).toBe(value);
+  });
+  test.each(["", "yes", "no", "on", "tRUE", "2", " true", "true "])("-print=%p is refused", (text) => {
+    expect(() => parseFlags([`-print=${text}`], IPVS_FLAGS, {})).toThrow(`invalid value ${JSON.stringify(text)} for flag -print`);
+  });
+  test("-help and -h, wherever they come among the flags", () => {
+    expect(parseFlags(["-print", "-h"], IPVS_FLAGS, {}).help).toBe(true);
+    expect(parseFlags(["--help"], IPVS_FLAGS, {}).help).toBe(true);
+    expect(parseFlags(["-print"], IPVS_FLAGS, {}).help).toBe(false);
+  });
   test("durations", () => {
     expect(parseDuration("10s")).toBe(10_000);
     expect(parseDuration("500ms")).toBe(500);
@@ -51,6 +101,13 @@ describe("clusterf-ipvs binary", () => {
     const r = runCli("clusterf-ipvs", ["-no-such-flag=1"]);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split("\n")).toEqual(["clusterf-ipvs: flag provided but not defined: -no-such-flag"]);
+  });
+
+  test.each([
+    [["-ipvs-mock", "-once", "-config-path=/nonexistent", "-etcd-machines"], "flag needs an argument: -etcd-machines"],
+    [["-ipvs-mock", "-etcd-machines=", "-config-path=/nonexistent", "-once", "false"], 'unexpected argument "false": no arguments are taken, only flags (a boolean flag takes its value as -once=false)'],
+  ])("%p: one line on stderr, exit 2", async (argv, message) => {
+    expect(await runCliWithin("clusterf-ipvs", argv as string[], 10_000)).toEqual({ code: 2, stdout: "", stderr: `clusterf-ipvs: ${message}\n` });
   });
 
   test("-help lists every flag with its default", () => {

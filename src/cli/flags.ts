@@ -1,8 +1,7 @@
-// Go-style flags (docs/config.md §7): -name=value, -name value, --name=value; booleans as -name or
-// -name=false. yargs-parser does the tokenising; the flag table here does the typing, the
-// defaults, -help, and the refusal of unknown flags (yargs-parser lets them through).
-
-import parser from "yargs-parser";
+// Go-style flags (docs/config.md §7), parsed exactly as Go's flag package parses them, since the
+// original daemons were Go programs and their unit files and scripts carry Go-style command
+// lines: -name=value, -name value, --name=value; booleans as -name or -name=false. (GNU-style
+// parsers such as yargs-parser read `-config-path -print` or `-once false` differently.)
 
 export type FlagType = "string" | "bool" | "duration" | "int";
 
@@ -73,74 +72,79 @@ export function usage(program: string, summary: string, specs: FlagSpec[]): stri
   return lines.join("\n") + "\n";
 }
 
-/** Parses argv; throws FlagError with a one-line message naming the bad flag. `help` is true for -help. */
+/**
+ * Parses argv as Go's flag package does (flag.FlagSet.Parse): flags up to the first argument that
+ * is not one (or up to `--`); a non-boolean flag without `=` takes the next argument as its value,
+ * whatever it looks like; a boolean takes a value only as `-name=value`; a repeated flag's last
+ * value wins. These programs take no positional arguments, so anything left over is an error.
+ * Throws FlagError with a one-line message naming the bad flag. `help` is true for -help or -h.
+ */
 export function parseFlags(argv: string[], specs: FlagSpec[], env: Record<string, string | undefined> = process.env): { values: FlagValues; help: boolean } {
   const byName = new Map(specs.map((s) => [s.name, s]));
-  // yargs-parser coerces "-bool=junk" silently; booleans given a value are checked here.
-  for (const arg of argv) {
-    const m = /^--?([^=]+)=(.*)$/s.exec(arg);
-    const spec = m && byName.get(m[1]!);
-    if (spec?.type === "bool") convert(spec, m![2]);
-  }
-  const parsed = parser.detailed(argv, {
-    configuration: {
-      "short-option-groups": false,
-      "camel-case-expansion": false,
-      "dot-notation": false,
-      "parse-numbers": false,
-      "parse-positional-numbers": false,
-      "boolean-negation": false,
-      "duplicate-arguments-array": false,
-      "greedy-arrays": false,
-    },
-    boolean: [...specs.filter((s) => s.type === "bool").map((s) => s.name), "help", "h"],
-    string: specs.filter((s) => s.type !== "bool").map((s) => s.name),
-  });
-  if (parsed.error) throw new FlagError(parsed.error.message);
-  const args = parsed.argv as Record<string, unknown>;
-  const positional = (args._ as unknown[]) ?? [];
-  if (positional.length) throw new FlagError(`unexpected argument ${JSON.stringify(String(positional[0]))}`);
   const values: FlagValues = {};
   for (const s of specs) {
     const fromEnv = s.env ? env[s.env] : undefined;
     values[s.name] = fromEnv !== undefined ? convert(s, fromEnv) : s.default;
   }
-  const help = args.help === true || args.h === true;
-  for (const [name, raw] of Object.entries(args)) {
-    if (name === "_" || name === "$0" || name === "help" || name === "h") continue;
+  let i = 0;
+  let lastBool: string | undefined; // a boolean just given as "-name", for the hint below
+  while (i < argv.length) {
+    const arg = argv[i]!;
+    if (arg.length < 2 || arg[0] !== "-") break;
+    i++;
+    if (arg === "--") break;
+    let name = arg.slice(arg[1] === "-" ? 2 : 1);
+    if (name === "" || name[0] === "-" || name[0] === "=") throw new FlagError(`bad flag syntax: ${arg}`);
+    const eq = name.indexOf("=");
+    const inline = eq > 0 ? name.slice(eq + 1) : undefined;
+    if (eq > 0) name = name.slice(0, eq);
     const spec = byName.get(name);
+    // Go stops at -help: the rest is not even looked at.
+    if (!spec && (name === "help" || name === "h")) return { values, help: true };
     if (!spec) throw new FlagError(`flag provided but not defined: -${name}`);
-    if (Array.isArray(raw)) throw new FlagError(`flag -${name} given more than once`);
-    values[name] = convert(spec, raw);
+    let value = inline;
+    if (spec.type === "bool") value ??= "true";
+    else if (value === undefined) {
+      if (i === argv.length) throw new FlagError(`flag needs an argument: -${name}`);
+      value = argv[i++]!;
+    }
+    values[name] = convert(spec, value);
+    lastBool = spec.type === "bool" && inline === undefined ? name : undefined;
   }
-  return { values, help };
+  if (i < argv.length) {
+    const hint = lastBool && i > 0 && argv[i - 1] !== "--" ? ` (a boolean flag takes its value as -${lastBool}=${argv[i]})` : "";
+    throw new FlagError(`unexpected argument ${JSON.stringify(argv[i])}: no arguments are taken, only flags${hint}`);
+  }
+  return { values, help: false };
 }
 
-function convert(spec: FlagSpec, raw: unknown): string | boolean | number {
-  const bad = (why: string) => new FlagError(`invalid value ${JSON.stringify(String(raw))} for flag -${spec.name}: ${why}`);
+/** Go's strconv.ParseBool: these spellings and no others. */
+const BOOLS: Record<string, boolean> = {
+  ...Object.fromEntries(["1", "t", "T", "true", "TRUE", "True"].map((t) => [t, true])),
+  ...Object.fromEntries(["0", "f", "F", "false", "FALSE", "False"].map((t) => [t, false])),
+};
+
+function convert(spec: FlagSpec, raw: string): string | boolean | number {
+  const bad = (why: string) => new FlagError(`invalid value ${JSON.stringify(raw)} for flag -${spec.name}: ${why}`);
   let value: string | boolean | number;
   switch (spec.type) {
     case "bool":
-      if (typeof raw === "boolean") value = raw;
-      else if (raw === "true" || raw === "1") value = true;
-      else if (raw === "false" || raw === "0") value = false;
-      else throw bad("expected true or false");
+      if (!Object.hasOwn(BOOLS, raw)) throw bad("expected true or false (or 1, 0, t, f)");
+      value = BOOLS[raw]!;
       break;
     case "string":
-      value = raw === undefined || raw === true ? "" : String(raw);
+      value = raw;
       break;
     case "duration": {
-      const ms = parseDuration(String(raw));
+      const ms = parseDuration(raw);
       if (ms === undefined) throw bad("expected a duration such as 10s, 1m or 500ms");
       value = ms;
       break;
     }
-    case "int": {
-      const s = String(raw);
-      if (!/^-?\d+$/.test(s)) throw bad("expected an integer");
-      value = Number(s);
+    case "int":
+      if (!/^-?\d+$/.test(raw)) throw bad("expected an integer");
+      value = Number(raw);
       break;
-    }
   }
   const msg = spec.check?.(value as never);
   if (msg) throw bad(msg);
