@@ -3,6 +3,7 @@ import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:
 import { join } from "node:path";
 import { Daemon, ROOT, runCli, tableLines } from "./support/proc.ts";
 import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
+import { DOCKER_FLAGS } from "../src/cli/clusterf-docker.ts";
 import { parseDuration, parseFlags } from "../src/cli/flags.ts";
 import { parseListen, serveMetrics } from "../src/metrics/server.ts";
 import { Registry } from "prom-client";
@@ -85,6 +86,25 @@ describe("flags", () => {
     expect(parseFlags(["-print", "-h"], IPVS_FLAGS, {}).help).toBe(true);
     expect(parseFlags(["--help"], IPVS_FLAGS, {}).help).toBe(true);
     expect(parseFlags(["-print"], IPVS_FLAGS, {}).help).toBe(false);
+  });
+  describe.each([
+    ["clusterf-ipvs", IPVS_FLAGS],
+    ["clusterf-docker", DOCKER_FLAGS],
+  ])("%s -etcd-ttl: whole seconds, at least 1s", (_, specs) => {
+    test.each([
+      ["1s", 1000],
+      ["10s", 10_000],
+      ["2m", 120_000],
+      ["1500ms", undefined],
+      ["1.5s", undefined],
+      ["500ms", undefined],
+      ["0", undefined],
+      ["0s", undefined],
+    ])("%p → %p ms", (text, ms) => {
+      const parse = () => parseFlags([`-etcd-ttl=${text}`], specs, {}).values["etcd-ttl"];
+      if (ms === undefined) expect(parse).toThrow(`invalid value "${text}" for flag -etcd-ttl: expected whole seconds, at least 1s`);
+      else expect(parse()).toBe(ms);
+    });
   });
   test("durations", () => {
     expect(parseDuration("10s")).toBe(10_000);

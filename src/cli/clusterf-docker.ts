@@ -11,7 +11,7 @@ import { dockerOptions } from "../docker/watcher.ts";
 import * as log from "../util/log.ts";
 import { startMetrics } from "../metrics/server.ts";
 import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
-import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints } from "./shared-flags.ts";
+import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, checkWith, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 
 const ipv4Check = checkWith((v) => parseIPv4(v, ""), "not an IPv4 address");
@@ -38,13 +38,7 @@ export const DOCKER_FLAGS: FlagSpec[] = [
     help: "etcd key prefix of the config tree",
     check: (v: string) => (/\s/.test(v) ? "expected a key prefix such as /clusterf" : undefined),
   },
-  {
-    name: "etcd-ttl",
-    type: "duration",
-    default: 10_000,
-    help: "TTL of this host's etcd lease (whole seconds, kept alive while running): a dead host's backends expire after it",
-    check: (v: number) => (v >= 1000 ? undefined : "must be at least 1s"),
-  },
+  etcdTtlFlag("TTL of this host's etcd lease (kept alive while running): a dead host's backends expire after it"),
   ...ETCD_AUTH_FLAGS,
   ...OPS_FLAGS,
   { name: "exit-revoke", type: "bool", default: true, help: "at SIGTERM/SIGINT, revoke the lease (remove this host's backends at once); false = leave them to expire with the TTL, or to a restart within it" },
@@ -94,7 +88,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const stateDir = flags["state-dir"] as string;
   const prefix = (flags["etcd-prefix"] as string).replace(/\/+$/, "");
-  const ttlSeconds = Math.ceil((flags["etcd-ttl"] as number) / 1000);
+  const ttlSeconds = etcdTtlSeconds(flags);
   const daemon = new DockerDaemon(client, {
     dockerEndpoint: flags["docker-endpoint"] as string,
     network: (flags["docker-network"] as string) || undefined,

@@ -5,7 +5,7 @@ import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
-import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints } from "./shared-flags.ts";
+import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
@@ -51,7 +51,7 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
   { name: "once-timeout", type: "duration", default: 30_000, help: "with -once: how long to wait for the sources' first read" },
   ...OPS_FLAGS,
-  { name: "etcd-ttl", type: "duration", default: 10_000, help: "TTL of the advertised route's etcd lease (kept alive while running)" },
+  etcdTtlFlag("TTL of the advertised route's etcd lease (kept alive while running)"),
   { name: "advertise-route-name", type: "string", default: "", help: "write routes/NAME into etcd for this host (two-tier deployments); empty = none" },
   { name: "advertise-route-prefix4", type: "string", default: "", help: "Prefix4 of the advertised route (IPv4 CIDR)" },
   { name: "advertise-route-gateway4", type: "string", default: "", help: "Gateway4 of the advertised route (this host's IPv4)" },
@@ -164,7 +164,7 @@ export async function main(argv: string[]): Promise<number> {
   if (advertise) {
     const { makeEtcdClient, passThroughFaultHandling } = await import("../config/etcd-source.ts");
     etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
-    advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, Math.max(1, Math.round((flags["etcd-ttl"] as number) / 1000)));
+    advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, etcdTtlSeconds(flags));
     firstApply.then(() => advertiser!.start());
   }
 

@@ -21,6 +21,25 @@ export const OPS_FLAGS: FlagSpec[] = [
   },
 ];
 
+/**
+ * -etcd-ttl, one rule for both daemons: etcd grants leases in whole seconds, at least one, so a
+ * TTL that etcd would round is refused instead of silently changed.
+ */
+export function etcdTtlFlag(help: string): FlagSpec {
+  return {
+    name: "etcd-ttl",
+    type: "duration",
+    default: 10_000,
+    help: `${help} (whole seconds, at least 1s)`,
+    check: (ms: number) => (ms >= 1000 && ms % 1000 === 0 ? undefined : "expected whole seconds, at least 1s"),
+  };
+}
+
+/** The lease TTL in seconds, from a value etcdTtlFlag accepted. */
+export function etcdTtlSeconds(flags: FlagValues): number {
+  return (flags["etcd-ttl"] as number) / 1000;
+}
+
 export const ETCD_AUTH_FLAGS: FlagSpec[] = [
   { name: "etcd-cacert", type: "string", default: "", help: "CA certificate file for etcd TLS" },
   { name: "etcd-cert", type: "string", default: "", help: "client certificate file for etcd TLS" },
