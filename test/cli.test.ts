@@ -102,7 +102,7 @@ describe("flags", () => {
       ["0s", undefined],
     ])("%p → %p ms", (text, ms) => {
       const parse = () => parseFlags([`-etcd-ttl=${text}`], specs, {}).values["etcd-ttl"];
-      if (ms === undefined) expect(parse).toThrow(`invalid value "${text}" for flag -etcd-ttl: expected whole seconds, at least 1s`);
+      if (ms === undefined) expect(parse).toThrow(`invalid value "${text}" for flag -etcd-ttl: must be at least 1s, in whole seconds`);
       else expect(parse()).toBe(ms);
     });
   });

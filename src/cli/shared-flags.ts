@@ -31,7 +31,7 @@ export function etcdTtlFlag(help: string): FlagSpec {
     type: "duration",
     default: 10_000,
     help: `${help} (whole seconds, at least 1s)`,
-    check: (ms: number) => (ms >= 1000 && ms % 1000 === 0 ? undefined : "expected whole seconds, at least 1s"),
+    check: (ms: number) => (ms >= 1000 && ms % 1000 === 0 ? undefined : "must be at least 1s, in whole seconds"),
   };
 }
 
