@@ -103,6 +103,27 @@ async function ipOf(id: string, net = "bridge"): Promise<string> {
   return docker.run(["inspect", "-f", `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`, id]);
 }
 
+/** One unlabelled sample of a clusterf-docker /metrics answer (NaN when absent). */
+async function metricOf(url: string, name: string, cd: ClusterfDocker): Promise<number> {
+  const res = await fetch(`${url}/metrics`).catch((e) => {
+    throw new Error(`${e.message}; exit ${cd.proc.exitCode}; stderr:\n${cd.stderr}`);
+  });
+  const line = (await res.text()).split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+  return line ? Number(line.split(" ").pop()) : NaN;
+}
+
+/** Polls until check() is true; returns the milliseconds it took. */
+async function until(check: () => Promise<boolean>, what: string, timeoutMs: number, cd?: ClusterfDocker): Promise<number> {
+  const t0 = Date.now();
+  while (!(await check())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`not within ${timeoutMs} ms: ${what}${cd ? `; stderr:\n${cd.stderr.slice(-4000)}` : ""}`);
+    await Bun.sleep(50);
+  }
+  return Date.now() - t0;
+}
+
+const leaseOf = (stateDir: string) => JSON.parse(readFileSync(join(stateDir, STATE_FILE), "utf8")).leaseId as string;
+
 // The etcd side alone (runs without Docker): the lease, the take-over, the resync.
 describe("publisher on a real etcd", () => {
   let e: Etcd;
@@ -410,11 +431,7 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     const id = await run(["-l", `${S}=met met2`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
     const cd = new ClusterfDocker(prefix, stateDir, [`-metrics-listen=127.0.0.1:${port}`]);
     await waitKeys(prefix, (k) => k.has(bk("met", id)) && k.has(bk("met2", id)), "published", 10_000, cd);
-    const metric = async (name: string) => {
-      const res = await fetch(`${url}/metrics`).catch((e) => { throw new Error(`${e.message}; exit ${cd.proc.exitCode}; stderr:\n${cd.stderr}`); });
-      const line = (await res.text()).split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
-      return line ? Number(line.split(" ").pop()) : NaN;
-    };
+    const metric = (name: string) => metricOf(url, name, cd);
     expect(await metric("clusterf_docker_backends_published")).toBe(2); // one container, two services
     expect(await metric("clusterf_docker_containers_published")).toBe(1);
     expect(await metric('clusterf_docker_etcd_writes_total{kind="put"}')).toBeGreaterThanOrEqual(1);
@@ -515,6 +532,44 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     expect(value(k, "dr", always)!.ipv4).toBe(await ipOf(always));
     expect(k.has(bk("dr", once))).toBe(false);
     expect(cd.stderr).toMatch(/docker: full state read; resyncing etcd/);
+  }, 60_000);
+
+  test("Docker down: clusterf_docker_connected 0 and /healthz 503 with the reason; back to 1 and a two-way resync when dockerd returns", async () => {
+    const { prefix, stateDir } = fresh();
+    const [port] = await freePorts(1);
+    const url = `http://127.0.0.1:${port}`;
+    const always = await run(["--restart", "always", "-l", `${S}=down`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const once = await run(["-l", `${S}=down`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir, [`-metrics-listen=127.0.0.1:${port}`]);
+    await waitKeys(prefix, (k) => k.size === 2, "two backends", 10_000, cd);
+    await until(async () => (await fetch(`${url}/healthz`)).status === 200, "healthy", 5000, cd);
+    expect(await metricOf(url, "clusterf_docker_connected", cd)).toBe(1);
+    const resyncs = await metricOf(url, "clusterf_docker_etcd_resyncs_total", cd);
+
+    await docker.stop(); // dockerd stops its containers and exits
+    const downMs = await until(async () => (await metricOf(url, "clusterf_docker_connected", cd)) === 0, "connected 0 after dockerd exited", 2000, cd);
+    const health = await fetch(`${url}/healthz`);
+    expect(health.status).toBe(503);
+    expect(await health.text()).toBe("Docker engine not answering\n");
+    expect(cd.proc.exitCode).toBeNull();
+    // Behind its back meanwhile: a stale key under its lease, and a key of someone else.
+    const staleKey = `${prefix}/services/${bk("down", "0".repeat(64))}`;
+    const foreignKey = `${prefix}/services/${bk("down", "foreign")}`;
+    await client.put(staleKey).value('{"ipv4":"198.51.100.250","tcp":80,"weight":10}').lease(leaseOf(stateDir));
+    await client.put(foreignKey).value('{"ipv4":"198.51.100.251","tcp":80,"weight":10}');
+    await Bun.sleep(500);
+    expect(await metricOf(url, "clusterf_docker_connected", cd)).toBe(0);
+    expect((await keys(prefix)).has(bk("down", "0".repeat(64)))).toBe(true); // only a resync removes it
+
+    await docker.start(); // restarts the --restart always container, not the other one
+    const upMs = await until(async () => (await metricOf(url, "clusterf_docker_connected", cd)) === 1, "connected 1 after dockerd returned", 10_000, cd);
+    await until(async () => (await fetch(`${url}/healthz`)).status === 200, "healthy after dockerd returned", 2000, cd);
+    const k = await waitKeys(prefix, (k) => k.size === 2 && value(k, "down", always)?.weight === 10 && !k.has(bk("down", "0".repeat(64))), "resynced", 5000, cd);
+    console.log(`dockerd stopped → connected 0 after ${downMs} ms; started → connected 1 after ${upMs} ms`);
+    expect([...k.keys()].sort()).toEqual([bk("down", always), bk("down", "foreign")].sort());
+    expect(value(k, "down", always)).toEqual({ ipv4: await ipOf(always), tcp: 80, weight: 10 });
+    expect(k.has(bk("down", once))).toBe(false);
+    expect(await metricOf(url, "clusterf_docker_etcd_resyncs_total", cd)).toBeGreaterThan(resyncs);
   }, 60_000);
 
   test("an etcd outage: changes made meanwhile are resynced after it", async () => {
