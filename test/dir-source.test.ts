@@ -348,6 +348,24 @@ describe("DirSource", () => {
     expect(rec.map.has("routes/r1")).toBe(true);
   });
 
+  dirTest("resync() re-reads the whole tree and hands it over as one snapshot; unreadable files keep their value", async () => {
+    const root = newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    write(root, "routes/r1", "{}");
+    const { src, rec } = await startSource(root, { debounceMs: 5000, maxBytes: 100 });
+    expect(rec.snapshots).toBe(1);
+    write(root, "services/web/backends/b1", '{"ipv4":"192.0.2.1"}');
+    fs.rmSync(path.join(root, "routes"), { recursive: true });
+    write(root, "services/web/frontend", `{"tcp":81,"pad":"${"x".repeat(200)}"}`); // now too large: kept
+    await src.resync();
+    expect(rec.snapshots).toBe(2);
+    expect(rec.updates).toEqual([]);
+    expect(rec.texts()).toEqual({ "services/web/backends/b1": '{"ipv4":"192.0.2.1"}', "services/web/frontend": '{"tcp":80}' });
+    // the changes already noticed are not handed over a second time
+    await src.settle();
+    expect(rec.updates).toEqual([]);
+  });
+
   dirTest("stop() ends watching", async () => {
     const root = newRoot();
     const { src, rec } = await startSource(root);

@@ -343,6 +343,11 @@ export async function readConfigDir(root: string, opts: { maxBytes?: number } = 
   return (await reader.scanTree("")).values;
 }
 
+/** A key the scan could not read (or whose directory it could not list): its previous value stays. */
+function isKept(key: string, res: ScanResult): boolean {
+  return res.keepKeys.has(key) || res.keepPrefixes.some((d) => isUnder(key, d));
+}
+
 function sameValue(a: RawValue | undefined, b: RawValue | undefined): boolean {
   if (!a || !b) return a === b;
   return a.text === b.text && a.format === b.format && a.origin === b.origin;
@@ -377,7 +382,8 @@ export class DirSource implements ConfigSource {
   private firstDirtyAt = 0;
   private rescanTimer: ReturnType<typeof setInterval> | null = null;
   private pollTimer: ReturnType<typeof setInterval> | null = null;
-  private rootId: string | null = null;
+  /** The root directory's identity, null while it does not exist, undefined before the first read. */
+  private rootId: string | null | undefined = undefined;
   /** One watch per directory of the tree, by relative path. */
   private dirWatches = new Map<string, DirWatch>();
   /** The directories of the tree as last listed (relative paths). */
@@ -408,18 +414,7 @@ export class DirSource implements ConfigSource {
     // they are listed, so a change during the initial read is seen by a later flush.
     await this.serial(async () => {
       try {
-        this.rootId = await this.rootIdentity();
-        const res = await this.reader.scanTree("");
-        if (this.stopped) return;
-        this.syncDirs("", res);
-        this.syncLinks("", res);
-        this.known = new Map(res.values);
-        if (this.rootId === null) {
-          warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
-        }
-        info("config-path: read", { source: SOURCE, path: this.root, keys: this.known.size });
-        sink.snapshot(SOURCE, new Map(this.known));
-        sink.status(SOURCE, true, this.rootId === null ? `${this.root} does not exist` : undefined);
+        await this.readAll(sink);
       } catch (e) {
         failure = e;
       }
@@ -449,6 +444,36 @@ export class DirSource implements ConfigSource {
     this.listedDirs.clear();
     this.dirty.clear();
     this.sink = null;
+  }
+
+  /**
+   * A full re-read of the tree, handed over as one snapshot (what an operator asks for with a
+   * SIGHUP): whatever the watcher may have missed, the sink then holds exactly the tree.
+   */
+  async resync(): Promise<void> {
+    const sink = this.sink;
+    if (!sink || this.stopped) return;
+    await this.serial(() => this.readAll(sink));
+  }
+
+  /** Reads the whole tree and hands it over as a snapshot (start, resync). */
+  private async readAll(sink: SourceSink): Promise<void> {
+    const first = this.rootId === undefined;
+    this.rootId = await this.rootIdentity();
+    const res = await this.reader.scanTree("");
+    if (this.stopped) return;
+    this.syncDirs("", res);
+    this.syncLinks("", res);
+    const values = new Map(res.values);
+    // unreadable files keep their previous value, as in an incremental re-read
+    for (const [k, v] of this.known) if (!values.has(k) && isKept(k, res)) values.set(k, v);
+    this.known = values;
+    if (first && this.rootId === null) {
+      warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
+    }
+    info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size });
+    sink.snapshot(SOURCE, new Map(this.known));
+    sink.status(SOURCE, true, this.rootId === null ? `${this.root} does not exist` : undefined);
   }
 
   /** Resolves once every change noticed so far has been read and handed to the sink (for tests and -once). */
@@ -647,9 +672,7 @@ export class DirSource implements ConfigSource {
       this.syncLinks(p, res);
       for (const [k, v] of res.values) if (!sameValue(this.known.get(k), v)) changes.set(k, v);
       for (const k of this.known.keys()) {
-        if (!isBelow(k, p) || res.values.has(k) || res.keepKeys.has(k)) continue;
-        if (res.keepPrefixes.some((d) => isUnder(k, d))) continue;
-        changes.set(k, null);
+        if (isBelow(k, p) && !res.values.has(k) && !isKept(k, res)) changes.set(k, null);
       }
     }
     // 2. The key each path's name maps to, as a file in its directory: one listing per directory.
