@@ -460,10 +460,43 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     const id = await run(["-l", `${S}=term`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
     const cd = new ClusterfDocker(prefix, stateDir);
     await waitKeys(prefix, (k) => k.has(bk("term", id)), "published", 10_000, cd);
+    const lease = leaseOf(stateDir);
     const t0 = Date.now();
     expect(await cd.signal("SIGTERM")).toBe(0);
     expect((await keys(prefix)).size).toBe(0);
+    expect(Number((await client.leaseClient.leaseTimeToLive({ ID: lease, keys: false })).TTL)).toBe(-1); // revoked, not left to expire
     console.log(`SIGTERM → keys gone and exited: ${Date.now() - t0} ms`);
+  }, 30_000);
+
+  test("-exit-revoke=false: at SIGTERM the keys stay with the lease until its TTL (2 s) ends, then expire", async () => {
+    const { prefix, stateDir } = fresh();
+    const id = await run(["-l", `${S}=keep`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const cd = new ClusterfDocker(prefix, stateDir, ["-exit-revoke=false"]);
+    await waitKeys(prefix, (k) => k.has(bk("keep", id)), "published", 10_000, cd);
+    const lease = leaseOf(stateDir);
+    const deletedAt: number[] = [];
+    const watcher = await client.watch().prefix(`${prefix}/services/`).create();
+    watcher.on("delete", () => deletedAt.push(Date.now()));
+    try {
+      expect(await cd.signal("SIGTERM")).toBe(0);
+      const exited = Date.now();
+      const kv = (await client.get(`${prefix}/services/${bk("keep", id)}`).exec()).kvs[0];
+      expect(kv?.lease).toBe(lease);
+      expect(Number((await client.leaseClient.leaseTimeToLive({ ID: lease, keys: false })).TTL)).toBeGreaterThanOrEqual(0);
+      expect(leaseOf(stateDir)).toBe(lease); // kept for a restart to take over
+      await waitKeys(prefix, (k) => k.size === 0, "expired", 4000, cd);
+      await Bun.sleep(100);
+      // Kept alive every TTL/3 until the exit: it expires between TTL - TTL/3 and TTL (plus
+      // etcd's expiry check, every 500 ms) after it.
+      expect(deletedAt).toHaveLength(1);
+      const ms = deletedAt[0]! - exited;
+      console.log(`-exit-revoke=false: SIGTERM → keys expired ${ms} ms after the exit (TTL 2 s)`);
+      expect(ms).toBeGreaterThanOrEqual(1000);
+      expect(ms).toBeLessThanOrEqual(3000);
+      expect(Number((await client.leaseClient.leaseTimeToLive({ ID: lease, keys: false })).TTL)).toBe(-1);
+    } finally {
+      await watcher.cancel();
+    }
   }, 30_000);
 
   test("SIGKILL: the keys expire with the lease TTL (2 s)", async () => {
