@@ -61,8 +61,8 @@ describe("flags", () => {
     expect(() => parseFlags(argv as string[], IPVS_FLAGS, {})).toThrow(message);
   });
   test("a flag that takes a value takes the next argument, whatever it looks like", () => {
-    const { values } = parseFlags(["-config-path", "-print", "-etcd-machines", "--", "-etcd-prefix", "=x"], IPVS_FLAGS, {});
-    expect(values).toMatchObject({ "config-path": "-print", print: false, "etcd-machines": "--", "etcd-prefix": "=x" });
+    const { values } = parseFlags(["-config-path", "-print", "-etcd-username", "--", "-etcd-password", "=x"], IPVS_FLAGS, {});
+    expect(values).toMatchObject({ "config-path": "-print", print: false, "etcd-username": "--", "etcd-password": "=x" });
   });
   test("-- ends the flags; nothing after it is a flag", () => {
     expect(parseFlags(["-print", "--"], IPVS_FLAGS, {}).values.print).toBe(true);
@@ -106,6 +106,60 @@ describe("flags", () => {
       else expect(parse()).toBe(ms);
     });
   });
+  describe.each([
+    ["clusterf-ipvs", IPVS_FLAGS],
+    ["clusterf-docker", DOCKER_FLAGS],
+  ])("%s: etcd and metrics flags", (_, specs) => {
+    const parse = (...argv: string[]) => parseFlags(argv, specs, {}).values;
+    test.each(["/clusterf", "/", "/a/b/"])("-etcd-prefix=%p is taken", (prefix) => {
+      expect(parse(`-etcd-prefix=${prefix}`)["etcd-prefix"]).toBe(prefix);
+    });
+    test.each(["clusterf", "", "/a b"])("-etcd-prefix=%p is refused", (prefix) => {
+      expect(() => parse(`-etcd-prefix=${prefix}`)).toThrow(`invalid value ${JSON.stringify(prefix)} for flag -etcd-prefix: expected a key prefix starting with /, without spaces`);
+    });
+    test.each(["http://127.0.0.1:2379", "https://etcd.example:2379,http://[2001:db8::1]:2379", "http://192.0.2.1:2379/, https://192.0.2.2"])(
+      "-etcd-machines=%p is taken",
+      (machines) => {
+        expect(parse(`-etcd-machines=${machines}`)["etcd-machines"]).toBe(machines);
+      },
+    );
+    test.each([
+      ["127.0.0.1:2379", "127.0.0.1:2379"],
+      ["localhost:2379", "localhost:2379"],
+      ["http://192.0.2.1:2379,192.0.2.2:2379", "192.0.2.2:2379"],
+      ["unix:///run/etcd.sock", "unix:///run/etcd.sock"],
+      ["http://", "http://"],
+      ["http://192.0.2.1:99999", "http://192.0.2.1:99999"],
+    ])("-etcd-machines=%p is refused, naming %p", (machines, entry) => {
+      expect(() => parse(`-etcd-machines=${machines}`)).toThrow(
+        `invalid value ${JSON.stringify(machines)} for flag -etcd-machines: ${JSON.stringify(entry)} is not an http:// or https:// URL`,
+      );
+    });
+    test.each([
+      ["127.0.0.1:0", "port 0 is out of range 1-65535"],
+      [":65536", "port 65536 is out of range 1-65535"],
+      ["99999", "port 99999 is out of range 1-65535"],
+      ["127.0.0.1:http", 'port "http" is not a number'],
+      ["127.0.0.1:", 'port "" is not a number'],
+      ["::1:80", "expected ADDR:PORT"],
+    ])("-metrics-listen=%p: %p", (listen, why) => {
+      expect(() => parse(`-metrics-listen=${listen}`)).toThrow(`invalid value ${JSON.stringify(listen)} for flag -metrics-listen: ${why}`);
+    });
+    test("-metrics-listen=[::1]:65535 is taken", () => {
+      expect(parse("-metrics-listen=[::1]:65535")["metrics-listen"]).toBe("[::1]:65535");
+    });
+  });
+  test("-config-path: a missing directory is taken (it may appear later), a file is not", () => {
+    const dir = mkdtempSync("/tmp/clusterf-cli-");
+    try {
+      writeFileSync(join(dir, "file"), "");
+      expect(parseFlags([`-config-path=${dir}/missing`], IPVS_FLAGS, {}).values["config-path"]).toBe(`${dir}/missing`);
+      expect(parseFlags([`-config-path=${dir}`], IPVS_FLAGS, {}).values["config-path"]).toBe(dir);
+      expect(() => parseFlags([`-config-path=${dir}/file`], IPVS_FLAGS, {})).toThrow(`invalid value "${dir}/file" for flag -config-path: not a directory`);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
   test("durations", () => {
     expect(parseDuration("10s")).toBe(10_000);
     expect(parseDuration("500ms")).toBe(500);
@@ -125,6 +179,10 @@ describe("clusterf-ipvs binary", () => {
 
   test.each([
     [["-ipvs-mock", "-once", "-config-path=/nonexistent", "-etcd-machines"], "flag needs an argument: -etcd-machines"],
+    [["-ipvs-mock", "-once", "-etcd-machines=", "-config-path=/etc/hostname"], 'invalid value "/etc/hostname" for flag -config-path: not a directory'],
+    [["-ipvs-mock", "-once", "-etcd-machines=", "-config-path=", "-etcd-prefix=clusterf"], 'invalid value "clusterf" for flag -etcd-prefix: expected a key prefix starting with /, without spaces'],
+    [["-ipvs-mock", "-once", "-etcd-machines=127.0.0.1:2379", "-config-path="], 'invalid value "127.0.0.1:2379" for flag -etcd-machines: "127.0.0.1:2379" is not an http:// or https:// URL'],
+    [["-ipvs-mock", "-once", "-etcd-machines=", "-config-path=", "-metrics-listen=:70000"], 'invalid value ":70000" for flag -metrics-listen: port 70000 is out of range 1-65535'],
     [["-ipvs-mock", "-etcd-machines=", "-config-path=/nonexistent", "-once", "false"], 'unexpected argument "false": no arguments are taken, only flags (a boolean flag takes its value as -once=false)'],
   ])("%p: one line on stderr, exit 2", async (argv, message) => {
     expect(await runCliWithin("clusterf-ipvs", argv as string[], 10_000)).toEqual({ code: 2, stdout: "", stderr: `clusterf-ipvs: ${message}\n` });

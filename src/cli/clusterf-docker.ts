@@ -11,7 +11,7 @@ import { dockerOptions } from "../docker/watcher.ts";
 import * as log from "../util/log.ts";
 import { startMetrics } from "../metrics/server.ts";
 import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
-import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
+import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdMachinesFlag, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, checkWith, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 
 const ipv4Check = checkWith((v) => parseIPv4(v, ""), "not an IPv4 address");
@@ -30,14 +30,8 @@ export const DOCKER_FLAGS: FlagSpec[] = [
   { name: "backend-published", type: "bool", default: false, help: "publish -host-ipv4/-host-ipv6 with the published host ports instead of the containers' addresses" },
   { name: "host-ipv4", type: "string", default: "", help: "this Docker host's IPv4 address, with -backend-published", check: ipv4Check },
   { name: "host-ipv6", type: "string", default: "", help: "this Docker host's IPv6 address, with -backend-published", check: ipv6Check },
-  { name: "etcd-machines", type: "string", default: "http://127.0.0.1:2379", help: "etcd endpoints, comma-separated URLs" },
-  {
-    name: "etcd-prefix",
-    type: "string",
-    default: "/clusterf",
-    help: "etcd key prefix of the config tree",
-    check: (v: string) => (/\s/.test(v) ? "expected a key prefix such as /clusterf" : undefined),
-  },
+  etcdMachinesFlag("etcd endpoints, comma-separated http:// or https:// URLs"),
+  ETCD_PREFIX_FLAG,
   etcdTtlFlag("TTL of this host's etcd lease (kept alive while running): a dead host's backends expire after it"),
   ...ETCD_AUTH_FLAGS,
   ...OPS_FLAGS,

@@ -1,11 +1,12 @@
 // clusterf-ipvs: keeps the kernel's IPVS table equal to the config in -config-path and etcd.
 
+import { statSync } from "node:fs";
 import type { ConfigSource } from "../config/source.ts";
 import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
-import { ETCD_AUTH_FLAGS, OPS_FLAGS, etcdClientOptions, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
+import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdMachinesFlag, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
@@ -15,9 +16,16 @@ import { ipvsHealth, ipvsMetrics } from "../metrics/ipvs-metrics.ts";
 const METHODS = ["masq", "droute", "tunnel"];
 
 export const IPVS_FLAGS: FlagSpec[] = [
-  { name: "config-path", type: "string", default: "/etc/clusterf", help: "local config tree (services/, routes/); empty = none" },
-  { name: "etcd-machines", type: "string", default: "http://127.0.0.1:2379", help: "etcd endpoints, comma-separated URLs; empty = file-only mode" },
-  { name: "etcd-prefix", type: "string", default: "/clusterf", help: "etcd key prefix of the config tree" },
+  {
+    name: "config-path",
+    type: "string",
+    default: "/etc/clusterf",
+    help: "local config tree (services/, routes/); empty = none",
+    // A missing directory is taken (it is picked up when it appears); a file never will be a tree.
+    check: (v: string) => (v && statSync(v, { throwIfNoEntry: false })?.isDirectory() === false ? "not a directory" : undefined),
+  },
+  etcdMachinesFlag("etcd endpoints, comma-separated http:// or https:// URLs; empty = file-only mode"),
+  ETCD_PREFIX_FLAG,
   ...ETCD_AUTH_FLAGS,
   { name: "filter-etcd-routes", type: "bool", default: false, help: "ignore every route in etcd; only local routes apply" },
   {

@@ -3,6 +3,18 @@ import type { EtcdClientOptions } from "../config/etcd-source.ts";
 import { checkWith, type FlagSpec, type FlagValues } from "./flags.ts";
 import { parseListen } from "../metrics/server.ts";
 
+/**
+ * -metrics-listen: empty (off), or what parseListen takes with a port a server can be found on
+ * (port 0 would bind a random one).
+ */
+function checkListen(listen: string): string | undefined {
+  if (!listen) return undefined;
+  const port = listen.slice(listen.lastIndexOf(":") + 1).trim();
+  if (!/^\d+$/.test(port)) return `port ${JSON.stringify(port)} is not a number`;
+  if (Number(port) < 1 || Number(port) > 65535) return `port ${Number(port)} is out of range 1-65535`;
+  return checkWith(parseListen, "expected ADDR:PORT")(listen);
+}
+
 /** Operations flags both daemons share (docs/config.md §8). */
 export const OPS_FLAGS: FlagSpec[] = [
   {
@@ -10,7 +22,7 @@ export const OPS_FLAGS: FlagSpec[] = [
     type: "string",
     default: "",
     help: "serve Prometheus /metrics and /healthz on ADDR:PORT; empty = off",
-    check: checkWith((v) => v && parseListen(v), "expected ADDR:PORT"),
+    check: checkListen,
   },
   {
     name: "log-format",
@@ -20,6 +32,38 @@ export const OPS_FLAGS: FlagSpec[] = [
     check: (v: string) => (v === "text" || v === "json" ? undefined : "expected text or json"),
   },
 ];
+
+/** The entries of an -etcd-machines value (empty entries dropped). */
+function splitMachines(machines: string): string[] {
+  return machines.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+/** -etcd-machines, with each daemon's own help (what an empty value means differs). */
+export function etcdMachinesFlag(help: string): FlagSpec {
+  return {
+    name: "etcd-machines",
+    type: "string",
+    default: "http://127.0.0.1:2379",
+    help,
+    check: (machines: string) => {
+      for (const entry of splitMachines(machines)) {
+        const url = URL.parse(entry);
+        if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || !url.hostname) {
+          return `${JSON.stringify(entry)} is not an http:// or https:// URL`;
+        }
+      }
+      return undefined;
+    },
+  };
+}
+
+export const ETCD_PREFIX_FLAG: FlagSpec = {
+  name: "etcd-prefix",
+  type: "string",
+  default: "/clusterf",
+  help: "etcd key prefix of the config tree",
+  check: (v: string) => (v.startsWith("/") && !/\s/.test(v) ? undefined : "expected a key prefix starting with /, without spaces"),
+};
 
 /**
  * -etcd-ttl, one rule for both daemons: etcd grants leases in whole seconds, at least one, so a
@@ -49,7 +93,7 @@ export const ETCD_AUTH_FLAGS: FlagSpec[] = [
 ];
 
 export function etcdEndpoints(flags: FlagValues): string[] {
-  return (flags["etcd-machines"] as string).split(",").map((s) => s.trim()).filter(Boolean);
+  return splitMachines(flags["etcd-machines"] as string);
 }
 
 export function etcdClientOptions(flags: FlagValues): EtcdClientOptions {
