@@ -156,6 +156,28 @@ describe("desired table", () => {
     expect(warnings.some((w) => w.includes("droute cannot change the port"))).toBe(true);
   });
 
+  test("IPv4-compatible and IPv4-mapped IPv6 backends are two destinations, kept as written", () => {
+    expect(
+      table({
+        "services/v6/frontend": { ipv6: "::10.0.0.1", tcp: 80 },
+        "services/v6/backends/compat": { ipv6: "::1.2.3.4", tcp: 80 },
+        "services/v6/backends/mapped": { ipv6: "::ffff:1.2.3.4", tcp: 80, weight: 3 },
+      }),
+    ).toEqual(["TCP [::10.0.0.1]:80 wlc", "-> [::1.2.3.4]:80 Masq 10 0 0", "-> [::ffff:1.2.3.4]:80 Masq 3 0 0"]);
+  });
+
+  test("routes match IPv6 addresses written with an IPv4 tail by their bytes", () => {
+    expect(
+      table({
+        "services/v6/frontend": { ipv6: "2001:db8::1", tcp: 80 },
+        "services/v6/backends/compat": { ipv6: "::1.2.3.4", tcp: 80 },
+        "services/v6/backends/mapped": { ipv6: "::ffff:1.2.3.4", tcp: 80 },
+        "routes/mapped": { Prefix6: "::ffff:0.0.0.0/96", IpvsMethod: "droute" },
+        "routes/compat": { Prefix6: "::/96", IpvsMethod: "tunnel" },
+      }),
+    ).toEqual(["TCP [2001:db8::1]:80 wlc", "-> [::1.2.3.4]:80 Tunnel 10 0 0", "-> [::ffff:1.2.3.4]:80 Route 10 0 0"]);
+  });
+
   test("two config services on one VIP:port: the first by name wins", () => {
     const warnings: string[] = [];
     const t = table(

@@ -86,6 +86,12 @@ describe("backend values", () => {
     ['{"ipv4": "10.3.107.1", "tcp": 1337, "weight": null}', { ipv4: "10.3.107.1", tcp: 1337, weight: 10 }],
     ['{"ipv4": "10.3.107.1", "tcp": 1, "weight": 2147483647}', { ipv4: "10.3.107.1", tcp: 1, weight: 2147483647 }],
     ['{"ipv6": "2001:db8::2", "udp": 53, "Weight": 3}', { ipv6: "2001:db8::2", udp: 53, weight: 3 }],
+    // IPv6 text as glibc's inet_ntop (and so ipvsadm -Ln) prints the same 16 bytes
+    ['{"ipv6": "::10.0.0.1", "tcp": 80}', { ipv6: "::10.0.0.1", tcp: 80, weight: 10 }],
+    ['{"ipv6": "::FFFF:0a01:0002", "tcp": 80}', { ipv6: "::ffff:10.1.0.2", tcp: 80, weight: 10 }],
+    ['{"ipv6": "0:0:0:0:0:0:0:1", "tcp": 80}', { ipv6: "::1", tcp: 80, weight: 10 }],
+    ['{"ipv6": "::0.0.0.1", "tcp": 80}', { ipv6: "::1", tcp: 80, weight: 10 }],
+    ['{"ipv6": "1:0:0:2:0:0:3:4", "tcp": 80}', { ipv6: "1::2:0:0:3:4", tcp: 80, weight: 10 }],
   ])("%s", (text, want) => {
     expect(parseBackend(text).value).toEqual(want as never);
   });
@@ -107,6 +113,12 @@ describe("route values", () => {
     expect(r.prefix6?.length).toBe(48);
     expect(r.gateway6).toBe("2001:db8::9");
     expect(r.method).toBe("tunnel");
+  });
+  test("IPv6 prefixes and gateways keep their bytes, in ipvsadm's text", () => {
+    const r = parseRoute('{"Prefix": "::ffff:10.1.2.3/120", "Gateway": "::192.0.2.9"}').value;
+    expect(r.prefix6).toEqual({ address: "::ffff:10.1.2.0", length: 120, bits: 0xffff0a010200n });
+    expect(r.gateway6).toBe("::192.0.2.9");
+    expect(parseRoute('{"Prefix6": "::10.0.0.0/104"}').value.prefix6).toEqual({ address: "::10.0.0.0", length: 104, bits: 0x0a000000n });
   });
   test("host bits are cleared", () => {
     expect(parseRoute('{"Prefix4": "10.1.2.3/16"}').value.prefix4?.address).toBe("10.1.0.0");

@@ -3,8 +3,8 @@
 // JSON keys match case-insensitively, as Go's encoding/json did; when two spellings of one key
 // appear, the last one in the document wins (also as Go did).
 
-import ipaddr from "ipaddr.js";
 import YAML from "yaml";
+import { addressBytes, addressText } from "../ipvs/types.ts";
 import type { ValueFormat } from "./source.ts";
 
 export type RouteMethod = "masq" | "droute" | "tunnel" | "filter";
@@ -137,36 +137,38 @@ function str(v: unknown, field: string): string {
   return v;
 }
 
+/**
+ * An address of the given family (either, when none is given): its canonical text, from its bytes
+ * (addressText: as ipvsadm -Ln prints it); "" = absent.
+ */
+function parseAddress(v: unknown, field: string, family?: 4 | 6): { family: 4 | 6; address: string } | undefined {
+  const s = str(v, field).trim();
+  if (s === "") return undefined;
+  let bytes: number[] | undefined;
+  try {
+    bytes = addressBytes(s);
+  } catch {
+    bytes = undefined;
+  }
+  const fam = bytes?.length === 4 ? 4 : 6;
+  if (!bytes || (family && fam !== family)) throw new ConfigValueError(`invalid ${family ? `IPv${family}` : "IP"} address ${JSON.stringify(s)}`, field);
+  return { family: fam, address: addressText(bytes) };
+}
+
 /** An IPv4 address in dotted-quad form, canonical text; "" = absent. */
 export function parseIPv4(v: unknown, field: string): string | undefined {
-  const s = str(v, field).trim();
-  if (s === "") return undefined;
-  if (!ipaddr.IPv4.isValidFourPartDecimal(s)) throw new ConfigValueError(`invalid IPv4 address ${JSON.stringify(s)}`, field);
-  return ipaddr.IPv4.parse(s).toString();
+  return parseAddress(v, field, 4)?.address;
 }
 
-/** An IPv6 address, canonical compact text; "" = absent. */
+/** An IPv6 address, canonical text; "" = absent. */
 export function parseIPv6(v: unknown, field: string): string | undefined {
-  const s = str(v, field).trim();
-  if (s === "") return undefined;
-  if (!ipaddr.IPv6.isValid(s) || s.includes("%")) throw new ConfigValueError(`invalid IPv6 address ${JSON.stringify(s)}`, field);
-  return ipaddr.IPv6.parse(s).toString();
-}
-
-/** An address of either family, for the family-neutral Gateway key. */
-function parseAnyIP(v: unknown, field: string): { family: 4 | 6; address: string } | undefined {
-  const s = str(v, field).trim();
-  if (s === "") return undefined;
-  if (ipaddr.IPv4.isValidFourPartDecimal(s)) return { family: 4, address: ipaddr.IPv4.parse(s).toString() };
-  if (ipaddr.IPv6.isValid(s) && !s.includes("%")) return { family: 6, address: ipaddr.IPv6.parse(s).toString() };
-  throw new ConfigValueError(`invalid IP address ${JSON.stringify(s)}`, field);
+  return parseAddress(v, field, 6)?.address;
 }
 
 /** Address text → integer, for prefix matching. */
 export function addressBits(address: string): bigint {
-  const bytes = ipaddr.parse(address).toByteArray();
   let n = 0n;
-  for (const b of bytes) n = (n << 8n) | BigInt(b);
+  for (const b of addressBytes(address)) n = (n << 8n) | BigInt(b);
   return n;
 }
 
@@ -175,23 +177,28 @@ export function parseCidr(v: unknown, field: string, family?: 4 | 6): { family: 
   if (s === "") return undefined;
   const slash = s.indexOf("/");
   if (slash < 0) throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: expected ADDRESS/LENGTH`, field);
-  const addrText = s.slice(0, slash);
   const lenText = s.slice(slash + 1);
-  const fam: 4 | 6 | undefined = ipaddr.IPv4.isValidFourPartDecimal(addrText) ? 4 : ipaddr.IPv6.isValid(addrText) ? 6 : undefined;
-  if (!fam) throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: bad address`, field);
+  let bytes: number[];
+  try {
+    bytes = addressBytes(s.slice(0, slash));
+  } catch {
+    throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: bad address`, field);
+  }
+  const fam = bytes.length === 4 ? 4 : 6;
   if (family && fam !== family) throw new ConfigValueError(`expected an IPv${family} CIDR, got ${JSON.stringify(s)}`, field);
   const max = fam === 4 ? 32 : 128;
   if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > max) {
     throw new ConfigValueError(`invalid CIDR ${JSON.stringify(s)}: prefix length must be 0…${max}`, field);
   }
   const length = Number(lenText);
-  const width = BigInt(max);
-  const mask = length === 0 ? 0n : ((1n << width) - 1n) ^ ((1n << (width - BigInt(length))) - 1n);
-  const bits = addressBits(addrText) & mask;
-  const bytes: number[] = [];
-  for (let i = max / 8 - 1; i >= 0; i--) bytes.push(Number((bits >> BigInt(i * 8)) & 0xffn));
-  const address = ipaddr.fromByteArray(bytes).toString();
-  return { family: fam, cidr: { address, length, bits } };
+  // clear the host bits
+  for (let i = 0; i < bytes.length; i++) {
+    const keep = Math.min(8, Math.max(0, length - 8 * i));
+    bytes[i]! &= (0xff00 >> keep) & 0xff;
+  }
+  let bits = 0n;
+  for (const b of bytes) bits = (bits << 8n) | BigInt(b);
+  return { family: fam, cidr: { address: addressText(bytes), length, bits } };
 }
 
 const SCHEDULER = /^[a-z][a-z0-9_]{0,15}$/;
@@ -265,7 +272,7 @@ export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<R
     if (g) setGateway(6, g, "Gateway6");
   }
   if (fields.has("Gateway")) {
-    const g = parseAnyIP(fields.get("Gateway"), "Gateway");
+    const g = parseAddress(fields.get("Gateway"), "Gateway");
     if (g) setGateway(g.family, g.address, "Gateway");
   }
   if (fields.has("IpvsMethod")) r.method = parseRouteMethod(fields.get("IpvsMethod"), "IpvsMethod");

@@ -1,8 +1,7 @@
 // The table in the layout of `ipvsadm -Ln`, sorted (services by protocol, address, port;
 // destinations by address, port) so that it can be compared line by line with ipvsadm output.
 
-import ipaddr from "ipaddr.js";
-import { IPPROTO, SVC_F_PERSISTENT, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
+import { IPPROTO, SVC_F_PERSISTENT, addressBytes, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
 
 const METHOD_WORD: Record<Dest["method"], string> = {
   masq: "Masq",
@@ -17,7 +16,7 @@ export interface PrintableService extends Service {
 }
 
 function addrSortKey(address: string): string {
-  const bytes = ipaddr.parse(address).toByteArray();
+  const bytes = addressBytes(address);
   return (bytes.length === 4 ? "4" : "6") + bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 

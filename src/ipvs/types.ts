@@ -2,6 +2,8 @@
 // config fields (what can be edited in place) and from observed fields (stats, counters), as
 // cloudflare/ipvs and merlin do: an identity change is delete+add, a config change is an edit.
 
+import ipaddr from "ipaddr.js";
+
 export type Family = "inet" | "inet6";
 export type Protocol = "tcp" | "udp" | "sctp";
 export type FwdMethod = "masq" | "localnode" | "tunnel" | "droute" | "bypass";
@@ -24,7 +26,7 @@ export const SVC_F_HASHED = 0x0002;
 export interface ServiceKey {
   family: Family;
   protocol: Protocol;
-  /** Canonical textual address (ipaddr.js toString(): compact IPv6, dotted IPv4). */
+  /** Canonical textual address (addressText(): dotted IPv4, IPv6 as ipvsadm -Ln prints it). */
   address: string;
   port: number;
 }
@@ -157,6 +159,62 @@ export class IpvsError extends Error {
     super(message);
     this.name = "IpvsError";
   }
+}
+
+/**
+ * The bytes of an address text: 4 for dotted-quad IPv4, 16 for IPv6 in any form (no zone).
+ * Throws when the text is neither.
+ */
+export function addressBytes(text: string): number[] {
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text).toByteArray();
+  const tail = text.slice(text.lastIndexOf(":") + 1);
+  // An IPv4 tail in the same four-part decimal as an IPv4 address (ipaddr.js also takes hex and
+  // leading zeros there, which inet_pton refuses); no zone.
+  if (!ipaddr.IPv6.isValid(text) || text.includes("%") || (tail.includes(".") && !ipaddr.IPv4.isValidFourPartDecimal(tail))) {
+    throw new Error(`not an IP address: ${JSON.stringify(text)}`);
+  }
+  // ipaddr.js reads "::a.b.c.d" (IPv4-compatible) as "::ffff:a.b.c.d" (IPv4-mapped); "::0:a.b.c.d"
+  // is the same 16 bytes as written, and it reads that one as written.
+  return ipaddr.IPv6.parse(text === `::${tail}` && tail.includes(".") ? `::0:${tail}` : text).toByteArray();
+}
+
+/**
+ * Canonical text of 4 or 16 address bytes (at buf[off]): dotted IPv4, and IPv6 exactly as glibc's
+ * inet_ntop (and so ipvsadm -Ln) writes it, so that -print compares line by line with ipvsadm.
+ * The longest run of two or more zero groups is "::" (the first on a tie); ::a.b.c.d and
+ * ::ffff:a.b.c.d keep an IPv4 tail.
+ */
+export function addressText(buf: ArrayLike<number>, off = 0, length = buf.length - off): string {
+  if (length === 4) return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
+  if (length !== 16) throw new Error(`an address is 4 or 16 bytes, not ${length}`);
+  const group = (i: number) => (buf[off + 2 * i]! << 8) | buf[off + 2 * i + 1]!;
+  let bestAt = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (group(i) !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && group(j) === 0) j++;
+    if (j - i > bestLen) [bestAt, bestLen] = [i, j - i];
+    i = j;
+  }
+  if (bestAt === 0 && (bestLen === 6 || (bestLen === 5 && group(5) === 0xffff))) {
+    const tail = `${buf[off + 12]}.${buf[off + 13]}.${buf[off + 14]}.${buf[off + 15]}`;
+    return bestLen === 6 ? `::${tail}` : `::ffff:${tail}`;
+  }
+  let s = "";
+  for (let i = 0; i < 8; i++) {
+    if (i === bestAt) {
+      s += "::";
+      i += bestLen - 1;
+      continue;
+    }
+    if (s.length && !s.endsWith(":")) s += ":";
+    s += group(i).toString(16);
+  }
+  return s;
 }
 
 export function serviceKeyString(k: ServiceKey): string {

@@ -2,7 +2,7 @@
 // the route whose name sorts first (docs/config.md §2). A route without any prefix is a default route
 // for both families (length 0).
 
-import type { Cidr, Route } from "../config/values.ts";
+import { addressBits, type Cidr, type Route } from "../config/values.ts";
 import type { Family } from "../ipvs/types.ts";
 
 export interface NamedRoute {
@@ -80,13 +80,7 @@ const v6Cache = new Map<string, bigint>();
 function ipv6Bits(address: string): bigint {
   let bits = v6Cache.get(address);
   if (bits !== undefined) return bits;
-  // Canonical text from the value parser: expand "::" and read the eight groups.
-  const [head, tail] = address.includes("::") ? address.split("::") : [address, undefined];
-  const h = head ? head.split(":") : [];
-  const t = tail !== undefined && tail !== "" ? tail.split(":") : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
-  bits = 0n;
-  for (const g of groups) bits = (bits << 16n) | BigInt(parseInt(g, 16));
+  bits = addressBits(address);
   if (v6Cache.size > 100_000) v6Cache.clear();
   v6Cache.set(address, bits);
   return bits;

@@ -2,7 +2,6 @@
 // linux/netlink.h; byte vectors in the tests. Everything is written into a caller-owned,
 // reused buffer so that per-object work stays small.
 
-import ipaddr from "ipaddr.js";
 import {
   AF,
   FWD_METHOD_CODE,
@@ -19,6 +18,8 @@ import {
   type Service,
   type ServiceKey,
   type Stats,
+  addressBytes,
+  addressText,
 } from "../types.ts";
 
 // ---- constants ----------------------------------------------------------------------------
@@ -243,8 +244,8 @@ export function writeAddr(buf: Uint8Array, off: number, family: Family, address:
     if (!fastIPv4(buf, off, address)) throw new Error(`not an IPv4 address: ${address}`);
   } else {
     if (fastIPv6(buf, off, address)) return;
-    const a = ipaddr.parse(address);
-    const bytes = a.kind() === "ipv6" ? a.toByteArray() : (a as ipaddr.IPv4).toIPv4MappedAddress().toByteArray();
+    const bytes = addressBytes(address);
+    if (bytes.length !== 16) throw new Error(`not an IPv6 address: ${address}`);
     buf.set(bytes, off);
   }
 }
@@ -313,7 +314,7 @@ function fastIPv6(buf: Uint8Array, off: number, s: string): boolean {
     return true;
   };
   if (dbl >= 0) {
-    if (v4 && t.length === 0) return false; // "1.2.3.4::" forms: leave to ipaddr.js
+    if (v4 && t.length === 0) return false; // "1.2.3.4::" forms: leave to addressBytes
     if (!put(h, false)) return false;
     for (let i = 0; i < fill; i++) groups[gi++] = 0;
     if (!put(t, true)) return false;
@@ -326,34 +327,9 @@ function fastIPv6(buf: Uint8Array, off: number, s: string): boolean {
   return true;
 }
 
-/** Canonical text of a 4- or 16-byte address read from buf[off] (as ipaddr.js toString()). */
+/** Canonical text of a 4- or 16-byte address read from buf[off] (as ipvsadm -Ln prints it). */
 export function readAddr(buf: Uint8Array, off: number, family: Family): string {
-  if (family === "inet") return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
-  // RFC 5952: lowercase hex, no leading zeros, the first longest run of 2+ zero groups as "::"
-  let bestAt = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (buf[off + 2 * i] === 0 && buf[off + 2 * i + 1] === 0) {
-      let j = i;
-      while (j < 8 && buf[off + 2 * j] === 0 && buf[off + 2 * j + 1] === 0) j++;
-      if (j - i > bestLen) {
-        bestAt = i;
-        bestLen = j - i;
-      }
-      i = j;
-    } else i++;
-  }
-  let s = "";
-  for (let i = 0; i < 8; i++) {
-    if (i === bestAt) {
-      s += "::";
-      i += bestLen - 1;
-      continue;
-    }
-    if (s.length && !s.endsWith(":")) s += ":";
-    s += ((buf[off + 2 * i]! << 8) | buf[off + 2 * i + 1]!).toString(16);
-  }
-  return s;
+  return addressText(buf, off, family === "inet" ? 4 : 16);
 }
 
 /** Family of a textual address (for dests, whose family may differ from the service's). */
