@@ -3,7 +3,7 @@
 
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { Etcd3 } from "etcd3";
-import { EtcdSource, makeEtcdClient, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
+import { EtcdSource, makeEtcdClient, passThroughFaultHandling, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
 import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/source.ts";
 import { configureLog } from "../src/util/log.ts";
 import { mkdirSync } from "node:fs";
@@ -12,28 +12,58 @@ import { enableAuth, makeTestCerts, startEtcd, startEtcdCluster, type Etcd, type
 
 configureLog({ level: (process.env.CLUSTERF_LOG_LEVEL as any) ?? "error" });
 
-/** A sink that applies what it gets the way the merge layer would, and records every call. */
+/**
+ * A sink that applies what it gets the way the merge layer would, and records every call. The
+ * source catches and only logs what its sink throws, so the sink never asserts: it collects what
+ * a faithful delivery of etcd's history cannot produce in `violations`, and each test checks that
+ * list in its own body. The tests write each value at most once per key (values carry a counter;
+ * their clients do not retry on their own), so a put that repeats a value the key already had is
+ * an event delivered twice.
+ */
 class RecordingSink implements SourceSink {
   state = new Map<string, RawValue>();
   snapshots: Map<string, RawValue>[] = [];
   updates: KeyEvent[][] = [];
   statuses: { up: boolean; detail?: string }[] = [];
+  violations: string[] = [];
+  private seen = new Map<string, Set<string>>();
 
+  constructor() {
+    sinks.push(this);
+  }
+
+  private checkSource(call: string, source: SourceName): void {
+    if (source !== "etcd") this.violations.push(`${call} from source ${JSON.stringify(source)}, expected "etcd"`);
+  }
+  private remember(key: string, text: string): void {
+    let texts = this.seen.get(key);
+    if (!texts) this.seen.set(key, (texts = new Set()));
+    texts.add(text);
+  }
   snapshot(source: SourceName, entries: Map<string, RawValue>): void {
-    expect(source).toBe("etcd");
+    this.checkSource("snapshot", source);
     this.snapshots.push(new Map(entries));
     this.state = new Map(entries);
+    for (const [k, v] of entries) this.remember(k, v.text);
   }
   update(source: SourceName, events: KeyEvent[]): void {
-    expect(source).toBe("etcd");
+    this.checkSource("update", source);
+    if (this.snapshots.length === 0) this.violations.push(`update before the first snapshot: ${events.map((e) => e.key).join(", ")}`);
+    if (events.length === 0) this.violations.push("an empty update batch");
     this.updates.push(events);
+    const inBatch = new Set<string>();
     for (const ev of events) {
-      if (ev.value) this.state.set(ev.key, ev.value);
-      else this.state.delete(ev.key);
+      if (inBatch.has(ev.key)) this.violations.push(`${ev.key} twice in one batch (the source keeps the last event per key)`);
+      inBatch.add(ev.key);
+      if (ev.value) {
+        if (this.seen.get(ev.key)?.has(ev.value.text)) this.violations.push(`${ev.key} = ${ev.value.text} delivered again`);
+        this.remember(ev.key, ev.value.text);
+        this.state.set(ev.key, ev.value);
+      } else this.state.delete(ev.key);
     }
   }
   status(source: SourceName, up: boolean, detail?: string): void {
-    expect(source).toBe("etcd");
+    this.checkSource("status", source);
     this.statuses.push({ up, detail });
   }
   get up(): boolean | undefined {
@@ -54,25 +84,42 @@ async function waitFor(what: string, pred: () => boolean | Promise<boolean>, tim
   throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
 }
 
-/** Everything under /clusterf/ in etcd, relative keys → text (the truth to compare with). */
+/**
+ * Everything under /clusterf/ in etcd, relative keys → text (the truth to compare with). Read
+ * again on an error: the test clients do not retry by themselves, and a member may be down.
+ */
 async function etcdState(c: Etcd3, prefix = "/clusterf/"): Promise<Record<string, string>> {
-  const all = await c.getAll().prefix(prefix).strings();
-  return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(prefix.length), v]).sort());
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const all = await c.getAll().prefix(prefix).options({ deadline: new Date(Date.now() + 2000) }).strings();
+      return Object.fromEntries(Object.entries(all).map(([k, v]) => [k.slice(prefix.length), v]).sort());
+    } catch (e) {
+      if (attempt >= 10) throw e;
+      await Bun.sleep(100);
+    }
+  }
 }
 
 const sources: EtcdSource[] = [];
+const sinks: RecordingSink[] = [];
+/** Every sink of the test saw a faithful delivery (see RecordingSink). */
+function expectFaithful(): void {
+  expect(sinks.flatMap((s) => s.violations)).toEqual([]);
+}
 const clients: Etcd3[] = [];
 function source(opts: EtcdSourceOptions): EtcdSource {
   const s = new EtcdSource(opts);
   sources.push(s);
   return s;
 }
+/** A test client that never repeats a request by itself (a retried put would deliver a value twice). */
 function client(endpoints: string[]): Etcd3 {
-  const c = makeEtcdClient({ endpoints });
+  const c = makeEtcdClient({ endpoints }, passThroughFaultHandling());
   clients.push(c);
   return c;
 }
 afterEach(async () => {
+  sinks.length = 0;
   await Promise.all(sources.splice(0).map((s) => s.stop()));
   for (const c of clients.splice(0)) c.close();
 });
@@ -160,6 +207,7 @@ describe("EtcdSource, one member", () => {
     ]);
     expect(sink.texts()).toEqual(await etcdState(c));
     expect(sink.snapshots.length).toBe(1);
+    expectFaithful();
   });
 
   test("a custom prefix, with a trailing slash", async () => {
@@ -174,6 +222,7 @@ describe("EtcdSource, one member", () => {
     await c.put("/lb2/routes/d").value("{}");
     await waitFor("d", () => sink.state.has("routes/d"));
     expect(sink.texts()).toEqual({ "routes/a": "{}", "routes/d": "{}" });
+    expectFaithful();
   });
 
   test("etcd killed and restarted: down, no empty snapshot, catches up by resuming the watch", async () => {
@@ -181,6 +230,9 @@ describe("EtcdSource, one member", () => {
     const src = source({ endpoints: [etcd.clientUrl] });
     await src.start(sink);
     await waitFor("up", () => sink.up === true);
+    // The last event before the outage: resuming the watch must not deliver it again.
+    await client([etcd.clientUrl]).put("/clusterf/routes/before-kill").value('{"IpvsMethod":"masq"}');
+    await waitFor("before-kill", () => sink.state.has("routes/before-kill"));
     const snaps = sink.snapshots.length;
     const revBefore = src.revision!;
 
@@ -207,6 +259,7 @@ describe("EtcdSource, one member", () => {
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     expect(src.revision!).toBeGreaterThan(revBefore);
     expect(sink.updates.length).toBeGreaterThanOrEqual(2); // 1500+ revisions: at least two responses
+    expectFaithful();
   }, 30000);
 
   test("a frozen etcd (SIGSTOP) is noticed by keepalive; resumes after SIGCONT", async () => {
@@ -218,6 +271,7 @@ describe("EtcdSource, one member", () => {
     etcd.pause();
     try {
       await waitFor("down", () => sink.up === false, 12000);
+      expectFaithful();
     } finally {
       etcd.resume();
     }
@@ -262,6 +316,7 @@ describe("EtcdSource, one member", () => {
     await c.put("/clusterf/routes/later").value("{}");
     await waitFor("later", () => sink.state.has("routes/later"));
     expect(sink.snapshots.length).toBe(2);
+    expectFaithful();
   }, 30000);
 
   test("etcd down at start: start() resolves, status down, ready once it comes up", async () => {
@@ -282,6 +337,7 @@ describe("EtcdSource, one member", () => {
     await waitFor("up", () => sink.up === true);
     expect(sink.snapshots.length).toBe(1);
     expect(sink.snapshots[0]!.size).toBeGreaterThan(0);
+    expectFaithful();
   }, 30000);
 
   test("stop() before the first snapshot rejects ready and returns", async () => {
@@ -291,6 +347,7 @@ describe("EtcdSource, one member", () => {
     expect(sink.up).toBe(false);
     await src.stop();
     await expect(src.ready).rejects.toThrow(/stopped/);
+    expectFaithful();
   });
 });
 
@@ -367,6 +424,7 @@ describe("EtcdSource, three members", () => {
     await waitFor("converged", () => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000);
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     await cluster.restartMember(mine);
+    expectFaithful();
   }, 40000);
 
   test("the source's member frozen (SIGSTOP): keepalive notices, the watch moves to another member", async () => {
@@ -391,6 +449,7 @@ describe("EtcdSource, three members", () => {
       await waitFor("moved to another member", () => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 15000);
       await waitFor("caught up", () => sink.state.has("routes/while-frozen"));
       expect(sink.snapshots.length).toBe(1);
+      expectFaithful();
     } finally {
       mine.resume();
     }
@@ -424,6 +483,7 @@ describe("EtcdSource, authentication and TLS", () => {
       expect(bad.up).toBe(false);
       expect(bad.statuses[0]!.detail).toMatch(/authentication failed/);
       expect(bad.snapshots.length).toBe(0);
+      expectFaithful();
     } finally {
       await Promise.all(sources.splice(0).map((s) => s.stop()));
       await etcd.destroy();
@@ -455,6 +515,7 @@ describe("EtcdSource, authentication and TLS", () => {
       await src2.start(bad);
       expect(bad.up).toBe(false);
       expect(bad.snapshots.length).toBe(0);
+      expectFaithful();
     } finally {
       await Promise.all(sources.splice(0).map((s) => s.stop()));
       await etcd.destroy();
