@@ -398,6 +398,31 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     }
   }, 40_000);
 
+  test("a container whose main process exits by itself: weight 0 at its die event, then removed", async () => {
+    const { prefix, stateDir } = fresh();
+    const cd = new ClusterfDocker(prefix, stateDir);
+    await cd.waitLog(/docker: connected/);
+    const id = await run(["-l", `${S}=exits`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image, "sh", "-c", "while ! test -f /tmp/go; do sleep 1; done; exit 0"]);
+    await waitKeys(prefix, (k) => value(k, "exits", id)?.weight === 10, "published", 5000, cd);
+    const events: { t: number; what: string }[] = [];
+    const watcher = await client.watch().key(`${prefix}/services/${bk("exits", id)}`).create();
+    watcher.on("put", (kv) => events.push({ t: Date.now(), what: `put ${JSON.parse(kv.value.toString()).weight}` }));
+    watcher.on("delete", () => events.push({ t: Date.now(), what: "delete" }));
+    try {
+      await docker.run(["exec", id, "touch", "/tmp/go"]); // no kill: the loop ends within a second
+      await waitKeys(prefix, (k) => !k.has(bk("exits", id)), "removed", 5000, cd);
+      await Bun.sleep(200);
+      expect(events.map((e) => e.what)).toEqual(["put 0", "delete"]);
+      const finished = Date.parse(await docker.run(["inspect", "-f", "{{.State.FinishedAt}}", id]));
+      const drainMs = events[0]!.t - finished;
+      console.log(`exit by itself → weight 0 after ${drainMs} ms, removed after ${events[1]!.t - finished} ms`);
+      expect(drainMs).toBeGreaterThanOrEqual(0);
+      expect(drainMs).toBeLessThan(1000);
+    } finally {
+      await watcher.cancel();
+    }
+  }, 30_000);
+
   test("health check: unhealthy → weight 0, healthy again → label weight", async () => {
     const { prefix, stateDir } = fresh();
     const cd = new ClusterfDocker(prefix, stateDir);

@@ -295,22 +295,12 @@ export class DockerWatcher {
       if (!id) return;
       if (action === "kill") {
         const sig = ev.Actor?.Attributes?.signal ?? "";
-        if (STOP_SIGNALS.has(sig) && !this.draining.has(id)) {
-          // A drain is worth most when it is early: no debounce for it.
-          this.draining.add(id);
-          this.dirty.add(id);
-          this.scheduleFlush(true);
-          return;
-        }
+        if (STOP_SIGNALS.has(sig) && !this.draining.has(id)) return this.drain(id);
       } else if (action === "start" || action === "restart") {
         this.draining.delete(id);
       } else if ((action === "die" || action === "destroy") && !this.draining.has(id)) {
-        // Until the inspect that follows answers (Docker may hold a dying container's lock for
-        // seconds), the cached state still says running: drain it now, never republish it.
-        this.draining.add(id);
-        this.dirty.add(id);
-        this.scheduleFlush(true);
-        return;
+        // No kill came first (the main process exited by itself, or crashed).
+        return this.drain(id);
       }
     } else if (ev.Type === "network") {
       // connect / disconnect change the addresses of a running container; for one that is
@@ -320,6 +310,20 @@ export class DockerWatcher {
     } else return;
     this.dirty.add(id);
     this.scheduleFlush();
+  }
+
+  /**
+   * A stopping kill, or a die without one: weight 0 at once, from the cached state, without
+   * waiting for the inspect (Docker may hold a dying container's lock for seconds, and an
+   * inspect of a container that has exited already would remove it without the drain). The
+   * inspect follows at once; it removes the container or, for one that lives on, keeps the drain
+   * until its next start.
+   */
+  private drain(id: string): void {
+    this.draining.add(id);
+    this.dirty.add(id);
+    this.scheduleFlush(true);
+    this.scheduleReport();
   }
 
   /** The debounce: a burst of events ends after a quiet time (or the maximum delay). */
