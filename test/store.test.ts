@@ -114,6 +114,23 @@ describe("merging sources", () => {
     expect(s.services.size).toBe(0);
   });
 
+  test("a refused name says why: which character, or the length; not an unknown path", () => {
+    const { s, warnings, errors } = store();
+    const cases: [string, string][] = [
+      ["services/a\nb/frontend", 'invalid name "a\\nb": control character U+000A'],
+      ["services/web/backends/x\u001b[31m", 'invalid name "x\\u001b[31m": control character U+001B'],
+      ["routes/r\u0085", 'invalid name "r\\u0085": control character U+0085'],
+      ["routes/ r", 'invalid name " r": starts with white space (U+0020)'],
+      ["services/../frontend", 'invalid name "..": "." and ".." are not names'],
+      ["services//frontend", "invalid name \"\": empty"],
+      ["routes/" + "x".repeat(256), `invalid name "${"x".repeat(40)}…": 256 characters, more than 255`],
+    ];
+    for (const [key] of cases) expect(s.apply("etcd", put(key, {}))).toBeUndefined();
+    expect(warnings.map((w) => [w.key, w.message])).toEqual(cases);
+    expect(errors).toHaveLength(0);
+    expect(s.services.size + s.routes.size).toBe(0);
+  });
+
   test("other top-level names are skipped, reported once per name and source", () => {
     const skipped: ConfigProblem[] = [];
     const warnings: ConfigProblem[] = [];

@@ -4,6 +4,7 @@
 // last good value (or none). The store reports which services and routes changed, so that the
 // desired table is recomputed only where it must be.
 
+import { quote } from "../util/log.ts";
 import type { KeyEvent, RawValue, SourceName } from "./source.ts";
 import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
 
@@ -42,15 +43,33 @@ export interface StoreOptions {
   onSkipped?: (p: ConfigProblem) => void;
 }
 
-/** A service, backend or route name: no slash, no control characters, not "." or "..". */
-const NAME = /^[^/\s\p{Cc}][^/\p{Cc}]*$/u;
 /** Longest accepted name, in characters (names become metric labels and log fields). */
 const MAX_NAME_LENGTH = 255;
 
-/** Maps a key path to what it names; undefined for paths outside the layout. */
+/**
+ * Why a service, backend or route name is refused (undefined: it is a good name): names are one
+ * path segment, not "." or "..", without control characters, not starting with white space, at
+ * most MAX_NAME_LENGTH characters.
+ */
+export function nameProblem(name: string): string | undefined {
+  const shown = quote(name.length > 40 ? name.slice(0, 40) + "…" : name);
+  const bad = (why: string) => `invalid name ${shown}: ${why}`;
+  if (name === "") return bad("empty");
+  if (name === "." || name === "..") return bad('"." and ".." are not names');
+  if (name.length > MAX_NAME_LENGTH) return bad(`${name.length} characters, more than ${MAX_NAME_LENGTH}`);
+  const control = /\p{Cc}/u.exec(name);
+  if (control) return bad(`control character ${codePoint(control[0])}`);
+  if (/^\s/u.test(name)) return bad(`starts with white space (${codePoint(name[0]!)})`);
+  if (name.includes("/")) return bad("contains a slash");
+  return undefined;
+}
+
+const codePoint = (c: string) => `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+
+/** Maps a key path to what it names; undefined for paths outside the layout or with a bad name. */
 export function parseKeyPath(key: string): KeyPath | undefined {
   const parts = key.split("/");
-  if (parts.some((p) => !NAME.test(p) || p === "." || p === ".." || p.length > MAX_NAME_LENGTH)) return undefined;
+  if (parts.some((p) => nameProblem(p) !== undefined)) return undefined;
   if (parts[0] === "services" && parts.length === 3 && parts[2] === "frontend") return { kind: "frontend", service: parts[1]! };
   if (parts[0] === "services" && parts.length === 4 && parts[2] === "backends") {
     return { kind: "backend", service: parts[1]!, backend: parts[3]! };
@@ -108,7 +127,9 @@ export class ConfigStore {
         return undefined;
       }
       if (event.value) {
-        this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message: "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME or routes/NAME)" });
+        const badName = event.key.split("/").map(nameProblem).find((p) => p !== undefined);
+        const message = badName ?? "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME or routes/NAME)";
+        this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message });
       }
       return undefined;
     }

@@ -14,17 +14,31 @@ export function configureLog(opts: { level?: Level | "off"; json?: boolean }): v
 
 export type Fields = Record<string, string | number | boolean | undefined | null>;
 
+const SHORT_ESCAPE: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+/**
+ * Every control character (C0, DEL, C1) as an escape: a log line stays one line, and text from a
+ * config key or value cannot move a terminal's cursor or start an escape sequence. JSON.stringify
+ * leaves DEL and C1 raw; their \u escapes keep JSON valid.
+ */
+export function escapeControls(s: string): string {
+  return s.replace(/\p{Cc}/gu, (c) => SHORT_ESCAPE[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/** A string in double quotes, every control character escaped (for names in messages, too). */
+export const quote = (s: string): string => escapeControls(JSON.stringify(s));
+
 export function log(level: Level, msg: string, fields: Fields = {}): void {
   if (order[level] < order[minLevel]) return;
   let line: string;
   if (jsonFormat) {
-    line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields });
+    line = escapeControls(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }));
   } else {
     const extra = Object.entries(fields)
       .filter(([, v]) => v !== undefined && v !== null)
-      .map(([k, v]) => `${k}=${typeof v === "string" && /[\s"=]/.test(v) ? JSON.stringify(v) : v}`)
+      .map(([k, v]) => `${escapeControls(k)}=${typeof v === "string" && /[\s"=\p{Cc}]/u.test(v) ? quote(v) : v}`)
       .join(" ");
-    line = `${level.toUpperCase()} ${msg}${extra ? " " + extra : ""}`;
+    line = `${level.toUpperCase()} ${escapeControls(msg)}${extra ? " " + extra : ""}`;
   }
   process.stderr.write(line + "\n");
 }
