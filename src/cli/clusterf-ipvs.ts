@@ -144,6 +144,12 @@ export async function main(argv: string[]): Promise<number> {
     drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),
   });
 
+  // SIGHUP reloads (its default action would kill the daemon, leaving an advertised route to its TTL).
+  process.on("SIGHUP", () => {
+    log.info("reload: SIGHUP: re-reading every source, then resyncing the IPVS table");
+    daemon.reload().catch((e) => log.error(`reload: ${(e as Error).message}`));
+  });
+
   const firstApply = daemon.nextApply();
   const metrics = startMetrics(flags["metrics-listen"] as string, () => ipvsMetrics(daemon), () => ipvsHealth(daemon));
   if (metrics === null) return 1;

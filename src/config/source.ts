@@ -36,5 +36,11 @@ export interface ConfigSource {
   readonly name: SourceName;
   /** Reads everything once (a snapshot() call), then follows changes until stop(). */
   start(sink: SourceSink): Promise<void>;
+  /**
+   * Reads everything again, as a fresh start would, and hands it over as one snapshot() before
+   * resolving (SIGHUP: whatever the source may have missed, the sink then holds exactly what it
+   * holds). Does nothing before start() or after stop().
+   */
+  resync?(): Promise<void>;
   stop(): Promise<void>;
 }

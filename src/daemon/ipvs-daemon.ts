@@ -50,7 +50,9 @@ export class IpvsDaemon implements SourceSink {
   private started = false;
   private dirtyServices = new Set<string>();
   private routeChanges: Change[] = [];
-  private scheduled = false;
+  private applyTimer?: ReturnType<typeof setTimeout>;
+  private sourcesStarted = false;
+  private reloading: Promise<void> = Promise.resolve();
   private resyncTimer?: ReturnType<typeof setInterval>;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private drainTimer?: ReturnType<typeof setTimeout>;
@@ -81,11 +83,13 @@ export class IpvsDaemon implements SourceSink {
     if (this.opts.flush) this.reconciler.flush();
     else this.reconciler.readActual();
     for (const s of this.sources) await s.start(this);
+    this.sourcesStarted = true;
     if (this.sources.length === 0) this.scheduleApply();
     if (this.opts.resyncMs > 0) this.resyncTimer = setInterval(() => this.resync(), this.opts.resyncMs);
   }
 
   async stop(): Promise<void> {
+    clearTimeout(this.applyTimer);
     clearInterval(this.resyncTimer);
     clearTimeout(this.retryTimer);
     clearTimeout(this.drainTimer);
@@ -147,13 +151,40 @@ export class IpvsDaemon implements SourceSink {
   }
 
   private scheduleApply(): void {
-    if (this.scheduled || this.waiting.size > 0) return;
-    this.scheduled = true;
+    if (this.applyTimer || this.waiting.size > 0) return;
     // A macrotask, so that a burst of source callbacks in the same tick becomes one apply.
-    setTimeout(() => {
-      this.scheduled = false;
+    this.applyTimer = setTimeout(() => {
+      this.applyTimer = undefined;
       this.apply();
     }, 0);
+  }
+
+  /**
+   * The reload (SIGHUP): every source reads everything again, as at a fresh start, that is
+   * applied at once, then the kernel table is re-read and its drift corrected. Reloads that
+   * overlap run one after the other.
+   */
+  reload(): Promise<void> {
+    this.reloading = this.reloading.then(() => this.reloadNow());
+    return this.reloading;
+  }
+
+  private async reloadNow(): Promise<void> {
+    // Before the sources have started, their first read is still to come: it is the fresh read.
+    if (!this.sourcesStarted) return log.info("reload: still starting, nothing to re-read");
+    const results = await Promise.allSettled(this.sources.map((s) => s.resync?.()));
+    results.forEach((r, i) => {
+      // The last known config of that source stays in force, as when it is down.
+      if (r.status === "rejected") log.warn("reload: cannot re-read a source", { source: this.sources[i]!.name, error: (r.reason as Error).message });
+    });
+    // Until the first apply, the snapshots only wait for the other sources; the first apply reads the kernel anyway.
+    if (!this.started) return;
+    if (this.applyTimer) {
+      clearTimeout(this.applyTimer);
+      this.applyTimer = undefined;
+      this.apply();
+    }
+    this.resync(); // logs its writes, if any
   }
 
   /** Applies what changed since the last apply (everything, the first time). */
