@@ -521,4 +521,32 @@ describe("EtcdSource, authentication and TLS", () => {
       await etcd.destroy();
     }
   }, 20000);
+
+  // The member answers over TLS with a chain of the client's own CA (startEtcd checked that), so
+  // only the name check stands between the client and a server that is not the one it asked for.
+  for (const [what, san, host] of [
+    ["for another IP address, on an IP-address endpoint", "IP:127.0.0.2,DNS:etcd", "127.0.0.1"],
+    ["with a DNS name only (its CN is the address), on an IP-address endpoint", "DNS:localhost", "127.0.0.1"],
+    ["for another name, on a host-name endpoint", "IP:127.0.0.1,DNS:other", "localhost"],
+  ] as const) {
+    test(`TLS: a server certificate of the same CA ${what} is refused`, async () => {
+      const etcd = await startEtcd({ tls: true, serverSan: san });
+      try {
+        const tls = { cacert: etcd.certs!.ca, cert: etcd.certs!.clientCert, key: etcd.certs!.clientKey };
+        const sink = new RecordingSink();
+        const endpoint = etcd.clientUrl.replace("127.0.0.1", host);
+        const src = source({ endpoints: [endpoint], ...tls, backoffInitialMs: 50, backoffMaxMs: 200 });
+        await src.start(sink);
+        await Bun.sleep(1500); // several attempts
+        expect(sink.statuses.some((st) => st.up)).toBe(false);
+        expect(sink.statuses[0]?.detail).toMatch(/altnames/);
+        expect(sink.snapshots.length).toBe(0);
+        expect(src.endpoint).toBeNull();
+        expectFaithful();
+      } finally {
+        await Promise.all(sources.splice(0).map((s) => s.stop()));
+        await etcd.destroy();
+      }
+    }, 20000);
+  }
 });
