@@ -2,11 +2,12 @@
 
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as path from "node:path";
 import fc from "fast-check";
-import { isIgnoredName, parseFileName } from "../src/config/dir-source.ts";
+import { DirSource, isIgnoredName, parseFileName, readConfigDir } from "../src/config/dir-source.ts";
 import { configureLog } from "../src/util/log.ts";
-import { applyEdit, captureLogs, converged, editArb, Harness, Recorder, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
+import { applyEdit, captureLogs, converged, editArb, Harness, plain, Recorder, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
 
 configureLog({ level: "error" });
 
@@ -364,6 +365,94 @@ describe("DirSource", () => {
     // the changes already noticed are not handed over a second time
     await src.settle();
     expect(rec.updates).toEqual([]);
+  });
+
+  dirTest("nothing is skipped silently: odd entries warned once, leftovers said once at info, again only after going away", async () => {
+    const root = newRoot();
+    const dir = path.join(root, "services/web/backends");
+    write(root, "services/web/backends/b1", "{}");
+    write(root, "services/web/.hidden", "{}");
+    Bun.spawnSync(["mkfifo", path.join(dir, "fifo")]);
+    const server = net.createServer().listen(path.join(dir, "sock"));
+    await new Promise((r) => server.once("listening", r));
+    try {
+      fs.symlinkSync("/dev/null", path.join(dir, "dev"));
+      fs.symlinkSync("nowhere", path.join(dir, "dangling"));
+      fs.symlinkSync("self", path.join(dir, "self"));
+      // a name that is not valid UTF-8: "bad\xff"
+      fs.writeFileSync(Buffer.concat([Buffer.from(dir + "/bad"), Buffer.from([0xff])]), "{}");
+      for (const n of ["4913", "b2.tmp", "#b3#"]) write(root, `services/web/backends/${n}`, "{}");
+
+      let rec!: Recorder;
+      let src!: DirSource;
+      const logs = await captureLogs(async () => {
+        ({ src, rec } = await startSource(root, { rescanMs: 40 }));
+        await sleep(200); // a few periodic re-reads: no repetition
+        await src.resync();
+      }, "info");
+      expect(rec.texts()).toEqual({ "services/web/backends/b1": "{}" });
+      const about = (name: string) => logs.filter((l) => l.includes(`path=${path.join(dir, name)}`) || l.includes(`path=${JSON.stringify(path.join(dir, name))}`));
+      for (const [name, what] of [
+        ["fifo", /^WARN .*not a regular file or directory \(fifo\)/],
+        ["sock", /^WARN .*not a regular file or directory \(socket\)/],
+        ["dev", /^WARN .*not a regular file or directory \(device\)/],
+        ["dangling", /^WARN .*dangling symlink/],
+        ["self", /^WARN .*symlink loop/],
+        ["bad\uFFFD", /^WARN .*not valid UTF-8/],
+        ["4913", /^INFO .*leftover/],
+        ["b2.tmp", /^INFO .*leftover/],
+        ["#b3#", /^INFO .*leftover/],
+      ] as const) {
+        const lines = about(name);
+        expect({ name, lines: lines.length }).toEqual({ name, lines: 1 });
+        expect(lines[0]).toMatch(what);
+      }
+      expect(logs.filter((l) => l.includes(".hidden"))).toEqual([]);
+
+      // the fifo goes away (a re-read sees it gone) and comes back: warned again, once
+      const again = await captureLogs(async () => {
+        fs.rmSync(path.join(dir, "fifo"));
+        await sleep(150);
+        Bun.spawnSync(["mkfifo", path.join(dir, "fifo")]);
+        await sleep(200);
+      }, "info");
+      expect(again.filter((l) => l.includes(path.join(dir, "fifo"))).length).toBe(1);
+      expect(again.filter((l) => !l.includes(path.join(dir, "fifo")) && !l.includes("config-path: changes"))).toEqual([]);
+    } finally {
+      server.close();
+    }
+  });
+
+  dirTest("a symlink loop added while running is cut at once, as in a fresh read", async () => {
+    const root = newRoot();
+    write(root, "services/a/backends/b1", "{}");
+    const { rec } = await startSource(root, { rescanMs: 0 });
+    const logs = await captureLogs(async () => {
+      fs.symlinkSync("..", path.join(root, "services/a/loop")); // services/a/loop -> services
+      fs.symlinkSync(".", path.join(root, "services/a/backends/here"));
+      write(root, "routes/marker", "{}");
+      await until(() => rec.map.has("routes/marker"));
+      await sleep(60);
+    });
+    expect(plain(rec.map)).toEqual(plain(await readConfigDir(root)));
+    expect(rec.map.has("services/a/backends/b1")).toBe(true);
+    expect(logs.filter((l) => l.includes("loop")).length).toBe(2);
+  });
+
+  dirTest("the depth limit counts from the root in live mode too", async () => {
+    const root = newRoot();
+    fs.mkdirSync(path.join(root, "d1"));
+    const { rec } = await startSource(root, { rescanMs: 0 });
+    const rels = Array.from({ length: 34 }, (_, i) => Array.from({ length: i + 1 }, (_, j) => `d${j + 1}`).join("/"));
+    fs.mkdirSync(path.join(root, rels[33]!), { recursive: true });
+    // d32 is the deepest directory listed (the root is level 0): its file counts, d33's does not
+    write(root, `${rels[31]}/f32`, "{}");
+    write(root, `${rels[32]}/f33`, "{}");
+    write(root, "routes/marker", "{}");
+    await until(() => rec.map.has("routes/marker") && rec.map.has(`${rels[31]}/f32`));
+    await sleep(60);
+    expect(plain(rec.map)).toEqual(plain(await readConfigDir(root)));
+    expect([...rec.map.keys()].sort()).toEqual([`${rels[31]}/f32`, "routes/marker"]);
   });
 
   dirTest("stop() ends watching", async () => {

@@ -122,12 +122,12 @@ function dirIdentity(st: fs.Stats): string {
 }
 
 /** The directory that holds a symlink's final target (as far as it resolves), "" if unknown. */
-async function linkTargetDir(file: string): Promise<string> {
+function linkTargetDir(file: string): string {
   try {
-    return path.dirname(await fsp.realpath(file));
+    return path.dirname(fs.realpathSync(file));
   } catch {
     try {
-      return path.dirname(path.resolve(path.dirname(file), await fsp.readlink(file)));
+      return path.dirname(path.resolve(path.dirname(file), fs.readlinkSync(file)));
     } catch {
       return "";
     }
@@ -135,6 +135,21 @@ async function linkTargetDir(file: string): Promise<string> {
 }
 
 const GONE = new Set(["ENOENT", "ENOTDIR", "EISDIR", "ELOOP"]);
+
+/**
+ * Something in the tree that is skipped, reported once: again only when it changes, or goes away
+ * and comes back (a periodic re-read of an unchanged tree stays quiet).
+ */
+interface Note {
+  /** What kind of problem, and for which file: a new signature is reported again. */
+  sig: string;
+  level: "info" | "warn";
+  msg: string;
+  fields: Record<string, string | number>;
+}
+
+/** Notes about directories (loops, depth) are made by the parent's full listing only. */
+const DIR_NOTE = "dir:";
 
 /** What a scan found. */
 interface ScanResult {
@@ -149,18 +164,32 @@ interface ScanResult {
   links: Map<string, string>;
   /** Relative file paths looked at for links (scope for forgetting stale link watches). */
   files: Set<string>;
+  /** Entries skipped, by relative path. */
+  notes: Map<string, Note>;
 }
 
 function newScan(): ScanResult {
-  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Map(), files: new Set() };
+  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Map(), files: new Set(), notes: new Map() };
 }
 
-/** The reading half, without any watching: also used for one-shot reads. */
+/** Work done without yielding before the reader lets the event loop run (it reads synchronously). */
+const SLICE_MS = 20;
+
+/**
+ * The reading half, without any watching: also used for one-shot reads. It reads with
+ * synchronous calls (under Bun an awaited fs.promises call costs ~0.2 ms, 40× a synchronous
+ * read of a small file) and yields to the event loop every SLICE_MS.
+ */
 class TreeReader {
   /** Conflicting file names per key, as last warned about (to warn once per distinct conflict). */
   private conflicts = new Map<string, string>();
   /** Unreadable files as last warned about (re-reads of an unchanged problem stay quiet). */
   private problems = new Map<string, string>();
+  /** Skipped entries as last reported, by relative path. */
+  private reported = new Map<string, string>();
+  private sliceStart = performance.now();
+  /** One read buffer for every file (reads are synchronous, one at a time). */
+  private buf: Buffer | undefined;
 
   private problem(file: string, sig: string, msg: string, fields: Record<string, string | number>): void {
     if (this.problems.get(file) === sig) return;
@@ -179,11 +208,47 @@ class TreeReader {
     return rel === "" ? this.root : path.join(this.root, rel);
   }
 
-  /** Re-read the subtree at `relDir` ("" = everything). Not a directory (any more): nothing. */
+  private async yieldIfDue(): Promise<void> {
+    if (performance.now() - this.sliceStart < SLICE_MS) return;
+    await new Promise((r) => setImmediate(r));
+    this.sliceStart = performance.now();
+  }
+
+  /**
+   * The identities of the directories from the root down to `relDir`, as a fresh read would have
+   * met them on its way; null when a fresh read never lists `relDir` (hidden, deeper than
+   * MAX_DEPTH, inside a directory loop, or not a directory).
+   */
+  private ancestry(relDir: string): Set<string> | null {
+    const parts = relDir === "" ? [] : relDir.split("/");
+    if (parts.length > MAX_DEPTH || parts.some(isIgnoredName)) return null;
+    const seen = new Set<string>();
+    let rel = "";
+    for (let i = 0; ; i++) {
+      let st: fs.Stats;
+      try {
+        st = fs.statSync(this.abs(rel));
+      } catch {
+        return null;
+      }
+      const id = dirIdentity(st);
+      if (!st.isDirectory() || seen.has(id)) return null;
+      seen.add(id);
+      if (i === parts.length) return seen;
+      rel = joinRel(rel, parts[i]!);
+    }
+  }
+
+  /** Re-read the subtree at `relDir` ("" = everything), exactly as a fresh read of the tree would see it. */
   async scanTree(relDir: string): Promise<ScanResult> {
     const res = newScan();
-    if (relDir !== "" && relDir.split("/").some(isIgnoredName)) return res;
-    await this.scanDir(relDir, null, res, new Set(), 0);
+    this.sliceStart = performance.now();
+    const depth = relDir === "" ? 0 : relDir.split("/").length;
+    const seen = relDir === "" ? new Set<string>() : this.ancestry(dirOf(relDir));
+    if (seen !== null && depth <= MAX_DEPTH && !(relDir !== "" && isIgnoredName(relDir.slice(relDir.lastIndexOf("/") + 1)))) {
+      await this.scanDir(relDir, null, res, seen, depth);
+    }
+    this.report(res, (rel) => isBelow(rel, relDir));
     return res;
   }
 
@@ -193,9 +258,20 @@ class TreeReader {
    */
   async scanKeys(relDir: string, stems: Set<string>): Promise<ScanResult> {
     const res = newScan();
-    if (relDir !== "" && relDir.split("/").some(isIgnoredName)) return res;
-    await this.scanDir(relDir, stems, res, new Set(), MAX_DEPTH);
+    this.sliceStart = performance.now();
+    if (this.ancestry(relDir) !== null) await this.scanDir(relDir, stems, res, new Set(), MAX_DEPTH);
+    this.report(res, (rel, sig) => dirOf(rel) === relDir && !sig.startsWith(DIR_NOTE) && stems.has(parseFileName(rel.slice(rel.lastIndexOf("/") + 1)).stem));
     return res;
+  }
+
+  /** Logs the notes not reported yet; forgets those in the scan's scope that it did not find again. */
+  private report(res: ScanResult, inScope: (rel: string, sig: string) => boolean): void {
+    for (const [rel, sig] of this.reported) if (!res.notes.has(rel) && inScope(rel, sig)) this.reported.delete(rel);
+    for (const [rel, n] of res.notes) {
+      if (this.reported.get(rel) === n.sig) continue;
+      this.reported.set(rel, n.sig);
+      (n.level === "info" ? info : warn)(n.msg, { source: SOURCE, ...n.fields, path: this.abs(rel) });
+    }
   }
 
   /**
@@ -205,20 +281,21 @@ class TreeReader {
   private async scanDir(relDir: string, onlyStems: Set<string> | null, res: ScanResult, seen: Set<string>, depth: number): Promise<void> {
     const absDir = this.abs(relDir);
     let entries: fs.Dirent[];
+    await this.yieldIfDue();
     try {
       if (onlyStems === null) {
-        const st = await fsp.stat(absDir);
+        const st = fs.statSync(absDir);
         if (!st.isDirectory()) return;
         const id = dirIdentity(st);
         if (seen.has(id)) {
-          warn("config-path: directory symlink loop, not descending", { source: SOURCE, path: absDir });
+          res.notes.set(relDir, { sig: `${DIR_NOTE}loop`, level: "warn", msg: "config-path: directory symlink loop, not descending", fields: {} });
           return;
         }
         seen = new Set(seen).add(id);
         res.dirs.set(relDir, id);
         this.beforeList?.(relDir, absDir, id);
       }
-      entries = await fsp.readdir(absDir, { withFileTypes: true });
+      entries = fs.readdirSync(absDir, { withFileTypes: true });
     } catch (e) {
       if (GONE.has(errCode(e))) return;
       warn("config-path: cannot list directory, keeping its previous keys", { source: SOURCE, path: absDir, error: errCode(e) });
@@ -229,36 +306,54 @@ class TreeReader {
     // Candidate files per key stem, and subdirectories.
     const groups = new Map<string, Array<{ name: string; link: boolean }>>();
     const subdirs: string[] = [];
+    const note = (name: string, n: Note) => res.notes.set(joinRel(relDir, name), n);
     for (const ent of entries) {
       const name = ent.name;
-      if (isIgnoredName(name)) continue;
+      if (onlyStems !== null && !onlyStems.has(parseFileName(name).stem)) continue;
+      if (name.startsWith(".")) continue; // hidden: a convention, not worth a word
+      if (isIgnoredName(name)) {
+        // said once, so that a backend named like one (`4913`, `x.tmp`) does not vanish silently
+        note(name, { sig: "leftover", level: "info", msg: "config-path: ignored as an editor or package-manager leftover", fields: {} });
+        continue;
+      }
+      const abs = absDir + "/" + name;
+      if (name.includes("\uFFFD") && !existsNoFollow(abs)) {
+        // not valid UTF-8: the decoded name is not the file's name, and no key can hold it
+        note(name, { sig: "name", level: "warn", msg: "config-path: file name is not valid UTF-8, skipped", fields: {} });
+        continue;
+      }
       let kind: "file" | "dir" | "dangling" | "other";
       const link = ent.isSymbolicLink();
+      let st: fs.Stats | undefined;
       if (ent.isFile()) kind = "file";
       else if (ent.isDirectory()) kind = "dir";
-      else if (link) {
+      else {
         try {
-          const st = await fsp.stat(path.join(absDir, name));
+          st = fs.statSync(abs);
           kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
         } catch (e) {
-          debug("config-path: dangling symlink ignored", { source: SOURCE, path: path.join(absDir, name), error: errCode(e) });
+          const code = errCode(e);
+          if (!link) continue; // gone since the listing
           kind = "dangling";
+          note(name, { sig: `dangling:${code}`, level: "warn", msg: code === "ELOOP" ? "config-path: symlink loop, skipped" : "config-path: dangling symlink, skipped", fields: { error: code } });
         }
-      } else kind = "other";
-
+      }
+      if (kind === "other") {
+        const what = st!.isFIFO() ? "fifo" : st!.isSocket() ? "socket" : st!.isCharacterDevice() || st!.isBlockDevice() ? "device" : "special file";
+        note(name, { sig: `other:${what}:${st!.ino}`, level: "warn", msg: `config-path: not a regular file or directory (${what}), skipped`, fields: {} });
+        continue;
+      }
       if (kind === "dir") {
         if (onlyStems === null) subdirs.push(name);
         continue;
       }
       const { stem } = parseFileName(name);
-      if (onlyStems !== null && !onlyStems.has(stem)) continue;
       res.files.add(joinRel(relDir, name));
       if (kind === "dangling") {
         // Remembered (and its target's directory watched): it may come to life.
-        res.links.set(joinRel(relDir, name), await linkTargetDir(path.join(absDir, name)));
+        res.links.set(joinRel(relDir, name), linkTargetDir(abs));
         continue;
       }
-      if (kind !== "file") continue;
       let g = groups.get(stem);
       if (!g) groups.set(stem, (g = []));
       g.push({ name, link });
@@ -269,14 +364,15 @@ class TreeReader {
       const key = joinRel(relDir, stem);
       this.noteConflict(key, relDir, cands.map((c) => c.name));
       const first = cands[0]!;
-      await this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
+      this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
+      await this.yieldIfDue();
     }
     if (onlyStems !== null) {
       for (const stem of onlyStems) if (!groups.has(stem)) this.noteConflict(joinRel(relDir, stem), relDir, []);
       return;
     }
     if (depth >= MAX_DEPTH) {
-      if (subdirs.length) warn("config-path: tree too deep, not descending", { source: SOURCE, path: absDir });
+      for (const d of subdirs) note(d, { sig: `${DIR_NOTE}deep`, level: "warn", msg: `config-path: deeper than ${MAX_DEPTH} levels, not descending`, fields: {} });
       return;
     }
     for (const d of subdirs) await this.scanDir(joinRel(relDir, d), null, res, seen, depth + 1);
@@ -298,25 +394,28 @@ class TreeReader {
     });
   }
 
-  private async readFile(key: string, rel: string, format: ValueFormat, link: boolean, res: ScanResult): Promise<void> {
+  private readFile(key: string, rel: string, format: ValueFormat, link: boolean, res: ScanResult): void {
     const file = this.abs(rel);
     // Watch where the content really lives (also when it turns out unreadable: it may get fixed).
-    if (link) res.links.set(rel, await linkTargetDir(file));
-    let fh: fsp.FileHandle | undefined;
+    if (link) res.links.set(rel, linkTargetDir(file));
+    let fd: number | undefined;
     try {
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
-      fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-      const st = await fh.stat();
+      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      const st = fs.fstatSync(fd);
       if (!st.isFile()) return; // not a regular file (any more): no value
       const tooLarge = (size: number) => {
         this.problem(file, `size:${size}:${st.mtimeMs}`, "config-path: file too large, not read (previous value kept)", { key, size, limit: this.maxBytes });
         res.keepKeys.add(key);
       };
       if (st.size > this.maxBytes) return tooLarge(st.size);
-      const buf = await fh.readFile();
-      if (buf.length > this.maxBytes) return tooLarge(buf.length);
+      // Up to one byte more than allowed: a file that grew since the stat is seen as too large.
+      const buf = (this.buf ??= Buffer.allocUnsafe(this.maxBytes + 1));
+      let len = 0;
+      for (let n; len < buf.length && (n = fs.readSync(fd, buf, len, buf.length - len, null)) > 0; ) len += n;
+      if (len > this.maxBytes) return tooLarge(len);
       this.problems.delete(file);
-      let text = buf.toString("utf8");
+      let text = buf.toString("utf8", 0, len);
       if (text.charCodeAt(0) === 0xfeff) text = text.slice(1); // byte order mark from some editors
       res.values.set(key, { text, format, origin: file });
     } catch (e) {
@@ -329,8 +428,18 @@ class TreeReader {
       this.problem(file, code, "config-path: cannot read file (previous value kept)", { key, error: code });
       res.keepKeys.add(key);
     } finally {
-      await fh?.close().catch(() => {});
+      if (fd !== undefined) fs.closeSync(fd);
     }
+  }
+}
+
+/** The entry exists under this exact name (lstat: a symlink is not followed). */
+function existsNoFollow(abs: string): boolean {
+  try {
+    fs.lstatSync(abs);
+    return true;
+  } catch {
+    return false;
   }
 }
 
