@@ -90,6 +90,35 @@ describe("merging sources", () => {
     expect(errors[0]!.message).toContain('invalid IPv4 address "192.0.2.999"; the last good value stays in force');
   });
 
+  test("a route whose gateway has no prefix of its family is an error; the last good value stays", () => {
+    const { s, errors } = store();
+    s.apply("local", put("routes/r", { Prefix4: "198.51.100.0/24", Gateway4: "192.0.2.1", IpvsMethod: "droute" }));
+    expect(s.apply("local", put("routes/r", { Prefix4: "198.51.100.0/24", Gateway6: "2001:db8::1", IpvsMethod: "droute" }))).toBeUndefined();
+    expect(errors.map((e) => [e.source, e.key, e.message])).toEqual([
+      ["local", "routes/r", "Gateway6: an IPv6 gateway needs an IPv6 prefix in a route that has a prefix; this route has only an IPv4 prefix; the last good value stays in force"],
+    ]);
+    expect(s.routes.get("r")?.gateway4).toBe("192.0.2.1");
+  });
+
+  test("a backend without address or port is warned about once per value change, with source and key", () => {
+    const { s, warnings } = store();
+    const seen = () => warnings.map((w) => `${w.source} ${w.key}: ${w.message}`);
+    s.apply("etcd", put("services/web/backends/a", '{"ipv4": "192.0.2.1"}'));
+    s.apply("etcd", put("services/web/backends/a", '{"ipv4": "192.0.2.1"}')); // the same value again
+    s.snapshot("etcd", entries({ "services/web/backends/a": '{"ipv4": "192.0.2.1"}' }));
+    expect(seen()).toEqual(["etcd services/web/backends/a: backend has no tcp or udp port: no IPVS destination"]);
+    s.apply("etcd", put("services/web/backends/a", '{"ipv4": "192.0.2.1", "weight": 3}')); // changed, still no port
+    s.apply("local", put("services/web/backends/a", '{"tcp": 80}'));
+    s.apply("etcd", put("services/web/backends/a", '{"ipv4": "192.0.2.1", "tcp": 80}')); // fixed
+    s.apply("etcd", put("services/web/backends/a", '{"ipv4": "192.0.2.1"}')); // broken again
+    expect(seen()).toEqual([
+      "etcd services/web/backends/a: backend has no tcp or udp port: no IPVS destination",
+      "etcd services/web/backends/a: backend has no tcp or udp port: no IPVS destination",
+      "local services/web/backends/a: backend has no ipv4 or ipv6 address: no IPVS destination",
+      "etcd services/web/backends/a: backend has no tcp or udp port: no IPVS destination",
+    ]);
+  });
+
   test("a bad value for a new key adds nothing; other keys still apply", () => {
     const { s, errors } = store();
     const changes = s.snapshot("local", entries({

@@ -54,6 +54,11 @@ describe("bad values give a clear error", () => {
     ["IPv6 CIDR in Prefix4", () => parseRoute('{"Prefix4": "2001:db8::/32"}'), /Prefix4: expected an IPv4 CIDR/],
     ["unknown method", () => parseRoute('{"IpvsMethod": "nat"}'), /IpvsMethod: unknown method "nat": expected masq, droute, tunnel or filter/],
     ["bad gateway", () => parseRoute('{"Gateway4": "10.0.0.300"}'), /Gateway4: invalid IPv4 address/],
+    ["Prefix4 with only Gateway6", () => parseRoute('{"Prefix4": "10.0.0.0/8", "Gateway6": "2001:db8::1"}'), /^Gateway6: an IPv6 gateway needs an IPv6 prefix in a route that has a prefix; this route has only an IPv4 prefix$/],
+    ["Prefix6 with Gateway4", () => parseRoute('{"Prefix6": "2001:db8::/32", "Gateway4": "192.0.2.1"}'), /^Gateway4: an IPv4 gateway needs an IPv4 prefix in a route that has a prefix; this route has only an IPv6 prefix$/],
+    ["Prefix4 and Gateway4 with a stray Gateway6", () => parseRoute('{"Prefix4": "10.0.0.0/8", "Gateway4": "192.0.2.1", "Gateway6": "2001:db8::1"}'), /^Gateway6: an IPv6 gateway needs an IPv6 prefix/],
+    ["Prefix (IPv4) with Gateway (IPv6)", () => parseRoute('{"Prefix": "10.0.0.0/8", "Gateway": "2001:db8::1"}'), /^Gateway: an IPv6 gateway needs an IPv6 prefix/],
+    ["Prefix (IPv6) with Gateway (IPv4)", () => parseRoute('{"Prefix": "2001:db8::/32", "Gateway": "192.0.2.1"}'), /^Gateway: an IPv4 gateway needs an IPv4 prefix/],
     ["Prefix vs Prefix4 disagree", () => parseRoute('{"Prefix4": "10.0.0.0/8", "Prefix": "10.1.0.0/16"}'), /Prefix: conflicts/],
     ["bad scheduler", () => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "scheduler": "Round Robin"}'), /scheduler: invalid scheduler name/],
     ["negative persistence", () => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "persistent": -5}'), /persistent/],
@@ -97,7 +102,26 @@ describe("backend values", () => {
   });
 });
 
+describe("a backend that cannot become a destination is a warning, as for a frontend", () => {
+  test.each([
+    ['{"ipv4": "192.0.2.1"}', ["backend has no tcp or udp port: no IPVS destination"]],
+    ['{"ipv6": "2001:db8::1", "weight": 0}', ["backend has no tcp or udp port: no IPVS destination"]],
+    ['{"tcp": 80}', ["backend has no ipv4 or ipv6 address: no IPVS destination"]],
+    ['{"ipv4": "", "udp": 53}', ["backend has no ipv4 or ipv6 address: no IPVS destination"]],
+    ["{}", ["backend has no ipv4 or ipv6 address: no IPVS destination"]],
+    ['{"ipv4": "192.0.2.1", "udp": 53}', []],
+  ])("%s", (text, want) => {
+    expect(parseBackend(text).warnings).toEqual(want);
+  });
+});
+
 describe("route values", () => {
+  test("gateways of a family without a prefix of that family are fine in a default route, and beside the other prefix", () => {
+    expect(parseRoute('{"Gateway6": "2001:db8::1", "IpvsMethod": "droute"}').value).toEqual({ gateway6: "2001:db8::1", method: "droute" });
+    const r = parseRoute('{"Prefix4": "10.0.0.0/8", "Prefix6": "2001:db8::/32", "Gateway4": "192.0.2.1"}').value;
+    expect([r.gateway4, r.gateway6, r.prefix6?.length]).toEqual(["192.0.2.1", undefined, 32]);
+  });
+
   test("both spellings", () => {
     const a = parseRoute('{"Prefix4": "10.3.107.0/24", "Gateway4": "10.0.0.1", "IpvsMethod": "droute"}').value;
     const b = parseRoute('{"Prefix": "10.3.107.0/24", "Gateway": "10.0.0.1", "IPVSMethod": "droute"}').value;

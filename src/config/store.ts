@@ -109,6 +109,8 @@ export class ConfigStore {
   readonly routes = new Map<string, Route>();
 
   private readonly skipped = new Set<string>();
+  /** "source:key" → the text whose warnings were reported last (only keys with warnings). */
+  private readonly warned = new Map<string, string>();
 
   constructor(private readonly opts: StoreOptions = {}) {}
 
@@ -135,20 +137,35 @@ export class ConfigStore {
     }
     const values = this.sources[source];
     if (event.value === null) {
+      this.warned.delete(`${source}:${event.key}`);
       if (!values.delete(event.key)) return undefined;
     } else {
       let parsed: { entry: Entry; warnings: string[] };
       try {
         parsed = parseEntry(path, event.value);
       } catch (e) {
+        this.warned.delete(`${source}:${event.key}`);
         const kept = values.has(event.key) ? "; the last good value stays in force" : "";
         this.opts.onError?.({ source, key: event.key, origin: event.value.origin, message: `${(e as Error).message}${kept}` });
         return undefined;
       }
-      for (const w of parsed.warnings) this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message: w });
+      this.reportWarnings(source, event.key, event.value, parsed.warnings);
       values.set(event.key, parsed.entry);
     }
     return this.remerge(event.key, path);
+  }
+
+  /**
+   * A value's warnings are reported once per value: not again when the same text comes back (an
+   * etcd put of the same value, a full re-read), but again once it has changed.
+   */
+  private reportWarnings(source: SourceName, key: string, raw: RawValue, warnings: string[]): void {
+    const id = `${source}:${key}`;
+    if (warnings.length === 0) this.warned.delete(id);
+    else if (this.warned.get(id) !== raw.text) {
+      this.warned.set(id, raw.text);
+      for (const w of warnings) this.opts.onWarning?.({ source, key, origin: raw.origin, message: w });
+    }
   }
 
   /** Replaces everything a source had with a complete snapshot; returns the merged changes. */

@@ -232,6 +232,8 @@ export function parseBackend(text: string, format: ValueFormat = "json"): Parsed
   if (fields.has("tcp")) b.tcp = port(fields.get("tcp"), "tcp");
   if (fields.has("udp")) b.udp = port(fields.get("udp"), "udp");
   if (fields.has("weight")) b.weight = integer(fields.get("weight"), "weight", 0, MAX_WEIGHT, "weight");
+  if (!b.ipv4 && !b.ipv6) warnings.push("backend has no ipv4 or ipv6 address: no IPVS destination");
+  else if (!b.tcp && !b.udp) warnings.push("backend has no tcp or udp port: no IPVS destination");
   return { value: b, warnings };
 }
 
@@ -253,10 +255,12 @@ export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<R
     }
     r[slot] = cidr;
   };
+  const gatewayField: Partial<Record<4 | 6, string>> = {};
   const setGateway = (family: 4 | 6, address: string, field: string) => {
     const slot = family === 4 ? "gateway4" : "gateway6";
     if (r[slot] && r[slot] !== address) throw new ConfigValueError(`conflicts with the IPv${family} gateway given by another key`, field);
     r[slot] = address;
+    gatewayField[family] = field;
   };
   for (const [field, family] of [["Prefix4", 4], ["Prefix6", 6], ["Prefix", undefined]] as const) {
     if (!fields.has(field)) continue;
@@ -274,6 +278,19 @@ export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<R
   if (fields.has("Gateway")) {
     const g = parseAddress(fields.get("Gateway"), "Gateway");
     if (g) setGateway(g.family, g.address, "Gateway");
+  }
+  // A route with a prefix applies only to the families it has a prefix for: a gateway of the
+  // other family would never be used.
+  if (r.prefix4 || r.prefix6) {
+    for (const [family, other] of [[4, 6], [6, 4]] as const) {
+      const field = gatewayField[family];
+      if (field && !r[family === 4 ? "prefix4" : "prefix6"]) {
+        throw new ConfigValueError(
+          `an IPv${family} gateway needs an IPv${family} prefix in a route that has a prefix; this route has only an IPv${other} prefix`,
+          field,
+        );
+      }
+    }
   }
   if (fields.has("IpvsMethod")) r.method = parseRouteMethod(fields.get("IpvsMethod"), "IpvsMethod");
   return { value: r, warnings };
