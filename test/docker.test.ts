@@ -659,3 +659,34 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     expect(JSON.parse(readFileSync(join(stateDir, "docker-lease.json"), "utf8")).leaseId).toBe(kv.lease);
   }, 30_000);
 });
+
+// The Docker benchmark with a few containers: its exit status says whether the goal was met,
+// after the same table (with Docker's own times of this run as the yardstick) either way.
+describe("bench/docker.ts, a quick run", () => {
+  const bench = async (env: Record<string, string>) => {
+    const p = Bun.spawn([BUN, join(ROOT, "bench/docker.ts")], { cwd: ROOT, env: { ...process.env, BENCH_DOCKER_CONTAINERS: "3", ...env }, stdout: "pipe", stderr: "pipe" });
+    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    return { stdout, stderr, code };
+  };
+  const expectTable = (out: string) => {
+    const rows = out.split("\n").filter((l) => l.startsWith("| "));
+    expect(rows.map((r) => r.split(" | ")[0])).toEqual(["| step", "| start 3 at once → published", "| stop 3 at once (-t 2) → weight 0", "| … → removed", "| yardstick: Docker alone, first request → last call returned"]);
+    for (const r of rows) expect(r.split("|")).toHaveLength(9); // seven columns
+    expect(rows[1]).toContain("| 3 puts (1) |");
+    expect(rows[4]).toMatch(/\| start \d+ ms, stop \d+ ms \|/);
+  };
+
+  test("the goal met: exit 0", async () => {
+    const r = await bench({});
+    expect(r.stdout).toMatch(/^Goal \(one write per container, all in etcd within 2000 ms of the last start returning; Docker's own starts took \d+ ms\): met: -?\d+ ms\.$/m);
+    expectTable(r.stdout);
+    expect(r.code).toBe(0);
+  }, 120_000);
+
+  test("the goal not met (a limit no run can meet): exit 1", async () => {
+    const r = await bench({ BENCH_DOCKER_GOAL_MS: "-60000" });
+    expect(r.stdout).toMatch(/^Goal \(.*within -60000 ms.*\): NOT met: all in etcd -?\d+ ms after the last start returned\.$/m);
+    expectTable(r.stdout);
+    expect(r.code).toBe(1);
+  }, 120_000);
+});
