@@ -120,6 +120,11 @@ const route: fc.Arbitrary<Valid<ModelRoute>> = fc
     junk,
   })
   .map((r) => {
+    // A route with a prefix takes gateways only of the families it has a prefix for (docs/config.md).
+    if (r.prefix4.v || r.prefix6.v) {
+      if (!r.prefix4.v && r.gateway4.v) r.gateway4 = { fields: [] };
+      if (!r.prefix6.v && r.gateway6.v) r.gateway6 = { fields: [] };
+    }
     const model: ModelRoute = {};
     if (r.prefix4.v) model.prefix4 = r.prefix4.v;
     if (r.prefix6.v) model.prefix6 = r.prefix6.v;
@@ -159,7 +164,8 @@ const oddKey = fc.constantFrom("services/a", "services/a/backends", "services/a/
 const BAD_VALUES: Record<Kind, Record<string, unknown>[]> = {
   frontend: [{ tcp: 0 }, { tcp: 65536 }, { tcp: "80" }, { udp: 80.5 }, { ipv4: "192.0.2.256" }, { ipv4: "2001:db8::1" }, { ipv6: "2001:db8:::1" }, { ipv4: 5 }, { scheduler: "bad name" }, { scheduler: 5 }, { persistent: -1 }],
   backend: [{ weight: -1 }, { weight: 2147483648 }, { weight: "10" }, { weight: 1.5 }, { tcp: 0 }, { ipv4: "198.51.100" }, { ipv6: "192.0.2.1" }, { udp: [53] }],
-  route: [{ Prefix4: "198.51.100.0/33" }, { Prefix4: "2001:db8::/48" }, { Prefix4: "198.51.100.0" }, { Prefix6: "2001:db8::/129" }, { IpvsMethod: "nat" }, { IpvsMethod: 3 }, { Gateway4: "2001:db8::1" }, { Gateway: "x" }, { Prefix: "junk/8" }],
+  route: [{ Prefix4: "198.51.100.0/33" }, { Prefix4: "2001:db8::/48" }, { Prefix4: "198.51.100.0" }, { Prefix6: "2001:db8::/129" }, { IpvsMethod: "nat" }, { IpvsMethod: 3 }, { Gateway4: "2001:db8::1" }, { Gateway: "x" }, { Prefix: "junk/8" },
+    { Prefix: "", Prefix4: "198.51.100.0/24", Prefix6: "", Gateway6: "2001:db8::fe" }, { Prefix: "", Prefix4: "", Prefix6: "2001:db8::/32", Gateway4: "192.0.2.254" }],
 };
 const badText = (kind: Kind, valid: fc.Arbitrary<Valid<unknown>>): fc.Arbitrary<{ text: string; format: "json" | "yaml" }> =>
   fc.oneof(
