@@ -52,6 +52,7 @@ export class IpvsDaemon implements SourceSink {
   private routeChanges: Change[] = [];
   private applyTimer?: ReturnType<typeof setTimeout>;
   private sourcesStarted = false;
+  private stopping = false;
   private reloading: Promise<void> = Promise.resolve();
   private resyncTimer?: ReturnType<typeof setInterval>;
   private retryTimer?: ReturnType<typeof setTimeout>;
@@ -89,6 +90,7 @@ export class IpvsDaemon implements SourceSink {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     clearTimeout(this.applyTimer);
     clearInterval(this.resyncTimer);
     clearTimeout(this.retryTimer);
@@ -165,11 +167,13 @@ export class IpvsDaemon implements SourceSink {
    * overlap run one after the other.
    */
   reload(): Promise<void> {
-    this.reloading = this.reloading.then(() => this.reloadNow());
-    return this.reloading;
+    const run = this.reloading.then(() => this.reloadNow());
+    this.reloading = run.catch(() => {}); // a failed reload does not block the next one
+    return run;
   }
 
   private async reloadNow(): Promise<void> {
+    if (this.stopping) return;
     // Before the sources have started, their first read is still to come: it is the fresh read.
     if (!this.sourcesStarted) return log.info("reload: still starting, nothing to re-read");
     const results = await Promise.allSettled(this.sources.map((s) => s.resync?.()));
@@ -178,7 +182,7 @@ export class IpvsDaemon implements SourceSink {
       if (r.status === "rejected") log.warn("reload: cannot re-read a source", { source: this.sources[i]!.name, error: (r.reason as Error).message });
     });
     // Until the first apply, the snapshots only wait for the other sources; the first apply reads the kernel anyway.
-    if (!this.started) return;
+    if (!this.started || this.stopping) return;
     if (this.applyTimer) {
       clearTimeout(this.applyTimer);
       this.applyTimer = undefined;
