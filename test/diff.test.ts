@@ -6,6 +6,7 @@ import { Reconciler, normalise } from "../src/daemon/reconciler.ts";
 import { configureLog } from "../src/util/log.ts";
 import { IpvsError, destKeyString, serviceKeyString, writeOne, type Dest, type Op, type Service, type ServiceKey } from "../src/ipvs/types.ts";
 import type { TableEntry } from "../src/model/desired.ts";
+import { seeds } from "./support/seed.ts";
 
 const arbService: fc.Arbitrary<Service> = fc.record({
   family: fc.constant("inet" as const),
@@ -38,154 +39,166 @@ const arbTable: fc.Arbitrary<Table> = fc
 const clone = (t: Table): Table => new Map([...t].map(([k, e]) => [k, { service: { ...e.service }, dests: new Map([...e.dests].map(([dk, d]) => [dk, { ...d }])) }]));
 
 describe("diff", () => {
-  test("property: applying the diff to the actual table gives the desired table", () => {
-    fc.assert(
-      fc.property(arbTable, arbTable, (desired, actual) => {
-        const t = clone(actual);
-        applyOps(t, diffTables(desired, actual, () => true));
-        expect(t).toEqual(desired);
-      }),
-      { seed: 1, numRuns: 500 },
-    );
-  });
-
-  test("property: a table diffed against itself gives no operations", () => {
-    fc.assert(
-      fc.property(arbTable, (t) => {
-        expect(diffTables(t, clone(t), () => true)).toEqual([]);
-      }),
-      { seed: 2, numRuns: 300 },
-    );
-  });
-
-  test("property: services that are not owned and not desired are never touched", () => {
-    fc.assert(
-      fc.property(arbTable, arbTable, (desired, actual) => {
-        const ops = diffTables(desired, actual, () => false);
-        for (const op of ops) expect(desired.has(serviceKeyString(op.service))).toBe(true);
-      }),
-      { seed: 3, numRuns: 300 },
-    );
-  });
-
-  test("property: the real in-memory IPVS table ends equal to the desired table through the reconciler", () => {
-    fc.assert(
-      fc.property(arbTable, arbTable, (first, second) => {
-        const ipvs = new MemoryIpvsTable();
-        const r = new Reconciler(ipvs);
-        r.sync(first);
-        r.sync(second);
-        const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
-        expect(listed).toEqual(second);
-        // An unchanged config makes zero writes after a fresh read (soft restart).
-        const r2 = new Reconciler(ipvs);
-        r2.readActual();
-        expect(r2.sync(second).ops).toBe(0);
-      }),
-      { seed: 4, numRuns: 200 },
-    );
-  });
-
-  test("property: with writes failing at random (batched or alone, refused or unanswered), the resyncs converge and foreign services stay", () => {
-    // A table that fails writes by a seeded script, then works: what the daemon meets when the
-    // kernel misbehaves for a while.
-    class FlakyTable extends MemoryIpvsTable {
-      constructor(private readonly fails: boolean[]) {
-        super();
-      }
-      broken = true;
-      private n = 0;
-      private fail(): Error | undefined {
-        if (!this.broken || !this.fails[this.n++ % this.fails.length]) return undefined;
-        return this.n % 3 ? new IpvsError("Invalid argument", "EINVAL", 22) : new IpvsError("no answer", "ETIMEDOUT");
-      }
-      override writeBatch(ops: readonly Op[]): (Error | null)[] {
-        return ops.map((op) => {
-          const e = this.fail();
-          if (e) return e;
-          try {
-            writeOne(this, op);
-            return null;
-          } catch (err) {
-            return err as Error;
-          }
-        });
-      }
-      override addDest(svc: ServiceKey, d: Dest): void {
-        const e = this.fail();
-        if (e) throw e;
-        super.addDest(svc, d);
-      }
-    }
-    const foreign: Service = { family: "inet", protocol: "tcp", address: "203.0.113.9", port: 9, scheduler: "rr", flags: 0, timeout: 0, netmask: 32 };
-    configureLog({ level: "off" });
-    try {
+  for (const { seed, label } of seeds(1)) {
+    test(`property: applying the diff to the actual table gives the desired table; ${label}`, () => {
       fc.assert(
-        fc.property(arbTable, arbTable, fc.array(fc.boolean(), { minLength: 1, maxLength: 20 }), (first, second, fails) => {
-          const ipvs = new FlakyTable(fails);
-          ipvs.broken = false;
-          ipvs.addService(foreign);
-          ipvs.broken = true;
-          const r = new Reconciler(ipvs);
-          r.readActual();
-          r.sync(first);
-          r.resync(second);
-          r.resync(second);
-          ipvs.broken = false;
-          const last = r.resync(second);
-          expect(last.errors).toBe(0);
-          expect(r.failing.size).toBe(0);
-          const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
-          const want: Table = new Map([...second, [serviceKeyString(foreign), { service: foreign, dests: new Map() }]]);
-          expect(listed).toEqual(want);
-          expect(r.counters.driftCorrections).toBe(0); // failed writes are not drift: nobody edited the kernel
+        fc.property(arbTable, arbTable, (desired, actual) => {
+          const t = clone(actual);
+          applyOps(t, diffTables(desired, actual, () => true));
+          expect(t).toEqual(desired);
         }),
-        { seed: 5, numRuns: 300 },
+        { seed, numRuns: 500 },
       );
-    } finally {
-      configureLog({ level: "info" });
-    }
-  });
+    });
+  }
 
-  test("property: with connections on random destinations, removals drain (weight 0, never deleted) and the table converges once they end", () => {
-    configureLog({ level: "off" });
-    try {
+  for (const { seed, label } of seeds(2)) {
+    test(`property: a table diffed against itself gives no operations; ${label}`, () => {
       fc.assert(
-        fc.property(arbTable, arbTable, fc.array(fc.nat(40), { maxLength: 12 }), (first, second, busy) => {
+        fc.property(arbTable, (t) => {
+          expect(diffTables(t, clone(t), () => true)).toEqual([]);
+        }),
+        { seed, numRuns: 300 },
+      );
+    });
+  }
+
+  for (const { seed, label } of seeds(3)) {
+    test(`property: services that are not owned and not desired are never touched; ${label}`, () => {
+      fc.assert(
+        fc.property(arbTable, arbTable, (desired, actual) => {
+          const ops = diffTables(desired, actual, () => false);
+          for (const op of ops) expect(desired.has(serviceKeyString(op.service))).toBe(true);
+        }),
+        { seed, numRuns: 300 },
+      );
+    });
+  }
+
+  for (const { seed, label } of seeds(4)) {
+    test(`property: the real in-memory IPVS table ends equal to the desired table through the reconciler; ${label}`, () => {
+      fc.assert(
+        fc.property(arbTable, arbTable, (first, second) => {
           const ipvs = new MemoryIpvsTable();
-          const r = new Reconciler(ipvs, { drainMs: 60_000 });
+          const r = new Reconciler(ipvs);
           r.sync(first);
-          // Some destinations of the first table carry connections.
-          const all = ipvs.list().flatMap((s) => s.dests.map((x) => `${serviceKeyString(s)}|${destKeyString(x)}`));
-          for (const i of busy) if (all.length) ipvs.activeConnections.set(all[i % all.length]!, 1 + (i % 3));
           r.sync(second);
-          // Every busy TCP/SCTP destination of a service that stays is still there, at weight 0
-          // unless the config still wants it.
-          for (const s of ipvs.list()) {
-            for (const x of s.dests) {
-              const want = second.get(serviceKeyString(s))?.dests.get(destKeyString(x));
-              expect(want ? x.weight === want.weight : x.weight === 0).toBe(true);
-            }
-          }
-          for (const id of ipvs.activeConnections.keys()) {
-            const [key, dk] = id.split("|") as [string, string];
-            // A busy TCP destination of a service that stays is never deleted while busy.
-            const inKernel = ipvs.list().some((s) => serviceKeyString(s) === key && s.dests.some((x) => destKeyString(x) === dk));
-            if (second.has(key) && !key.includes("+udp:")) expect(inKernel).toBe(true);
-          }
-          // The connections end: released, deleted, and the table is the config.
-          ipvs.activeConnections.clear();
-          r.sync(second, r.releaseDrained());
           const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
           expect(listed).toEqual(second);
-          expect(r.draining.size).toBe(0);
+          // An unchanged config makes zero writes after a fresh read (soft restart).
+          const r2 = new Reconciler(ipvs);
+          r2.readActual();
+          expect(r2.sync(second).ops).toBe(0);
         }),
-        { seed: 6, numRuns: 300 },
+        { seed, numRuns: 200 },
       );
-    } finally {
-      configureLog({ level: "info" });
-    }
-  });
+    });
+  }
+
+  for (const { seed, label } of seeds(5)) {
+    test(`property: with writes failing at random (batched or alone, refused or unanswered), the resyncs converge and foreign services stay; ${label}`, () => {
+      // A table that fails writes by a seeded script, then works: what the daemon meets when the
+      // kernel misbehaves for a while.
+      class FlakyTable extends MemoryIpvsTable {
+        constructor(private readonly fails: boolean[]) {
+          super();
+        }
+        broken = true;
+        private n = 0;
+        private fail(): Error | undefined {
+          if (!this.broken || !this.fails[this.n++ % this.fails.length]) return undefined;
+          return this.n % 3 ? new IpvsError("Invalid argument", "EINVAL", 22) : new IpvsError("no answer", "ETIMEDOUT");
+        }
+        override writeBatch(ops: readonly Op[]): (Error | null)[] {
+          return ops.map((op) => {
+            const e = this.fail();
+            if (e) return e;
+            try {
+              writeOne(this, op);
+              return null;
+            } catch (err) {
+              return err as Error;
+            }
+          });
+        }
+        override addDest(svc: ServiceKey, d: Dest): void {
+          const e = this.fail();
+          if (e) throw e;
+          super.addDest(svc, d);
+        }
+      }
+      const foreign: Service = { family: "inet", protocol: "tcp", address: "203.0.113.9", port: 9, scheduler: "rr", flags: 0, timeout: 0, netmask: 32 };
+      configureLog({ level: "off" });
+      try {
+        fc.assert(
+          fc.property(arbTable, arbTable, fc.array(fc.boolean(), { minLength: 1, maxLength: 20 }), (first, second, fails) => {
+            const ipvs = new FlakyTable(fails);
+            ipvs.broken = false;
+            ipvs.addService(foreign);
+            ipvs.broken = true;
+            const r = new Reconciler(ipvs);
+            r.readActual();
+            r.sync(first);
+            r.resync(second);
+            r.resync(second);
+            ipvs.broken = false;
+            const last = r.resync(second);
+            expect(last.errors).toBe(0);
+            expect(r.failing.size).toBe(0);
+            const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
+            const want: Table = new Map([...second, [serviceKeyString(foreign), { service: foreign, dests: new Map() }]]);
+            expect(listed).toEqual(want);
+            expect(r.counters.driftCorrections).toBe(0); // failed writes are not drift: nobody edited the kernel
+          }),
+          { seed, numRuns: 300 },
+        );
+      } finally {
+        configureLog({ level: "info" });
+      }
+    });
+  }
+
+  for (const { seed, label } of seeds(6)) {
+    test(`property: with connections on random destinations, removals drain (weight 0, never deleted) and the table converges once they end; ${label}`, () => {
+      configureLog({ level: "off" });
+      try {
+        fc.assert(
+          fc.property(arbTable, arbTable, fc.array(fc.nat(40), { maxLength: 12 }), (first, second, busy) => {
+            const ipvs = new MemoryIpvsTable();
+            const r = new Reconciler(ipvs, { drainMs: 60_000 });
+            r.sync(first);
+            // Some destinations of the first table carry connections.
+            const all = ipvs.list().flatMap((s) => s.dests.map((x) => `${serviceKeyString(s)}|${destKeyString(x)}`));
+            for (const i of busy) if (all.length) ipvs.activeConnections.set(all[i % all.length]!, 1 + (i % 3));
+            r.sync(second);
+            // Every busy TCP/SCTP destination of a service that stays is still there, at weight 0
+            // unless the config still wants it.
+            for (const s of ipvs.list()) {
+              for (const x of s.dests) {
+                const want = second.get(serviceKeyString(s))?.dests.get(destKeyString(x));
+                expect(want ? x.weight === want.weight : x.weight === 0).toBe(true);
+              }
+            }
+            for (const id of ipvs.activeConnections.keys()) {
+              const [key, dk] = id.split("|") as [string, string];
+              // A busy TCP destination of a service that stays is never deleted while busy.
+              const inKernel = ipvs.list().some((s) => serviceKeyString(s) === key && s.dests.some((x) => destKeyString(x) === dk));
+              if (second.has(key) && !key.includes("+udp:")) expect(inKernel).toBe(true);
+            }
+            // The connections end: released, deleted, and the table is the config.
+            ipvs.activeConnections.clear();
+            r.sync(second, r.releaseDrained());
+            const listed: Table = new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
+            expect(listed).toEqual(second);
+            expect(r.draining.size).toBe(0);
+          }),
+          { seed, numRuns: 300 },
+        );
+      } finally {
+        configureLog({ level: "info" });
+      }
+    });
+  }
 
   test("only config fields changing → edits in place, never delete+add", () => {
     const svc: Service = { family: "inet", protocol: "tcp", address: "192.0.2.1", port: 80, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 };
