@@ -12,13 +12,13 @@
 // saves, renames, `rm -r`, bursts). A slow periodic full re-read (`rescanMs`) is a safety net for
 // notifications the kernel drops (inotify queue overflow, watch limits).
 //
-// Watching: one non-recursive `fs.watch` (inotify) per directory of the tree, added *before* the
-// directory is listed (so nothing created in between is missed), plus one on the directory of each
-// symlinked file's target (so editing the target, or a Kubernetes ConfigMap's `..data` swap, applies
-// live). Not chokidar: chokidar 4 under Bun dropped events in our tests (a vim-style save —
-// rename the file aside, write it anew — shortly after another save went unnoticed), because it
-// filters directory notifications down to added/removed names and throttles per-file watches;
-// a directory watch reports every entry change. It also needs one watch per directory, not per file.
+// Watching: chokidar 6 (one inotify watch per directory, symlinked files watched through their
+// target's directory, replaced directories watched again). Its events are used only as hints,
+// never applied as such: under Bun, chokidar 4 and 5 dropped a second change of a file within
+// 50 ms and went blind on a directory replaced under the same name, and even chokidar 6's events
+// taken literally missed directory swaps (a parent's unlinkDir can come after a child's change).
+// Hidden names are not watched, except Kubernetes ConfigMap internals (`..data`, `..<timestamp>`),
+// whose events re-read the directory holding them. With `watch: false` (-once) nothing is watched.
 //
 // Decisions an operator would expect (not spelled out by the contract):
 // - A missing root directory is not fatal: the daemon keeps running with an empty local config
@@ -34,11 +34,12 @@
 // - Two files with the same key (`frontend.json`, `frontend.yaml`): the name that sorts first
 //   (plain code-unit order) wins; a warning names both.
 // - Symlinks are followed (files and directories; directory loops are cut). Other non-regular
-//   files (fifos, sockets, devices) are ignored and never opened.
+//   files (fifos, sockets, devices), dangling symlinks and names that are not UTF-8 are skipped
+//   with one warning each; editor leftovers with one info line (not hidden names).
 
 import * as fs from "node:fs";
-import * as fsp from "node:fs/promises";
 import * as path from "node:path";
+import { watch as chokidarWatch, type FSWatcher } from "chokidar";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
 import { debug, info, warn } from "../util/log.ts";
 import { MAX_VALUE_BYTES } from "./values.ts";
@@ -56,6 +57,8 @@ export interface DirSourceOptions {
   rescanMs?: number;
   /** How often to check that the root directory exists (appeared, vanished, replaced) (ms). Default 1000. */
   rootPollMs?: number;
+  /** Follow changes (default); false reads once at start() and only again at resync() (-once). */
+  watch?: boolean;
 }
 
 const SOURCE = "local" as const;
@@ -121,19 +124,6 @@ function dirIdentity(st: fs.Stats): string {
   return `${st.dev}:${st.ino}:${st.birthtimeMs ?? 0}`;
 }
 
-/** The directory that holds a symlink's final target (as far as it resolves), "" if unknown. */
-function linkTargetDir(file: string): string {
-  try {
-    return path.dirname(fs.realpathSync(file));
-  } catch {
-    try {
-      return path.dirname(path.resolve(path.dirname(file), fs.readlinkSync(file)));
-    } catch {
-      return "";
-    }
-  }
-}
-
 const GONE = new Set(["ENOENT", "ENOTDIR", "EISDIR", "ELOOP"]);
 
 /**
@@ -158,18 +148,18 @@ interface ScanResult {
   keepKeys: Set<string>;
   /** Directories that could not be listed: every previous key below is kept. */
   keepPrefixes: string[];
-  /** Directories listed (relative), with their identity, for watching. */
+  /** Directories listed (relative), with their identity. */
   dirs: Map<string, string>;
-  /** Symlinked files read, and dangling symlinks: relative path → directory of the link's final target. */
-  links: Map<string, string>;
-  /** Relative file paths looked at for links (scope for forgetting stale link watches). */
+  /** Symlinked files (dangling ones too), by relative path. */
+  links: Set<string>;
+  /** Relative file paths looked at (the scope for forgetting stale links). */
   files: Set<string>;
   /** Entries skipped, by relative path. */
   notes: Map<string, Note>;
 }
 
 function newScan(): ScanResult {
-  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Map(), files: new Set(), notes: new Map() };
+  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
 }
 
 /** Work done without yielding before the reader lets the event loop run (it reads synchronously). */
@@ -200,8 +190,6 @@ class TreeReader {
   constructor(
     readonly root: string,
     private readonly maxBytes: number,
-    /** Called with each directory about to be listed, before listing it (to watch it first). */
-    private readonly beforeList?: (relDir: string, absDir: string, id: string) => void,
   ) {}
 
   abs(rel: string): string {
@@ -253,14 +241,20 @@ class TreeReader {
   }
 
   /**
-   * Re-read the keys that some file names of one directory map to: every file of such a key in
-   * that directory competes for it.
+   * Re-read the keys that some file names of one directory map to (every file of such a key in
+   * that directory competes for it), and diff the directory's listing against the keys known in
+   * it: a name that is not a known key is read too, a known key without a file is looked at (it
+   * is gone). `res.stems` are the keys' names looked at; nothing is descended.
    */
-  async scanKeys(relDir: string, stems: Set<string>): Promise<ScanResult> {
-    const res = newScan();
+  async scanKeys(relDir: string, stems: Set<string>, known: Set<string>): Promise<ScanResult & { stems: Set<string> }> {
+    const res = { ...newScan(), stems: new Set(stems) };
     this.sliceStart = performance.now();
-    if (this.ancestry(relDir) !== null) await this.scanDir(relDir, stems, res, new Set(), MAX_DEPTH);
-    this.report(res, (rel, sig) => dirOf(rel) === relDir && !sig.startsWith(DIR_NOTE) && stems.has(parseFileName(rel.slice(rel.lastIndexOf("/") + 1)).stem));
+    if (this.ancestry(relDir) === null) {
+      for (const k of known) res.stems.add(k);
+    } else {
+      await this.scanDir(relDir, res.stems, res, new Set(), MAX_DEPTH, known);
+    }
+    this.report(res, (rel, sig) => dirOf(rel) === relDir && !sig.startsWith(DIR_NOTE) && res.stems.has(parseFileName(rel.slice(rel.lastIndexOf("/") + 1)).stem));
     return res;
   }
 
@@ -276,9 +270,10 @@ class TreeReader {
 
   /**
    * List one directory. With `onlyStems`, only the files of those keys are considered and nothing
-   * is descended; otherwise subdirectories are scanned recursively.
+   * is descended (`known`: the keys known in the directory; the names differing from them are
+   * added to `onlyStems`); otherwise subdirectories are scanned recursively.
    */
-  private async scanDir(relDir: string, onlyStems: Set<string> | null, res: ScanResult, seen: Set<string>, depth: number): Promise<void> {
+  private async scanDir(relDir: string, onlyStems: Set<string> | null, res: ScanResult, seen: Set<string>, depth: number, known?: Set<string>): Promise<void> {
     const absDir = this.abs(relDir);
     let entries: fs.Dirent[];
     await this.yieldIfDue();
@@ -293,7 +288,6 @@ class TreeReader {
         }
         seen = new Set(seen).add(id);
         res.dirs.set(relDir, id);
-        this.beforeList?.(relDir, absDir, id);
       }
       entries = fs.readdirSync(absDir, { withFileTypes: true });
     } catch (e) {
@@ -301,6 +295,13 @@ class TreeReader {
       warn("config-path: cannot list directory, keeping its previous keys", { source: SOURCE, path: absDir, error: errCode(e) });
       res.keepPrefixes.push(relDir);
       return;
+    }
+
+    if (onlyStems !== null && known) {
+      const present = new Set<string>();
+      for (const ent of entries) if (!isIgnoredName(ent.name)) present.add(parseFileName(ent.name).stem);
+      for (const stem of present) if (!known.has(stem)) onlyStems.add(stem);
+      for (const stem of known) if (!present.has(stem)) onlyStems.add(stem);
     }
 
     // Candidate files per key stem, and subdirectories.
@@ -350,8 +351,8 @@ class TreeReader {
       const { stem } = parseFileName(name);
       res.files.add(joinRel(relDir, name));
       if (kind === "dangling") {
-        // Remembered (and its target's directory watched): it may come to life.
-        res.links.set(joinRel(relDir, name), linkTargetDir(abs));
+        // Remembered (re-read at every flush): it may come to life.
+        res.links.add(joinRel(relDir, name));
         continue;
       }
       let g = groups.get(stem);
@@ -396,8 +397,7 @@ class TreeReader {
 
   private readFile(key: string, rel: string, format: ValueFormat, link: boolean, res: ScanResult): void {
     const file = this.abs(rel);
-    // Watch where the content really lives (also when it turns out unreadable: it may get fixed).
-    if (link) res.links.set(rel, linkTargetDir(file));
+    if (link) res.links.add(rel);
     let fd: number | undefined;
     try {
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
@@ -462,17 +462,6 @@ function sameValue(a: RawValue | undefined, b: RawValue | undefined): boolean {
   return a.text === b.text && a.format === b.format && a.origin === b.origin;
 }
 
-interface DirWatch {
-  watcher: fs.FSWatcher;
-  id: string;
-}
-
-interface LinkWatch {
-  watcher: fs.FSWatcher | null;
-  /** Relative paths of the symlinked files whose target lives in this directory. */
-  links: Set<string>;
-}
-
 export class DirSource implements ConfigSource {
   readonly name = SOURCE;
   readonly root: string;
@@ -480,6 +469,7 @@ export class DirSource implements ConfigSource {
   private readonly maxDelayMs: number;
   private readonly rescanMs: number;
   private readonly rootPollMs: number;
+  private readonly watch: boolean;
   private readonly reader: TreeReader;
 
   private sink: SourceSink | null = null;
@@ -487,20 +477,19 @@ export class DirSource implements ConfigSource {
   private known = new Map<string, RawValue>();
   /** Relative paths to re-read ("" = the whole tree). */
   private dirty = new Set<string>();
+  /** A flush is due even with no dirty path (an event about a symlinked file's target). */
+  private linksDirty = false;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private firstDirtyAt = 0;
   private rescanTimer: ReturnType<typeof setInterval> | null = null;
   private pollTimer: ReturnType<typeof setInterval> | null = null;
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
-  /** One watch per directory of the tree, by relative path. */
-  private dirWatches = new Map<string, DirWatch>();
+  private watcher: FSWatcher | null = null;
   /** The directories of the tree as last listed (relative paths). */
   private listedDirs = new Set<string>();
-  /** Watches on the directories holding symlinked files' targets, by absolute path. */
-  private linkWatches = new Map<string, LinkWatch>();
-  /** Symlinked file (relative path) → its target's directory. */
-  private linkTargets = new Map<string, string>();
+  /** Symlinked files (relative paths): re-read at every flush. */
+  private links = new Set<string>();
   /** Serialises the initial read and the flushes. */
   private chain: Promise<void> = Promise.resolve();
   private stopped = false;
@@ -511,7 +500,8 @@ export class DirSource implements ConfigSource {
     this.maxDelayMs = Math.max(this.debounceMs, opts.maxDelayMs ?? Math.max(1000, 10 * this.debounceMs));
     this.rescanMs = opts.rescanMs ?? 60_000;
     this.rootPollMs = opts.rootPollMs ?? 1000;
-    this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES, (rel, abs, id) => this.watchDir(rel, abs, id));
+    this.watch = opts.watch ?? true;
+    this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES);
   }
 
   async start(sink: SourceSink): Promise<void> {
@@ -519,20 +509,27 @@ export class DirSource implements ConfigSource {
     this.sink = sink;
     this.stopped = false;
     let failure: unknown = null;
-    // On the serial chain, so that no flush can overtake the snapshot. Directories are watched as
-    // they are listed, so a change during the initial read is seen by a later flush.
-    await this.serial(async () => {
-      try {
-        await this.readAll(sink);
-      } catch (e) {
-        failure = e;
-      }
-    });
+    try {
+      // Watching starts before the read, so that a change made during the read is seen by a later flush.
+      if (this.watch) await this.startWatcher();
+    } catch (e) {
+      failure = e;
+    }
+    // On the serial chain, so that no flush can overtake the snapshot.
+    if (!failure && !this.stopped) {
+      await this.serial(async () => {
+        try {
+          await this.readAll(sink);
+        } catch (e) {
+          failure = e;
+        }
+      });
+    }
     if (failure) {
       await this.stop();
       throw failure;
     }
-    if (this.stopped) return; // stop() during start()
+    if (this.stopped || !this.watch) return; // stop() during start(), or -once
     this.pollTimer = setInterval(() => void this.pollRoot(), this.rootPollMs);
     if (this.rescanMs > 0) this.rescanTimer = setInterval(() => this.markDirty(""), this.rescanMs);
   }
@@ -545,13 +542,13 @@ export class DirSource implements ConfigSource {
     this.timer = this.rescanTimer = this.pollTimer = null;
     this.firstDirtyAt = 0;
     await this.chain.catch(() => {});
-    for (const w of this.dirWatches.values()) w.watcher.close();
-    for (const w of this.linkWatches.values()) w.watcher?.close();
-    this.dirWatches.clear();
-    this.linkWatches.clear();
-    this.linkTargets.clear();
+    const watcher = this.watcher;
+    this.watcher = null;
+    await watcher?.close();
+    this.links.clear();
     this.listedDirs.clear();
     this.dirty.clear();
+    this.linksDirty = false;
     this.sink = null;
   }
 
@@ -568,7 +565,7 @@ export class DirSource implements ConfigSource {
   /** Reads the whole tree and hands it over as a snapshot (start, resync). */
   private async readAll(sink: SourceSink): Promise<void> {
     const first = this.rootId === undefined;
-    this.rootId = await this.rootIdentity();
+    this.rootId = this.rootIdentity();
     const res = await this.reader.scanTree("");
     if (this.stopped) return;
     this.syncDirs("", res);
@@ -598,104 +595,80 @@ export class DirSource implements ConfigSource {
 
   // --- watching ---
 
-  /** Watch a tree directory about to be listed (again, if it was replaced by another directory). */
-  private watchDir(rel: string, abs: string, id: string): void {
-    if (this.stopped) return;
-    const cur = this.dirWatches.get(rel);
-    if (cur?.id === id) return;
-    cur?.watcher.close();
-    this.dirWatches.delete(rel);
-    const base = path.basename(abs);
-    try {
-      const watcher: fs.FSWatcher = fs.watch(abs, { persistent: true }, (_event, name) => {
-        if (name === null || name === undefined) return this.markDirty(rel);
-        const n = String(name);
-        if (n === base) {
-          // Most likely the watched directory itself was removed or moved (inotify reports it under
-          // its own name): this watch is dead. Re-list the directory, which watches it anew if it exists.
-          if (this.dirWatches.get(rel)?.watcher === watcher) this.dirWatches.delete(rel);
-          watcher.close();
-          this.markDirty(rel);
-        }
-        // Kubernetes ConfigMap volumes swap `..data` (a symlink to `..<timestamp>/`) atomically.
-        if (isIgnoredName(n) && !n.startsWith("..")) return;
-        this.markDirty(n.startsWith("..") ? rel : joinRel(rel, n));
-      });
-      watcher.on("error", (e) => {
-        warn("config-path: directory watch failed", { source: SOURCE, path: abs, error: String((e as Error)?.message ?? e) });
-        if (this.dirWatches.get(rel)?.watcher === watcher) this.dirWatches.delete(rel);
-        watcher.close();
-      });
-      this.dirWatches.set(rel, { watcher, id });
-    } catch (e) {
-      if (!GONE.has(errCode(e))) {
-        warn("config-path: cannot watch directory (changes there apply at the next periodic re-read)", { source: SOURCE, path: abs, error: errCode(e) });
-      }
-    }
+  /** Starts chokidar on the root and waits for its initial scan (every directory watched). */
+  private async startWatcher(): Promise<void> {
+    const watcher = chokidarWatch(this.root, {
+      ignoreInitial: true,
+      followSymlinks: true,
+      depth: MAX_DEPTH,
+      atomic: false, // every event is only a hint: no need to hold an unlink back
+      ignored: (p: string) => this.notWatched(p),
+    });
+    this.watcher = watcher;
+    watcher.on("all", (_event: string, p: string) => this.hint(p));
+    // The backend's own notifications too: chokidar coalesces what it reports per path (under Bun,
+    // a symlinked file's target saved twice within 50 ms gave one event), a hint must not be lost.
+    watcher.on("raw", (_event: string, name: unknown, details: unknown) => this.rawHint(name, details));
+    watcher.on("error", (e: unknown) => {
+      // inotify limits and the like: what goes unseen is read at the next periodic re-read
+      warn("config-path: watcher error (changes may wait for the next periodic re-read)", { source: SOURCE, path: this.root, error: String((e as Error)?.message ?? e) });
+    });
+    await new Promise<void>((resolve) => watcher.once("ready", () => resolve()));
   }
 
-  /** After a re-read of the subtree at `scope`: note the directories listed, drop the watches of those gone. */
+  /** Path relative to the root ("" for the root), or null outside it. */
+  private relOf(p: string): string | null {
+    const rel = path.relative(this.root, path.resolve(this.root, p));
+    if (rel === "") return "";
+    if (rel === ".." || rel.startsWith("../") || path.isAbsolute(rel)) return null;
+    return rel;
+  }
+
+  /** Hidden names are not watched, except ConfigMap internals (`..data`, `..<timestamp>`). */
+  private notWatched(p: string): boolean {
+    const rel = this.relOf(p);
+    if (!rel) return false;
+    return rel.split("/").some((n) => n.startsWith(".") && !n.startsWith(".."));
+  }
+
+  /** A watcher event: the path is re-read after the debounce. */
+  private hint(p: string): void {
+    const rel = this.relOf(p);
+    if (rel === null) {
+      // a symlinked file's target: symlinked files are re-read at every flush
+      this.linksDirty = true;
+      this.schedule();
+      return;
+    }
+    if (this.notWatched(p)) return;
+    // Below a ConfigMap internal (`..data/…`): the directory holding it, whose files link through it.
+    const parts = rel === "" ? [] : rel.split("/");
+    const internal = parts.findIndex((n) => n.startsWith(".."));
+    this.markDirty(internal < 0 ? rel : parts.slice(0, internal).join("/"));
+  }
+
+  /** A backend notification: `name` changed in the watched directory, or the watched file changed. */
+  private rawHint(name: unknown, details: unknown): void {
+    const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
+    if (typeof watched !== "string") return;
+    const rel = this.relOf(watched);
+    if (rel !== null && typeof name === "string" && name !== "" && this.listedDirs.has(rel)) this.hint(path.join(watched, name));
+    else this.hint(watched);
+  }
+
+  /** After a re-read of the subtree at `scope`: note the directories listed. */
   private syncDirs(scope: string, res: ScanResult): void {
     for (const rel of this.listedDirs) {
       if (isUnder(rel, scope) && !res.dirs.has(rel) && !res.keepPrefixes.some((p) => isUnder(rel, p))) this.listedDirs.delete(rel);
     }
     for (const rel of res.dirs.keys()) this.listedDirs.add(rel);
-    for (const [rel, w] of this.dirWatches) {
-      if (isUnder(rel, scope) && res.dirs.get(rel) !== w.id && !res.keepPrefixes.some((p) => isUnder(rel, p))) {
-        w.watcher.close();
-        this.dirWatches.delete(rel);
-      }
-    }
   }
 
-  /** After a re-read: (un)register symlinked files in scope (a subtree, or a set of file paths). */
+  /** After a re-read: note the symlinked files in scope (a subtree, or a set of file paths). */
   private syncLinks(scope: string | Set<string>, res: ScanResult): void {
     const inScope = (rel: string) => (typeof scope === "string" ? isUnder(rel, scope) : scope.has(rel));
-    for (const [rel, dir] of this.linkTargets) {
-      if (inScope(rel) && res.links.get(rel) !== dir) this.unlinkTarget(rel, dir);
-    }
-    for (const [rel, dir] of res.links) {
-      this.linkTargets.set(rel, dir);
-      if (dir === "") continue;
-      let lw = this.linkWatches.get(dir);
-      if (!lw) this.linkWatches.set(dir, (lw = { watcher: null, links: new Set() }));
-      lw.links.add(rel);
-      if (!lw.watcher) this.watchLinkDir(dir, lw);
-    }
-  }
-
-  /** (Re)try to watch a symlink target's directory; it may not exist (yet), or its watch may have died. */
-  private watchLinkDir(dir: string, lw: LinkWatch): void {
-    if (this.stopped) return;
-    const base = path.basename(dir);
-    try {
-      const watcher: fs.FSWatcher = fs.watch(dir, { persistent: true }, (_event, name) => {
-        if (name !== null && name !== undefined && String(name) === base) {
-          // probably the directory itself removed: the watch is dead, retried at the next re-read
-          watcher.close();
-          if (lw.watcher === watcher) lw.watcher = null;
-        }
-        for (const l of lw.links) this.markDirty(l);
-      });
-      watcher.on("error", () => {
-        watcher.close();
-        if (lw.watcher === watcher) lw.watcher = null;
-      });
-      lw.watcher = watcher;
-    } catch (e) {
-      debug("config-path: cannot watch symlink target directory", { source: SOURCE, path: dir, error: errCode(e) });
-    }
-  }
-
-  private unlinkTarget(rel: string, dir: string): void {
-    this.linkTargets.delete(rel);
-    const lw = this.linkWatches.get(dir);
-    if (!lw) return;
-    lw.links.delete(rel);
-    if (!lw.links.size) {
-      lw.watcher?.close();
-      this.linkWatches.delete(dir);
-    }
+    for (const rel of this.links) if (inScope(rel) && !res.links.has(rel)) this.links.delete(rel);
+    for (const rel of res.links) this.links.add(rel);
   }
 
   private markDirty(rel: string): void {
@@ -705,7 +678,7 @@ export class DirSource implements ConfigSource {
   }
 
   private schedule(): void {
-    if (this.stopped) return;
+    if (this.stopped || !this.watch) return;
     const now = Date.now();
     if (!this.firstDirtyAt) this.firstDirtyAt = now;
     const wait = Math.max(0, Math.min(this.debounceMs, this.firstDirtyAt + this.maxDelayMs - now));
@@ -725,19 +698,19 @@ export class DirSource implements ConfigSource {
     return next;
   }
 
-  private async rootIdentity(): Promise<string | null> {
+  private rootIdentity(): string | null {
     try {
-      const st = await fsp.stat(this.root);
+      const st = fs.statSync(this.root);
       return st.isDirectory() ? dirIdentity(st) : null;
     } catch {
       return null;
     }
   }
 
-  /** The root appeared, vanished or was replaced (its parent is not watched): re-read everything. */
+  /** The root appeared, vanished or was replaced: re-read everything (and say so). */
   private async pollRoot(): Promise<void> {
     if (this.stopped) return;
-    const id = await this.rootIdentity();
+    const id = this.rootIdentity();
     if (id === this.rootId || this.stopped) return;
     const was = this.rootId;
     this.rootId = id;
@@ -752,12 +725,13 @@ export class DirSource implements ConfigSource {
 
   private async flush(): Promise<void> {
     if (this.stopped || !this.sink) return;
-    if (!this.dirty.size) return;
+    if (!this.dirty.size && !this.linksDirty) return;
+    this.linksDirty = false;
     // Symlinked files (and dangling symlinks) are looked at on every re-read: what they point to can
-    // change through other paths of the tree (a dangling link's target created, a directory on the
-    // way re-pointed) without any event on the link itself. Their number is small, and unchanged
+    // change through other paths (a dangling link's target created, a directory on the way
+    // re-pointed) without any event on the link itself. Their number is small, and unchanged
     // values are not emitted.
-    for (const l of this.linkTargets.keys()) this.dirty.add(l);
+    for (const l of this.links) this.dirty.add(l);
     const paths = [...this.dirty].sort();
     this.dirty.clear();
 
@@ -767,6 +741,10 @@ export class DirSource implements ConfigSource {
       let covered = topSet.has("") && p !== "";
       for (let d = dirOf(p); !covered && d !== ""; d = dirOf(d)) covered = topSet.has(d);
       if (!covered) topSet.add(p);
+    }
+    // A known key on the way to a path is a file that became a directory: its key is looked at too.
+    for (const p of [...topSet]) {
+      for (let d = dirOf(p); d !== ""; d = dirOf(d)) if (this.known.has(d)) topSet.add(d);
     }
     const top = [...topSet];
 
@@ -784,23 +762,30 @@ export class DirSource implements ConfigSource {
         if (isBelow(k, p) && !res.values.has(k) && !isKept(k, res)) changes.set(k, null);
       }
     }
-    // 2. The key each path's name maps to, as a file in its directory: one listing per directory.
-    const byDir = new Map<string, { stems: Set<string>; files: Set<string> }>();
+    // 2. The key each path's name maps to, as a file in its directory, and that directory's listing
+    //    diffed against the keys known in it: one listing per directory.
+    const byDir = new Map<string, { stems: Set<string>; files: Set<string>; known: Set<string> }>();
     for (const p of top) {
       if (p === "" || p.split("/").some(isIgnoredName)) continue;
       const d = dirOf(p);
       let g = byDir.get(d);
-      if (!g) byDir.set(d, (g = { stems: new Set(), files: new Set() }));
+      if (!g) byDir.set(d, (g = { stems: new Set(), files: new Set(), known: new Set() }));
       g.stems.add(parseFileName(d === "" ? p : p.slice(d.length + 1)).stem);
       g.files.add(p);
     }
+    if (byDir.size) {
+      for (const k of this.known.keys()) {
+        const d = dirOf(k);
+        byDir.get(d)?.known.add(d === "" ? k : k.slice(d.length + 1));
+      }
+    }
     for (const [d, g] of byDir) {
-      const res = await this.reader.scanKeys(d, g.stems);
+      const res = await this.reader.scanKeys(d, g.stems, g.known);
       if (this.stopped) return;
       for (const f of res.files) g.files.add(f);
       this.syncLinks(g.files, res);
       if (res.keepPrefixes.length) continue;
-      for (const stem of g.stems) {
+      for (const stem of res.stems) {
         const key = joinRel(d, stem);
         if (res.keepKeys.has(key)) continue;
         const v = res.values.get(key);
