@@ -1,13 +1,14 @@
 // Fault suite (real etcd, real directories, the clusterf-ipvs process with the in-memory table):
 // 1. etcd stopped for 30 s: the table does not change; local edits still apply; after etcd
 //    returns, changes made there apply.
-// 2. A 3-member etcd cluster whose leader is killed while keys change.
+// 2. A 3-member etcd cluster: the member the daemon watches through is killed while keys
+//    change, then the leader.
 // 4. Bad values through the etcd watch and the directory watcher: the last good value stays,
 //    the error is counted in the metrics, the daemon keeps running; /healthz follows etcd.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { enableAuth, freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
+import { enableAuth, freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster, type EtcdMember } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
@@ -79,36 +80,80 @@ describe("etcd down for 30 s", () => {
   }, 90_000);
 });
 
+/** The cluster members that process `pid` has an established TCP connection to (per the kernel). */
+function connectedMembers(cluster: EtcdCluster, pid: number): EtcdMember[] {
+  const p = Bun.spawnSync(["ss", "-tnpH", "state", "established"]);
+  if (p.exitCode !== 0) throw new Error(`ss: ${p.stderr.toString()}`);
+  const peers = new Set<string>();
+  for (const line of p.stdout.toString().split("\n")) {
+    if (!line.includes(`pid=${pid},`)) continue;
+    const peer = line.trim().split(/\s+/)[3];
+    if (peer) peers.add(peer);
+  }
+  return cluster.members.filter((m) => peers.has(new URL(m.clientUrl).host));
+}
+
+/** The host:port of the last etcd watch the daemon created (its debug log line). */
+function lastWatchHost(stderr: string): string | undefined {
+  return [...stderr.matchAll(/etcd watch created host=(\S+)/g)].at(-1)?.[1];
+}
+
 describe("3-member etcd cluster", () => {
   let cluster: EtcdCluster;
-  test("the leader is killed while keys change; the daemon follows through the others", async () => {
+  test("the member the daemon watches through is killed, then the leader, while keys change; the daemon follows every change through the others", async () => {
     cluster = await startEtcdCluster(3);
     cleanups.push(() => cluster.destroy());
     const all = cluster.clientUrls.join(",");
     etcdctl(all, "put", "/clusterf/services/c/frontend", '{"ipv4": "192.0.2.5", "tcp": 443}');
-    const d = new Daemon([`-etcd-machines=${all}`, "-config-path=", "-ipvs-mock"]);
+    const d = new Daemon([`-etcd-machines=${all}`, "-config-path=", "-ipvs-mock"], { CLUSTERF_LOG_LEVEL: "debug" });
     cleanups.push(() => d.stop("SIGKILL"));
     await d.waitFor((t) => t.join() === "TCP 192.0.2.5:443 wlc", 15_000, "initial");
-    const writer = (async () => {
-      for (let i = 1; i <= 20; i++) {
+    /** Puts backends b<from>…b<to>, retrying while a member is down or a leader is being elected. */
+    const writer = async (from: number, to: number) => {
+      for (let i = from; i <= to; i++) {
         for (let attempt = 0; ; attempt++) {
           try {
             etcdctl(all, "put", `/clusterf/services/c/backends/b${i}`, JSON.stringify({ ipv4: `198.51.100.${i}`, tcp: 443 }));
             break;
           } catch (e) {
             if (attempt > 20) throw e;
-            await Bun.sleep(250); // a new leader is being elected
+            await Bun.sleep(250);
           }
         }
         await Bun.sleep(100);
       }
-    })();
-    await Bun.sleep(700);
+    };
+    // The printed table: destinations sorted by address.
+    const backends = (n: number) => ["TCP 192.0.2.5:443 wlc", ...Array.from({ length: n }, (_, i) => `-> 198.51.100.${i + 1}:443 Masq 10 0 0`)];
+    const tableOf = (n: number) => (t: string[]) => t.join("\n") === backends(n).join("\n");
+    const atLeast = (n: number) => (t: string[]) => backends(n).every((l) => t.includes(l));
+
+    // 1. The member the daemon's watch stream goes to, by its own log line, confirmed by the
+    // kernel's socket table.
+    const host = lastWatchHost(d.stderr);
+    const mine = cluster.members.find((m) => new URL(m.clientUrl).host === host);
+    expect(mine).toBeDefined();
+    expect(connectedMembers(cluster, d.proc.pid)).toContain(mine!);
+    const writing = writer(1, 20);
+    await d.waitFor(atLeast(3), 15_000, "three backends before the kill");
+    await mine!.kill();
+    await writing;
+    await d.waitFor(tableOf(20), 30_000, "all 20 backends after the daemon's member died");
+    const moved = lastWatchHost(d.stderr);
+    expect(moved).toBeDefined();
+    expect(moved).not.toBe(host);
+    expect(connectedMembers(cluster, d.proc.pid)).not.toContain(mine!);
+    expect(connectedMembers(cluster, d.proc.pid).map((m) => new URL(m.clientUrl).host)).toContain(moved!);
+
+    // 2. The killed member back, then the leader killed (whichever member the daemon uses now).
+    await cluster.restartMember(mine!);
+    const writing2 = writer(21, 30);
+    await d.waitFor(atLeast(22), 15_000, "22 backends before the leader is killed");
     await cluster.killLeader();
-    await writer;
-    await d.waitFor((t) => t.length === 21, 30_000, "all 20 backends after the leader died");
+    await writing2;
+    await d.waitFor(tableOf(30), 30_000, "all 30 backends after the leader died");
     expect(await d.stop("SIGTERM")).toBe(0);
-  }, 90_000);
+  }, 120_000);
 });
 
 describe("security", () => {
