@@ -1,0 +1,193 @@
+// The -config-path watcher against the edits that watchers are known to miss: a second save
+// shortly after the first, directories replaced under the same name, ConfigMap `..data` swaps,
+// random bursts. The periodic re-read is off (rescanMs 0), so only the watcher can see a change;
+// the debounce is 1 ms, so that a save the watcher drops is not covered by a later read.
+
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import fc from "fast-check";
+import { configureLog } from "../src/util/log.ts";
+import { applyEdit, burstEditArb, converged, Harness, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
+
+configureLog({ level: "error" });
+
+const h = new Harness();
+afterEach(() => h.cleanup());
+afterAll(() => h.remove());
+
+/** Only the watcher: no periodic re-read, no root poll, and no debounce to hide a dropped event. */
+const WATCH_ONLY = { rescanMs: 0, rootPollMs: 3_600_000, debounceMs: 1 };
+
+function watchTest(name: string, fn: () => Promise<void>, timeoutMs?: number): void {
+  test(
+    name,
+    async () => {
+      await fn();
+      await h.check();
+    },
+    timeoutMs,
+  );
+}
+
+/** inotify instances this process holds (one per watcher). */
+function inotifyFds(): number {
+  let n = 0;
+  for (const fd of fs.readdirSync("/proc/self/fd")) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${fd}`) === "anon_inode:inotify") n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
+}
+
+type Save = (root: string, rel: string, text: string) => void;
+const SAVES: Record<string, Save> = {
+  plain: (root, rel, text) => write(root, rel, text),
+  // vim's default: the original renamed aside as a backup, the file written anew, the backup removed
+  vim: (root, rel, text) => {
+    const p = path.join(root, rel);
+    fs.renameSync(p, p + "~");
+    fs.writeFileSync(p, text);
+    fs.rmSync(p + "~");
+  },
+  // most other editors and config tools: a temporary file renamed over the original
+  "rename-over": (root, rel, text) => {
+    const p = path.join(root, rel);
+    fs.writeFileSync(p + ".tmp", text);
+    fs.renameSync(p + ".tmp", p);
+  },
+};
+
+describe("DirSource watcher", () => {
+  watchTest("watch: false (-once) reads once and starts no watcher", async () => {
+    const root = h.newRoot();
+    write(root, "routes/r1", "{}");
+    const before = inotifyFds();
+    const { src, rec } = await h.start(root, { watch: false, rescanMs: 50, rootPollMs: 50 });
+    expect(rec.texts()).toEqual({ "routes/r1": "{}" });
+    expect(inotifyFds()).toBe(before);
+    write(root, "routes/r2", "{}");
+    await sleep(200);
+    expect(rec.updates).toEqual([]);
+    expect(rec.snapshots).toBe(1);
+    // a resync still reads the tree
+    await src.resync();
+    expect(rec.texts()).toEqual({ "routes/r1": "{}", "routes/r2": "{}" });
+    // the same source watching holds an inotify instance (the count above can see one)
+    await h.start(h.newRoot(), {});
+    expect(inotifyFds()).toBeGreaterThan(before);
+  });
+
+  for (const [style, save] of Object.entries(SAVES)) {
+    for (const gap of [5, 20, 40]) {
+      for (const linked of [false, true]) {
+        watchTest(`two ${style} saves ${gap} ms apart${linked ? " of a symlinked file's target" : ""}: the second is seen`, async () => {
+          const root = h.newRoot();
+          // the target lives outside the tree, or is the file itself
+          const store = linked ? h.scratch("store") : root;
+          const rel = linked ? "frontend.json" : "services/web/frontend.json";
+          write(store, rel, '{"tcp":1}');
+          if (linked) write(root, "services/web/.keep", "");
+          if (linked) fs.symlinkSync(path.join(store, rel), path.join(root, "services/web/frontend.json"));
+          const { rec } = await h.start(root, WATCH_ONLY);
+          for (let round = 2; round <= 6; round += 2) {
+            save(store, rel, `{"tcp":${round}}`);
+            await until(() => rec.map.get("services/web/frontend")?.text === `{"tcp":${round}}`, 1000);
+            save(store, rel, `{"tcp":${round + 1}}`);
+            await sleep(gap);
+            save(store, rel, `{"tcp":${round + 1}} `);
+            await until(() => rec.map.get("services/web/frontend")?.text === `{"tcp":${round + 1}} `, 1000);
+          }
+        });
+      }
+    }
+  }
+
+  watchTest("a directory replaced by rm -r and mkdir, then written: seen", async () => {
+    const root = h.newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    write(root, "services/web/backends/b1", "{}");
+    const { rec } = await h.start(root, WATCH_ONLY);
+    for (let i = 0; i < 3; i++) {
+      fs.rmSync(path.join(root, "services/web"), { recursive: true });
+      fs.mkdirSync(path.join(root, "services/web/backends"), { recursive: true });
+      await until(() => rec.map.size === 0, 1000);
+      await sleep(50); // the watcher has had its time to see the new directory
+      write(root, "services/web/frontend", `{"tcp":${81 + i}}`);
+      write(root, "services/web/backends/b2", "{}");
+      await converged(root, rec, 1000);
+      expect(rec.texts()).toEqual({ "services/web/backends/b2": "{}", "services/web/frontend": `{"tcp":${81 + i}}` });
+    }
+  });
+
+  watchTest("a directory replaced by a mv swap, then written: seen", async () => {
+    const root = h.newRoot();
+    write(root, "services/web/frontend", '{"tcp":80}');
+    write(root, "services/web/backends/b1", "{}");
+    const { rec } = await h.start(root, WATCH_ONLY);
+    const web = path.join(root, "services/web");
+    for (let i = 0; i < 3; i++) {
+      write(root, "services/web.new/frontend", `{"tcp":${81 + i}}`);
+      fs.mkdirSync(path.join(root, "services/web.new/backends"));
+      fs.renameSync(web, web + ".old");
+      fs.renameSync(web + ".new", web);
+      fs.rmSync(web + ".old", { recursive: true });
+      await converged(root, rec, 1000);
+      expect(rec.texts()).toEqual({ "services/web/frontend": `{"tcp":${81 + i}}` });
+      await sleep(50);
+      write(root, "services/web/backends/b2", `{"weight":${i}}`);
+      write(root, "services/web/frontend", `{"tcp":${91 + i}}`);
+      await converged(root, rec, 1000);
+      expect(rec.texts()).toEqual({ "services/web/backends/b2": `{"weight":${i}}`, "services/web/frontend": `{"tcp":${91 + i}}` });
+    }
+  });
+
+  watchTest("Kubernetes ConfigMap: ..data swapped again and again", async () => {
+    const root = h.newRoot();
+    write(root, "..v0/frontend", '{"tcp":80}');
+    write(root, "..v0/backend", "{}");
+    fs.symlinkSync("..v0", path.join(root, "..data"));
+    fs.symlinkSync("..data/frontend", path.join(root, "frontend"));
+    fs.symlinkSync("..data/backend", path.join(root, "backend"));
+    const { rec } = await h.start(root, WATCH_ONLY);
+    for (let i = 1; i <= 5; i++) {
+      // as the kubelet does it: a new timestamped directory, ..data re-pointed atomically, the old one removed
+      write(root, `..v${i}/frontend`, `{"tcp":${80 + i}}`);
+      write(root, `..v${i}/backend`, `{"weight":${i}}`);
+      fs.symlinkSync(`..v${i}`, path.join(root, "..data_tmp"));
+      fs.renameSync(path.join(root, "..data_tmp"), path.join(root, "..data"));
+      fs.rmSync(path.join(root, `..v${i - 1}`), { recursive: true });
+      await until(() => rec.map.get("frontend")?.text === `{"tcp":${80 + i}}` && rec.map.get("backend")?.text === `{"weight":${i}}`, 1000);
+      await sleep(i * 10);
+    }
+    await converged(root, rec, 1000);
+  });
+
+  // At least 200 bursts of 10-20 random edits on one running source; after each, the source
+  // equals a fresh read. The fixed seeds stay as regression cases; every run adds a new one.
+  for (const seed of seeds("DIR_WATCH_SEED", [1, 20261201])) {
+    watchTest(
+      `random bursts (seed ${seed}): after each, the source equals a fresh read`,
+      () =>
+        withSeed("DIR_WATCH_SEED", seed, async () => {
+          const bursts = fc.sample(fc.array(burstEditArb, { minLength: 10, maxLength: 20 }), { seed, numRuns: Number(process.env.DIR_WATCH_BURSTS ?? 200) });
+          const root = h.newRoot();
+          write(root, "services/a/frontend", "{}");
+          write(root, "services/a/backends/b1.json", '{"tcp":1}');
+          const { rec } = await h.start(root, WATCH_ONLY);
+          for (let i = 0; i < bursts.length; i++) {
+            for (const e of bursts[i]!) await applyEdit(root, e);
+            try {
+              await converged(root, rec, 1500);
+            } catch (e) {
+              throw new Error(`burst ${i} (${JSON.stringify(bursts[i])}): ${(e as Error).message}`);
+            }
+          }
+        }),
+      120_000,
+    );
+  }
+});
