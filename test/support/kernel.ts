@@ -2,8 +2,8 @@
 // namespaces (each has its own IPVS table), config trees on the guest's tmpfs, and the IPVS table
 // as ipvsadm shows it. Every test file gets its own scratch dir and cleans its namespaces up.
 import { afterAll } from "bun:test";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { tableLines } from "./proc.ts";
 
 export function sh(cmd: string): { code: number; out: string; err: string } {
@@ -17,11 +17,22 @@ export function must(cmd: string): string {
   return r.out;
 }
 
-export function writeTree(root: string, files: Record<string, unknown>): string {
+/**
+ * Writes config files (objects as JSON). `atomic`: each file is written aside under a hidden name
+ * (which the daemon ignores) and renamed over, so that a watcher never reads a half-written file.
+ */
+export function writeTree(root: string, files: Record<string, unknown>, atomic = false): string {
   for (const [path, value] of Object.entries(files)) {
     const file = join(root, path);
     mkdirSync(dirname(file), { recursive: true });
-    writeFileSync(file, typeof value === "string" ? value : JSON.stringify(value));
+    const text = typeof value === "string" ? value : JSON.stringify(value);
+    if (!atomic) {
+      writeFileSync(file, text);
+      continue;
+    }
+    const aside = join(dirname(file), `.${basename(file)}.tmp`);
+    writeFileSync(aside, text);
+    renameSync(aside, file);
   }
   return root;
 }
@@ -70,4 +81,40 @@ export function kernelScratch(tag: string) {
       return name;
     },
   };
+}
+
+/** One sample of the /metrics that a daemon serves on 127.0.0.1:`port` inside namespace `ns`. */
+export function scrape(ns: string, port: number, sample: string): number | undefined {
+  const line = must(`ip netns exec ${ns} curl -s http://127.0.0.1:${port}/metrics`)
+    .split("\n")
+    .find((l) => l.startsWith(sample + " "));
+  return line === undefined ? undefined : Number(line.split(" ").pop());
+}
+
+/**
+ * Makes hand edits (`cmd`) in the kernel just after one of the daemon's resyncs (periodic or a
+ * retry), waits for the next one, and returns the kernel's table as that single resync left it,
+ * with the drift corrections it counted. A resync could see the edits half made, or a second one
+ * could run before the table is read: then the attempt does not count, and once the table is
+ * back to `corrected` the edits are made again (three attempts at most).
+ */
+export async function afterOneResync(ns: string, port: number, cmd: string, corrected: string[], timeoutMs: number): Promise<{ table: string[]; drift: number }> {
+  const resyncs = () => scrape(ns, port, 'clusterf_ipvs_sync_duration_seconds_count{kind="resync"}') ?? 0;
+  const drift = () => scrape(ns, port, "clusterf_ipvs_drift_corrections_total") ?? 0;
+  for (let attempt = 1; ; attempt++) {
+    const r0 = resyncs();
+    await until(() => resyncs() > r0, timeoutMs, () => `a resync (count ${r0})`);
+    const r1 = resyncs();
+    const d1 = drift();
+    must(cmd);
+    await Bun.sleep(300); // a resync that began while the edits landed has ended by now
+    if (resyncs() === r1) {
+      await until(() => resyncs() > r1, timeoutMs, () => `the resync after the edits (count ${r1})`);
+      const table = kernelTable(ns);
+      const d2 = drift();
+      if (resyncs() === r1 + 1) return { table, drift: d2 - d1 };
+    }
+    if (attempt === 3) throw new Error("three times another resync came too close to the edits: cannot tell one resync from two");
+    await until(() => kernelTable(ns).join("\n") === corrected.join("\n"), timeoutMs, () => `the table corrected before another attempt:\n${kernelTable(ns).join("\n")}`);
+  }
 }
