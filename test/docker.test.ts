@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Etcd3 } from "etcd3";
 import { parseBackend } from "../src/config/values.ts";
+import { DockerDaemon } from "../src/docker/daemon.ts";
 import { Publisher, STATE_FILE } from "../src/docker/publisher.ts";
 import { labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
 import { freePorts, startEtcd, type Etcd } from "./support/etcd.ts";
@@ -629,6 +630,47 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     expect(k.has(bk("down", once))).toBe(false);
     expect(await metricOf(url, "clusterf_docker_etcd_resyncs_total", cd)).toBeGreaterThan(resyncs);
   }, 60_000);
+
+  test("resync() (SIGHUP): Docker and etcd re-read, both ways; with Docker down, etcd to the last known state", async () => {
+    const { prefix, stateDir } = fresh();
+    const a = await run(["-l", `${S}=hup`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const b = await run(["-l", `${S}=hup`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
+    const daemon = new DockerDaemon(client, { dockerEndpoint: docker.endpoint, prefix, ttlSeconds: 2, stateFile: join(stateDir, STATE_FILE), etcdEndpoints: [etcd.clientUrl] });
+    daemon.start();
+    try {
+      const full = { [bk("hup", a)]: JSON.stringify({ ipv4: await ipOf(a), tcp: 80, weight: 10 }), [bk("hup", b)]: JSON.stringify({ ipv4: await ipOf(b), tcp: 80, weight: 10 }) };
+      await waitKeys(prefix, (k) => k.size === 2, "two backends");
+      await daemon.publisher.synced();
+      const stale = bk("hup", "0".repeat(64));
+      const behindItsBack = async () => {
+        await client.delete().key(`${prefix}/services/${bk("hup", a)}`);
+        await client.put(`${prefix}/services/${stale}`).value('{"ipv4":"198.51.100.250","tcp":80,"weight":10}').lease(daemon.publisher.lease!);
+        await client.put(`${prefix}/services/${bk("hup", "foreign")}`).value('{"ipv4":"198.51.100.251","tcp":80,"weight":10}');
+      };
+      await behindItsBack();
+      await Bun.sleep(300);
+      expect(Object.fromEntries(await keys(prefix))).toEqual({ [bk("hup", b)]: full[bk("hup", b)], [stale]: expect.any(String), [bk("hup", "foreign")]: expect.any(String) });
+      const dockerReads = daemon.watcher.resyncs;
+      const etcdReads = daemon.publisher.stats.resyncs;
+      await daemon.resync();
+      await daemon.publisher.synced();
+      expect(Object.fromEntries(await keys(prefix))).toEqual({ ...full, [bk("hup", "foreign")]: expect.any(String) });
+      expect(daemon.watcher.resyncs).toBe(dockerReads + 1);
+      expect(daemon.publisher.stats.resyncs).toBe(etcdReads + 1);
+
+      // Docker down (crashed: its containers run on): etcd alone is resynced, to the last state.
+      await docker.kill();
+      await until(async () => !daemon.watcher.isConnected, "Docker seen down", 5000);
+      await behindItsBack();
+      await daemon.resync();
+      await daemon.publisher.synced();
+      expect(Object.fromEntries(await keys(prefix))).toEqual({ ...full, [bk("hup", "foreign")]: expect.any(String) });
+      expect(daemon.watcher.resyncs).toBe(dockerReads + 1);
+      expect(daemon.publisher.stats.resyncs).toBe(etcdReads + 2);
+    } finally {
+      await daemon.stop({ revoke: true });
+    }
+  }, 40_000);
 
   test("an etcd outage: changes made meanwhile are resynced after it", async () => {
     const { prefix, stateDir } = fresh();

@@ -87,6 +87,17 @@ export class DockerDaemon {
     this.publisher.setDesired(keys, { reread: full });
   }
 
+  /**
+   * A full two-way resync, as after a reconnect (SIGHUP): every container inspected again, and
+   * this host's keys read back from etcd, stale ones deleted, missing or different ones written.
+   * With Docker down, etcd is resynced to the last known state now and Docker when it returns.
+   * Resolves once the new desired state is handed to the publisher (not when etcd has it).
+   */
+  async resync(): Promise<void> {
+    log.info("resync requested: re-reading Docker and etcd");
+    if (!(await this.watcher.resync())) this.publisher.resync();
+  }
+
   /** revoke: remove every key at once (clean exit); otherwise they expire with the lease TTL. */
   async stop(opts: { revoke: boolean }): Promise<void> {
     await this.watcher.stop();

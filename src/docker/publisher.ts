@@ -118,6 +118,13 @@ export class Publisher {
     this.kick();
   }
 
+  /** A full resync at the next pass: the keys under the lease read back from etcd and diffed. */
+  resync(): void {
+    this.needFull = true;
+    this.inSync = false;
+    this.kick();
+  }
+
   /** Resolves the next time etcd is in sync with the desired keys (at once if it is). */
   synced(): Promise<void> {
     if (this.inSync) return Promise.resolve();

@@ -149,6 +149,10 @@ export class DockerWatcher {
   private generation = 0;
   /** Full re-reads done (the first one included). */
   resyncs = 0;
+  /** A full re-read asked for on the live connection (resync()), and who waits for it. */
+  private resyncWanted = false;
+  private resyncWake: (() => void) | undefined;
+  private resyncWaiters: ((read: boolean) => void)[] = [];
 
   constructor(private readonly opts: WatcherOptions) {
     this.docker = new Docker(dockerOptions(opts.endpoint)) as DockerApi;
@@ -160,6 +164,20 @@ export class DockerWatcher {
 
   start(): void {
     this.loop ??= this.run();
+  }
+
+  /**
+   * A full re-read of every container on the live connection, reported like the one after a
+   * reconnect (onState with full = true). Resolves true once reported; false when Docker is not
+   * connected now (its reconnect re-reads everything anyway) or the connection breaks meanwhile.
+   */
+  resync(): Promise<boolean> {
+    if (!this.connected || this.stopped) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      this.resyncWaiters.push(resolve);
+      this.resyncWanted = true;
+      this.resyncWake?.();
+    });
   }
 
   async stop(): Promise<void> {
@@ -230,11 +248,22 @@ export class DockerWatcher {
       );
     }, this.opts.pingMs ?? 5000);
     try {
-      await Promise.race([this.fullRead(), closed]);
-      live = true;
-      for (const ev of pending.splice(0)) this.onEvent(ev);
-      await closed;
+      for (;;) {
+        const waiters = this.resyncWaiters.splice(0);
+        this.resyncWanted = false;
+        live = false;
+        await Promise.race([this.fullRead(), closed]);
+        live = true;
+        for (const ev of pending.splice(0)) this.onEvent(ev);
+        for (const w of waiters) w(true);
+        // Events until the connection breaks, or until a resync() asks for another full read
+        // (events queue meanwhile, as at the first one).
+        if (!this.resyncWanted) await Promise.race([new Promise<void>((r) => (this.resyncWake = r)), closed]);
+        this.resyncWake = undefined;
+      }
     } finally {
+      for (const w of this.resyncWaiters.splice(0)) w(false);
+      this.resyncWake = undefined;
       clearInterval(pinger);
       this.breakConnection = undefined;
       this.stream = undefined;
