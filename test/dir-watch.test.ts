@@ -145,26 +145,34 @@ describe("DirSource watcher", () => {
     }
   });
 
-  watchTest("Kubernetes ConfigMap: ..data swapped again and again", async () => {
-    const root = h.newRoot();
-    write(root, "..v0/frontend", '{"tcp":80}');
-    write(root, "..v0/backend", "{}");
-    fs.symlinkSync("..v0", path.join(root, "..data"));
-    fs.symlinkSync("..data/frontend", path.join(root, "frontend"));
-    fs.symlinkSync("..data/backend", path.join(root, "backend"));
-    const { rec } = await h.start(root, WATCH_ONLY);
-    for (let i = 1; i <= 5; i++) {
+  for (const gap of [5, 20, 40]) {
+    watchTest(`Kubernetes ConfigMap: ..data swapped twice ${gap} ms apart: the second is seen`, async () => {
+      const root = h.newRoot();
+      write(root, "..v0/frontend", '{"tcp":80}');
+      write(root, "..v0/backend", "{}");
+      fs.symlinkSync("..v0", path.join(root, "..data"));
+      fs.symlinkSync("..data/frontend", path.join(root, "frontend"));
+      fs.symlinkSync("..data/backend", path.join(root, "backend"));
+      const { rec } = await h.start(root, WATCH_ONLY);
       // as the kubelet does it: a new timestamped directory, ..data re-pointed atomically, the old one removed
-      write(root, `..v${i}/frontend`, `{"tcp":${80 + i}}`);
-      write(root, `..v${i}/backend`, `{"weight":${i}}`);
-      fs.symlinkSync(`..v${i}`, path.join(root, "..data_tmp"));
-      fs.renameSync(path.join(root, "..data_tmp"), path.join(root, "..data"));
-      fs.rmSync(path.join(root, `..v${i - 1}`), { recursive: true });
-      await until(() => rec.map.get("frontend")?.text === `{"tcp":${80 + i}}` && rec.map.get("backend")?.text === `{"weight":${i}}`, 1000);
-      await sleep(i * 10);
-    }
-    await converged(root, rec, 1000);
-  });
+      const swap = (i: number) => {
+        write(root, `..v${i}/frontend`, `{"tcp":${80 + i}}`);
+        write(root, `..v${i}/backend`, `{"weight":${i}}`);
+        fs.symlinkSync(`..v${i}`, path.join(root, "..data_tmp"));
+        fs.renameSync(path.join(root, "..data_tmp"), path.join(root, "..data"));
+        fs.rmSync(path.join(root, `..v${i - 1}`), { recursive: true });
+      };
+      const applied = (i: number) => until(() => rec.map.get("frontend")?.text === `{"tcp":${80 + i}}` && rec.map.get("backend")?.text === `{"weight":${i}}`, 1000);
+      for (let i = 1; i <= 5; i += 2) {
+        swap(i);
+        await applied(i);
+        await sleep(gap);
+        swap(i + 1);
+        await applied(i + 1);
+      }
+      await converged(root, rec, 1000);
+    });
+  }
 
   // At least 200 bursts of 10-20 random edits on one running source; after each, the source
   // equals a fresh read. The fixed seeds stay as regression cases; every run adds a new one.
