@@ -1,6 +1,7 @@
 // Container inspect → backends (docs/config.md §6): pure table tests of src/docker/labels.ts.
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
+import { seeds } from "./support/seed.ts";
 import { parseKeyPath } from "../src/config/store.ts";
 import { parseBackend } from "../src/config/values.ts";
 import { backendJson, backendKey, containerBackends, desiredKeys, validServiceName, type BackendOptions, type ContainerInspect } from "../src/docker/labels.ts";
@@ -271,27 +272,30 @@ describe("keys and values", () => {
     expect([...keys.values()]).toEqual(['{"ipv4":"198.51.100.2","tcp":80,"weight":0}']);
   });
 
-  test("property: every valid service name makes a key clusterf-ipvs accepts, and every value parses", () => {
-    fc.assert(
-      fc.property(
-        fc.array(fc.string({ minLength: 1, maxLength: 12 }), { minLength: 1, maxLength: 4 }),
-        fc.integer({ min: 1, max: 65535 }),
-        fc.integer({ min: 0, max: 2147483647 }),
-        (names, port, weight) => {
-          const label = names.join(" ");
-          const c = container({ labels: { [S]: label, [`${B}.tcp`]: String(port), [`${B}.weight`]: String(weight) }, exposed: [`${port}/tcp`] });
-          const r = containerBackends(c);
-          for (const [service, b] of r.backends) {
-            expect(validServiceName(service)).toBe(true);
-            const key = backendKey("/clusterf", service, ID).slice("/clusterf/".length);
-            expect(parseKeyPath(key)).toEqual({ kind: "backend", service, backend: ID });
-            expect(parseBackend(backendJson(b)).value).toEqual({ ipv4: "198.51.100.2", tcp: port, weight });
-          }
-          // Every name is either published or warned about.
-          const distinct = new Set(label.split(/\s+/).filter(Boolean));
-          expect(r.backends.size + r.warnings.length).toBe(distinct.size);
-        },
-      ),
-    );
-  });
+  for (const { seed, label } of seeds(20240611)) {
+    test(`property (${label}): every valid service name makes a key clusterf-ipvs accepts, and every value parses`, () => {
+      fc.assert(
+        fc.property(
+          fc.array(fc.string({ minLength: 1, maxLength: 12 }), { minLength: 1, maxLength: 4 }),
+          fc.integer({ min: 1, max: 65535 }),
+          fc.integer({ min: 0, max: 2147483647 }),
+          (names, port, weight) => {
+            const serviceLabel = names.join(" ");
+            const c = container({ labels: { [S]: serviceLabel, [`${B}.tcp`]: String(port), [`${B}.weight`]: String(weight) }, exposed: [`${port}/tcp`] });
+            const r = containerBackends(c);
+            for (const [service, b] of r.backends) {
+              expect(validServiceName(service)).toBe(true);
+              const key = backendKey("/clusterf", service, ID).slice("/clusterf/".length);
+              expect(parseKeyPath(key)).toEqual({ kind: "backend", service, backend: ID });
+              expect(parseBackend(backendJson(b)).value).toEqual({ ipv4: "198.51.100.2", tcp: port, weight });
+            }
+            // Every name is either published or warned about.
+            const distinct = new Set(serviceLabel.split(/\s+/).filter(Boolean));
+            expect(r.backends.size + r.warnings.length).toBe(distinct.size);
+          },
+        ),
+        { seed, numRuns: 300 },
+      );
+    });
+  }
 });
