@@ -92,18 +92,27 @@ test("the advertised route drives the frontend tier; SIGKILL expires it after th
   await front.stop("SIGTERM");
 });
 
+/** The lease id of routes/mid1 ("" when the key is absent), as text: ids are 64-bit. */
+const routeLease = () => /"Lease" : (\d+)/.exec(etcdctl("get", "-w", "fields", "/clusterf/routes/mid1"))?.[1] ?? "";
+
 test("SIGTERM withdraws the route at once; an etcd outage longer than the TTL re-advertises it", async () => {
   const mid = intermediate();
-  await until(() => routeValue() !== "", 15_000, "route advertised");
+  await until(() => routeValue() !== "" && mid.stderr.includes("route: advertised"), 15_000, "route advertised");
+  const leaseBefore = routeLease();
+  expect(leaseBefore).not.toBe("");
+  const logBefore = mid.stderr.length;
   await etcd.stop();
   await Bun.sleep(5000); // longer than 2 × TTL: the lease is lost on the client side
   await etcd.restart();
-  await until(() => routeValue() !== "", 20_000, "route advertised again after the outage");
-  // Still there after more than a TTL: kept alive, not a leftover of the old lease (etcd renews
-  // every lease when it restarts, so the old key outlives the outage by one TTL).
+  // etcd renews every lease when it restarts, so the old key outlives the outage by one TTL:
+  // the route counts as written again only under another lease.
+  await until(() => routeLease() !== leaseBefore && routeLease() !== "", 20_000, "route written again under a new lease");
+  // Still there after more than a TTL: kept alive.
   await Bun.sleep(3000);
   expect(routeValue()).not.toBe("");
-  expect(mid.stderr).toContain("route: advertised");
+  const logAfter = mid.stderr.slice(logBefore);
+  expect(logAfter).toContain("route: lease lost");
+  expect(logAfter.match(/route: advertised/g)?.length).toBe(1);
   expect(await mid.stop("SIGTERM")).toBe(0);
   expect(routeValue()).toBe("");
 });
