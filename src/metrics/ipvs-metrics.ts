@@ -139,8 +139,11 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
 
 /** Healthy once the first sync is done and every source is up. */
 export function ipvsHealth(daemon: IpvsDaemon): Health {
-  if (!daemon.ready || daemon.counters.lastSyncAt === 0) return { ok: false, detail: "waiting for the first sync" };
   const down = Object.entries(daemon.sourceUp).filter(([, up]) => !up).map(([s]) => s);
+  if (!daemon.ready || daemon.counters.lastSyncAt === 0) {
+    // The first sync waits for every source's first read: name the ones that are down.
+    return { ok: false, detail: `waiting for the first sync${down.length ? `; config source down: ${down.join(", ")}` : ""}` };
+  }
   if (down.length) return { ok: false, detail: `config source down: ${down.join(", ")} (the last known config stays in force)` };
   const failing = daemon.reconciler.failing.size;
   // A service the kernel refuses is the config's problem, not the daemon's: reported, still 200.
