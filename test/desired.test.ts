@@ -156,14 +156,27 @@ describe("desired table", () => {
     expect(warnings.some((w) => w.includes("droute cannot change the port"))).toBe(true);
   });
 
-  test("IPv4-compatible and IPv4-mapped IPv6 backends are two destinations, kept as written", () => {
+  test("IPv4-compatible and IPv4-mapped IPv6 addresses are kept as written: two services, not one", () => {
     expect(
       table({
-        "services/v6/frontend": { ipv6: "::10.0.0.1", tcp: 80 },
-        "services/v6/backends/compat": { ipv6: "::1.2.3.4", tcp: 80 },
-        "services/v6/backends/mapped": { ipv6: "::ffff:1.2.3.4", tcp: 80, weight: 3 },
+        "services/compat/frontend": { ipv6: "::10.0.0.1", tcp: 80 },
+        "services/compat/backends/b": { ipv6: "::1.2.3.4", tcp: 80 },
+        "services/mapped/frontend": { ipv6: "::ffff:10.0.0.1", tcp: 80 },
+        "services/mapped/backends/b": { ipv6: "::1.2.3.5", tcp: 80, weight: 3 },
       }),
-    ).toEqual(["TCP [::10.0.0.1]:80 wlc", "-> [::1.2.3.4]:80 Masq 10 0 0", "-> [::ffff:1.2.3.4]:80 Masq 3 0 0"]);
+    ).toEqual(["TCP [::10.0.0.1]:80 wlc", "-> [::1.2.3.4]:80 Masq 10 0 0", "TCP [::ffff:10.0.0.1]:80 wlc", "-> [::1.2.3.5]:80 Masq 3 0 0"]);
+  });
+
+  test("an IPv4-mapped backend is a bad value (the kernel refuses it as a destination); the compatible one stays", () => {
+    const errors: string[] = [];
+    const s = new ConfigStore({ onError: (e) => errors.push(`${e.key}: ${e.message}`) });
+    s.snapshot("etcd", entries({
+      "services/v6/frontend": { ipv6: "::10.0.0.1", tcp: 80 },
+      "services/v6/backends/compat": { ipv6: "::1.2.3.4", tcp: 80 },
+      "services/v6/backends/mapped": { ipv6: "::ffff:1.2.3.4", tcp: 80, weight: 3 },
+    }));
+    expect([...s.services.get("v6")!.backends.keys()]).toEqual(["compat"]);
+    expect(errors).toEqual(["services/v6/backends/mapped: ipv6: IPv4-mapped address ::ffff:1.2.3.4 cannot be an IPVS destination (the kernel refuses it): use ipv4"]);
   });
 
   test("routes match IPv6 addresses written with an IPv4 tail by their bytes", () => {
@@ -171,11 +184,11 @@ describe("desired table", () => {
       table({
         "services/v6/frontend": { ipv6: "2001:db8::1", tcp: 80 },
         "services/v6/backends/compat": { ipv6: "::1.2.3.4", tcp: 80 },
-        "services/v6/backends/mapped": { ipv6: "::ffff:1.2.3.4", tcp: 80 },
+        "services/v6/backends/other": { ipv6: "::1:0:102:305", tcp: 80 },
         "routes/mapped": { Prefix6: "::ffff:0.0.0.0/96", IpvsMethod: "droute" },
         "routes/compat": { Prefix6: "::/96", IpvsMethod: "tunnel" },
       }),
-    ).toEqual(["TCP [2001:db8::1]:80 wlc", "-> [::1.2.3.4]:80 Tunnel 10 0 0", "-> [::ffff:1.2.3.4]:80 Route 10 0 0"]);
+    ).toEqual(["TCP [2001:db8::1]:80 wlc", "-> [::1.2.3.4]:80 Tunnel 10 0 0", "-> [::1:0:102:305]:80 Masq 10 0 0"]);
   });
 
   test("two config services on one VIP:port: the first by name wins", () => {

@@ -42,6 +42,10 @@ describe("bad values give a clear error", () => {
     ["IPv4 tail in hex", () => parseBackend('{"ipv6": "::0xa.1.0.2", "tcp": 80}'), /ipv6: invalid IPv6 address/],
     ["IPv6 zone", () => parseBackend('{"ipv6": "fe80::1%eth0", "tcp": 80}'), /ipv6: invalid IPv6 address/],
     ["IPv4 in ipv6", () => parseBackend('{"ipv6": "192.0.2.1", "tcp": 80}'), /ipv6: invalid IPv6 address/],
+    // the kernel refuses an IPv4-mapped destination (EINVAL): refused here, for that key only
+    ["IPv4-mapped backend", () => parseBackend('{"ipv6": "::FFFF:0a01:0002", "tcp": 80}'), /ipv6: IPv4-mapped address ::ffff:10.1.0.2 cannot be an IPVS destination/],
+    ["IPv4-mapped Gateway6", () => parseRoute('{"Prefix6": "2001:db8::/64", "Gateway6": "::ffff:192.0.2.1"}'), /Gateway6: IPv4-mapped address ::ffff:192.0.2.1 cannot/],
+    ["IPv4-mapped Gateway", () => parseRoute('{"Gateway": "::ffff:192.0.2.1"}'), /Gateway: IPv4-mapped address/],
     ["address not a string", () => parseBackend('{"ipv4": 167772161}'), /ipv4: expected a string, got number/],
     ["port 0", () => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 0}'), /tcp: port must be an integer 1…65535, got number 0/],
     ["port 70000", () => parseFrontend('{"ipv4": "192.0.2.1", "udp": 70000}'), /udp: port must be an integer 1…65535/],
@@ -96,7 +100,7 @@ describe("backend values", () => {
     ['{"ipv6": "2001:db8::2", "udp": 53, "Weight": 3}', { ipv6: "2001:db8::2", udp: 53, weight: 3 }],
     // IPv6 text as glibc's inet_ntop (and so ipvsadm -Ln) prints the same 16 bytes
     ['{"ipv6": "::10.0.0.1", "tcp": 80}', { ipv6: "::10.0.0.1", tcp: 80, weight: 10 }],
-    ['{"ipv6": "::FFFF:0a01:0002", "tcp": 80}', { ipv6: "::ffff:10.1.0.2", tcp: 80, weight: 10 }],
+    ['{"ipv6": "::A:0a01:0002", "tcp": 80}', { ipv6: "::a:a01:2", tcp: 80, weight: 10 }],
     ['{"ipv6": "0:0:0:0:0:0:0:1", "tcp": 80}', { ipv6: "::1", tcp: 80, weight: 10 }],
     ['{"ipv6": "::0.0.0.1", "tcp": 80}', { ipv6: "::1", tcp: 80, weight: 10 }],
     ['{"ipv6": "1:0:0:2:0:0:3:4", "tcp": 80}', { ipv6: "1::2:0:0:3:4", tcp: 80, weight: 10 }],

@@ -165,6 +165,20 @@ export function parseIPv6(v: unknown, field: string): string | undefined {
   return parseAddress(v, field, 6)?.address;
 }
 
+/**
+ * A destination (backend or gateway) address: the kernel refuses an IPv4-mapped IPv6 address
+ * (::ffff:a.b.c.d) as a destination with EINVAL, so it is a bad value here rather than a service
+ * retried forever. As a frontend (a service address) the kernel takes it.
+ */
+function destination(address: string | undefined, field: string): string | undefined {
+  if (address === undefined) return undefined;
+  const b = addressBytes(address);
+  if (b.length === 16 && b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) {
+    throw new ConfigValueError(`IPv4-mapped address ${address} cannot be an IPVS destination (the kernel refuses it): use ipv4`, field);
+  }
+  return address;
+}
+
 /** Address text → integer, for prefix matching. */
 export function addressBits(address: string): bigint {
   let n = 0n;
@@ -228,7 +242,7 @@ export function parseBackend(text: string, format: ValueFormat = "json"): Parsed
   const { fields, warnings } = fold(parseObject(text, format), BACKEND_KEYS);
   const b: Backend = { weight: DEFAULT_WEIGHT };
   if (fields.has("ipv4")) b.ipv4 = parseIPv4(fields.get("ipv4"), "ipv4");
-  if (fields.has("ipv6")) b.ipv6 = parseIPv6(fields.get("ipv6"), "ipv6");
+  if (fields.has("ipv6")) b.ipv6 = destination(parseIPv6(fields.get("ipv6"), "ipv6"), "ipv6");
   if (fields.has("tcp")) b.tcp = port(fields.get("tcp"), "tcp");
   if (fields.has("udp")) b.udp = port(fields.get("udp"), "udp");
   if (fields.has("weight")) b.weight = integer(fields.get("weight"), "weight", 0, MAX_WEIGHT, "weight");
@@ -272,12 +286,12 @@ export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<R
     if (g) setGateway(4, g, "Gateway4");
   }
   if (fields.has("Gateway6")) {
-    const g = parseIPv6(fields.get("Gateway6"), "Gateway6");
+    const g = destination(parseIPv6(fields.get("Gateway6"), "Gateway6"), "Gateway6");
     if (g) setGateway(6, g, "Gateway6");
   }
   if (fields.has("Gateway")) {
     const g = parseAddress(fields.get("Gateway"), "Gateway");
-    if (g) setGateway(g.family, g.address, "Gateway");
+    if (g) setGateway(g.family, destination(g.address, "Gateway")!, "Gateway");
   }
   // A route with a prefix applies only to the families it has a prefix for: a gateway of the
   // other family would never be used.
