@@ -2,27 +2,45 @@
 // table at once, and keeps running (the default action of SIGHUP would kill it, leaving an
 // advertised route to expire with its lease).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { linkSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { startDocker, type DockerEngine } from "./support/docker.ts";
 import { startEtcd, type Etcd } from "./support/etcd.ts";
-import { Daemon } from "./support/proc.ts";
+import { BUN, Daemon, ROOT } from "./support/proc.ts";
+import { STATE_FILE } from "../src/docker/publisher.ts";
 
 const tmp = mkdtempSync("/tmp/clusterf-sighup-");
-const daemons: Daemon[] = [];
+const daemons: { proc: ReturnType<typeof Bun.spawn> }[] = [];
 let etcd: Etcd | undefined;
 
 afterAll(async () => {
-  for (const d of daemons) await d.stop("SIGKILL").catch(() => {});
+  for (const d of daemons) d.proc.kill("SIGKILL");
   await etcd?.destroy();
   rmSync(tmp, { recursive: true, force: true });
 });
 
-async function until(pred: () => boolean, timeoutMs: number, what: string, d: Daemon): Promise<void> {
+async function until(pred: () => boolean, timeoutMs: number, what: string, d: { stderr: string }): Promise<void> {
   const t0 = Date.now();
   while (!pred()) {
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what}; stderr:\n${d.stderr.slice(-3000)}`);
     await Bun.sleep(50);
   }
+}
+
+function etcdctl(...args: string[]): string {
+  const p = Bun.spawnSync(["etcdctl", `--endpoints=${etcd!.clientUrl}`, ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
+  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
+  return p.stdout.toString();
+}
+
+/** A key's lease id (hex, as etcdctl writes it) and value, or undefined when it is absent. */
+function etcdKey(key: string): { lease: string; value: string } | undefined {
+  const out = etcdctl("get", "-w", "json", key);
+  const kvs = JSON.parse(out).kvs as { value: string }[] | undefined;
+  if (!kvs?.length) return undefined;
+  // The lease is an int64, past what a JSON number holds exactly: read from the text.
+  const lease = /"lease":(\d+)/.exec(out)?.[1] ?? "0";
+  return { lease: BigInt(lease).toString(16), value: Buffer.from(kvs[0]!.value, "base64").toString() };
 }
 
 const reloads = (d: Daemon) => d.stderr.split("\n").filter((l) => l.startsWith("INFO reload: SIGHUP")).length;
@@ -70,20 +88,9 @@ describe("clusterf-ipvs on SIGHUP", () => {
 
   describe("with etcd and an advertised route", () => {
     beforeAll(async () => {
-      etcd = await startEtcd();
+      etcd ??= await startEtcd();
     });
-
-    function etcdctl(...args: string[]): string {
-      const p = Bun.spawnSync(["etcdctl", `--endpoints=${etcd!.clientUrl}`, ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
-      if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
-      return p.stdout.toString();
-    }
-    /** The route key's lease id and value, or undefined when it is absent. */
-    function routeKey(): { lease: string; value: string } | undefined {
-      const kvs = JSON.parse(etcdctl("get", "-w", "json", "/clusterf/routes/mid1")).kvs as { lease?: number | string; value: string }[] | undefined;
-      if (!kvs?.length) return undefined;
-      return { lease: String(kvs[0]!.lease), value: Buffer.from(kvs[0]!.value, "base64").toString() };
-    }
+    const routeKey = () => etcdKey("/clusterf/routes/mid1");
 
     test("the route stays under the same lease", async () => {
       etcdctl("put", "/clusterf/services/web/frontend", '{"ipv4": "192.0.2.1", "tcp": 80}');
@@ -119,4 +126,58 @@ describe("clusterf-ipvs on SIGHUP", () => {
       expect(routeKey()).toBeUndefined();
     }, 30_000);
   });
+});
+
+describe("clusterf-docker on SIGHUP", () => {
+  let docker: DockerEngine | undefined;
+  beforeAll(async () => {
+    etcd ??= await startEtcd();
+    docker = await startDocker();
+  }, 120_000);
+  afterAll(async () => {
+    await docker?.destroy();
+  });
+
+  test("a full two-way resync: a key under this host's lease that it does not stand for is removed at once", async () => {
+    const stateDir = join(tmp, "docker-state");
+    const d = {
+      proc: Bun.spawn(
+        [BUN, join(ROOT, "src/cli/clusterf-docker.ts"), `-docker-endpoint=${docker!.endpoint}`, `-etcd-machines=${etcd!.clientUrl}`, "-etcd-prefix=/hup", `-state-dir=${stateDir}`],
+        { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
+      ),
+      stderr: "",
+    };
+    daemons.push(d);
+    (async () => {
+      const dec = new TextDecoder();
+      for await (const chunk of d.proc.stderr as ReadableStream<Uint8Array>) d.stderr += dec.decode(chunk);
+    })();
+    await until(() => /docker: full state read/.test(d.stderr), 20_000, "Docker's state", d);
+    const stateFile = join(stateDir, STATE_FILE);
+    let lease = "";
+    await until(
+      () => {
+        try {
+          lease = BigInt(JSON.parse(readFileSync(stateFile, "utf8")).leaseId).toString(16);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      10_000,
+      "the lease in the state file",
+      d,
+    );
+    // Behind the daemon's back: a backend key under its lease that no container stands for.
+    const ghost = "/hup/services/web/backends/0123456789ab";
+    etcdctl("put", `--lease=${lease}`, ghost, '{"ipv4": "198.51.100.9", "tcp": 80}');
+    await Bun.sleep(1000);
+    expect(etcdKey(ghost)?.lease).toBe(lease); // unseen so far: the daemon does not watch its own keys
+
+    d.proc.kill("SIGHUP");
+    await until(() => etcdKey(ghost) === undefined, 5_000, "the stale key removed at SIGHUP", d);
+    expect(d.proc.exitCode).toBeNull();
+    d.proc.kill("SIGTERM");
+    expect(await d.proc.exited).toBe(0);
+  }, 60_000);
 });

@@ -134,6 +134,11 @@ export async function main(argv: string[]): Promise<number> {
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
+    // SIGHUP: a full two-way resync, as after a reconnect (its default action would kill the daemon).
+    process.on("SIGHUP", () => {
+      if (stopping) return;
+      daemon.resync().catch((e) => log.error(`resync: ${(e as Error).message}`));
+    });
   });
 }
 
