@@ -7,8 +7,9 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import fc from "fast-check";
+import { DirSource } from "../src/config/dir-source.ts";
 import { configureLog } from "../src/util/log.ts";
-import { applyEdit, burstEditArb, converged, Harness, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
+import { applyEdit, burstEditArb, converged, Harness, Recorder, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
 
 configureLog({ level: "error" });
 
@@ -79,6 +80,16 @@ describe("DirSource watcher", () => {
     // the same source watching holds an inotify instance (the count above can see one)
     await h.start(h.newRoot(), {});
     expect(inotifyFds()).toBeGreaterThan(before);
+  });
+
+  watchTest("stop() while the watcher is starting ends start() too", async () => {
+    const root = h.newRoot();
+    for (let i = 0; i < 200; i++) write(root, `services/s${i}/backends/b1`, "{}");
+    const src = new DirSource({ root });
+    const started = src.start(new Recorder());
+    await src.stop();
+    const end = await Promise.race([started.then(() => "started"), sleep(3000).then(() => "hung")]);
+    expect(end).toBe("started");
   });
 
   for (const [style, save] of Object.entries(SAVES)) {

@@ -6,8 +6,8 @@
 //
 // How it stays correct: filesystem notifications are only hints. A notification marks a path
 // dirty; after a short debounce each dirty path is re-read from disk (the key its name maps to,
-// and the subtree below it if it is, or was, a directory) and diffed against the last state handed
-// to the sink. So the sink only sees real changes, and the accumulated state always converges to
+// its directory's listing diffed against the keys known there, and the subtree below it if it is,
+// or was, a directory) and diffed against the last state handed to the sink. So the sink only sees real changes, and the accumulated state always converges to
 // what a fresh read of the tree gives, whatever order or shape the notifications had (atomic
 // saves, renames, `rm -r`, bursts). A slow periodic full re-read (`rescanMs`) is a safety net for
 // notifications the kernel drops (inotify queue overflow, watch limits).
@@ -486,6 +486,7 @@ export class DirSource implements ConfigSource {
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
   private watcher: FSWatcher | null = null;
+  private endReadyWait: (() => void) | null = null;
   /** The directories of the tree as last listed (relative paths). */
   private listedDirs = new Set<string>();
   /** Symlinked files (relative paths): re-read at every flush. */
@@ -544,6 +545,7 @@ export class DirSource implements ConfigSource {
     await this.chain.catch(() => {});
     const watcher = this.watcher;
     this.watcher = null;
+    this.endReadyWait?.();
     await watcher?.close();
     this.links.clear();
     this.listedDirs.clear();
@@ -613,7 +615,12 @@ export class DirSource implements ConfigSource {
       // inotify limits and the like: what goes unseen is read at the next periodic re-read
       warn("config-path: watcher error (changes may wait for the next periodic re-read)", { source: SOURCE, path: this.root, error: String((e as Error)?.message ?? e) });
     });
-    await new Promise<void>((resolve) => watcher.once("ready", () => resolve()));
+    // stop() meanwhile ends the wait too (a closed watcher never becomes ready)
+    await new Promise<void>((resolve) => {
+      this.endReadyWait = resolve;
+      watcher.once("ready", () => resolve());
+    });
+    this.endReadyWait = null;
   }
 
   /** Path relative to the root ("" for the root), or null outside it. */
