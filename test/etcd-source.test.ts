@@ -319,6 +319,88 @@ describe("EtcdSource, one member", () => {
     expectFaithful();
   }, 30000);
 
+  test("resync(): one snapshot equal to a fresh read, the watch goes on from its revision, changes arrive once", async () => {
+    const c = client([etcd.clientUrl]);
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl] });
+    await src.resync(); // before start(): nothing to do
+    expect(sink.snapshots.length).toBe(0);
+    await src.start(sink);
+    await waitFor("up", () => sink.up === true);
+    await c.put("/clusterf/routes/resync-1").value('{"IpvsMethod":"masq","n":1}');
+    await waitFor("resync-1", () => sink.state.has("routes/resync-1"));
+
+    // Quiet: the snapshot is a fresh read (the sink's own state, spoiled here, plays no part).
+    sink.state.delete("routes/resync-1");
+    sink.state.set("routes/not-in-etcd", { text: "{}", format: "json", origin: "test" });
+    // A change outside the prefix moves etcd's revision past the last one the watch delivered:
+    // the watch must go on from the read's revision.
+    const watched = src.revision!;
+    const head = Number((await c.put("/other/resync").value("x").exec()).header.revision);
+    expect(head).toBeGreaterThan(watched);
+    const updatesBefore = sink.updates.length;
+    await src.resync();
+    expect(sink.snapshots.length).toBe(2);
+    expect(sink.updates.length).toBe(updatesBefore);
+    const fresh = await etcdState(c);
+    expect(Object.fromEntries([...sink.snapshots[1]!].map(([k, v]) => [k, v.text]).sort())).toEqual(fresh);
+    expect(sink.texts()).toEqual(fresh);
+    expect(src.revision).toBe(head);
+
+    // Later changes: each exactly once, in one batch each.
+    await c.put("/clusterf/routes/resync-2").value('{"IpvsMethod":"masq","n":2}');
+    await c.delete().key("/clusterf/routes/resync-1");
+    await waitFor("resync-1 deleted", () => !sink.state.has("routes/resync-1"));
+    expect(sink.updates.slice(updatesBefore)).toEqual([
+      [{ key: "routes/resync-2", value: { text: '{"IpvsMethod":"masq","n":2}', format: "json", origin: "/clusterf/routes/resync-2" } }],
+      [{ key: "routes/resync-1", value: null }],
+    ]);
+
+    // Busy: re-reads while keys change lose nothing and deliver nothing twice.
+    let writes = 0;
+    let stop = false;
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        await c.put(`/clusterf/services/resync/backends/b${i % 5}`).value(`{"weight":${i}}`);
+        writes++;
+      }
+    })();
+    for (let r = 0; r < 3; r++) {
+      const n = writes;
+      await waitFor("writes", () => writes >= n + 20);
+      await src.resync();
+    }
+    const n = writes;
+    await waitFor("writes after the re-reads", () => writes >= n + 20);
+    stop = true;
+    await writer;
+    const truth = await etcdState(c);
+    await waitFor("converged", () => JSON.stringify(sink.texts()) === JSON.stringify(truth));
+    expect(sink.snapshots.length).toBe(5);
+    expectFaithful();
+  });
+
+  test("resync() while etcd is down: rejects with the reason; the re-read happens when etcd is back", async () => {
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 3000, backoffMaxMs: 3000 });
+    await src.start(sink);
+    await waitFor("up", () => sink.up === true);
+    await etcd.kill();
+    await waitFor("down", () => sink.up === false);
+    const t0 = Date.now();
+    await expect(src.resync()).rejects.toThrow(/^etcd: cannot re-read \/clusterf\/: .*UNAVAILABLE/);
+    expect(Date.now() - t0).toBeLessThan(2000); // at once, not after the 3 s backoff
+    expect(sink.snapshots.length).toBe(1);
+    await etcd.restart();
+    await waitFor("re-read", () => sink.snapshots.length === 2, 15000);
+    await waitFor("up again", () => sink.up === true);
+    expect(sink.texts()).toEqual(await etcdState(client([etcd.clientUrl])));
+    await src.stop();
+    await src.resync(); // after stop(): nothing to do
+    expect(sink.snapshots.length).toBe(2);
+    expectFaithful();
+  }, 30000);
+
   test("etcd down at start: start() resolves, status down, ready once it comes up", async () => {
     await etcd.kill();
     const sink = new RecordingSink();

@@ -9,7 +9,7 @@
 //   - the resume revision is the highest mod_revision delivered (or the header revision of a
 //     progress notification, which etcd only sends to watchers that are caught up);
 //   - a cancel with compact_revision set means "your revision was compacted": a full re-read,
-//     delivered as a snapshot;
+//     delivered as a snapshot; resync() (SIGHUP) asks for the same re-read;
 //   - a frozen server (SIGSTOP, black-holed network) is noticed by gRPC keepalive pings, and a
 //     watch that is not created within a timeout is abandoned, so the loop moves on to another
 //     endpoint;
@@ -208,7 +208,8 @@ class HostHealth {
   }
 }
 
-type WatchOutcome = "compacted" | "stopped";
+/** How a watch stream ended without an error: a full re-read is due ("compacted", "resync"), or stop(). */
+type WatchOutcome = "compacted" | "resync" | "stopped";
 
 function describe(e: unknown): string {
   if (e instanceof Error) return e.message.replace(/\s+/g, " ").slice(0, 300);
@@ -241,7 +242,10 @@ export class EtcdSource implements ConfigSource {
   private watchHost: string | null = null;
   private backoff: number;
   private wake: (() => void) | null = null;
-  private cancelWatch: (() => void) | null = null;
+  private cancelWatch: ((outcome: WatchOutcome) => void) | null = null;
+  /** resync() asked for a full re-read; its callers wait for the snapshot of the next one. */
+  private resyncWanted = false;
+  private resyncWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private resolveReady!: () => void;
   private rejectReady!: (e: Error) => void;
   private readySettled = false;
@@ -292,7 +296,7 @@ export class EtcdSource implements ConfigSource {
     return this.watchHost;
   }
 
-  /** Highest revision delivered so far (null before the first snapshot or while re-reading). */
+  /** Highest revision delivered so far (null before the first snapshot or while re-reading after a compaction). */
   get revision(): number | null {
     return this.rev;
   }
@@ -305,11 +309,29 @@ export class EtcdSource implements ConfigSource {
     return first;
   }
 
+  /**
+   * A full re-read of the prefix, delivered as one snapshot() (as after a compaction); the watch
+   * then goes on from the revision of that read. Resolves once the snapshot is delivered; rejects
+   * when this attempt fails (etcd down: the last known config stays, and the re-read happens when
+   * etcd answers) or the source stops first. Does nothing before start() or after stop().
+   */
+  resync(): Promise<void> {
+    if (!this.sink || this.stopped) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.resyncWaiters.push({ resolve, reject });
+      this.resyncWanted = true;
+      info("etcd re-read requested", { prefix: this.prefix });
+      this.cancelWatch?.("resync");
+      this.wake?.(); // cut a retry backoff short
+    });
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    this.cancelWatch?.();
+    this.cancelWatch?.("stopped");
     this.wake?.();
+    this.settleResync(new Error("etcd source stopped before the re-read"));
     if (!this.readySettled) {
       this.readySettled = true;
       this.rejectReady(new Error("etcd source stopped before its first snapshot"));
@@ -318,6 +340,11 @@ export class EtcdSource implements ConfigSource {
     await this.running;
     this.client.close();
     info("etcd source stopped", { prefix: this.prefix });
+  }
+
+  /** Answers the resync() callers: resolved, or rejected with `err`. */
+  private settleResync(err: Error | null, waiters = this.resyncWaiters.splice(0)): void {
+    for (const w of waiters) err ? w.reject(err) : w.resolve();
   }
 
   private endFirstAttempt(): void {
@@ -362,13 +389,13 @@ export class EtcdSource implements ConfigSource {
   private async run(): Promise<void> {
     while (!this.stopped) {
       try {
-        if (this.rev === null) await this.readAll();
+        if (this.rev === null || this.resyncWanted) await this.readAll();
         if (this.stopped) break;
+        if (this.resyncWanted) continue; // asked again during that read
         const outcome = await this.watchFrom(this.rev! + 1);
-        if (outcome === "compacted") {
-          this.rev = null; // re-read at once, no backoff: the server answered fine
-          continue;
-        }
+        // Re-read at once, no backoff: the server answered fine. After a compaction the old
+        // revision is useless; a resync keeps it until its read succeeds.
+        if (outcome === "compacted") this.rev = null;
       } catch (e) {
         if (this.stopped) break;
         this.setStatus(false, describe(e));
@@ -382,11 +409,23 @@ export class EtcdSource implements ConfigSource {
 
   /** Full read of the prefix → one snapshot; sets the revision to resume the watch from. */
   private async readAll(): Promise<void> {
-    const res = await this.client.kv.range(
-      { key: this.base, range_end: this.rangeEnd },
-      { deadline: new Date(Date.now() + this.requestTimeout) },
-    );
-    if (this.stopped) return;
+    // The resync() callers so far get this read's snapshot; later ones, the next read's.
+    const waiters = this.resyncWaiters.splice(0);
+    this.resyncWanted = false;
+    let res;
+    try {
+      res = await this.client.kv.range(
+        { key: this.base, range_end: this.rangeEnd },
+        { deadline: new Date(Date.now() + this.requestTimeout) },
+      );
+    } catch (e) {
+      if (waiters.length > 0) {
+        this.resyncWanted = true; // still due once etcd answers
+        this.settleResync(new Error(`etcd: cannot re-read ${this.baseText}: ${describe(e)}`), waiters);
+      }
+      throw e;
+    }
+    if (this.stopped) return this.settleResync(new Error("etcd source stopped before the re-read"), waiters);
     const entries = new Map<string, RawValue>();
     for (const kv of res.kvs) {
       const k = this.relKey(kv.key);
@@ -401,6 +440,7 @@ export class EtcdSource implements ConfigSource {
     } catch (e) {
       logError("etcd snapshot handler failed", { err: describe(e) });
     }
+    this.settleResync(null, waiters);
     if (!this.readySettled) {
       this.readySettled = true;
       this.resolveReady();
@@ -455,7 +495,7 @@ export class EtcdSource implements ConfigSource {
         () => finish(new Error(`watch not created within ${this.createTimeout} ms`)),
         this.createTimeout,
       );
-      this.cancelWatch = () => finish(null, "stopped");
+      this.cancelWatch = (outcome) => finish(null, outcome);
 
       stream.on("data", (res: any) => {
         if (done) return;
@@ -499,6 +539,7 @@ export class EtcdSource implements ConfigSource {
       });
       stream.on("error", (err: Error) => finish(err));
       stream.on("end", () => finish(new Error("watch stream ended")));
+      if (this.resyncWanted) return finish(null, "resync"); // asked for while the stream was being opened
       stream.write({
         create_request: {
           key: this.base,
