@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { blocks, kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
+import { afterOneResync, blocks, kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const FIX = join(import.meta.dir, "fixtures");
@@ -93,20 +93,20 @@ describe("ownership and drift", () => {
     });
     must(`ip netns exec ${ns} ipvsadm -A -t 192.0.2.99:80 -s rr && ip netns exec ${ns} ipvsadm -a -t 192.0.2.99:80 -r 198.51.100.99:80 -m -w 1`);
     const foreign = "TCP 192.0.2.99:80 rr\n-> 198.51.100.99:80 Masq 1 0 0";
-    const d = new Daemon([`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "drift-state")}`, "-ipvs-resync=1s"], {}, ["ip", "netns", "exec", ns]);
+    const d = new Daemon([`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "drift-state")}`, "-ipvs-resync=2s", "-metrics-listen=127.0.0.1:9113"], {}, ["ip", "netns", "exec", ns]);
     children.push(d.proc);
     await d.waitFor((t) => t.length === 5, 20_000, "initial table with the foreign service");
     const ours = "TCP 192.0.2.10:80 wlc\n-> 198.51.100.1:80 Masq 10 0 0\n-> 198.51.100.2:80 Masq 5 0 0";
     expect(kernelTable(ns)).toEqual([ours, foreign].sort());
 
-    must(`ip netns exec ${ns} ipvsadm -d -t 192.0.2.10:80 -r 198.51.100.1:80`);
-    must(`ip netns exec ${ns} ipvsadm -e -t 192.0.2.10:80 -r 198.51.100.2:80 -m -w 99`);
-    must(`ip netns exec ${ns} ipvsadm -a -t 192.0.2.10:80 -r 198.51.100.77:80 -m -w 1`);
-    const t0 = Date.now();
-    while (kernelTable(ns).join() !== [ours, foreign].sort().join()) {
-      if (Date.now() - t0 > 5000) throw new Error(`not corrected: ${kernelTable(ns).join("\n")}\n${d.stderr}`);
-      await Bun.sleep(200);
-    }
+    // Three hand edits between two resyncs: the next resync corrects them all.
+    const edits = [
+      "ipvsadm -d -t 192.0.2.10:80 -r 198.51.100.1:80",
+      "ipvsadm -e -t 192.0.2.10:80 -r 198.51.100.2:80 -m -w 99",
+      "ipvsadm -a -t 192.0.2.10:80 -r 198.51.100.77:80 -m -w 1",
+    ];
+    const once = await afterOneResync(ns, 9113, `ip netns exec ${ns} bash -c '${edits.join(" && ")}'`, [ours, foreign].sort(), 5000);
+    expect(once).toEqual({ table: [ours, foreign].sort(), drift: 3 });
     // The log line is read from the daemon's stderr a moment after the kernel shows the fix.
     await until(() => d.stderr.includes("differs from what this daemon last wrote"), 3000, () => d.stderr);
 

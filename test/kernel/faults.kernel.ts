@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { blocks, kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
+import { afterOneResync, blocks, kernelScratch, kernelTable, must, scrape, until, writeTree } from "../support/kernel.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const { tmp, children, netns } = kernelScratch("faults");
@@ -26,17 +26,16 @@ describe("a refused service and drift, seen in the metrics", () => {
       "services/bad/frontend": { ipv4: "192.0.2.12", tcp: 443, scheduler: "nosuch" },
       "services/bad/backends/a": { ipv4: "198.51.100.4", tcp: 443 },
     });
+    // Resyncs every 3 s: the retries of the refused service (1, 2, 4, 8, 16 s after a resync) never
+    // coincide with them, so the drift check below can tell one resync from the next.
     const d = new Daemon(
-      [`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "refuse-state")}`, "-ipvs-resync=1s", "-metrics-listen=127.0.0.1:9112"],
+      [`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "refuse-state")}`, "-ipvs-resync=3s", "-metrics-listen=127.0.0.1:9112"],
       {},
       ["ip", "netns", "exec", ns],
     );
     children.push(d.proc);
     const curl = (path: string) => must(`ip netns exec ${ns} curl -s -w '\\n%{http_code}' http://127.0.0.1:9112${path}`);
-    const metric = (line: string) => {
-      const m = curl("/metrics").split("\n").find((l) => l.startsWith(line + " "));
-      return m === undefined ? undefined : Number(m.split(" ").pop());
-    };
+    const metric = (sample: string) => scrape(ns, 9112, sample);
     const good = "TCP 192.0.2.10:80 wlc\n-> 198.51.100.1:80 Masq 10 0 0\n-> 198.51.100.2:80 Masq 5 0 0";
     const other = "UDP 192.0.2.11:53 rr\n-> 198.51.100.3:53 Masq 10 0 0";
     await until(() => kernelTable(ns).join() === [good, other].join(), 20_000, () => `good and other programmed:\n${kernelTable(ns).join("\n")}\n${d.stderr}`);
@@ -44,7 +43,7 @@ describe("a refused service and drift, seen in the metrics", () => {
     // Reported: a gauge naming the config service, one error line however many retries, and
     // /healthz stays 200 (a bad service is the config's problem, not the daemon's).
     await until(() => metric('clusterf_ipvs_service_failing{service="bad",vip="inet+tcp://192.0.2.12:443"}') === 1, 10_000, () => curl("/metrics"));
-    await Bun.sleep(3500); // retries at 1 s and 2 s meet the same refusal
+    await Bun.sleep(3500); // retries and a periodic resync meet the same refusal
     const refusals = d.stderr.split("\n").filter((l) => l.startsWith("ERROR") && l.includes("192.0.2.12:443"));
     expect(refusals).toHaveLength(1);
     expect(refusals[0]).toContain("nosuch");
@@ -59,19 +58,18 @@ describe("a refused service and drift, seen in the metrics", () => {
     expect(kernelTable(ns)).toEqual([good, other]);
 
     // Drift: a destination deleted, a weight changed, a destination added to ours, and a foreign
-    // service added. Three corrections, counted; the foreign service untouched and not counted.
+    // service added, all between two resyncs. The next resync corrects all three, counted; the
+    // foreign service untouched and not counted.
     expect(metric("clusterf_ipvs_drift_corrections_total")).toBe(0);
-    must(
-      [
-        `ip netns exec ${ns} ipvsadm -d -t 192.0.2.10:80 -r 198.51.100.1:80`,
-        `ip netns exec ${ns} ipvsadm -e -t 192.0.2.10:80 -r 198.51.100.2:80 -m -w 99`,
-        `ip netns exec ${ns} ipvsadm -a -u 192.0.2.11:53 -r 198.51.100.77:53 -m -w 1`,
-        `ip netns exec ${ns} ipvsadm -A -t 192.0.2.99:80 -s rr`,
-      ].join(" && "),
-    );
     const foreign = "TCP 192.0.2.99:80 rr";
-    await until(() => kernelTable(ns).join() === [good, foreign, other].join(), 5000, () => `drift corrected:\n${kernelTable(ns).join("\n")}`);
-    await until(() => metric("clusterf_ipvs_drift_corrections_total") === 3, 3000, () => curl("/metrics"));
+    const edits = [
+      "ipvsadm -d -t 192.0.2.10:80 -r 198.51.100.1:80",
+      "ipvsadm -e -t 192.0.2.10:80 -r 198.51.100.2:80 -m -w 99",
+      "ipvsadm -a -u 192.0.2.11:53 -r 198.51.100.77:53 -m -w 1",
+      "{ ipvsadm -D -t 192.0.2.99:80 2>/dev/null; ipvsadm -A -t 192.0.2.99:80 -s rr; }", // again on a second attempt
+    ];
+    const once = await afterOneResync(ns, 9112, `ip netns exec ${ns} bash -c '${edits.join(" && ")}'`, [good, foreign, other], 5000);
+    expect(once).toEqual({ table: [good, foreign, other], drift: 3 });
 
     // The config fixed: programmed at once, no longer reported.
     writeTree(dir, { "services/bad/frontend": { ipv4: "192.0.2.12", tcp: 443, scheduler: "sh" } });
@@ -81,6 +79,46 @@ describe("a refused service and drift, seen in the metrics", () => {
     await until(() => d.stderr.includes("IPVS: service programmed after earlier failures service=inet+tcp://192.0.2.12:443"), 3000, () => d.stderr);
     expect(await d.stop("SIGTERM")).toBe(0);
     expect(kernelTable(ns)).toEqual([good, bad, foreign, other]);
+  });
+});
+
+describe("retries back off", () => {
+  test("a service the kernel keeps refusing is retried 1 s, 2 s, 4 s apart, not in a storm", async () => {
+    const ns = netns("cf-backoff");
+    const dir = writeTree(join(tmp, "backoff"), {
+      "services/good/frontend": { ipv4: "192.0.2.10", tcp: 80 },
+      "services/good/backends/a": { ipv4: "198.51.100.1", tcp: 80 },
+      "services/bad/frontend": { ipv4: "192.0.2.12", tcp: 443, scheduler: "nosuch" },
+      "services/bad/backends/a": { ipv4: "198.51.100.4", tcp: 443 },
+    });
+    // No periodic resync: every attempt after the first is a retry. Debug lines in JSON carry a
+    // millisecond time stamp for each attempt (repeats of a refusal are logged at debug).
+    const d = new Daemon(
+      [`-config-path=${dir}`, "-etcd-machines=", `-state-dir=${join(tmp, "backoff-state")}`, "-ipvs-resync=0", "-log-format=json"],
+      { CLUSTERF_LOG_LEVEL: "debug" },
+      ["ip", "netns", "exec", ns],
+    );
+    children.push(d.proc);
+    const attempts = () =>
+      d.stderr
+        .split("\n")
+        .filter((l) => l.includes("New service inet+tcp://192.0.2.12:443 nosuch failed"))
+        .map((l) => Date.parse(JSON.parse(l).time));
+    await until(() => attempts().length >= 4, 20_000, () => `four attempts:\n${d.stderr.slice(-3000)}`);
+    await Bun.sleep(1000); // an attempt that a storm would add after the fourth
+    const t = attempts();
+    const gaps = t.slice(1).map((x, i) => x - t[i]!);
+    console.log(`attempts ${t.length}, gaps ${gaps.join(", ")} ms`);
+    // Each retry waits twice as long as the one before. The timer never fires early; an attempt's
+    // log line stands a sync's length (a few ms) from the end of the sync that set the timer, hence
+    // 50 ms below; a loaded guest may fire timers late, hence 500 ms above.
+    expect(gaps.length).toBe(3);
+    gaps.forEach((gap, i) => {
+      expect(gap).toBeGreaterThanOrEqual(1000 * 2 ** i - 50);
+      expect(gap).toBeLessThanOrEqual(1000 * 2 ** i + 500);
+    });
+    expect(kernelTable(ns)).toEqual(["TCP 192.0.2.10:80 wlc\n-> 198.51.100.1:80 Masq 10 0 0"]);
+    expect(await d.stop("SIGTERM")).toBe(0);
   });
 });
 

@@ -83,10 +83,13 @@ export function kernelScratch(tag: string) {
   };
 }
 
-/** One sample of the /metrics that a daemon serves on 127.0.0.1:`port` inside namespace `ns`. */
+/**
+ * One sample of the /metrics that a daemon serves on 127.0.0.1:`port` inside namespace `ns`
+ * (undefined while it does not answer yet, or has no such sample).
+ */
 export function scrape(ns: string, port: number, sample: string): number | undefined {
-  const line = must(`ip netns exec ${ns} curl -s http://127.0.0.1:${port}/metrics`)
-    .split("\n")
+  const line = sh(`ip netns exec ${ns} curl -s http://127.0.0.1:${port}/metrics`)
+    .out.split("\n")
     .find((l) => l.startsWith(sample + " "));
   return line === undefined ? undefined : Number(line.split(" ").pop());
 }
@@ -115,6 +118,7 @@ export async function afterOneResync(ns: string, port: number, cmd: string, corr
       if (resyncs() === r1 + 1) return { table, drift: d2 - d1 };
     }
     if (attempt === 3) throw new Error("three times another resync came too close to the edits: cannot tell one resync from two");
+    console.log(`attempt ${attempt}: another resync came too close to the hand edits; again`);
     await until(() => kernelTable(ns).join("\n") === corrected.join("\n"), timeoutMs, () => `the table corrected before another attempt:\n${kernelTable(ns).join("\n")}`);
   }
 }
