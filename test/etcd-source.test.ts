@@ -1,5 +1,6 @@
 // EtcdSource against real etcd processes (test/support/etcd.ts): snapshot, events, prefix
-// delete, outages (kill, SIGSTOP), compaction while disconnected, leader failover in a cluster.
+// delete, outages (kill, SIGSTOP), compaction while disconnected, resync(), leader failover in a
+// cluster, authentication, TLS (the server certificate's chain and name are both checked).
 
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { Etcd3 } from "etcd3";
