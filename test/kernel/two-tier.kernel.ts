@@ -324,8 +324,13 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     await front.waitFor((t) => same(shape(t), expectedFront(["mid1"])), 15_000, "frontend without mid2");
     const elapsed = Date.now() - t0;
     console.log(`mid2's route expired; the frontend dropped it ${elapsed} ms after the SIGKILL (TTL ${TTL_MS} ms)`);
-    expect(elapsed).toBeGreaterThan(TTL_MS / 2); // the lease, not the kill, removed it (keep-alives refresh it every TTL/3 or so)
-    expect(elapsed).toBeLessThan(TTL_MS + 5000);
+    // The lease, not the kill, removed it, and at its TTL. The daemon renews the lease every TTL/3
+    // (etcd3's keep-alive period), so at the kill it had between TTL - TTL/3 and TTL left (less up
+    // to 100 ms, the longest the daemon's event loop may stall a keep-alive). etcd revokes expired
+    // leases in a loop that runs every 500 ms; the frontend's watch, apply and print add under a
+    // second even in the loaded guest.
+    expect(elapsed).toBeGreaterThanOrEqual(TTL_MS - TTL_MS / 3 - 100);
+    expect(elapsed).toBeLessThanOrEqual(TTL_MS + 500 + 1000);
     expect(routeValue("mid2")).toBe("");
     expect(routeValue("mid1")).not.toBe("");
     expect(kernelShape("front")).toEqual(expectedFront(["mid1"]));
