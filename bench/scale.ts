@@ -1,0 +1,256 @@
+// Whole-process scale: `clusterf-ipvs -once -ipvs-mock` from a config tree and from etcd, and a
+// live daemon on etcd, next to a yardstick of the same run: a plain Python script that walks the
+// same tree, reads every file and parses its JSON (bench/yardstick-read.py). Also the start-up of
+// file-only mode on an empty tree, next to Bun starting an empty script. Wall time is spawn to
+// exit (to the first apply's log line for the live daemon); peak RSS is the process's maxRSS, from wait4
+// (VmHWM for the live daemon, read after its first apply settled). Exits 1 when a goal is missed.
+//
+//   bun bench/scale.ts [SERVICESxBACKENDS...] [--runs=N]     (default: 1000x10 10000x10, 3 runs)
+//
+// Goals (checked at 10000x10; other sizes, such as the 50000x4 stretch, are reported only):
+// files ≤ 1.0 × the yardstick, etcd ≤ 0.6 × the yardstick, peak RSS ≤ 150 MiB for -once from
+// files and for the live daemon on etcd; an empty tree ≤ 40 MiB.
+
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { startEtcd, type Etcd } from "../test/support/etcd.ts";
+
+const ROOT = path.join(import.meta.dir, "..");
+const CLI = path.join(ROOT, "bin", "clusterf-ipvs");
+const YARDSTICK = path.join(import.meta.dir, "yardstick-read.py");
+const MiB = 2 ** 20;
+const GOAL = { filesRatio: 1.0, etcdRatio: 0.6, rssMiB: 150, emptyRssMiB: 40 };
+
+// ---- the config (TEST-NET addresses only)
+
+interface Size {
+  services: number;
+  backends: number;
+}
+
+/** Every key and value of the config: distinct VIP:port per service, distinct destinations. */
+function* config({ services, backends }: Size): Generator<[string, string]> {
+  yield ["routes/local", JSON.stringify({ Prefix4: "198.51.100.0/24", IpvsMethod: "masq" })];
+  yield ["routes/far", JSON.stringify({ Prefix4: "203.0.113.0/24", Gateway4: "192.0.2.254", IpvsMethod: "droute" })];
+  for (let s = 0; s < services; s++) {
+    yield [`services/s${s}/frontend`, JSON.stringify({ ipv4: `192.0.2.${1 + (s % 250)}`, tcp: 80 + Math.floor(s / 250) })];
+    for (let b = 0; b < backends; b++) {
+      const i = s * backends + b;
+      yield [`services/s${s}/backends/b${b}`, JSON.stringify({ ipv4: `198.51.100.${1 + (i % 254)}`, tcp: 1024 + Math.floor(i / 254), weight: 10 })];
+    }
+  }
+}
+
+/** IPVS writes of a full sync into an empty table: one per service and one per destination. */
+const expectedWrites = (z: Size) => z.services * (1 + z.backends);
+
+function writeTree(root: string, z: Size): void {
+  fs.rmSync(root, { recursive: true, force: true });
+  const made = new Set<string>();
+  for (const [key, value] of config(z)) {
+    const file = path.join(root, key + ".json");
+    const dir = path.dirname(file);
+    if (!made.has(dir)) fs.mkdirSync(dir, { recursive: true }), made.add(dir);
+    fs.writeFileSync(file, value);
+  }
+}
+
+/** Bulk load through the v3 JSON gateway: 128 puts per txn (etcd's default limit), 8 in flight. */
+async function loadEtcd(etcd: Etcd, prefix: string, z: Size): Promise<void> {
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  await fetch(`${etcd.clientUrl}/v3/kv/deleterange`, {
+    method: "POST",
+    body: JSON.stringify({ key: b64("\0"), range_end: b64("\0") }),
+  });
+  const batches: { key: string; value: string }[][] = [[]];
+  for (const [key, value] of config(z)) {
+    if (batches.at(-1)!.length === 128) batches.push([]);
+    batches.at(-1)!.push({ key: b64(`${prefix}/${key}`), value: b64(value) });
+  }
+  let next = 0;
+  const worker = async () => {
+    while (next < batches.length) {
+      const batch = batches[next++]!;
+      const r = await fetch(`${etcd.clientUrl}/v3/kv/txn`, {
+        method: "POST",
+        body: JSON.stringify({ success: batch.map((p) => ({ request_put: p })) }),
+      });
+      if (!r.ok) throw new Error(`etcd txn: HTTP ${r.status} ${await r.text()}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+}
+
+// ---- measured processes
+
+interface Run {
+  ms: number;
+  rssMiB: number;
+  out: string;
+  err: string;
+}
+
+/**
+ * Runs a command through a small Python parent that forks it and reads its rusage (wait4): the
+ * peak RSS of a child forked from this big Bun process would count this process's pages too
+ * (Linux carries the pre-exec high-water mark across exec), one forked from Python only its own
+ * few MiB. The parent appends "PEAK <KiB> <seconds>" to stderr.
+ */
+const TIMED = [
+  "import os, sys, time",
+  "t = time.monotonic()",
+  "pid = os.fork()",
+  "if pid == 0: os.execvp(sys.argv[1], sys.argv[1:])",
+  "_, status, ru = os.wait4(pid, 0)",
+  "sys.stderr.write('\\nPEAK %d %.6f\\n' % (ru.ru_maxrss, time.monotonic() - t))",
+  "sys.exit(os.waitstatus_to_exitcode(status))",
+].join("\n");
+
+async function measure(cmd: string[]): Promise<Run> {
+  const p = Bun.spawn([py, "-c", TIMED, ...cmd], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (p.exitCode !== 0) throw new Error(`${cmd.join(" ")}: exit ${p.exitCode}\n${err.slice(-2000)}`);
+  const m = /\nPEAK (\d+) ([\d.]+)\n$/.exec(err)!;
+  return { ms: Number(m[2]) * 1000, rssMiB: Number(m[1]) / 1024, out, err };
+}
+
+/** A full apply's write count from the daemon's log, checked against the config's. */
+function checkWrites(r: Run, z: Size, what: string): void {
+  const m = /IPVS: applied kind=full writes=(\d+)/.exec(r.err);
+  if (!m || Number(m[1]) !== expectedWrites(z)) {
+    throw new Error(`${what}: expected ${expectedWrites(z)} writes, log says ${m?.[1] ?? "nothing"}\n${r.err.slice(-2000)}`);
+  }
+}
+
+const once = (stateDir: string, source: string[]) => [CLI, "-once", "-ipvs-mock", `-state-dir=${stateDir}`, ...source];
+
+/** A daemon that keeps running: time to its first full apply, then VmRSS and VmHWM once settled. */
+async function live(cmd: string[], z: Size): Promise<{ ms: number; rssMiB: number; peakMiB: number }> {
+  const t0 = performance.now();
+  const p = Bun.spawn(cmd, { stdout: "ignore", stderr: "pipe", stdin: "ignore" });
+  let err = "";
+  let ms = 0;
+  const reader = p.stderr.getReader();
+  const dec = new TextDecoder();
+  try {
+    while (!/IPVS: applied kind=full/.test(err)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`live daemon exited before its first apply:\n${err.slice(-2000)}`);
+      err += dec.decode(value);
+    }
+    ms = performance.now() - t0;
+    checkWrites({ ms, rssMiB: 0, out: "", err }, z, "live daemon");
+    await Bun.sleep(3000); // what it holds after the first apply, not during
+    const status = fs.readFileSync(`/proc/${p.pid}/status`, "utf8");
+    const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)![1]) / 1024;
+    return { ms, rssMiB: kb("VmRSS"), peakMiB: kb("VmHWM") };
+  } finally {
+    p.kill("SIGTERM");
+    void (async () => {
+      for (;;) if ((await reader.read()).done) break;
+    })();
+    await p.exited;
+  }
+}
+
+/** The interpreter itself, not a version manager's shim in front of it (its start-up is not Python's). */
+function python(): string {
+  const r = Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]);
+  if (r.exitCode !== 0) throw new Error("python3 is needed for the yardstick");
+  return r.stdout.toString().trim();
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const maxOf = (xs: number[]) => Math.max(...xs);
+
+// ---- main
+
+const args = process.argv.slice(2);
+const runs = Number(args.find((a) => a.startsWith("--runs="))?.slice(7) ?? 3);
+const sizes: Size[] = (args.filter((a) => !a.startsWith("--")).length ? args.filter((a) => !a.startsWith("--")) : ["1000x10", "10000x10"]).map((a) => {
+  const [s, b] = a.split("x").map(Number);
+  if (!s || !b) throw new Error(`bad size ${a}: expected SERVICESxBACKENDS`);
+  return { services: s, backends: b };
+});
+
+const py = python();
+const base = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-bench-scale-"));
+const stateDir = path.join(base, "state");
+const misses: string[] = [];
+const rows: string[] = [];
+const f0 = (n: number) => n.toFixed(0);
+const ratio = (ms: number, yard: number) => (ms / yard).toFixed(2);
+let etcd: Etcd | undefined;
+try {
+  etcd = await startEtcd();
+  const etcdFlags = [`-etcd-machines=${etcd.clientUrl}`, "-etcd-prefix=/clusterf", "-config-path="];
+
+  // Start-up on an empty tree, file-only, next to Bun running an empty script.
+  const empty = path.join(base, "empty");
+  fs.mkdirSync(empty);
+  const bunEmpty: Run[] = [];
+  const emptyRuns: Run[] = [];
+  for (let i = 0; i < runs; i++) {
+    bunEmpty.push(await measure([process.execPath, "-e", "0"]));
+    emptyRuns.push(await measure(once(stateDir, ["-etcd-machines=", `-config-path=${empty}`])));
+  }
+  const emptyRss = maxOf(emptyRuns.map((r) => r.rssMiB));
+  if (emptyRss > GOAL.emptyRssMiB) misses.push(`empty tree: peak RSS ${f0(emptyRss)} MiB > ${GOAL.emptyRssMiB} MiB`);
+  rows.push(
+    `| empty tree, file-only | bun -e 0: ${f0(median(bunEmpty.map((r) => r.ms)))} ms, ${f0(maxOf(bunEmpty.map((r) => r.rssMiB)))} MiB | ${f0(median(emptyRuns.map((r) => r.ms)))} ms | | ${f0(emptyRss)} MiB | | | | |`,
+  );
+
+  for (const z of sizes) {
+    const label = `${z.services} × ${z.backends}`;
+    const tree = path.join(base, `tree-${z.services}x${z.backends}`);
+    writeTree(tree, z);
+    await loadEtcd(etcd, "/clusterf", z);
+    const yard: Run[] = [];
+    const files: Run[] = [];
+    const fromEtcd: Run[] = [];
+    for (let i = 0; i < runs; i++) {
+      // interleaved, so that the machine's load falls on all three alike
+      const y = await measure([py, YARDSTICK, tree]);
+      if (Number(y.out.trim()) !== z.services * (1 + z.backends) + 2) throw new Error(`yardstick read ${y.out.trim()} files`);
+      yard.push(y);
+      fs.rmSync(stateDir, { recursive: true, force: true });
+      const r = await measure(once(stateDir, ["-etcd-machines=", `-config-path=${tree}`]));
+      checkWrites(r, z, "files");
+      files.push(r);
+      fs.rmSync(stateDir, { recursive: true, force: true });
+      const e = await measure(once(stateDir, etcdFlags));
+      checkWrites(e, z, "etcd");
+      fromEtcd.push(e);
+    }
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    const daemon = await live([CLI, "-ipvs-mock", `-state-dir=${stateDir}`, ...etcdFlags], z);
+    const y = median(yard.map((r) => r.ms));
+    const fm = median(files.map((r) => r.ms));
+    const em = median(fromEtcd.map((r) => r.ms));
+    const fr = maxOf(files.map((r) => r.rssMiB));
+    const er = maxOf(fromEtcd.map((r) => r.rssMiB));
+    rows.push(
+      `| ${label} | ${f0(y)} ms, ${f0(maxOf(yard.map((r) => r.rssMiB)))} MiB | ${f0(fm)} ms (${ratio(fm, y)}) | ${f0(em)} ms (${ratio(em, y)}) | ${f0(fr)} MiB | ${f0(er)} MiB | ${f0(daemon.ms)} ms (${ratio(daemon.ms, y)}) | ${f0(daemon.rssMiB)} MiB | ${f0(daemon.peakMiB)} MiB |`,
+    );
+    if (z.services === 10000 && z.backends === 10) {
+      if (fm > GOAL.filesRatio * y) misses.push(`${label}: files ${f0(fm)} ms > ${GOAL.filesRatio} × yardstick ${f0(y)} ms`);
+      if (em > GOAL.etcdRatio * y) misses.push(`${label}: etcd ${f0(em)} ms > ${GOAL.etcdRatio} × yardstick ${f0(y)} ms`);
+      if (fr > GOAL.rssMiB) misses.push(`${label}: -once from files peak RSS ${f0(fr)} MiB > ${GOAL.rssMiB} MiB`);
+      if (daemon.peakMiB > GOAL.rssMiB) misses.push(`${label}: live daemon on etcd peak RSS ${f0(daemon.peakMiB)} MiB > ${GOAL.rssMiB} MiB`);
+    }
+    fs.rmSync(tree, { recursive: true, force: true });
+  }
+} finally {
+  await etcd?.destroy();
+  fs.rmSync(base, { recursive: true, force: true });
+}
+
+console.log(`clusterf-ipvs -ipvs-mock, whole process; medians of ${runs} runs (time), maxima (RSS); (ratio) = time / yardstick of the same run`);
+console.log("| services × backends | yardstick: Python read + parse | -once, files | -once, etcd | peak RSS, files | peak RSS, etcd | live on etcd: first apply | live: RSS after | live: peak RSS |");
+console.log("|---|---|---|---|---|---|---|---|---|");
+for (const r of rows) console.log(r);
+if (misses.length) {
+  console.log(`goals missed:\n  ${misses.join("\n  ")}`);
+  process.exit(1);
+}
