@@ -2,6 +2,8 @@
 // they need root and a kernel with ip_vs (loaded or loadable). Only TEST-NET addresses, no traffic.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { kernelScratch } from "../support/kernel.ts";
 import {
   IPVS_MISSING,
   KernelIpvsTable,
@@ -78,9 +80,11 @@ function asIpvsadm(services: (Service & { dests: Dest[] })[]): string[] {
   return out.sort();
 }
 
-/** ipvsadm -Ln, as the same sorted lines. */
-function ipvsadmLn(): string[] {
-  const text = sh("ipvsadm", "-Ln");
+const inNs = (ns: string | undefined, ...cmd: string[]) => (ns ? ["ip", "netns", "exec", ns, ...cmd] : cmd);
+
+/** ipvsadm -Ln (in namespace `ns`, else this one), as the same sorted lines. */
+function ipvsadmLn(ns?: string): string[] {
+  const text = sh(...inNs(ns, "ipvsadm", "-Ln"));
   const out: string[][] = [];
   for (const raw of text.split("\n")) {
     const svc = raw.match(/^(TCP|UDP|SCTP)\s+(\S+)\s+(\S+)(.*)$/);
@@ -92,6 +96,19 @@ function ipvsadmLn(): string[] {
     if (d && out.length) out[out.length - 1]!.push(`  -> ${d[1]} ${d[2]} ${d[3]}`);
   }
   return out.map(([l, ...ds]) => [l, ...ds.sort()].join("\n")).sort();
+}
+
+/** The destinations' thresholds as ipvsadm -Ln --thresholds shows them: "PROTO VIP:PORT -> DEST UPPER LOWER", sorted. */
+function ipvsadmThresholds(ns: string): string[] {
+  const out: string[] = [];
+  let svc = "";
+  for (const raw of sh(...inNs(ns, "ipvsadm", "-Ln", "--thresholds")).split("\n")) {
+    const s = raw.match(/^(TCP|UDP|SCTP)\s+(\S+)/);
+    if (s) svc = `${s[1]} ${s[2]}`;
+    const d = raw.match(/^\s+->\s+(\S+)\s+(\d+)\s+(\d+)\s+\d+\s+\d+/);
+    if (d) out.push(`${svc} -> ${d[1]} ${d[2]} ${d[3]}`);
+  }
+  return out.sort();
 }
 
 function configOnly(list: ObservedService[]): (Service & { dests: Dest[] })[] {
@@ -205,6 +222,8 @@ function fixture(): (Service & { dests: Dest[] })[] {
 }
 
 // ---- tests --------------------------------------------------------------------------------
+
+const scratch = kernelScratch("driver");
 
 describe("kernel IPVS driver", () => {
   let t: KernelIpvsTable;
@@ -386,6 +405,49 @@ describe("kernel IPVS driver", () => {
     expect(list.length).toBe(1);
     expect(list[0]!.scheduler).toBe("wrr");
     expect(list[0]!.dests.length).toBe(150);
+  });
+
+  test("batch writes of every kind, 1, 7 and 64 to a send(), each in a fresh namespace: ipvsadm -Ln shows exactly the table written", () => {
+    // The fixture table, then edits and deletes in the same batch, with two writes that fail
+    // (EEXIST, ENOENT) and must not stop the ones after them.
+    const base = fixture();
+    const ops: IpvsOp[] = [];
+    for (const { dests, ...svc } of base) {
+      ops.push({ cmd: CMD.NEW_SERVICE, service: svc });
+      for (const d of dests) ops.push({ cmd: CMD.NEW_DEST, service: svc, dest: d });
+    }
+    const [s0, s1, s2] = base as [(typeof base)[0], (typeof base)[0], (typeof base)[0]];
+    const last = base[base.length - 1]!;
+    const extra: Dest = { address: "198.51.100.99", port: 8080, method: "masq", weight: 3, upperThreshold: 0, lowerThreshold: 0 };
+    const failing = [ops.length + 4, ops.length + 5];
+    ops.push(
+      { cmd: CMD.SET_SERVICE, service: { ...s0, scheduler: "sed", flags: 1, timeout: 120 } },
+      { cmd: CMD.SET_DEST, service: s0, dest: { ...s0.dests[0]!, weight: 77, method: "droute", upperThreshold: 1000, lowerThreshold: 500 } },
+      { cmd: CMD.DEL_DEST, service: s1, dest: s1.dests[2]! },
+      { cmd: CMD.DEL_SERVICE, service: last },
+      { cmd: CMD.NEW_DEST, service: s2, dest: s2.dests[1]! }, // already there
+      { cmd: CMD.DEL_DEST, service: s2, dest: { address: "198.51.100.250", port: 1 } }, // never there
+      { cmd: CMD.NEW_DEST, service: s2, dest: extra },
+    );
+    // The same changes to plain data, by hand.
+    const want = fixture().slice(0, -1);
+    want[0] = { ...want[0]!, scheduler: "sed", flags: 1, timeout: 120, dests: [{ ...s0.dests[0]!, weight: 77, method: "droute", upperThreshold: 1000, lowerThreshold: 500 }, ...s0.dests.slice(1)] };
+    want[1] = { ...want[1]!, dests: s1.dests.filter((_, i) => i !== 2) };
+    want[2] = { ...want[2]!, dests: [...s2.dests, extra] };
+    const thresholds = want.flatMap((s) => s.dests.map((d) => `${s.protocol.toUpperCase()} ${hostPort(s.address, s.port)} -> ${hostPort(d.address, d.port)} ${d.upperThreshold} ${d.lowerThreshold}`)).sort();
+    expect(thresholds).toContain("TCP 192.0.2.10:80 -> 198.51.100.10:8080 1000 500");
+
+    const file = join(scratch.tmp, "batch.json");
+    writeFileSync(file, JSON.stringify(ops));
+    for (const size of [1, 7, 64]) {
+      const ns = scratch.netns(`cf-batch${size}`);
+      const out = JSON.parse(sh("ip", "netns", "exec", ns, process.execPath, join(import.meta.dir, "fixtures/batch-write.ts"), file, String(size)));
+      expect(out.results).toEqual(ops.map((_, i) => (i === failing[0] ? "EEXIST" : i === failing[1] ? "ENOENT" : null)));
+      // Really that many messages to a send().
+      expect(out.batches).toEqual(Array.from({ length: Math.ceil(ops.length / size) }, (_, i) => Math.min(size, ops.length - i * size)));
+      expect(ipvsadmLn(ns)).toEqual(asIpvsadm(want));
+      expect(ipvsadmThresholds(ns)).toEqual(thresholds);
+    }
   });
 
   test("1000 services x 10 dests: the multipart dumps return everything", () => {
