@@ -160,10 +160,10 @@ describe("config churn in the kernel", () => {
           const want = blocks(ipvsadmLines(modelTable(cfg, OPTS)));
           const got = kernelTable(ns);
           if (got.join("\n") !== want.join("\n")) {
-            // Late or lost? Say which before failing.
+            // Late, or wrong? Say which before failing.
             await Bun.sleep(3000);
             const late = kernelTable(ns).join("\n") === want.join("\n");
-            console.log(`${label}, checkpoint ${checkpoints + 1}: the kernel differs from the model; 3 s later it ${late ? "equals it (late)" : "still differs (lost)"}; daemon log:\n${d.stderr.slice(-5000)}`);
+            console.log(`${label}, checkpoint ${checkpoints + 1}: the kernel differs from the model; 3 s later it ${late ? "equals it (late)" : "still differs"}; daemon log:\n${d.stderr.slice(-5000)}`);
           }
           expect(got).toEqual(want);
           const dests = want.join("\n").split("\n").filter((l) => l.startsWith("->")).length;
