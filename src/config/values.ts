@@ -107,12 +107,11 @@ function describe(v: unknown): string {
  * Folds the keys of a decoded object onto the known field names, case-insensitively.
  * Returns the fields (null values dropped: null keeps the default) and warnings for unknown keys.
  */
-function fold(obj: Record<string, unknown>, known: readonly string[]): { fields: Map<string, unknown>; warnings: string[] } {
-  const byLower = new Map(known.map((k) => [k.toLowerCase(), k]));
+function fold(obj: Record<string, unknown>, byLower: Map<string, string>): { fields: Map<string, unknown>; warnings: string[] } {
   const fields = new Map<string, unknown>();
   const warnings: string[] = [];
   for (const [key, value] of Object.entries(obj)) {
-    const name = byLower.get(key.toLowerCase());
+    const name = byLower.get(key) ?? byLower.get(key.toLowerCase());
     if (!name) {
       warnings.push(`unknown key ${JSON.stringify(key)} ignored`);
       continue;
@@ -144,6 +143,8 @@ function str(v: unknown, field: string): string {
 function parseAddress(v: unknown, field: string, family?: 4 | 6): { family: 4 | 6; address: string } | undefined {
   const s = str(v, field).trim();
   if (s === "") return undefined;
+  // Four-part decimal IPv4 without leading zeros is its own canonical text: no bytes, no copy.
+  if (family !== 6 && IPV4.test(s)) return { family: 4, address: s };
   let bytes: number[] | undefined;
   try {
     bytes = addressBytes(s);
@@ -154,6 +155,9 @@ function parseAddress(v: unknown, field: string, family?: 4 | 6): { family: 4 | 
   if (!bytes || (family && fam !== family)) throw new ConfigValueError(`invalid ${family ? `IPv${family}` : "IP"} address ${JSON.stringify(s)}`, field);
   return { family: fam, address: addressText(bytes) };
 }
+
+const OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
 
 /** An IPv4 address in dotted-quad form, canonical text; "" = absent. */
 export function parseIPv4(v: unknown, field: string): string | undefined {
@@ -216,9 +220,11 @@ export function parseCidr(v: unknown, field: string, family?: 4 | 6): { family: 
 }
 
 const SCHEDULER = /^[a-z][a-z0-9_]{0,15}$/;
-const FRONTEND_KEYS = ["ipv4", "ipv6", "tcp", "udp", "scheduler", "persistent"] as const;
-const BACKEND_KEYS = ["ipv4", "ipv6", "tcp", "udp", "weight"] as const;
-const ROUTE_KEYS = ["Prefix4", "Gateway4", "Prefix6", "Gateway6", "Prefix", "Gateway", "IpvsMethod"] as const;
+/** Known field names by their lower-case spelling, and by their own (the common case: one lookup). */
+const foldMap = (known: readonly string[]) => new Map(known.flatMap((k) => [[k.toLowerCase(), k], [k, k]] as [string, string][]));
+const FRONTEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "scheduler", "persistent"]);
+const BACKEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "weight"]);
+const ROUTE_KEYS = foldMap(["Prefix4", "Gateway4", "Prefix6", "Gateway6", "Prefix", "Gateway", "IpvsMethod"]);
 
 export function parseFrontend(text: string, format: ValueFormat = "json"): Parsed<Frontend> {
   const { fields, warnings } = fold(parseObject(text, format), FRONTEND_KEYS);
