@@ -1,6 +1,6 @@
-// SIGHUP, the daemon's traditional reload: clusterf-ipvs re-reads every source and resyncs the
-// table at once, and keeps running (the default action of SIGHUP would kill it, leaving an
-// advertised route to expire with its lease).
+// SIGHUP, the daemons' traditional reload: clusterf-ipvs re-reads every source and resyncs the
+// table at once, clusterf-docker runs a full two-way resync, and both keep running (the default
+// action of SIGHUP would kill them, leaving an advertised route to expire with its lease).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -92,7 +92,7 @@ describe("clusterf-ipvs on SIGHUP", () => {
     });
     const routeKey = () => etcdKey("/clusterf/routes/mid1");
 
-    test("the route stays under the same lease", async () => {
+    test("etcd is read again; the route stays under the same lease", async () => {
       etcdctl("put", "/clusterf/services/web/frontend", '{"ipv4": "192.0.2.1", "tcp": 80}');
       etcdctl("put", "/clusterf/services/web/backends/a", '{"ipv4": "198.51.100.1", "tcp": 8080, "weight": 7}');
       const d = new Daemon([
@@ -117,6 +117,9 @@ describe("clusterf-ipvs on SIGHUP", () => {
       d.proc.kill("SIGHUP");
       // The kernel resync that ends the reload prints the table.
       await until(() => reloads(d) === 1 && d.tables.length > printed, 5_000, "the reload", d);
+      // etcd was read again in full, as at a start.
+      const snapshots = () => d.stderr.match(/^INFO etcd snapshot prefix=\/clusterf /gm)?.length;
+      await until(() => snapshots() === 2, 3_000, "a second full read of etcd", d);
       // Past the 2 s TTL: the lease is still kept alive, and the key was not rewritten.
       await Bun.sleep(3000);
       expect(d.proc.exitCode).toBeNull();

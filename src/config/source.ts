@@ -41,6 +41,6 @@ export interface ConfigSource {
    * resolving (SIGHUP: whatever the source may have missed, the sink then holds exactly what it
    * holds). Does nothing before start() or after stop().
    */
-  resync?(): Promise<void>;
+  resync(): Promise<void>;
   stop(): Promise<void>;
 }

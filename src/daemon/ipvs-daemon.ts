@@ -176,7 +176,7 @@ export class IpvsDaemon implements SourceSink {
     if (this.stopping) return;
     // Before the sources have started, their first read is still to come: it is the fresh read.
     if (!this.sourcesStarted) return log.info("reload: still starting, nothing to re-read");
-    const results = await Promise.allSettled(this.sources.map((s) => s.resync?.()));
+    const results = await Promise.allSettled(this.sources.map((s) => s.resync()));
     results.forEach((r, i) => {
       // The last known config of that source stays in force, as when it is down.
       if (r.status === "rejected") log.warn("reload: cannot re-read a source", { source: this.sources[i]!.name, error: (r.reason as Error).message });
