@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Daemon, ROOT, runCli, tableLines } from "./support/proc.ts";
 import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
@@ -217,6 +217,34 @@ describe("clusterf-ipvs binary", () => {
       "UDP [2001:db8::53]:53 wlc persistent 300",
       "-> [2001:db8::254]:53 Route 15 0 0",
     ]);
+  });
+
+  test("-once watches nothing; the live daemon watches the tree", async () => {
+    // Both wait for an etcd that never answers, so both stay up after reading the tree; the
+    // kernel lists each inotify watch of a process in /proc/PID/fdinfo.
+    const inotifyWatches = (pid: number) => {
+      let n = 0;
+      for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+        try {
+          n += readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8").split("\n").filter((l) => l.startsWith("inotify wd:")).length;
+        } catch {} // an fd closed meanwhile
+      }
+      return n;
+    };
+    const args = [`-config-path=${join(ROOT, "config.example")}`, "-etcd-machines=http://127.0.0.1:1", "-ipvs-mock", "-state-dir=/tmp/clusterf-cli-once"];
+    const spawn = (extra: string[]) => Bun.spawn([process.execPath, join(ROOT, "src/cli/clusterf-ipvs.ts"), ...args, ...extra], { stdout: "ignore", stderr: "ignore" });
+    const live = spawn([]);
+    const once = spawn(["-once", "-once-timeout=20s"]);
+    try {
+      const t0 = Date.now();
+      while (inotifyWatches(live.pid) === 0 && Date.now() - t0 < 15_000) await Bun.sleep(100);
+      await Bun.sleep(500);
+      expect(once.exitCode).toBeNull(); // still waiting for etcd, its tree read long done
+      expect({ live: inotifyWatches(live.pid) > 0, once: inotifyWatches(once.pid) }).toEqual({ live: true, once: 0 });
+    } finally {
+      live.kill("SIGKILL");
+      once.kill("SIGKILL");
+    }
   });
 
   test("-once with a bad value elsewhere in the tree still applies the rest", () => {

@@ -159,6 +159,7 @@ describe("package files", () => {
       expect(rpmUnit.replace(/\/etc\/sysconfig\//g, "/etc/default/")).toBe(debUnit);
       for (const line of [
         `ExecStart=/usr/bin/${c} $${envVar}`,
+        "ExecReload=/bin/kill -HUP $MAINPID", // systemctl reload: both daemons re-read at SIGHUP
         "Restart=always",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

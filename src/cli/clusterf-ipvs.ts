@@ -99,7 +99,7 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   const configPath = flags["config-path"] as string;
   if (configPath) {
     const { DirSource } = await import("../config/dir-source.ts");
-    sources.push(new DirSource({ root: configPath }));
+    sources.push(new DirSource({ root: configPath, watch: !flags.once })); // -once reads once and watches nothing
   }
   const etcd = etcdClientOptions(flags);
   if (etcd.endpoints.length) {
