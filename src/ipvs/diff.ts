@@ -25,7 +25,7 @@ export function diffService(desired: TableEntry | undefined, actual: TableEntry 
   const svc = desired.service;
   if (!actual) {
     ops.push({ type: "add-service", service: svc });
-    for (const d of desired.dests.values()) ops.push({ type: "add-dest", service: svc, dest: d });
+    for (const [key, d] of desired.dests) ops.push({ type: "add-dest", service: svc, dest: d, key });
     return ops;
   }
   if (!serviceConfigEqual(svc, actual.service)) ops.push({ type: "edit-service", service: svc });
@@ -35,8 +35,8 @@ export function diffService(desired: TableEntry | undefined, actual: TableEntry 
   }
   for (const [key, d] of desired.dests) {
     const a = actual.dests.get(key);
-    if (!a) ops.push({ type: "add-dest", service: svc, dest: d });
-    else if (!destConfigEqual(d, a)) ops.push({ type: "edit-dest", service: svc, dest: d });
+    if (!a) ops.push({ type: "add-dest", service: svc, dest: d, key });
+    else if (!destConfigEqual(d, a)) ops.push({ type: "edit-dest", service: svc, dest: d, key });
   }
   return ops;
 }
@@ -46,13 +46,22 @@ export function diffService(desired: TableEntry | undefined, actual: TableEntry 
  * desired are deleted only when `owned(key)` says this daemon may remove them.
  */
 export function diffTables(desired: Table, actual: Table, owned: (key: string) => boolean, keys?: Iterable<string>): Op[] {
-  const all = keys ?? new Set([...desired.keys(), ...actual.keys()]);
   const ops: Op[] = [];
-  for (const key of all) ops.push(...diffService(desired.get(key), actual.get(key), owned(key)));
+  const add = (key: string) => {
+    for (const op of diffService(desired.get(key), actual.get(key), owned(key))) ops.push(op);
+  };
+  if (keys) for (const key of keys) add(key);
+  else {
+    for (const key of desired.keys()) add(key);
+    for (const key of actual.keys()) if (!desired.has(key)) add(key);
+  }
   return ops;
 }
 
-/** Applies operations to a plain table (the cache of the kernel state, and the property tests). */
+/**
+ * Applies operations to a plain table (the cache of the kernel state, and the property tests). The
+ * table keeps the operations' Service and Dest objects (never changed once made), not copies.
+ */
 export function applyOps(table: Table, ops: Iterable<Op>): void {
   for (const op of ops) applyOp(table, op);
 }
@@ -61,11 +70,11 @@ export function applyOp(table: Table, op: Op): void {
   const key = serviceKeyString(op.service);
   switch (op.type) {
     case "add-service":
-      table.set(key, { service: { ...op.service }, dests: new Map() });
+      table.set(key, { service: op.service, dests: new Map() });
       return;
     case "edit-service": {
       const e = table.get(key);
-      if (e) e.service = { ...op.service };
+      if (e) e.service = op.service;
       return;
     }
     case "delete-service":
@@ -73,7 +82,7 @@ export function applyOp(table: Table, op: Op): void {
       return;
     case "add-dest":
     case "edit-dest":
-      table.get(key)?.dests.set(destKeyString(op.dest), { ...op.dest });
+      table.get(key)?.dests.set(op.key ?? destKeyString(op.dest), op.dest);
       return;
     case "delete-dest":
       table.get(key)?.dests.delete(destKeyString(op.dest));

@@ -1,6 +1,7 @@
 // The in-memory IPVS table (-ipvs-mock): the same interface and the same error answers as the
 // kernel (EEXIST on a second add, ESRCH for a missing service, ENOENT for a missing dest), so the
-// reconciler is exercised the same way without a kernel.
+// reconciler is exercised the same way without a kernel. It keeps the Service and Dest objects it
+// is given (never changed once made, see types.ts) and hands out copies.
 
 import {
   IpvsError,
@@ -13,9 +14,9 @@ import {
   type ObservedDest,
   type ObservedService,
   type Op,
-  writeEach,
   type Service,
   type ServiceKey,
+  writeOne,
 } from "./types.ts";
 
 interface Row {
@@ -29,7 +30,15 @@ export class MemoryIpvsTable implements IpvsTable {
   writes = 0;
 
   writeBatch(ops: readonly Op[]): (Error | null)[] {
-    return writeEach(this, ops);
+    return ops.map((op) => {
+      try {
+        if (op.type === "add-dest" || op.type === "edit-dest") this.putDest(op.service, op.dest, op.type === "add-dest", op.key);
+        else writeOne(this, op);
+        return null;
+      } catch (e) {
+        return e as Error;
+      }
+    });
   }
 
   info(): IpvsInfo {
@@ -62,12 +71,12 @@ export class MemoryIpvsTable implements IpvsTable {
     this.writes++;
     const k = serviceKeyString(s);
     if (this.rows.has(k)) throw new IpvsError(`${k}: File exists`, "EEXIST", 17);
-    this.rows.set(k, { service: pickService(s), dests: new Map() });
+    this.rows.set(k, { service: s, dests: new Map() });
   }
 
   editService(s: Service): void {
     this.writes++;
-    this.row(s).service = pickService(s);
+    this.row(s).service = s;
   }
 
   deleteService(key: ServiceKey): void {
@@ -77,19 +86,21 @@ export class MemoryIpvsTable implements IpvsTable {
   }
 
   addDest(svc: ServiceKey, d: Dest): void {
-    this.writes++;
-    const r = this.row(svc);
-    const k = destKeyString(d);
-    if (r.dests.has(k)) throw new IpvsError(`${serviceKeyString(svc)} ${k}: File exists`, "EEXIST", 17);
-    r.dests.set(k, pickDest(d));
+    this.putDest(svc, d, true);
   }
 
   editDest(svc: ServiceKey, d: Dest): void {
+    this.putDest(svc, d, false);
+  }
+
+  /** `key`: the destination's destKeyString when the caller has it. */
+  private putDest(svc: ServiceKey, d: Dest, add: boolean, key?: string): void {
     this.writes++;
     const r = this.row(svc);
-    const k = destKeyString(d);
-    if (!r.dests.has(k)) throw new IpvsError(`${serviceKeyString(svc)} ${k}: No such file or directory`, "ENOENT", 2);
-    r.dests.set(k, pickDest(d));
+    const k = key ?? destKeyString(d);
+    if (add && r.dests.has(k)) throw new IpvsError(`${serviceKeyString(svc)} ${k}: File exists`, "EEXIST", 17);
+    if (!add && !r.dests.has(k)) throw new IpvsError(`${serviceKeyString(svc)} ${k}: No such file or directory`, "ENOENT", 2);
+    r.dests.set(k, d);
   }
 
   deleteDest(svc: ServiceKey, d: DestKey): void {
@@ -106,14 +117,4 @@ export class MemoryIpvsTable implements IpvsTable {
   }
 
   close(): void {}
-}
-
-function pickService(s: Service): Service {
-  const { family, protocol, address, port, scheduler, flags, timeout, netmask } = s;
-  return { family, protocol, address, port, scheduler, flags, timeout, netmask };
-}
-
-function pickDest(d: Dest): Dest {
-  const { address, port, method, weight, upperThreshold, lowerThreshold } = d;
-  return { address, port, method, weight, upperThreshold, lowerThreshold };
 }

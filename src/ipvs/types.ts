@@ -1,6 +1,9 @@
 // IPVS table types. Identity fields (what names an object in the kernel) are kept apart from
 // config fields (what can be edited in place) and from observed fields (stats, counters), as
 // cloudflare/ipvs and merlin do: an identity change is delete+add, a config change is an edit.
+// Service and Dest values are never changed once made (a change is a new object): the desired
+// table, the operations, the reconciler's cache and the in-memory table share them instead of
+// each keeping a copy of every destination.
 
 import ipaddr from "ipaddr.js";
 
@@ -83,13 +86,16 @@ export interface IpvsInfo {
   connTableSize: number;
 }
 
-/** One write to the IPVS table. */
+/**
+ * One write to the IPVS table. `key` is the destination's destKeyString when its maker has it (a
+ * table that stores the destination keeps that string rather than making another).
+ */
 export type Op =
   | { type: "add-service"; service: Service }
   | { type: "edit-service"; service: Service }
   | { type: "delete-service"; service: ServiceKey }
-  | { type: "add-dest"; service: ServiceKey; dest: Dest }
-  | { type: "edit-dest"; service: ServiceKey; dest: Dest }
+  | { type: "add-dest"; service: ServiceKey; dest: Dest; key?: string }
+  | { type: "edit-dest"; service: ServiceKey; dest: Dest; key?: string }
   | { type: "delete-dest"; service: ServiceKey; dest: DestKey };
 
 /**
@@ -217,8 +223,16 @@ export function addressText(buf: ArrayLike<number>, off = 0, length = buf.length
   return s;
 }
 
+/** The last key made, by object and fields: a service's operations come one after another. */
+let last: { k?: ServiceKey; family?: Family; protocol?: Protocol; address?: string; port?: number; key: string } = { key: "" };
+
 export function serviceKeyString(k: ServiceKey): string {
-  return `${k.family}+${k.protocol}://${k.family === "inet6" ? `[${k.address}]` : k.address}:${k.port}`;
+  if (k === last.k && k.address === last.address && k.port === last.port && k.family === last.family && k.protocol === last.protocol) {
+    return last.key;
+  }
+  const key = `${k.family}+${k.protocol}://${k.family === "inet6" ? `[${k.address}]` : k.address}:${k.port}`;
+  last = { k, family: k.family, protocol: k.protocol, address: k.address, port: k.port, key };
+  return key;
 }
 
 export function destKeyString(k: DestKey): string {
