@@ -36,9 +36,10 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
     listed().flatMap((s) => {
       const vip = serviceKeyString(s);
       const entry = daemon.desired.table.get(vip);
+      const names = entry && daemon.desired.backendsByDest(vip);
       return s.dests.map((dest) => {
         const dk = destKeyString(dest);
-        const backend = entry?.backendsByDest.get(dk)?.join(",") ?? "";
+        const backend = names?.get(dk)?.join(",") ?? "";
         return { dest, labels: { service: entry?.owner ?? "", vip, backend, dest: dk } };
       });
     });

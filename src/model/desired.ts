@@ -26,6 +26,10 @@ export interface TableEntry {
 export interface DesiredEntry extends TableEntry {
   /** The config service that describes it. */
   owner: string;
+}
+
+/** A compiled entry with the names of the backends in each destination (not kept in the table). */
+export interface CompiledEntry extends DesiredEntry {
   /** Destination key → the config backends merged into it (for logs and metrics labels). */
   backendsByDest: Map<string, string[]>;
 }
@@ -57,10 +61,10 @@ export function compileService(
   routes: RouteIndex,
   opts: DesiredOptions,
   warn: Warn = () => {},
-): DesiredEntry[] {
+): CompiledEntry[] {
   const fe = svc.frontend;
   if (!fe) return [];
-  const out: DesiredEntry[] = [];
+  const out: CompiledEntry[] = [];
   const backends = byName(svc.backends);
   for (const [family, addrKey] of FAMILIES) {
     const vip = fe[addrKey];
@@ -151,8 +155,11 @@ export class DesiredTable {
   /** IPVS service key → entry (the winner among config services). */
   readonly table = new Map<string, DesiredEntry>();
   private readonly compiled = new Map<string, DesiredEntry[]>();
-  private readonly claims = new Map<string, Set<string>>();
+  /** IPVS service key → the config services that describe it, sorted (the first one wins). */
+  private readonly claims = new Map<string, string[]>();
   private routes = new RouteIndex([]);
+  /** The config services last given (the store's live map), for backendsByDest(). */
+  private services = new Map<string, MergedService>();
 
   constructor(
     private readonly opts: DesiredOptions,
@@ -162,6 +169,7 @@ export class DesiredTable {
   /** Recomputes everything; returns the IPVS keys whose desired state may have changed. */
   rebuild(services: Map<string, MergedService>, routes: Map<string, Route>): Set<string> {
     this.routes = new RouteIndex(routes);
+    this.services = services;
     const changed = new Set<string>(this.table.keys());
     for (const name of [...this.compiled.keys()]) if (!services.has(name)) this.recompute(name, undefined, changed);
     for (const [name, svc] of services) this.recompute(name, svc, changed);
@@ -170,6 +178,7 @@ export class DesiredTable {
 
   /** Recomputes the named config services; returns the changed IPVS keys. */
   updateServices(names: Iterable<string>, services: Map<string, MergedService>): Set<string> {
+    this.services = services;
     const changed = new Set<string>();
     for (const name of names) this.recompute(name, services.get(name), changed);
     return changed;
@@ -185,6 +194,7 @@ export class DesiredTable {
     routes: Map<string, Route>,
   ): Set<string> {
     this.routes = new RouteIndex(routes);
+    this.services = services;
     const touched = changes.flatMap((c) => [c.before, c.after]).filter((r): r is Route => !!r);
     const affected: string[] = [];
     for (const [name, svc] of services) {
@@ -204,31 +214,42 @@ export class DesiredTable {
     return this.updateServices(affected, services);
   }
 
+  /**
+   * Destination key → the config backends merged into it, for one IPVS service (metrics labels):
+   * compiled again from its config service on demand rather than kept for every destination.
+   */
+  backendsByDest(key: string): Map<string, string[]> | undefined {
+    const entry = this.table.get(key);
+    const svc = entry && this.services.get(entry.owner);
+    if (!svc) return undefined;
+    return compileService(entry.owner, svc, this.routes, this.opts).find((e) => serviceKeyString(e.service) === key)?.backendsByDest;
+  }
+
   private recompute(name: string, svc: MergedService | undefined, changed: Set<string>): void {
     const before = this.compiled.get(name) ?? [];
-    const after = svc ? compileService(name, svc, this.routes, this.opts, this.warn) : [];
+    const after: DesiredEntry[] = svc
+      ? compileService(name, svc, this.routes, this.opts, this.warn).map(({ service, dests, owner }) => ({ service, dests, owner }))
+      : [];
     if (after.length) this.compiled.set(name, after);
     else this.compiled.delete(name);
-    const keys = new Set<string>();
-    for (const e of before) keys.add(serviceKeyString(e.service));
-    for (const e of after) keys.add(serviceKeyString(e.service));
     const afterByKey = new Map(after.map((e) => [serviceKeyString(e.service), e]));
+    const keys = new Set(afterByKey.keys());
+    for (const e of before) keys.add(serviceKeyString(e.service));
     for (const key of keys) {
-      const claim = this.claims.get(key) ?? new Set<string>();
-      if (afterByKey.has(key)) claim.add(name);
-      else claim.delete(name);
-      if (claim.size === 0) {
+      const had = this.claims.get(key) ?? [];
+      const claim = afterByKey.has(key) ? (had.includes(name) ? had : [...had, name].sort()) : had.filter((n) => n !== name);
+      if (claim.length === 0) {
         this.claims.delete(key);
         this.table.delete(key);
       } else {
-        this.claims.set(key, claim);
-        const winner = [...claim].sort()[0]!;
+        if (claim !== had) this.claims.set(key, claim);
+        const winner = claim[0]!;
         const entry = winner === name ? afterByKey.get(key)! : this.compiled.get(winner)!.find((e) => serviceKeyString(e.service) === key)!;
-        if (claim.size > 1 && afterByKey.has(key)) {
+        if (claim.length > 1 && afterByKey.has(key)) {
           this.warn("two config services describe the same IPVS service; the first by name wins", {
             service: key,
             winner,
-            others: [...claim].filter((n) => n !== winner).join(","),
+            others: claim.slice(1).join(","),
           });
         }
         this.table.set(key, entry);
