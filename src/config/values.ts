@@ -3,7 +3,7 @@
 // JSON keys match case-insensitively, as Go's encoding/json did; when two spellings of one key
 // appear, the last one in the document wins (also as Go did).
 
-import YAML from "yaml";
+import type * as Yaml from "yaml";
 import { addressBytes, addressText } from "../ipvs/types.ts";
 import type { ValueFormat } from "./source.ts";
 
@@ -65,6 +65,10 @@ export interface Parsed<T> {
   warnings: string[];
 }
 
+let yamlModule: typeof Yaml | undefined;
+/** Loaded at the first YAML value: most trees are JSON only, and the parser is 7 MiB of a start-up. */
+const yaml = (): typeof Yaml => (yamlModule ??= require("yaml") as typeof Yaml);
+
 /** Parses the text of a value into a plain object (JSON or YAML), refusing anything else. */
 export function parseObject(text: string, format: ValueFormat): Record<string, unknown> {
   if (text.length > MAX_VALUE_BYTES) {
@@ -74,7 +78,7 @@ export function parseObject(text: string, format: ValueFormat): Record<string, u
   let data: unknown;
   if (format === "yaml") {
     try {
-      data = YAML.parse(text, { uniqueKeys: false, maxAliasCount: 100, logLevel: "error" });
+      data = yaml().parse(text, { uniqueKeys: false, maxAliasCount: 100, logLevel: "error" });
     } catch (e) {
       throw new ConfigValueError(`invalid YAML: ${firstLine((e as Error).message)}`);
     }
