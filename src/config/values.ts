@@ -114,7 +114,8 @@ function describe(v: unknown): string {
 function fold(obj: Record<string, unknown>, byLower: Map<string, string>): { fields: Map<string, unknown>; warnings: string[] } {
   const fields = new Map<string, unknown>();
   const warnings: string[] = [];
-  for (const [key, value] of Object.entries(obj)) {
+  for (const key in obj) {
+    const value = obj[key];
     const name = byLower.get(key) ?? byLower.get(key.toLowerCase());
     if (!name) {
       warnings.push(`unknown key ${JSON.stringify(key)} ignored`);
