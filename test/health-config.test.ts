@@ -160,6 +160,9 @@ describe("target keys: one checker per address, port and check", () => {
     expect(targetKey("198.51.100.1", 80, p)).toBe(targetKey("198.51.100.1", 53, p));
     expect(targetKey("198.51.100.1", 80, p).startsWith("198.51.100.1:8081 ")).toBe(true);
     expect(targetKey("2001:db8::1", 80, DEFAULTS).startsWith("[2001:db8::1]:80 ")).toBe(true);
+    // the same address, port probed and check, reached two ways
+    expect(targetKey("198.51.100.1", 80, p)).toBe(targetKey("198.51.100.1", 8081, DEFAULTS));
+    expect(targetKey("198.51.100.1", 80, p)).not.toBe(targetKey("198.51.100.1", 80, DEFAULTS));
   });
 });
 

@@ -203,11 +203,14 @@ export function resolveCheck(frontend: CheckSetting, backend: CheckSetting): Che
   return frontend || undefined;
 }
 
-/** A stable text for a spec: equal specs give equal keys (key order and defaults do not matter). */
+/**
+ * A stable text for a spec: equal specs give equal keys (key order and defaults do not matter).
+ * The port is not in it: targetKey puts the probed port in front, so a check naming port 8081 on
+ * a destination at :80 and a check without a port on a destination at :8081 are one target.
+ */
 export function specKey(spec: CheckSpec): string {
   const status = spec.status.map((r) => (r.from === r.to ? `${r.from}` : `${r.from}-${r.to}`)).join(",");
   const parts = [spec.type, `i=${spec.intervalMs}`, `t=${spec.timeoutMs}`, `r=${spec.rise}`, `f=${spec.fall}`, `ss=${spec.slowStartMs}`];
-  if (spec.port !== undefined) parts.push(`p=${spec.port}`);
   if (spec.type !== "tcp") parts.push(`path=${spec.path}`, `status=${status}`, `host=${spec.host ?? ""}`);
   if (spec.type === "https") parts.push(`verify=${spec.verify}`);
   return parts.join(" ");
