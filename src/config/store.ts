@@ -129,6 +129,8 @@ export class ConfigStore {
   /** Per source, key → the text whose warnings were reported last (only keys with warnings). */
   private readonly warned: Record<SourceName, Map<string, string>> = { local: new Map(), etcd: new Map() };
 
+  private lastChange?: Change & { kind: "service" };
+
   constructor(private readonly opts: StoreOptions = {}) {}
 
   /** Applies one key event from a source; returns the change in the merged view, if any. */
@@ -233,6 +235,8 @@ export class ConfigStore {
       else svc.backends.delete(path.backend);
     }
     if (!svc.frontend && svc.backends.size === 0) this.services.delete(path.service);
-    return { kind: "service", service: path.service };
+    // A service's keys come one after another in a full read: one (read-only) change object for the run.
+    if (this.lastChange?.service !== path.service) this.lastChange = { kind: "service", service: path.service };
+    return this.lastChange;
   }
 }

@@ -107,12 +107,16 @@ function describe(v: unknown): string {
   return `${typeof v} ${String(v)}`;
 }
 
+const FIELDS = new Map<string, unknown>();
+
 /**
  * Folds the keys of a decoded object onto the known field names, case-insensitively.
  * Returns the fields (null values dropped: null keeps the default) and warnings for unknown keys.
  */
 function fold(obj: Record<string, unknown>, byLower: Map<string, string>): { fields: Map<string, unknown>; warnings: string[] } {
-  const fields = new Map<string, unknown>();
+  // One map for every call (parsing is synchronous): a full read makes no garbage map per value.
+  const fields = FIELDS;
+  fields.clear();
   const warnings: string[] = [];
   for (const key in obj) {
     const value = obj[key];
@@ -143,13 +147,13 @@ function str(v: unknown, field: string): string {
 
 /**
  * An address of the given family (either, when none is given): its canonical text, from its bytes
- * (addressText: as ipvsadm -Ln prints it); "" = absent.
+ * (addressText: as ipvsadm -Ln prints it); "" = absent. Canonical IPv6 text has a ":", IPv4 none.
  */
-function parseAddress(v: unknown, field: string, family?: 4 | 6): { family: 4 | 6; address: string } | undefined {
+function parseAddress(v: unknown, field: string, family?: 4 | 6): string | undefined {
   const s = str(v, field).trim();
   if (s === "") return undefined;
   // Four-part decimal IPv4 without leading zeros is its own canonical text: no bytes, no copy.
-  if (family !== 6 && IPV4.test(s)) return { family: 4, address: s };
+  if (family !== 6 && IPV4.test(s)) return s;
   let bytes: number[] | undefined;
   try {
     bytes = addressBytes(s);
@@ -158,7 +162,7 @@ function parseAddress(v: unknown, field: string, family?: 4 | 6): { family: 4 | 
   }
   const fam = bytes?.length === 4 ? 4 : 6;
   if (!bytes || (family && fam !== family)) throw new ConfigValueError(`invalid ${family ? `IPv${family}` : "IP"} address ${JSON.stringify(s)}`, field);
-  return { family: fam, address: addressText(bytes) };
+  return addressText(bytes);
 }
 
 const OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
@@ -166,12 +170,12 @@ const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
 
 /** An IPv4 address in dotted-quad form, canonical text; "" = absent. */
 export function parseIPv4(v: unknown, field: string): string | undefined {
-  return parseAddress(v, field, 4)?.address;
+  return parseAddress(v, field, 4);
 }
 
 /** An IPv6 address, canonical text; "" = absent. */
 export function parseIPv6(v: unknown, field: string): string | undefined {
-  return parseAddress(v, field, 6)?.address;
+  return parseAddress(v, field, 6);
 }
 
 /**
@@ -302,7 +306,7 @@ export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<R
   }
   if (fields.has("Gateway")) {
     const g = parseAddress(fields.get("Gateway"), "Gateway");
-    if (g) setGateway(g.family, destination(g.address, "Gateway")!, "Gateway");
+    if (g) setGateway(g.includes(":") ? 6 : 4, destination(g, "Gateway")!, "Gateway");
   }
   // A route with a prefix applies only to the families it has a prefix for: a gateway of the
   // other family would never be used.
