@@ -7,6 +7,11 @@
 //
 //   bun bench/scale.ts [SERVICESxBACKENDS...] [--runs=N]     (default: 1000x10 10000x10, 3 runs)
 //
+// Then, in one process per size, where the memory goes: the heap (after a full GC) that each
+// layer adds for the same config (the store's parsed values, the desired table, the reconciler's
+// cache of the kernel plus the in-memory table of -ipvs-mock), next to the raw text of the values
+// as a source hands them over, and each step's time.
+//
 // Goals (checked at 10000x10; other sizes, such as the 50000x4 stretch, are reported only):
 // files ≤ 1.0 × the yardstick, etcd ≤ 0.6 × the yardstick, peak RSS ≤ 150 MiB for -once from
 // files and for the live daemon on etcd; an empty tree ≤ 40 MiB.
@@ -164,7 +169,53 @@ function python(): string {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const maxOf = (xs: number[]) => Math.max(...xs);
 
+// ---- where the memory goes (a child process per size, so that each starts from the same heap)
+
+async function layers(z: Size): Promise<Record<string, number>> {
+  const { heapStats } = await import("bun:jsc");
+  const { ConfigStore } = await import("../src/config/store.ts");
+  const { DesiredTable, DEFAULT_DESIRED_OPTIONS } = await import("../src/model/desired.ts");
+  const { Reconciler } = await import("../src/daemon/reconciler.ts");
+  const { MemoryIpvsTable } = await import("../src/ipvs/memory-table.ts");
+  const heap = () => {
+    Bun.gc(true);
+    return heapStats().heapSize / MiB;
+  };
+  const out: Record<string, number> = {};
+  const h0 = heap();
+  let raw: Map<string, { text: string; format: "json"; origin: string }> | undefined = new Map();
+  for (const [key, text] of config(z)) raw.set(key, { text, format: "json", origin: `/clusterf/${key}` });
+  const h1 = heap();
+  out.rawMiB = h1 - h0;
+  const store = new ConfigStore();
+  let t = performance.now();
+  store.snapshot("etcd", raw);
+  out.storeMs = performance.now() - t;
+  raw = undefined;
+  const h2 = heap();
+  out.storeMiB = h2 - h0;
+  const desired = new DesiredTable(DEFAULT_DESIRED_OPTIONS);
+  t = performance.now();
+  desired.rebuild(store.services, store.routes);
+  out.desiredMs = performance.now() - t;
+  const h3 = heap();
+  out.desiredMiB = h3 - h2;
+  const reconciler = new Reconciler(new MemoryIpvsTable());
+  t = performance.now();
+  const r = reconciler.sync(desired.table);
+  out.syncMs = performance.now() - t;
+  if (r.ops !== expectedWrites(z)) throw new Error(`layers: ${r.ops} writes, expected ${expectedWrites(z)}`);
+  out.actualMiB = heap() - h3;
+  return out;
+}
+
 // ---- main
+
+if (process.argv[2] === "--layers") {
+  const [services, backends] = process.argv.slice(3).map(Number);
+  process.stdout.write(JSON.stringify(await layers({ services: services!, backends: backends! })));
+  process.exit(0);
+}
 
 const args = process.argv.slice(2);
 const runs = Number(args.find((a) => a.startsWith("--runs="))?.slice(7) ?? 3);
@@ -179,6 +230,7 @@ const base = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-bench-scale-"));
 const stateDir = path.join(base, "state");
 const misses: string[] = [];
 const rows: string[] = [];
+const layerRows: string[] = [];
 const f0 = (n: number) => n.toFixed(0);
 const ratio = (ms: number, yard: number) => (ms / yard).toFixed(2);
 let etcd: Etcd | undefined;
@@ -224,6 +276,12 @@ try {
       fromEtcd.push(e);
     }
     fs.rmSync(stateDir, { recursive: true, force: true });
+    const lr = Bun.spawnSync([process.execPath, import.meta.path, "--layers", String(z.services), String(z.backends)], { stderr: "inherit" });
+    if (lr.exitCode !== 0) throw new Error(`layers ${label}: exit ${lr.exitCode}`);
+    const l = JSON.parse(lr.stdout.toString());
+    layerRows.push(
+      `| ${label} | ${l.rawMiB.toFixed(1)} MiB | ${l.storeMiB.toFixed(1)} MiB (${(l.storeMiB / l.rawMiB).toFixed(2)}), ${f0(l.storeMs)} ms | ${l.desiredMiB.toFixed(1)} MiB (${(l.desiredMiB / l.rawMiB).toFixed(2)}), ${f0(l.desiredMs)} ms | ${l.actualMiB.toFixed(1)} MiB (${(l.actualMiB / l.rawMiB).toFixed(2)}), ${f0(l.syncMs)} ms |`,
+    );
     const daemon = await live([CLI, "-ipvs-mock", `-state-dir=${stateDir}`, ...etcdFlags], z);
     const y = median(yard.map((r) => r.ms));
     const fm = median(files.map((r) => r.ms));
@@ -250,6 +308,11 @@ console.log(`clusterf-ipvs -ipvs-mock, whole process; medians of ${runs} runs (t
 console.log("| services × backends | yardstick: Python read + parse | -once, files | -once, etcd | peak RSS, files | peak RSS, etcd | live on etcd: first apply | live: RSS after | live: peak RSS |");
 console.log("|---|---|---|---|---|---|---|---|---|");
 for (const r of rows) console.log(r);
+console.log("");
+console.log("where the memory goes: heap after a full GC, (ratio) = size / raw values of the same run; time of the step");
+console.log("| services × backends | raw values (key, text, origin) | + store (parsed, merged) | + desired table | + sync: reconciler cache, -ipvs-mock table |");
+console.log("|---|---|---|---|---|");
+for (const r of layerRows) console.log(r);
 if (misses.length) {
   console.log(`goals missed:\n  ${misses.join("\n  ")}`);
   process.exit(1);
