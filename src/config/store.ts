@@ -191,17 +191,20 @@ export class ConfigStore {
   /** Replaces everything a source had with a complete snapshot; returns the merged changes. */
   snapshot(source: SourceName, entries: Map<string, RawValue>): Change[] {
     const changes: Change[] = [];
-    for (const key of [...this.sources[source].keys()]) {
-      if (!entries.has(key)) {
-        const c = this.apply(source, { key, value: null });
-        if (c) changes.push(c);
-      }
-    }
-    for (const [key, value] of entries) {
-      const c = this.apply(source, { key, value });
+    for (const e of this.snapshotEvents(source, entries)) {
+      const c = this.apply(source, e);
       if (c) changes.push(c);
     }
     return changes;
+  }
+
+  /**
+   * A snapshot as the key events that apply it (deletions first), produced as they are applied:
+   * for a caller that applies a large one a slice at a time (docs/config.md §4).
+   */
+  *snapshotEvents(source: SourceName, entries: Map<string, RawValue>): Generator<KeyEvent, void, void> {
+    for (const key of [...this.sources[source].keys()]) if (!entries.has(key)) yield { key, value: null };
+    for (const [key, value] of entries) yield { key, value };
   }
 
   private effective(key: string, path: KeyPath): Value | undefined {

@@ -11,6 +11,11 @@ import { formatTable } from "../ipvs/print.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import { Reconciler, type SyncResult } from "./reconciler.ts";
 import * as log from "../util/log.ts";
+import { chunks, runSliced, runSync, type Steps } from "../util/slices.ts";
+
+/** Source events taken into the store, and config services compiled, between two chances to pause. */
+const EVENT_SLICE = 256;
+const COMPILE_SLICE = 64;
 
 export interface IpvsDaemonOptions {
   desired: DesiredOptions;
@@ -48,8 +53,12 @@ export class IpvsDaemon implements SourceSink {
 
   private readonly waiting = new Set<SourceName>();
   private started = false;
+  /** Source events not yet taken into the store: the next apply takes them in, a slice at a time. */
+  private pending: { source: SourceName; events: Iterable<KeyEvent> | Map<string, RawValue> }[] = [];
+  /** The sliced syncs (applies, resyncs, drain releases) run one after the other on this chain. */
+  private work: Promise<unknown> = Promise.resolve();
   private dirtyServices = new Set<string>();
-  private routeChanges: Change[] = [];
+  private routeChanges: Extract<Change, { kind: "route" }>[] = [];
   private applyTimer?: ReturnType<typeof setTimeout>;
   private sourcesStarted = false;
   private stopping = false;
@@ -86,7 +95,7 @@ export class IpvsDaemon implements SourceSink {
     for (const s of this.sources) await s.start(this);
     this.sourcesStarted = true;
     if (this.sources.length === 0) this.scheduleApply();
-    if (this.opts.resyncMs > 0) this.resyncTimer = setInterval(() => this.resync(), this.opts.resyncMs);
+    if (this.opts.resyncMs > 0) this.resyncTimer = setInterval(() => void this.sliced(() => this.resyncSteps()), this.opts.resyncMs);
   }
 
   async stop(): Promise<void> {
@@ -96,6 +105,7 @@ export class IpvsDaemon implements SourceSink {
     clearTimeout(this.retryTimer);
     clearTimeout(this.drainTimer);
     await Promise.all(this.sources.map((s) => s.stop()));
+    await this.work; // a sync in progress stops at its next pause
     this.reconciler.ipvs.close();
   }
 
@@ -116,18 +126,13 @@ export class IpvsDaemon implements SourceSink {
   // SourceSink
 
   snapshot(source: SourceName, entries: Map<string, RawValue>): void {
-    this.record(this.store.snapshot(source, entries));
+    this.pending.push({ source, events: entries });
     if (this.waiting.delete(source)) log.info("config: first read done", { source, keys: entries.size });
     this.scheduleApply();
   }
 
   update(source: SourceName, events: KeyEvent[]): void {
-    const changes: Change[] = [];
-    for (const e of events) {
-      const c = this.store.apply(source, e);
-      if (c) changes.push(c);
-    }
-    this.record(changes);
+    this.pending.push({ source, events });
     this.scheduleApply();
   }
 
@@ -140,11 +145,37 @@ export class IpvsDaemon implements SourceSink {
 
   // Applying
 
-  private record(changes: Change[]): void {
-    for (const c of changes) {
-      if (c.kind === "service") this.dirtyServices.add(c.service);
-      else this.routeChanges.push(c);
+  /** Takes the pending source events into the store, a slice at a time (a snapshot as its events). */
+  private *takeIn(): Steps<void> {
+    for (let p; (p = this.pending.shift()); ) {
+      const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events) : p.events;
+      for (const slice of chunks(events, EVENT_SLICE)) {
+        for (const e of slice) {
+          const c = this.store.apply(p.source, e);
+          if (c?.kind === "service") this.dirtyServices.add(c.service);
+          else if (c) this.routeChanges.push(c);
+        }
+        yield;
+      }
     }
+  }
+
+  /** Recomputes the named config services a few at a time; adds the IPVS keys they change to `keys`. */
+  private *compile(names: Iterable<string>, keys: Set<string>): Steps<void> {
+    for (const slice of chunks(names, COMPILE_SLICE)) {
+      for (const k of this.desired.updateServices(slice, this.store.services)) keys.add(k);
+      yield;
+    }
+  }
+
+  /**
+   * Runs sliced work after the work already queued (syncs never overlap), giving the event loop
+   * a turn between slices; a stop abandons it at its next pause.
+   */
+  private sliced<T>(steps: () => Steps<T>): Promise<T | undefined> {
+    const run = this.work.then(() => (this.stopping ? undefined : runSliced(steps(), () => this.stopping)));
+    this.work = run.catch((e) => log.error(`IPVS: sync failed: ${(e as Error).message}`));
+    return run;
   }
 
   private configError(p: ConfigProblem): void {
@@ -157,7 +188,7 @@ export class IpvsDaemon implements SourceSink {
     // A macrotask, so that a burst of source callbacks in the same tick becomes one apply.
     this.applyTimer = setTimeout(() => {
       this.applyTimer = undefined;
-      this.apply();
+      void this.sliced(() => this.applySteps());
     }, 0);
   }
 
@@ -183,33 +214,47 @@ export class IpvsDaemon implements SourceSink {
     });
     // Until the first apply, the snapshots only wait for the other sources; the first apply reads the kernel anyway.
     if (!this.started || this.stopping) return;
-    if (this.applyTimer) {
-      clearTimeout(this.applyTimer);
-      this.applyTimer = undefined;
-      this.apply();
-    }
-    this.resync(); // logs its writes, if any
+    const due = this.applyTimer !== undefined;
+    clearTimeout(this.applyTimer);
+    this.applyTimer = undefined;
+    await this.sliced(() => this.reloadSteps(due));
   }
 
-  /** Applies what changed since the last apply (everything, the first time). */
+  private *reloadSteps(applyDue: boolean): Steps<void> {
+    if (applyDue) yield* this.applySteps();
+    yield* this.resyncSteps(); // logs its writes, if any
+  }
+
+  /**
+   * Applies what changed since the last apply (everything, the first time) without pausing: for
+   * callers that drive the daemon themselves (tests, the core benchmark), never while a sliced
+   * sync runs.
+   */
   apply(): SyncResult {
+    return runSync(this.applySteps());
+  }
+
+  private *applySteps(): Steps<SyncResult> {
     const t0 = performance.now();
-    let result: SyncResult;
+    yield* this.takeIn();
     const kind: SyncKind = this.started ? "incremental" : "full";
-    if (!this.started) {
-      this.started = true;
-      this.desired.rebuild(this.store.services, this.store.routes);
-      result = this.reconciler.sync(this.desired.table);
-    } else {
-      const keys = new Set<string>();
-      if (this.routeChanges.length) {
-        for (const k of this.desired.updateRoutes(this.routeChanges, this.store.services, this.store.routes)) keys.add(k);
-      }
-      for (const k of this.desired.updateServices(this.dirtyServices, this.store.services)) keys.add(k);
-      result = this.reconciler.sync(this.desired.table, keys);
-    }
+    const dirty = this.dirtyServices;
+    const routeChanges = this.routeChanges;
     this.dirtyServices = new Set();
     this.routeChanges = [];
+    const keys = new Set<string>();
+    if (!this.started) {
+      this.started = true;
+      // The route index, then every service a slice at a time (the same as one rebuild: nothing was compiled yet).
+      this.desired.rebuild(new Map(), this.store.routes);
+      yield* this.compile(this.store.services.keys(), keys);
+    } else {
+      if (routeChanges.length) {
+        for (const k of this.desired.updateRoutes(routeChanges, this.store.services, this.store.routes)) keys.add(k);
+      }
+      yield* this.compile(dirty, keys);
+    }
+    const result = yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
     this.finish(kind, result, performance.now() - t0);
     return result;
   }
@@ -218,26 +263,30 @@ export class IpvsDaemon implements SourceSink {
     if (this.reconciler.draining.size === 0 || this.drainTimer) return;
     this.drainTimer = setTimeout(() => {
       this.drainTimer = undefined;
-      this.releaseDrained();
+      void this.sliced(() => this.releaseDrained());
     }, this.opts.drainCheckMs ?? 1000);
   }
 
   /** Deletes the draining destinations whose connections have ended (or whose time is up). */
-  private releaseDrained(): void {
+  private *releaseDrained(): Steps<void> {
     const t0 = performance.now();
     const keys = this.reconciler.releaseDrained();
     if (keys.length === 0) return this.scheduleDrainCheck();
-    const result = this.reconciler.sync(this.desired.table, keys);
+    const result = yield* this.reconciler.syncSteps(this.desired.table, keys);
     this.finish("incremental", result, performance.now() - t0);
   }
 
   /** Re-reads the kernel and corrects drift (periodic, and the retry after failed writes). */
   resync(): SyncResult | undefined {
+    return runSync(this.resyncSteps());
+  }
+
+  private *resyncSteps(): Steps<SyncResult | undefined> {
     if (!this.started) return undefined;
     const t0 = performance.now();
     let result: SyncResult;
     try {
-      result = this.reconciler.resync(this.desired.table);
+      result = yield* this.reconciler.resyncSteps(this.desired.table);
     } catch (e) {
       log.error("IPVS: cannot read the kernel table", { error: (e as Error).message });
       result = { ops: 0, errors: 1, failed: new Set(["*"]), newFailures: 1 };
@@ -262,7 +311,7 @@ export class IpvsDaemon implements SourceSink {
       this.retries++;
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
-        this.resync();
+        void this.sliced(() => this.resyncSteps());
       }, delay);
     } else if (result.errors === 0) {
       this.retries = 0;

@@ -19,6 +19,7 @@ import {
   writeOne,
 } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
+import { chunks, runSync, type Steps } from "../util/slices.ts";
 
 export interface ReconcilerOptions {
   /** Log the writes that would be made, make none. */
@@ -61,6 +62,9 @@ export interface ReconcilerCounters {
 }
 
 const OWNED_FILE = "ipvs-owned.json";
+/** Services diffed, and writes sent, between two chances to pause (see syncSteps). */
+const DIFF_SLICE = 64;
+const WRITE_SLICE = 256;
 
 export class Reconciler {
   /** What we believe the kernel holds (every service, ours or not). */
@@ -89,11 +93,29 @@ export class Reconciler {
 
   /** Replaces the cache with a fresh read of the kernel table. */
   readActual(): void {
-    this.actual.clear();
-    for (const s of this.ipvs.list()) {
+    runSync(this.readActualSteps());
+  }
+
+  /** readActual() in slices: one service's destinations at a time, the cache replaced at the end. */
+  *readActualSteps(): Steps<void> {
+    const ipvs = this.ipvs;
+    const fresh: Table = new Map();
+    for (const s of ipvs.listServices ? ipvs.listServices() : ipvs.list()) {
+      if (ipvs.listServices) {
+        try {
+          s.dests.push(...ipvs.listDests(s));
+        } catch (e) {
+          // Deleted (by hand) since the list: gone, like a service the list did not show.
+          if (e instanceof IpvsError && (e.code === "ESRCH" || e.code === "ENOENT")) continue;
+          throw e;
+        }
+      }
       const entry = normalise(s);
-      this.actual.set(serviceKeyString(entry.service), entry);
+      fresh.set(serviceKeyString(entry.service), entry);
+      yield;
     }
+    this.actual.clear();
+    for (const [k, e] of fresh) this.actual.set(k, e);
   }
 
   flush(): void {
@@ -110,14 +132,23 @@ export class Reconciler {
 
   /** Brings the given keys (all when omitted) of the actual table to the desired state. */
   sync(desired: Table, keys?: Iterable<string>): SyncResult {
+    return runSync(this.syncSteps(desired, keys));
+  }
+
+  /**
+   * sync() in slices (the daemon runs it with runSliced): the diff a few services at a time, the
+   * writes WRITE_SLICE at a time. The caller must not change `desired` or start another sync
+   * until it is done.
+   */
+  *syncSteps(desired: Table, keys?: Iterable<string>): Steps<SyncResult> {
     const scope = keys ? new Set(keys) : undefined;
     const owned = (k: string) => this.owned.has(k) || desired.has(k);
     this.forgetDraining(desired, scope);
     let target = this.withDraining(desired);
-    let ops = diffTables(target, this.actual, owned, scope);
-    if (this.startDraining(ops, target)) {
+    let ops = yield* this.diff(target, owned, scope);
+    if (yield* this.startDraining(ops, target)) {
       target = this.withDraining(desired);
-      ops = diffTables(target, this.actual, owned, scope);
+      ops = yield* this.diff(target, owned, scope);
     }
     const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
     if (this.opts.noop) {
@@ -133,27 +164,33 @@ export class Reconciler {
       // ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
       // retry re-reads the kernel. Per write: undefined = not sent yet (a single write goes
       // straight to the mapping), null = done, an error = what the batch got for it.
-      const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(ops) : [undefined];
+      // Sent WRITE_SLICE at a time, so that the event loop gets a turn between slices; the rest
+      // of a failed service is not sent: it waits for the retry.
       const seen = new Set<Error>();
       const debug = log.debugEnabled();
-      ops.forEach((op, i) => {
-        const key = serviceKeyString(op.service);
-        if (result.failed.has(key)) return; // the rest of a failed service waits for the retry
-        const first = batched[i];
-        try {
-          if (first instanceof Error && !isRefusal(first)) throw first;
-          if (first !== null) this.write(op);
-          applyOp(this.actual, op);
-          this.counters.writes[op.type]++;
-          result.ops++;
-          this.markOwned(op, key);
-          if (debug) log.debug(`IPVS: ${describeOp(op)}`);
-        } catch (e) {
-          // A batch without an answer fails every service in it: one error line, not one each.
-          this.failed(op, key, e as Error, result, seen.has(e as Error));
-          seen.add(e as Error);
-        }
-      });
+      for (const chunk of chunks(ops, WRITE_SLICE)) {
+        const slice = chunk.filter((op) => !result.failed.has(serviceKeyString(op.service)));
+        const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(slice) : [undefined];
+        slice.forEach((op, i) => {
+          const key = serviceKeyString(op.service);
+          if (result.failed.has(key)) return; // the rest of a failed service waits for the retry
+          const first = batched[i];
+          try {
+            if (first instanceof Error && !isRefusal(first)) throw first;
+            if (first !== null) this.write(op);
+            applyOp(this.actual, op);
+            this.counters.writes[op.type]++;
+            result.ops++;
+            this.markOwned(op, key);
+            if (debug) log.debug(`IPVS: ${describeOp(op)}`);
+          } catch (e) {
+            // A batch without an answer fails every service in it: one error line, not one each.
+            this.failed(op, key, e as Error, result, seen.has(e as Error));
+            seen.add(e as Error);
+          }
+        });
+        yield;
+      }
     }
     for (const key of [...this.failing.keys()]) {
       if (result.failed.has(key) || (scope && !scope.has(key))) continue;
@@ -199,12 +236,22 @@ export class Reconciler {
     return t;
   }
 
+  /** diffTables over the scope (every key of both tables when undefined), a few services at a time. */
+  private *diff(target: Table, owned: (key: string) => boolean, scope: Set<string> | undefined): Steps<Op[]> {
+    const ops: Op[] = [];
+    for (const keys of chunks(scope ?? new Set([...target.keys(), ...this.actual.keys()]), DIFF_SLICE)) {
+      for (const op of diffTables(target, this.actual, owned, keys)) ops.push(op);
+      yield;
+    }
+    return ops;
+  }
+
   /**
    * Turns the deletes of TCP/SCTP destinations that still carry active connections into drains
    * (weight 0, deleted later by releaseDrained()). Asks the kernel for the connection counts of
    * those services only. True when anything started draining.
    */
-  private startDraining(ops: Op[], target: Table): boolean {
+  private *startDraining(ops: Op[], target: Table): Steps<boolean> {
     const drainMs = this.opts.drainMs ?? 0;
     if (drainMs <= 0 || this.opts.noop) return false;
     const byService = new Map<string, Extract<Op, { type: "delete-dest" }>[]>();
@@ -218,6 +265,7 @@ export class Reconciler {
     }
     let started = false;
     for (const [key, dels] of byService) {
+      yield; // one small dump per service
       let observed: ObservedDest[];
       try {
         observed = this.ipvs.listDests(dels[0]!.service);
@@ -297,9 +345,17 @@ export class Reconciler {
 
   /** Re-reads the kernel and corrects every difference (drift); returns what it did. */
   resync(desired: Table): SyncResult {
-    const before = this.actual;
-    const snapshot: Table = new Map([...before].map(([k, e]) => [k, { service: e.service, dests: new Map(e.dests) }]));
-    this.readActual();
+    return runSync(this.resyncSteps(desired));
+  }
+
+  /** resync() in slices. */
+  *resyncSteps(desired: Table): Steps<SyncResult> {
+    const snapshot: Table = new Map();
+    for (const [k, e] of this.actual) {
+      snapshot.set(k, { service: e.service, dests: new Map(e.dests) });
+      yield;
+    }
+    yield* this.readActualSteps();
     // Only what this daemon manages counts: a foreign service added by hand is not drift, nor a
     // service whose write failed (its cache was dropped on purpose, to be re-read now).
     const drift = countDrift(snapshot, this.actual, (k) => (this.owned.has(k) || desired.has(k)) && !this.failing.has(k));
@@ -307,7 +363,7 @@ export class Reconciler {
       this.counters.driftCorrections += drift;
       log.warn("IPVS: the kernel table differs from what this daemon last wrote; correcting", { differences: drift });
     }
-    return this.sync(desired);
+    return yield* this.syncSteps(desired);
   }
 
   /** One write, with kernel answers mapped to outcomes. */

@@ -107,6 +107,12 @@ export interface IpvsTable {
   info(): IpvsInfo;
   /** Every service with its destinations (and stats where the backend has them). */
   list(): ObservedService[];
+  /**
+   * Every service without its destinations (dests empty), where reading them costs one request
+   * per service (the kernel): the reader then takes them one service at a time with listDests,
+   * pausing in between (docs/config.md §4).
+   */
+  listServices?(): ObservedService[];
   /** One service's destinations with their connection counts (one small dump). */
   listDests(service: ServiceKey): ObservedDest[];
   addService(service: Service): void;

@@ -258,6 +258,12 @@ export class KernelIpvsTable implements IpvsTable {
   }
 
   list(): ObservedService[] {
+    const services = this.listServices();
+    for (const svc of services) svc.dests.push(...this.listDests(svc));
+    return services;
+  }
+
+  listServices(): ObservedService[] {
     const services: ObservedService[] = [];
     this.exec({ cmd: CMD.GET_SERVICE }, (buf, dv, off, end) => {
       const a = findAttr(dv, off, end, CMD_ATTR_SERVICE);
@@ -270,7 +276,6 @@ export class KernelIpvsTable implements IpvsTable {
       }
       services.push(svc);
     });
-    for (const svc of services) svc.dests.push(...this.listDests(svc));
     return services;
   }
 
