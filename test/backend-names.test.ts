@@ -5,7 +5,8 @@ import { describe, expect, test } from "bun:test";
 import { IpvsDaemon } from "../src/daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { ipvsMetrics } from "../src/metrics/ipvs-metrics.ts";
-import { DEFAULT_DESIRED_OPTIONS } from "../src/model/desired.ts";
+import { ConfigStore } from "../src/config/store.ts";
+import { DEFAULT_DESIRED_OPTIONS, compileAll } from "../src/model/desired.ts";
 import { configureLog } from "../src/util/log.ts";
 import { del, entries, put } from "./support/config.ts";
 
@@ -56,5 +57,23 @@ describe("backend names per destination", () => {
     const text = await ipvsMetrics(d).metrics();
     const labels = text.split("\n").filter((l) => l.startsWith("clusterf_ipvs_dest_connections_total{")).map((l) => /backend="([^"]*)",dest="([^"]*)"/.exec(l)!.slice(1).join(" "));
     expect(labels.sort()).toEqual(["a 198.51.100.1:8080", "b 198.51.100.2:8080", "c,d 192.0.2.254:80"]);
+  });
+
+  test("a method conflict on a merged destination names the first backend by name as the one kept", () => {
+    const store = new ConfigStore();
+    store.snapshot("etcd", entries({
+      "services/web/frontend": { ipv4: "192.0.2.1", tcp: 80 },
+      "services/web/backends/c": { ipv4: "203.0.113.5", tcp: 8080 },
+      "services/web/backends/a": { ipv4: "192.0.2.254", tcp: 80 },
+      "services/web/backends/b": { ipv4: "203.0.113.6", tcp: 8080 },
+      "routes/far": { Prefix4: "203.0.113.0/24", Gateway4: "192.0.2.254", IpvsMethod: "droute" },
+    }));
+    const warnings: string[] = [];
+    const t = compileAll(store.services, store.routes, DEFAULT_DESIRED_OPTIONS, (m, f) => warnings.push(`${m} ${f.kept} ${f.ignored}`));
+    expect(warnings).toEqual([
+      "backends merged onto one destination have different methods; the first by name wins a:masq b:droute",
+      "backends merged onto one destination have different methods; the first by name wins a:masq c:droute",
+    ]);
+    expect([...t.get("inet+tcp://192.0.2.1:80")!.dests.values()].map((d) => `${d.address}:${d.port} ${d.method} ${d.weight}`)).toEqual(["192.0.2.254:80 masq 30"]);
   });
 });

@@ -28,10 +28,10 @@ export interface DesiredEntry extends TableEntry {
   owner: string;
 }
 
-/** A compiled entry with the names of the backends in each destination (not kept in the table). */
+/** A compiled entry, with the names of the backends in each destination when asked for (not kept in the table). */
 export interface CompiledEntry extends DesiredEntry {
   /** Destination key → the config backends merged into it (for logs and metrics labels). */
-  backendsByDest: Map<string, string[]>;
+  backendsByDest?: Map<string, string[]>;
 }
 
 export type Table = Map<string, TableEntry>;
@@ -54,13 +54,20 @@ const PROTOCOLS: Protocol[] = ["tcp", "udp"];
 
 const byName = <T>(m: Map<string, T>): [string, T][] => [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
 
-/** Compiles one config service into its IPVS services. Pure, apart from the warn callback. */
+/** Destination key → the first backend (by name) in it: scratch for one IPVS service at a time. */
+const FIRST = new Map<string, string>();
+
+/**
+ * Compiles one config service into its IPVS services; `withNames` adds each destination's backend
+ * names. Pure, apart from the warn callback.
+ */
 export function compileService(
   name: string,
   svc: MergedService,
   routes: RouteIndex,
   opts: DesiredOptions,
   warn: Warn = () => {},
+  withNames = false,
 ): CompiledEntry[] {
   const fe = svc.frontend;
   if (!fe) return [];
@@ -83,7 +90,8 @@ export function compileService(
         netmask: family === "inet" ? 32 : 128,
       };
       const dests = new Map<string, Dest>();
-      const backendsByDest = new Map<string, string[]>();
+      const backendsByDest = withNames ? new Map<string, string[]>() : undefined;
+      FIRST.clear();
       for (const [backendName, b] of backends) {
         const address = b[addrKey];
         const bport = b[protocol];
@@ -108,11 +116,11 @@ export function compileService(
         const merged = dests.get(key);
         if (!merged) {
           dests.set(key, dest);
-          backendsByDest.set(key, [backendName]);
+          FIRST.set(key, backendName);
+          backendsByDest?.set(key, [backendName]);
           continue;
         }
-        const names = backendsByDest.get(key)!;
-        names.push(backendName);
+        backendsByDest?.get(key)!.push(backendName);
         const sum = merged.weight + dest.weight;
         if (sum > MAX_WEIGHT) {
           warn("summed weight exceeds the IPVS maximum; clamped", { service: name, dest: key, weight: sum });
@@ -122,13 +130,13 @@ export function compileService(
           warn("backends merged onto one destination have different methods; the first by name wins", {
             service: name,
             dest: key,
-            kept: `${names[0]}:${merged.method}`,
+            kept: `${FIRST.get(key)}:${merged.method}`,
             ignored: `${backendName}:${dest.method}`,
           });
         }
       }
       if (opts.elide && dests.size === 0) continue;
-      out.push({ service, dests, owner: name, backendsByDest });
+      out.push(backendsByDest ? { service, dests, owner: name, backendsByDest } : { service, dests, owner: name });
     }
   }
   return out;
@@ -222,39 +230,42 @@ export class DesiredTable {
     const entry = this.table.get(key);
     const svc = entry && this.services.get(entry.owner);
     if (!svc) return undefined;
-    return compileService(entry.owner, svc, this.routes, this.opts).find((e) => serviceKeyString(e.service) === key)?.backendsByDest;
+    return compileService(entry.owner, svc, this.routes, this.opts, () => {}, true).find((e) => serviceKeyString(e.service) === key)?.backendsByDest;
   }
 
   private recompute(name: string, svc: MergedService | undefined, changed: Set<string>): void {
-    const before = this.compiled.get(name) ?? [];
-    const after: DesiredEntry[] = svc
-      ? compileService(name, svc, this.routes, this.opts, this.warn).map(({ service, dests, owner }) => ({ service, dests, owner }))
-      : [];
+    const before = this.compiled.get(name);
+    const after: DesiredEntry[] = svc ? compileService(name, svc, this.routes, this.opts, this.warn) : [];
     if (after.length) this.compiled.set(name, after);
     else this.compiled.delete(name);
-    const afterByKey = new Map(after.map((e) => [serviceKeyString(e.service), e]));
-    const keys = new Set(afterByKey.keys());
-    for (const e of before) keys.add(serviceKeyString(e.service));
-    for (const key of keys) {
-      const had = this.claims.get(key) ?? [];
-      const claim = afterByKey.has(key) ? (had.includes(name) ? had : [...had, name].sort()) : had.filter((n) => n !== name);
-      if (claim.length === 0) {
-        this.claims.delete(key);
-        this.table.delete(key);
-      } else {
-        if (claim !== had) this.claims.set(key, claim);
-        const winner = claim[0]!;
-        const entry = winner === name ? afterByKey.get(key)! : this.compiled.get(winner)!.find((e) => serviceKeyString(e.service) === key)!;
-        if (claim.length > 1 && afterByKey.has(key)) {
-          this.warn("two config services describe the same IPVS service; the first by name wins", {
-            service: key,
-            winner,
-            others: claim.slice(1).join(","),
-          });
-        }
-        this.table.set(key, entry);
-      }
-      changed.add(key);
+    // A config service has one to four IPVS services: arrays, not a map and a set per service.
+    const afterKeys = after.map((e) => serviceKeyString(e.service));
+    after.forEach((e, i) => this.claim(afterKeys[i]!, name, e, changed));
+    for (const e of before ?? []) {
+      const key = serviceKeyString(e.service);
+      if (!afterKeys.includes(key)) this.claim(key, name, undefined, changed);
     }
+  }
+
+  /** Records that config service `name` describes IPVS service `key` as `entry` (undefined: no longer). */
+  private claim(key: string, name: string, entry: DesiredEntry | undefined, changed: Set<string>): void {
+    const had = this.claims.get(key) ?? [];
+    const claim = entry ? (had.includes(name) ? had : [...had, name].sort()) : had.filter((n) => n !== name);
+    changed.add(key);
+    if (claim.length === 0) {
+      this.claims.delete(key);
+      this.table.delete(key);
+      return;
+    }
+    if (claim !== had) this.claims.set(key, claim);
+    const winner = claim[0]!;
+    if (claim.length > 1 && entry) {
+      this.warn("two config services describe the same IPVS service; the first by name wins", {
+        service: key,
+        winner,
+        others: claim.slice(1).join(","),
+      });
+    }
+    this.table.set(key, winner === name ? entry! : this.compiled.get(winner)!.find((e) => serviceKeyString(e.service) === key)!);
   }
 }
