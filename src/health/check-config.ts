@@ -77,7 +77,7 @@ function foldKeys(obj: Record<string, unknown>, field: string): { fields: Map<st
   for (const [key, value] of Object.entries(obj)) {
     const name = byLower.get(key.toLowerCase());
     if (!name) warnings.push(`${field}: unknown key ${JSON.stringify(key)} ignored`);
-    else if (value === null) fields.delete(name);
+    else if (value === null || value === undefined) fields.delete(name);
     else fields.set(name, value);
   }
   return { fields, warnings };

@@ -236,16 +236,26 @@ export class Checker {
     if (transition === "up" && ramping(t.state, now, t.spec.slowStartMs)) this.scheduleRamp(t, now);
   }
 
-  /** While a target ramps up, report a change every rampTick (and exactly when the ramp ends). */
+  /**
+   * While a target ramps up, report a change at each rampTick after its recovery and once at the
+   * ramp's end: on a grid from the recovery, so a timer that fires a little early or late adds or
+   * loses no step.
+   */
   private scheduleRamp(t: Target, now: number): void {
-    const end = t.state.recoveredAt! + t.spec.slowStartMs;
-    const next = Math.min(end, now + this.rampTickMs);
-    t.rampTimer = setTimeout(() => {
+    const from = t.state.recoveredAt!;
+    const span = t.spec.slowStartMs;
+    const step = Math.floor((now - from) / this.rampTickMs) + 1;
+    const offset = Math.min(span, step * this.rampTickMs);
+    const fire = () => {
       if (t.removed) return;
-      const at = performance.now();
+      // Timers may fire a little early: the last report must come when the ramp is really over,
+      // or a reader of weight() at that moment would keep a weight just short of the configured one.
+      const early = from + offset - performance.now();
+      if (early > 0) return void (t.rampTimer = setTimeout(fire, Math.ceil(early)));
       this.changed([t.key]);
-      if (ramping(t.state, at, t.spec.slowStartMs)) this.scheduleRamp(t, at);
-    }, Math.max(0, next - now));
+      if (offset < span) this.scheduleRamp(t, from + offset);
+    };
+    t.rampTimer = setTimeout(fire, Math.max(0, from + offset - performance.now()));
   }
 
   private changed(keys: string[]): void {
