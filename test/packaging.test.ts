@@ -189,6 +189,9 @@ describe("package checks", () => {
   function verifyUnits(root: string): Run {
     mkdirSync(join(root, "usr/lib/systemd/system"), { recursive: true });
     ok(["cp", "-rn", "/lib/systemd/system/.", join(root, "usr/lib/systemd/system/")]);
+    // ExecReload's /bin/kill is the system's (procps or util-linux), not the package's
+    mkdirSync(join(root, "bin"), { recursive: true });
+    ok(["cp", "-L", "/bin/kill", join(root, "bin/kill")]);
     return run(["systemd-analyze", "verify", `--root=${root}`, ...commands.map((c) => `${c}.service`)], {
       env: { MANPATH: join(root, "usr/share/man"), SYSTEMD_LOG_COLOR: "0" },
     });
