@@ -453,3 +453,28 @@ async function silentListener(): Promise<{ port: number; close: () => void }> {
     },
   };
 }
+
+describe("metrics", () => {
+  test("per-backend up/down, transitions and check durations on a Prometheus registry", async () => {
+    const { Registry } = await import("prom-client");
+    const { healthMetrics } = await import("../src/health/metrics.ts");
+    const srv = tcpServer();
+    const { checker, transitions, results } = recorded();
+    const registry = new Registry();
+    healthMetrics(registry, checker);
+    const s = spec({ interval: "100ms", timeout: "50ms", fall: 1, rise: 1 });
+    checker.setTargets([
+      { address: "127.0.0.1", destPort: srv.port, spec: s, users: [{ service: "web", backend: "b1" }] },
+      { address: "::1", destPort: 9, spec: spec({ interval: "100ms", timeout: "50ms", fall: 1, rise: 1 }), users: [{ service: "web", backend: "b2" }] },
+    ]);
+    await waitFor("a passed check", () => results.some((r) => r.ok), 2000);
+    await waitFor("b2 down (nothing listens on ::1 port 9)", () => transitions.some((t) => t.target.users[0]!.backend === "b2"), 2000);
+    const text = await registry.metrics();
+    expect(text).toContain('clusterf_backend_up{service="web",backend="b1"} 1');
+    expect(text).toContain('clusterf_backend_up{service="web",backend="b2"} 0');
+    expect(text).toContain('clusterf_health_transitions_total{service="web",backend="b2",to="down"} 1');
+    expect(text).toContain("clusterf_health_targets 2");
+    const passCount = Number(/clusterf_health_check_duration_seconds_count\{type="tcp",result="pass"\} (\d+)/.exec(text)?.[1]);
+    expect(passCount).toBeGreaterThanOrEqual(1);
+  });
+});
