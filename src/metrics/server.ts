@@ -1,7 +1,8 @@
 // The -metrics-listen HTTP endpoint shared by both daemons: Prometheus text at /metrics and a
 // health answer at /healthz (200 when healthy, 503 with the reason otherwise).
 
-import client, { type Registry } from "prom-client";
+import type * as PromClient from "prom-client";
+import type { Registry } from "prom-client";
 import * as log from "../util/log.ts";
 
 export interface Health {
@@ -64,6 +65,8 @@ export function startMetrics(listen: string, registry: () => Registry, health: (
 
 /** A counter or gauge without labels whose value is read from the daemon at each scrape. */
 export function scrapedMetric(registry: Registry, type: "counter" | "gauge", name: string, help: string, value: () => number): void {
+  // Loaded here, not at start-up: a daemon without -metrics-listen never needs prom-client.
+  const client = require("prom-client") as typeof PromClient;
   if (type === "counter") {
     new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
   } else {
