@@ -80,10 +80,9 @@ export function parseKeyPath(key: string): KeyPath | undefined {
   if (slash < 0) return undefined;
   const service = key.slice(9, slash);
   if (nameProblem(service) !== undefined) return undefined;
-  const rest = key.slice(slash + 1);
-  if (rest === "frontend") return { kind: "frontend", service };
-  if (!rest.startsWith("backends/")) return undefined;
-  const backend = rest.slice(9);
+  if (key.length === slash + 9 && key.endsWith("/frontend")) return { kind: "frontend", service };
+  if (!key.startsWith("/backends/", slash)) return undefined;
+  const backend = key.slice(slash + 10);
   return backend.includes("/") || nameProblem(backend) !== undefined ? undefined : { kind: "backend", service, backend };
 }
 

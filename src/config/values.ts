@@ -111,9 +111,10 @@ const FIELDS = new Map<string, unknown>();
 
 /**
  * Folds the keys of a decoded object onto the known field names, case-insensitively.
- * Returns the fields (null values dropped: null keeps the default) and warnings for unknown keys.
+ * Leaves the fields in FIELDS (null values dropped: null keeps the default); returns warnings for
+ * unknown keys.
  */
-function fold(obj: Record<string, unknown>, byLower: Map<string, string>): { fields: Map<string, unknown>; warnings: string[] } {
+function fold(obj: Record<string, unknown>, byLower: Map<string, string>): string[] {
   // One map for every call (parsing is synchronous): a full read makes no garbage map per value.
   const fields = FIELDS;
   fields.clear();
@@ -128,7 +129,7 @@ function fold(obj: Record<string, unknown>, byLower: Map<string, string>): { fie
     if (value === null) fields.delete(name);
     else fields.set(name, value);
   }
-  return { fields, warnings };
+  return warnings;
 }
 
 function integer(v: unknown, field: string, min: number, max: number, what: string): number {
@@ -236,7 +237,8 @@ const BACKEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "weight"]);
 const ROUTE_KEYS = foldMap(["Prefix4", "Gateway4", "Prefix6", "Gateway6", "Prefix", "Gateway", "IpvsMethod"]);
 
 export function parseFrontend(text: string, format: ValueFormat = "json"): Parsed<Frontend> {
-  const { fields, warnings } = fold(parseObject(text, format), FRONTEND_KEYS);
+  const warnings = fold(parseObject(text, format), FRONTEND_KEYS);
+  const fields = FIELDS;
   const f: Frontend = { persistent: 0 };
   if (fields.has("ipv4")) f.ipv4 = parseIPv4(fields.get("ipv4"), "ipv4");
   if (fields.has("ipv6")) f.ipv6 = parseIPv6(fields.get("ipv6"), "ipv6");
@@ -254,7 +256,8 @@ export function parseFrontend(text: string, format: ValueFormat = "json"): Parse
 }
 
 export function parseBackend(text: string, format: ValueFormat = "json"): Parsed<Backend> {
-  const { fields, warnings } = fold(parseObject(text, format), BACKEND_KEYS);
+  const warnings = fold(parseObject(text, format), BACKEND_KEYS);
+  const fields = FIELDS;
   const b: Backend = { weight: DEFAULT_WEIGHT };
   if (fields.has("ipv4")) b.ipv4 = parseIPv4(fields.get("ipv4"), "ipv4");
   if (fields.has("ipv6")) b.ipv6 = destination(parseIPv6(fields.get("ipv6"), "ipv6"), "ipv6");
@@ -274,7 +277,8 @@ export function parseRouteMethod(v: unknown, field: string): RouteMethod | undef
 }
 
 export function parseRoute(text: string, format: ValueFormat = "json"): Parsed<Route> {
-  const { fields, warnings } = fold(parseObject(text, format), ROUTE_KEYS);
+  const warnings = fold(parseObject(text, format), ROUTE_KEYS);
+  const fields = FIELDS;
   const r: Route = {};
   const setPrefix = (family: 4 | 6, cidr: Cidr, field: string) => {
     const slot = family === 4 ? "prefix4" : "prefix6";
