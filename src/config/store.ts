@@ -120,7 +120,15 @@ function sameField(a: unknown, b: unknown): boolean {
 }
 
 export class ConfigStore {
-  private readonly sources: Record<SourceName, Map<string, Value>> = { local: new Map(), etcd: new Map() };
+  /**
+   * Each source's values: its services (name → frontend and backends) and its routes (name →
+   * route). The merged view shares a source's service object while no other source has that
+   * service (the common case): one copy of the config, not one per source plus one merged.
+   */
+  private readonly sources: Record<SourceName, { services: Map<string, MergedService>; routes: Map<string, Route> }> = {
+    local: { services: new Map(), routes: new Map() },
+    etcd: { services: new Map(), routes: new Map() },
+  };
   readonly services = new Map<string, MergedService>();
   readonly routes = new Map<string, Route>();
 
@@ -153,24 +161,37 @@ export class ConfigStore {
       }
       return undefined;
     }
-    const values = this.sources[source];
+    let value: Value | undefined;
     if (event.value === null) {
       this.warned[source].delete(event.key);
-      if (!values.delete(event.key)) return undefined;
+      if (this.sourceValue(source, path) === undefined) return undefined;
     } else {
       let parsed: { value: Value; warnings: string[] };
       try {
         parsed = parseValue(path, event.value);
       } catch (e) {
         this.warned[source].delete(event.key);
-        const kept = values.has(event.key) ? "; the last good value stays in force" : "";
+        const kept = this.sourceValue(source, path) !== undefined ? "; the last good value stays in force" : "";
         this.opts.onError?.({ source, key: event.key, origin: event.value.origin, message: `${(e as Error).message}${kept}` });
         return undefined;
       }
       this.reportWarnings(source, event.key, event.value, parsed.warnings);
-      values.set(event.key, parsed.value);
+      value = parsed.value;
     }
-    return this.remerge(event.key, path);
+    const before = this.effective(path);
+    this.setSourceValue(source, path, value);
+    const after = this.effective(path);
+    if (path.kind === "route") {
+      if (sameValue(before, after)) return undefined;
+      if (after) this.routes.set(path.route, after as Route);
+      else this.routes.delete(path.route);
+      return { kind: "route", route: path.route, before: before as Route | undefined, after: after as Route | undefined };
+    }
+    this.place(path, after);
+    if (sameValue(before, after)) return undefined;
+    // A service's keys come one after another in a full read: one (read-only) change object for the run.
+    if (this.lastChange?.service !== path.service) this.lastChange = { kind: "service", service: path.service };
+    return this.lastChange;
   }
 
   /**
@@ -202,43 +223,79 @@ export class ConfigStore {
    * for a caller that applies a large one a slice at a time (docs/config.md §4).
    */
   *snapshotEvents(source: SourceName, entries: Map<string, RawValue>): Generator<KeyEvent, void, void> {
-    for (const key of [...this.sources[source].keys()]) if (!entries.has(key)) yield { key, value: null };
+    for (const key of this.keys(source)) if (!entries.has(key)) yield { key, value: null };
     for (const [key, value] of entries) yield { key, value };
   }
 
-  private effective(key: string, path: KeyPath): Value | undefined {
-    const local = this.sources.local.get(key);
-    if (local) return local;
-    if (path.kind === "route" && this.opts.filterEtcdRoutes) return undefined;
-    return this.sources.etcd.get(key);
+  /** Every key a source has a value for (made from the names: the full keys are not kept). */
+  private keys(source: SourceName): string[] {
+    const { services, routes } = this.sources[source];
+    const keys: string[] = [];
+    for (const [name, svc] of services) {
+      if (svc.frontend) keys.push(`services/${name}/frontend`);
+      for (const backend of svc.backends.keys()) keys.push(`services/${name}/backends/${backend}`);
+    }
+    for (const name of routes.keys()) keys.push(`routes/${name}`);
+    return keys;
   }
 
-  private remerge(key: string, path: KeyPath): Change | undefined {
-    const entry = this.effective(key, path);
+  private sourceValue(source: SourceName, path: KeyPath): Value | undefined {
+    const { services, routes } = this.sources[source];
+    if (path.kind === "route") return routes.get(path.route);
+    const svc = services.get(path.service);
+    return path.kind === "frontend" ? svc?.frontend : svc?.backends.get(path.backend);
+  }
+
+  /** Sets (undefined: deletes) a source's value; a source's service without values is dropped. */
+  private setSourceValue(source: SourceName, path: KeyPath, value: Value | undefined): void {
+    const { services, routes } = this.sources[source];
     if (path.kind === "route") {
-      const before = this.routes.get(path.route);
-      const after = entry as Route | undefined;
-      if (sameValue(before, after)) return undefined;
-      if (after) this.routes.set(path.route, after);
-      else this.routes.delete(path.route);
-      return { kind: "route", route: path.route, before, after };
+      if (value) routes.set(path.route, value as Route);
+      else routes.delete(path.route);
+      return;
     }
-    let svc = this.services.get(path.service);
-    if (path.kind === "frontend") {
-      const after = entry as Frontend | undefined;
-      if (sameValue(svc?.frontend, after)) return undefined;
-      if (!svc) this.services.set(path.service, (svc = { backends: new Map() }));
-      svc.frontend = after;
-    } else {
-      const after = entry as Backend | undefined;
-      if (sameValue(svc?.backends.get(path.backend), after)) return undefined;
-      if (!svc) this.services.set(path.service, (svc = { backends: new Map() }));
-      if (after) svc.backends.set(path.backend, after);
-      else svc.backends.delete(path.backend);
+    let svc = services.get(path.service);
+    if (!svc) {
+      if (!value) return;
+      services.set(path.service, (svc = { backends: new Map() }));
     }
-    if (!svc.frontend && svc.backends.size === 0) this.services.delete(path.service);
-    // A service's keys come one after another in a full read: one (read-only) change object for the run.
-    if (this.lastChange?.service !== path.service) this.lastChange = { kind: "service", service: path.service };
-    return this.lastChange;
+    if (path.kind === "frontend") svc.frontend = value as Frontend | undefined;
+    else if (value) svc.backends.set(path.backend, value as Backend);
+    else svc.backends.delete(path.backend);
+    if (!svc.frontend && svc.backends.size === 0) services.delete(path.service);
+  }
+
+  /** The value in force for a key: the local one when there is one, else etcd's. */
+  private effective(path: KeyPath): Value | undefined {
+    const local = this.sourceValue("local", path);
+    if (local) return local;
+    if (path.kind === "route" && this.opts.filterEtcdRoutes) return undefined;
+    return this.sourceValue("etcd", path);
+  }
+
+  /**
+   * Keeps the merged view of a service after one of its keys changed (`after`: that key's value in
+   * force): the source's own object while only one source has the service, else a merged object.
+   */
+  private place(path: KeyPath & { service: string }, after: Value | undefined): void {
+    const local = this.sources.local.services.get(path.service);
+    const etcd = this.sources.etcd.services.get(path.service);
+    const merged = this.services.get(path.service);
+    if (!local || !etcd) {
+      const only = local ?? etcd;
+      if (!only) this.services.delete(path.service);
+      else if (merged !== only) this.services.set(path.service, only);
+      return;
+    }
+    if (merged && merged !== local && merged !== etcd) {
+      if (path.kind === "frontend") merged.frontend = after as Frontend | undefined;
+      else if (after) merged.backends.set(path.backend, after as Backend);
+      else merged.backends.delete(path.backend);
+      return;
+    }
+    // Both sources have it now: a merged object of its own.
+    const m: MergedService = { frontend: local.frontend ?? etcd.frontend, backends: new Map(etcd.backends) };
+    for (const [name, b] of local.backends) m.backends.set(name, b);
+    this.services.set(path.service, m);
   }
 }
