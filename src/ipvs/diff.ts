@@ -9,6 +9,7 @@ import {
   destKeyString,
   serviceConfigEqual,
   serviceKeyString,
+  type Dest,
   type Op,
 } from "./types.ts";
 
@@ -24,7 +25,7 @@ export function diffService(desired: TableEntry | undefined, actual: TableEntry 
   const ops: Op[] = [];
   const svc = desired.service;
   if (!actual) {
-    ops.push({ type: "add-service", service: svc });
+    ops.push({ type: "add-service", service: svc, dests: desired.dests });
     for (const [key, d] of desired.dests) ops.push({ type: "add-dest", service: svc, dest: d, key });
     return ops;
   }
@@ -60,7 +61,9 @@ export function diffTables(desired: Table, actual: Table, owned: (key: string) =
 
 /**
  * Applies operations to a plain table (the cache of the kernel state, and the property tests). The
- * table keeps the operations' Service and Dest objects (never changed once made), not copies.
+ * table keeps the operations' Service and Dest objects (never changed once made), not copies, and
+ * an added service's destination map until its first change (copy on write: the map belongs to
+ * the desired table).
  */
 export function applyOps(table: Table, ops: Iterable<Op>): void {
   for (const op of ops) applyOp(table, op);
@@ -69,9 +72,12 @@ export function applyOps(table: Table, ops: Iterable<Op>): void {
 export function applyOp(table: Table, op: Op): void {
   const key = serviceKeyString(op.service);
   switch (op.type) {
-    case "add-service":
-      table.set(key, { service: op.service, dests: new Map() });
+    case "add-service": {
+      const e: TableEntry = { service: op.service, dests: (op.dests ?? new Map()) as Map<string, Dest> };
+      if (op.dests) borrowed.add(e);
+      table.set(key, e);
       return;
+    }
     case "edit-service": {
       const e = table.get(key);
       if (e) e.service = op.service;
@@ -81,13 +87,28 @@ export function applyOp(table: Table, op: Op): void {
       table.delete(key);
       return;
     case "add-dest":
-    case "edit-dest":
-      table.get(key)?.dests.set(op.key ?? destKeyString(op.dest), op.dest);
+    case "edit-dest": {
+      const e = table.get(key);
+      const dk = op.key ?? destKeyString(op.dest);
+      if (e && e.dests.get(dk) !== op.dest) own(e).set(dk, op.dest);
       return;
-    case "delete-dest":
-      table.get(key)?.dests.delete(destKeyString(op.dest));
+    }
+    case "delete-dest": {
+      const e = table.get(key);
+      const dk = destKeyString(op.dest);
+      if (e?.dests.has(dk)) own(e).delete(dk);
       return;
+    }
   }
+}
+
+/** Entries whose destination map is another table's (see applyOp). */
+const borrowed = new WeakSet<TableEntry>();
+
+/** The entry's destination map, made its own first if it was borrowed. */
+function own(e: TableEntry): Map<string, Dest> {
+  if (borrowed.delete(e)) e.dests = new Map(e.dests);
+  return e.dests;
 }
 
 /** One line per operation, in the words of the original's logs. */

@@ -88,10 +88,12 @@ export interface IpvsInfo {
 
 /**
  * One write to the IPVS table. `key` is the destination's destKeyString when its maker has it (a
- * table that stores the destination keeps that string rather than making another).
+ * table that stores the destination keeps that string rather than making another). An added
+ * service's `dests` are the destinations the operations after it give it (a cache of the table
+ * may keep that map until it changes, rather than build a copy).
  */
 export type Op =
-  | { type: "add-service"; service: Service }
+  | { type: "add-service"; service: Service; dests?: ReadonlyMap<string, Dest> }
   | { type: "edit-service"; service: Service }
   | { type: "delete-service"; service: ServiceKey }
   | { type: "add-dest"; service: ServiceKey; dest: Dest; key?: string }
