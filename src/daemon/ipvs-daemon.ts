@@ -91,7 +91,7 @@ export class IpvsDaemon implements SourceSink {
     const info = this.reconciler.ipvs.info();
     log.info("IPVS: ready", { version: info.version, connTableSize: info.connTableSize });
     if (this.opts.flush) this.reconciler.flush();
-    else this.reconciler.readActual();
+    else await runSliced(this.reconciler.readActualSteps()); // /healthz answers meanwhile
     for (const s of this.sources) await s.start(this);
     this.sourcesStarted = true;
     if (this.sources.length === 0) this.scheduleApply();

@@ -157,7 +157,10 @@ export class Reconciler {
     } else {
       // Ownership is saved before the services are created: a daemon killed in the middle of a
       // sync must not leave services that its successor takes for foreign ones.
-      for (const op of ops) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
+      for (const slice of chunks(ops, WRITE_SLICE)) {
+        for (const op of slice) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
+        yield;
+      }
       this.saveOwned();
       // The fast path sends every write at once (many to a netlink message); a write that fails
       // there is tried again alone, in order, through the answer mapping (EEXIST on add → edit,
@@ -358,7 +361,7 @@ export class Reconciler {
     yield* this.readActualSteps();
     // Only what this daemon manages counts: a foreign service added by hand is not drift, nor a
     // service whose write failed (its cache was dropped on purpose, to be re-read now).
-    const drift = countDrift(snapshot, this.actual, (k) => (this.owned.has(k) || desired.has(k)) && !this.failing.has(k));
+    const drift = yield* countDrift(snapshot, this.actual, (k) => (this.owned.has(k) || desired.has(k)) && !this.failing.has(k));
     if (drift > 0) {
       this.counters.driftCorrections += drift;
       log.warn("IPVS: the kernel table differs from what this daemon last wrote; correcting", { differences: drift });
@@ -439,9 +442,10 @@ export function normalise(s: ObservedService): TableEntry {
   return { service: { family, protocol, address, port, scheduler, flags, timeout, netmask }, dests };
 }
 
-function countDrift(expected: Table, actual: Table, managed: (key: string) => boolean): number {
+function* countDrift(expected: Table, actual: Table, managed: (key: string) => boolean): Steps<number> {
   let n = 0;
   for (const key of new Set([...expected.keys(), ...actual.keys()])) {
+    yield;
     if (!managed(key)) continue;
     const a = expected.get(key);
     const b = actual.get(key);
