@@ -1,5 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { parseBackend, parseFrontend, parseRoute, MAX_VALUE_BYTES } from "../src/config/values.ts";
+import { ConfigStore } from "../src/config/store.ts";
+import { entries, put } from "./support/config.ts";
 
 describe("frontend values", () => {
   test.each([
@@ -165,5 +167,62 @@ describe("route values", () => {
     expect(r.prefix4?.length).toBe(8);
     expect(r.prefix6?.length).toBe(32);
     expect(r.gateway6).toBe("2001:db8::1");
+  });
+});
+
+describe("the check key of frontends and backends", () => {
+  const tcpDefaults = { type: "tcp", path: "/", status: [{ from: 200, to: 399 }], verify: false, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, slowStartMs: 0 };
+
+  test("a frontend's check, a backend's own, false and null", () => {
+    const fe = parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "Check": {"type": "http", "path": "/healthz"}}').value;
+    expect(fe.check).toEqual({ ...tcpDefaults, type: "http", path: "/healthz" } as never);
+    const be = parseBackend('{"ipv4": "198.51.100.1", "tcp": 80, "check": {"port": 8081, "slowStart": "10s"}}').value;
+    expect(be.check).toEqual({ ...tcpDefaults, port: 8081, slowStartMs: 10000 } as never);
+    expect(parseBackend('{"ipv4": "198.51.100.1", "tcp": 80, "check": false}').value.check).toBe(false);
+    expect(parseBackend('{"ipv4": "198.51.100.1", "tcp": 80, "check": true}').value.check).toEqual(tcpDefaults as never);
+    // null keeps the default: no check of its own, so the frontend's applies
+    expect(parseBackend('{"ipv4": "198.51.100.1", "tcp": 80, "check": null}').value).toEqual({ ipv4: "198.51.100.1", tcp: 80, weight: 10 });
+    expect(parseBackend('{"ipv4": "198.51.100.1", "tcp": 80}').value).toEqual({ ipv4: "198.51.100.1", tcp: 80, weight: 10 });
+  });
+
+  test("the check comes first in the document: the value's other fields are still read", () => {
+    // parseCheck folds its own object; the backend's fields must not be lost to it.
+    const b = parseBackend('{"check": {"rise": 5}, "ipv4": "198.51.100.1", "tcp": 80, "weight": 3}').value;
+    expect(b).toMatchObject({ ipv4: "198.51.100.1", tcp: 80, weight: 3 });
+    expect(b.check).toMatchObject({ rise: 5 });
+    const f = parseFrontend('{"check": {"fall": 4}, "ipv4": "192.0.2.1", "udp": 53, "persistent": 9}').value;
+    expect(f).toMatchObject({ ipv4: "192.0.2.1", udp: 53, persistent: 9 });
+    expect(f.check).toMatchObject({ fall: 4 });
+  });
+
+  test("YAML", () => {
+    const b = parseBackend("ipv4: 198.51.100.1\ntcp: 80\ncheck:\n  type: http\n  status: [200, '300-302']\n  interval: 5s\n", "yaml").value;
+    expect(b.check).toEqual({ ...tcpDefaults, type: "http", status: [{ from: 200, to: 200 }, { from: 300, to: 302 }], intervalMs: 5000 } as never);
+  });
+
+  test("a bad check is a bad value for its key; unknown keys in it are warnings", () => {
+    expect(() => parseBackend('{"ipv4": "198.51.100.1", "tcp": 80, "check": {"interval": "50ms"}}')).toThrow(
+      /^check\.interval: interval 50 ms is under the minimum of 100 ms$/,
+    );
+    expect(() => parseFrontend('{"ipv4": "192.0.2.1", "tcp": 80, "check": "http"}')).toThrow(/^check: expected an object/);
+    const p = parseBackend('{"ipv4": "198.51.100.1", "tcp": 80, "colour": 1, "check": {"colour": 2}}');
+    expect(p.warnings).toEqual(['unknown key "colour" ignored', 'check: unknown key "colour" ignored']);
+    expect(p.value.check).toEqual(tcpDefaults as never);
+  });
+
+  test("a change of the check alone is a change of the value (the store compares values field by field)", () => {
+    const s = new ConfigStore();
+    s.snapshot("etcd", entries({ "services/web/frontend": { ipv4: "192.0.2.1", tcp: 80, check: { rise: 2 } }, "services/web/backends/a": { ipv4: "198.51.100.1", tcp: 80 } }));
+    const edits: [string, unknown][] = [
+      ["services/web/frontend", { ipv4: "192.0.2.1", tcp: 80, check: { rise: 3 } }],
+      ["services/web/frontend", { ipv4: "192.0.2.1", tcp: 80, check: { rise: 3, port: 81 } }],
+      ["services/web/frontend", { ipv4: "192.0.2.1", tcp: 80, check: false }],
+      ["services/web/frontend", { ipv4: "192.0.2.1", tcp: 80 }],
+      ["services/web/backends/a", { ipv4: "198.51.100.1", tcp: 80, check: { type: "http" } }],
+      ["services/web/backends/a", { ipv4: "198.51.100.1", tcp: 80, check: { type: "http", path: "/h" } }],
+    ];
+    for (const [key, value] of edits) expect([key, s.apply("etcd", put(key, value))]).toEqual([key, { kind: "service", service: "web" }]);
+    // the same check written another way is no change
+    expect(s.apply("etcd", put("services/web/backends/a", { ipv4: "198.51.100.1", tcp: 80, CHECK: { Path: "/h", type: "HTTP", interval: "2000ms" } }))).toBeUndefined();
   });
 });

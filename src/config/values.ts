@@ -4,6 +4,7 @@
 // appear, the last one in the document wins (also as Go did).
 
 import type * as Yaml from "yaml";
+import { checkText, parseCheck, type CheckSetting } from "../health/check-config.ts";
 import { addressBytes, addressText } from "../ipvs/types.ts";
 import type { ValueFormat } from "./source.ts";
 
@@ -18,6 +19,10 @@ export interface Frontend {
   scheduler?: string;
   /** Client persistence in seconds; 0 = off. */
   persistent: number;
+  /** The health check of every backend of the service (a backend's own replaces it); false = none. */
+  check?: CheckSetting;
+  /** The check's canonical text, set with `check`: the store compares values by their primitive fields. */
+  checkKey?: string;
 }
 
 export interface Backend {
@@ -26,6 +31,10 @@ export interface Backend {
   tcp?: number;
   udp?: number;
   weight: number;
+  /** This backend's own health check (replaces the frontend's); false = none. */
+  check?: CheckSetting;
+  /** The check's canonical text, set with `check`: the store compares values by their primitive fields. */
+  checkKey?: string;
 }
 
 export interface Cidr {
@@ -99,7 +108,8 @@ function firstLine(s: string): string {
   return s.split("\n")[0]!.slice(0, 200);
 }
 
-function describe(v: unknown): string {
+/** A value as an error message names it: "the string \"x\"", "number 5", "an array"… */
+export function describe(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "an array";
   if (typeof v === "string") return `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
@@ -110,13 +120,12 @@ function describe(v: unknown): string {
 const FIELDS = new Map<string, unknown>();
 
 /**
- * Folds the keys of a decoded object onto the known field names, case-insensitively.
- * Leaves the fields in FIELDS (null values dropped: null keeps the default); returns warnings for
- * unknown keys.
+ * Folds the keys of a decoded object onto the known field names (a foldMap), case-insensitively.
+ * Leaves the fields in `fields` (by default the shared FIELDS; null values dropped: null keeps the
+ * default); returns warnings for unknown keys.
  */
-function fold(obj: Record<string, unknown>, byLower: Map<string, string>): string[] {
-  // One map for every call (parsing is synchronous): a full read makes no garbage map per value.
-  const fields = FIELDS;
+export function fold(obj: Record<string, unknown>, byLower: Map<string, string>, fields: Map<string, unknown> = FIELDS): string[] {
+  // One map for every top-level value (parsing is synchronous): a full read makes no garbage map per value.
   fields.clear();
   const warnings: string[] = [];
   for (const key in obj) {
@@ -132,7 +141,7 @@ function fold(obj: Record<string, unknown>, byLower: Map<string, string>): strin
   return warnings;
 }
 
-function integer(v: unknown, field: string, min: number, max: number, what: string): number {
+export function integer(v: unknown, field: string, min: number, max: number, what: string): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
     throw new ConfigValueError(`${what} must be an integer ${min}…${max}, got ${describe(v)}`, field);
   }
@@ -231,9 +240,24 @@ export function parseCidr(v: unknown, field: string, family?: 4 | 6): { family: 
 
 const SCHEDULER = /^[a-z][a-z0-9_]{0,15}$/;
 /** Known field names by their lower-case spelling, and by their own (the common case: one lookup). */
-const foldMap = (known: readonly string[]) => new Map(known.flatMap((k) => [[k.toLowerCase(), k], [k, k]] as [string, string][]));
-const FRONTEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "scheduler", "persistent"]);
-const BACKEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "weight"]);
+export function foldMap(known: readonly string[]): Map<string, string> {
+  return new Map(known.flatMap((k) => [[k.toLowerCase(), k], [k, k]] as [string, string][]));
+}
+const FRONTEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "scheduler", "persistent", "check"]);
+const BACKEND_KEYS = foldMap(["ipv4", "ipv6", "tcp", "udp", "weight", "check"]);
+
+/**
+ * The `check` key of a frontend or backend, parsed last: parseCheck folds its own object, and
+ * FIELDS must have been read by then. Its warnings join the value's.
+ */
+function withCheck(into: Frontend | Backend, fields: Map<string, unknown>, warnings: string[]): void {
+  if (!fields.has("check")) return;
+  const c = parseCheck(fields.get("check"));
+  warnings.push(...c.warnings);
+  if (c.value === undefined) return;
+  into.check = c.value;
+  into.checkKey = c.value === false ? "off" : checkText(c.value);
+}
 const ROUTE_KEYS = foldMap(["Prefix4", "Gateway4", "Prefix6", "Gateway6", "Prefix", "Gateway", "IpvsMethod"]);
 
 export function parseFrontend(text: string, format: ValueFormat = "json"): Parsed<Frontend> {
@@ -250,6 +274,7 @@ export function parseFrontend(text: string, format: ValueFormat = "json"): Parse
     if (s !== "") f.scheduler = s;
   }
   if (fields.has("persistent")) f.persistent = integer(fields.get("persistent"), "persistent", 0, 2147483647, "persistence (seconds)");
+  withCheck(f, fields, warnings);
   if (!f.ipv4 && !f.ipv6) warnings.push("frontend has no ipv4 or ipv6 address: no IPVS service");
   else if (!f.tcp && !f.udp) warnings.push("frontend has no tcp or udp port: no IPVS service");
   return { value: f, warnings };
@@ -264,6 +289,7 @@ export function parseBackend(text: string, format: ValueFormat = "json"): Parsed
   if (fields.has("tcp")) b.tcp = port(fields.get("tcp"), "tcp");
   if (fields.has("udp")) b.udp = port(fields.get("udp"), "udp");
   if (fields.has("weight")) b.weight = integer(fields.get("weight"), "weight", 0, MAX_WEIGHT, "weight");
+  withCheck(b, fields, warnings);
   if (!b.ipv4 && !b.ipv6) warnings.push("backend has no ipv4 or ipv6 address: no IPVS destination");
   else if (!b.tcp && !b.udp) warnings.push("backend has no tcp or udp port: no IPVS destination");
   return { value: b, warnings };

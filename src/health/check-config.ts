@@ -4,7 +4,7 @@
 // the rest of the config; `null` for a field keeps its default.
 
 import { parseDuration } from "../cli/flags.ts";
-import { ConfigValueError } from "../config/values.ts";
+import { ConfigValueError, describe, fold, foldMap, integer } from "../config/values.ts";
 
 export type CheckType = "tcp" | "http" | "https";
 
@@ -59,36 +59,9 @@ export const MAX_DURATION_MS = 24 * 3600 * 1000;
 export const MAX_RISE_FALL = 1000;
 
 const KEYS = ["type", "path", "status", "host", "verify", "interval", "timeout", "rise", "fall", "port", "slowStart"] as const;
+/** Made at the first check (values.ts imports this module: its foldMap may not be ready at load). */
+let checkKeys: Map<string, string> | undefined;
 const HTTP_ONLY = ["path", "status", "host"] as const;
-
-function describe(v: unknown): string {
-  if (v === null) return "null";
-  if (Array.isArray(v)) return "an array";
-  if (typeof v === "string") return `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
-  if (typeof v === "object") return "an object";
-  return `${typeof v} ${String(v)}`;
-}
-
-/** Case-insensitive keys onto the known names; the last spelling in the document wins; null = default. */
-function foldKeys(obj: Record<string, unknown>, field: string): { fields: Map<string, unknown>; warnings: string[] } {
-  const byLower = new Map<string, string>(KEYS.map((k) => [k.toLowerCase(), k]));
-  const fields = new Map<string, unknown>();
-  const warnings: string[] = [];
-  for (const [key, value] of Object.entries(obj)) {
-    const name = byLower.get(key.toLowerCase());
-    if (!name) warnings.push(`${field}: unknown key ${JSON.stringify(key)} ignored`);
-    else if (value === null || value === undefined) fields.delete(name);
-    else fields.set(name, value);
-  }
-  return { fields, warnings };
-}
-
-function integer(v: unknown, field: string, min: number, max: number, what: string): number {
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    throw new ConfigValueError(`${what} must be an integer ${min}…${max}, got ${describe(v)}`, field);
-  }
-  return v;
-}
 
 /** Go-style duration text ("500ms", "2s", "1m30s"), the same syntax as the duration flags. */
 function duration(v: unknown, field: string): number {
@@ -127,7 +100,9 @@ function parseStatus(v: unknown, field: string): StatusRange[] {
 }
 
 function parseObjectCheck(obj: Record<string, unknown>, field: string): { value: CheckSpec; warnings: string[] } {
-  const { fields, warnings } = foldKeys(obj, field);
+  // A map of its own: the frontend or backend being parsed holds the shared one.
+  const fields = new Map<string, unknown>();
+  const warnings = fold(obj, (checkKeys ??= foldMap(KEYS)), fields).map((w) => `${field}: ${w}`);
   const f = (k: (typeof KEYS)[number]) => `${field}.${k}`;
   const spec: CheckSpec = { ...CHECK_DEFAULTS, status: [...CHECK_DEFAULTS.status] };
   if (fields.has("type")) {
@@ -209,11 +184,25 @@ export function resolveCheck(frontend: CheckSetting, backend: CheckSetting): Che
  * a destination at :80 and a check without a port on a destination at :8081 are one target.
  */
 export function specKey(spec: CheckSpec): string {
+  let key = SPEC_KEYS.get(spec);
+  if (key === undefined) SPEC_KEYS.set(spec, (key = makeSpecKey(spec)));
+  return key;
+}
+
+/** Specs are immutable once parsed: each one's key is made once (the desired table asks per backend). */
+const SPEC_KEYS = new WeakMap<CheckSpec, string>();
+
+function makeSpecKey(spec: CheckSpec): string {
   const status = spec.status.map((r) => (r.from === r.to ? `${r.from}` : `${r.from}-${r.to}`)).join(",");
   const parts = [spec.type, `i=${spec.intervalMs}`, `t=${spec.timeoutMs}`, `r=${spec.rise}`, `f=${spec.fall}`, `ss=${spec.slowStartMs}`];
   if (spec.type !== "tcp") parts.push(`path=${spec.path}`, `status=${status}`, `host=${spec.host ?? ""}`);
   if (spec.type === "https") parts.push(`verify=${spec.verify}`);
   return parts.join(" ");
+}
+
+/** The whole check as text (its key and its port): equal texts, equal checks. */
+export function checkText(spec: CheckSpec): string {
+  return spec.port === undefined ? specKey(spec) : `${specKey(spec)} port=${spec.port}`;
 }
 
 /** "198.51.100.1:80", "[2001:db8::1]:80". */
