@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { ConfigStore } from "../src/config/store.ts";
-import { DEFAULT_DESIRED_OPTIONS, DesiredTable, compileAll, type DesiredOptions } from "../src/model/desired.ts";
+import { DEFAULT_DESIRED_OPTIONS, DesiredTable, compileAll, type DesiredOptions, type WeightOf } from "../src/model/desired.ts";
+import { parseCheck, targetKey, type CheckSpec } from "../src/health/check-config.ts";
 import { RouteIndex } from "../src/model/routes.ts";
 import { parseRoute } from "../src/config/values.ts";
 import { formatTable } from "../src/ipvs/print.ts";
@@ -271,5 +272,154 @@ describe("incremental updates", () => {
     expect(new Map([...t.table].map(([k, v]) => [k, { service: v.service, dests: v.dests }]))).toEqual(
       new Map([...full].map(([k, v]) => [k, { service: v.service, dests: v.dests }])),
     );
+  });
+});
+
+describe("health-checked weights", () => {
+  // The check every key below is made from (the frontend's), and the target keys it gives.
+  const fcheck = { type: "tcp", interval: "1s", timeout: "500ms" };
+  const spec = parseCheck(fcheck).value as CheckSpec;
+  const key = (address: string, port: number, s: CheckSpec = spec) => targetKey(address, port, s);
+
+  /** A weight lookup from a table (key → what it does to the configured weight); records the keys asked for. */
+  function lookup(table: Record<string, (w: number) => number>) {
+    const asked: string[] = [];
+    const weight: WeightOf = (k, w) => {
+      asked.push(k);
+      return table[k] ? table[k](w) : w;
+    };
+    return { weight, asked };
+  }
+
+  const checked = {
+    "services/web/frontend": { ipv4: "192.0.2.1", tcp: 80, check: fcheck },
+    "services/web/backends/a": { ipv4: "198.51.100.1", tcp: 8080 },
+    "services/web/backends/b": { ipv4: "198.51.100.2", tcp: 8080, weight: 5 },
+    "services/web/backends/c": { ipv4: "198.51.100.3", tcp: 8080, weight: 20 },
+  };
+
+  test("a down backend gets weight 0, a ramping one its ramp value, the others their configured weights", () => {
+    const { weight, asked } = lookup({ [key("198.51.100.1", 8080)]: () => 0, [key("198.51.100.3", 8080)]: (w) => Math.ceil(w * 0.25) });
+    expect(table(checked, { weight })).toEqual([
+      "TCP 192.0.2.1:80 wlc",
+      "-> 198.51.100.1:8080 Masq 0 0 0",
+      "-> 198.51.100.2:8080 Masq 5 0 0",
+      "-> 198.51.100.3:8080 Masq 5 0 0",
+    ]);
+    expect(asked.sort()).toEqual([key("198.51.100.1", 8080), key("198.51.100.2", 8080), key("198.51.100.3", 8080)]);
+    // without a lookup (-once: no checks run) the configured weights
+    expect(table(checked)).toContain("-> 198.51.100.1:8080 Masq 10 0 0");
+  });
+
+  test("merged destinations sum the health-adjusted weights only", () => {
+    // Three backends on one address:port (three names for one server), each with another check.
+    const merged = {
+      "services/web/frontend": { ipv4: "192.0.2.1", tcp: 80, check: fcheck },
+      "services/web/backends/a": { ipv4: "198.51.100.1", tcp: 8080, weight: 3 },
+      "services/web/backends/b": { ipv4: "198.51.100.1", tcp: 8080, weight: 4, check: { type: "http", interval: "1s", timeout: "500ms" } },
+      "services/web/backends/c": { ipv4: "198.51.100.1", tcp: 8080, weight: 100, check: false },
+    };
+    const http = parseCheck({ type: "http", interval: "1s", timeout: "500ms" }).value as CheckSpec;
+    const down = (k: string) => lookup({ [k]: () => 0 }).weight;
+    expect(table(merged, { weight: lookup({}).weight })).toContain("-> 198.51.100.1:8080 Masq 107 0 0");
+    expect(table(merged, { weight: down(key("198.51.100.1", 8080)) })).toContain("-> 198.51.100.1:8080 Masq 104 0 0");
+    expect(table(merged, { weight: down(key("198.51.100.1", 8080, http)) })).toContain("-> 198.51.100.1:8080 Masq 103 0 0");
+  });
+
+  test("a destination replaced by a route's gateway and a filtered backend are never checked", () => {
+    const { weight, asked } = lookup({});
+    const t = table(
+      {
+        ...checked,
+        "routes/remote": { Prefix4: "198.51.100.2/32", Gateway4: "192.0.2.254", IpvsMethod: "droute" },
+        "routes/gone": { Prefix4: "198.51.100.3/32", IpvsMethod: "filter" },
+      },
+      { weight: (k, w) => (weight(k, w), 0) },
+    );
+    expect(t).toEqual(["TCP 192.0.2.1:80 wlc", "-> 192.0.2.254:80 Route 5 0 0", "-> 198.51.100.1:8080 Masq 0 0 0"]);
+    expect(asked).toEqual([key("198.51.100.1", 8080)]);
+  });
+
+  test("a backend's own check replaces the frontend's, false turns it off; UDP only through a check's port", () => {
+    const own = parseCheck({ port: 9000 }).value as CheckSpec;
+    const { weight, asked } = lookup({});
+    table(
+      {
+        "services/dns/frontend": { ipv4: "192.0.2.53", ipv6: "2001:db8::53", tcp: 53, udp: 53, check: fcheck },
+        "services/dns/backends/a": { ipv4: "198.51.100.1", tcp: 53, udp: 53 },
+        "services/dns/backends/b": { ipv4: "198.51.100.2", ipv6: "2001:db8:1::2", tcp: 53, udp: 53, check: { port: 9000 } },
+        "services/dns/backends/c": { ipv4: "198.51.100.3", tcp: 53, udp: 53, check: false },
+      },
+      { weight },
+    );
+    expect(asked.sort()).toEqual(
+      [
+        key("198.51.100.1", 53), // tcp only: its udp destination has no check port
+        key("198.51.100.2", 53, own), // tcp and udp: one target (port 9000), asked for each
+        key("198.51.100.2", 53, own),
+        key("2001:db8:1::2", 53, own),
+        key("2001:db8:1::2", 53, own),
+      ].sort(),
+    );
+    expect(key("198.51.100.2", 53, own).startsWith("198.51.100.2:9000 ")).toBe(true);
+  });
+
+  test("the table's check targets, who uses them, and their version", () => {
+    const s = new ConfigStore();
+    s.snapshot("etcd", entries({
+      ...checked,
+      "services/api/frontend": { ipv4: "192.0.2.2", tcp: 80 },
+      "services/api/backends/a": { ipv4: "198.51.100.1", tcp: 8080, check: fcheck },
+      "services/plain/frontend": { ipv4: "192.0.2.3", tcp: 80 },
+      "services/plain/backends/x": { ipv4: "198.51.100.9", tcp: 80 },
+    }));
+    const t = new DesiredTable(DEFAULT_DESIRED_OPTIONS);
+    t.rebuild(s.services, s.routes);
+    const targets = () => [...t.checkTargets()].map((x) => `${targetKey(x.address, x.destPort, x.spec)} ${x.users.map((u) => `${u.service}/${u.backend}`).join()}`).sort();
+    expect(targets()).toEqual([
+      `${key("198.51.100.1", 8080)} api/a`,
+      `${key("198.51.100.1", 8080)} web/a`,
+      `${key("198.51.100.2", 8080)} web/b`,
+      `${key("198.51.100.3", 8080)} web/c`,
+    ]);
+    expect([...t.servicesChecking([key("198.51.100.1", 8080)])].sort()).toEqual(["api", "web"]);
+    expect([...t.servicesChecking([key("198.51.100.2", 8080), "nothing"])]).toEqual(["web"]);
+
+    // A weight edit leaves the targets as they are; a check edit, a backend gone or a route's gateway change them.
+    const v0 = t.checksVersion;
+    const step = (e: ReturnType<typeof put>) => {
+      const c = s.apply("etcd", e)!;
+      if (c.kind === "route") t.updateRoutes([c], s.services, s.routes);
+      else t.updateServices([c.service], s.services);
+    };
+    step(put("services/web/backends/b", { ipv4: "198.51.100.2", tcp: 8080, weight: 6 }));
+    step(put("services/plain/backends/x", { ipv4: "198.51.100.9", tcp: 80, weight: 6 }));
+    expect(t.checksVersion).toBe(v0);
+    step(put("services/api/backends/a", { ipv4: "198.51.100.1", tcp: 8080, check: false }));
+    expect(t.checksVersion).toBe(v0 + 1);
+    expect([...t.servicesChecking([key("198.51.100.1", 8080)])]).toEqual(["web"]);
+    step(put("routes/r", { Prefix4: "198.51.100.0/31", Gateway4: "192.0.2.254" })); // covers web/a
+    expect(t.checksVersion).toBe(v0 + 2);
+    expect(targets()).toEqual([`${key("198.51.100.2", 8080)} web/b`, `${key("198.51.100.3", 8080)} web/c`]);
+    expect([...t.servicesChecking([key("198.51.100.1", 8080)])]).toEqual([]);
+    step(del("services/web/frontend"));
+    expect(targets()).toEqual([]);
+    expect(t.checksVersion).toBe(v0 + 3);
+  });
+
+  test("a recompute for a health change is quiet: the config's warnings were given when it changed", () => {
+    const warnings: string[] = [];
+    const s = new ConfigStore();
+    s.snapshot("etcd", entries({ ...checked, "routes/dr": { IpvsMethod: "droute" } }));
+    let down = false;
+    const t = new DesiredTable({ ...DEFAULT_DESIRED_OPTIONS, weight: (k, w) => (down && k === key("198.51.100.1", 8080) ? 0 : w) }, (m) => warnings.push(m));
+    t.rebuild(s.services, s.routes);
+    expect(warnings.length).toBe(3); // droute with another port, once per backend
+    down = true;
+    expect([...t.updateServices(t.servicesChecking([key("198.51.100.1", 8080)]), s.services, true)]).toEqual(["inet+tcp://192.0.2.1:80"]);
+    expect(t.table.get("inet+tcp://192.0.2.1:80")!.dests.get("198.51.100.1:8080")!.weight).toBe(0);
+    expect(warnings.length).toBe(3);
+    t.updateServices(["web"], s.services);
+    expect(warnings.length).toBe(6);
   });
 });

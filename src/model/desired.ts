@@ -2,9 +2,13 @@
 // destinations from backends through the route table, summed weights for backends that end on
 // the same destination. compileService is a pure function of one config service; DesiredTable
 // keeps the compiled result per config service so that one changed key recomputes one service.
+// Health checks: a backend's check (its own, else its frontend's) applies to the destinations it
+// programs itself (no gateway; filtered backends have none); their weights come through the
+// `weight` lookup (the health checker's, in the daemon), and merged destinations sum those.
 
 import type { MergedService } from "../config/store.ts";
 import { MAX_WEIGHT, type Route } from "../config/values.ts";
+import { resolveCheck, targetKey, type CheckSpec } from "../health/check-config.ts";
 import {
   SVC_F_PERSISTENT,
   destKeyString,
@@ -26,7 +30,25 @@ export interface TableEntry {
 export interface DesiredEntry extends TableEntry {
   /** The config service that describes it. */
   owner: string;
+  /** The health-checked backends in its destinations (absent: none). */
+  checks?: CheckedDest[];
 }
+
+/** A backend destination checked by this host: its check against its own address and port. */
+export interface CheckedDest {
+  /** targetKey: one checker per address:port:check, however many backends share it. */
+  key: string;
+  address: string;
+  /** The destination's port (the check's own port, if any, wins over it when probing). */
+  destPort: number;
+  spec: CheckSpec;
+  backend: string;
+  /** destKeyString of the destination whose weight it is part of. */
+  dest: string;
+}
+
+/** The weight in force for a checked destination of `configured` weight (the health checker's). */
+export type WeightOf = (targetKey: string, configured: number) => number;
 
 /** A compiled entry, with the names of the backends in each destination when asked for (not kept in the table). */
 export interface CompiledEntry extends DesiredEntry {
@@ -40,6 +62,8 @@ export interface DesiredOptions {
   defaultMethod: "masq" | "droute" | "tunnel";
   scheduler: string;
   elide: boolean;
+  /** Health-adjusted weights of checked destinations; absent = the configured weights (no checks run). */
+  weight?: WeightOf;
 }
 
 export const DEFAULT_DESIRED_OPTIONS: DesiredOptions = { defaultMethod: "masq", scheduler: "wlc", elide: false };
@@ -90,6 +114,7 @@ export function compileService(
         netmask: family === "inet" ? 32 : 128,
       };
       const dests = new Map<string, Dest>();
+      let checks: CheckedDest[] | undefined;
       const backendsByDest = withNames ? new Map<string, string[]>() : undefined;
       FIRST.clear();
       for (const [backendName, b] of backends) {
@@ -101,9 +126,15 @@ export function compileService(
         if (routeMethod === "filter") continue;
         const method: FwdMethod = routeMethod ?? opts.defaultMethod;
         const gateway = family === "inet" ? match?.route.gateway4 : match?.route.gateway6;
+        // A gateway's destination is another tier's to check: only our own destinations are.
+        const spec = gateway ? undefined : resolveCheck(fe.check, b.check);
+        // UDP has no connect to test: a UDP destination is checked only through a check's own port.
+        const checked = spec && (protocol !== "udp" || spec.port !== undefined) ? spec : undefined;
+        const tkey = checked && targetKey(address, bport, checked);
+        const weight = tkey && opts.weight ? opts.weight(tkey, b.weight) : b.weight;
         const dest: Dest = gateway
-          ? { address: gateway, port, method, weight: b.weight, upperThreshold: 0, lowerThreshold: 0 }
-          : { address, port: bport, method, weight: b.weight, upperThreshold: 0, lowerThreshold: 0 };
+          ? { address: gateway, port, method, weight, upperThreshold: 0, lowerThreshold: 0 }
+          : { address, port: bport, method, weight, upperThreshold: 0, lowerThreshold: 0 };
         if (!gateway && (method === "droute" || method === "tunnel") && bport !== port) {
           warn(`${method} cannot change the port: traffic arrives on the frontend port`, {
             service: name,
@@ -113,6 +144,7 @@ export function compileService(
           });
         }
         const key = destKeyString(dest);
+        if (tkey) (checks ??= []).push({ key: tkey, address, destPort: bport, spec: checked!, backend: backendName, dest: key });
         const merged = dests.get(key);
         if (!merged) {
           dests.set(key, dest);
@@ -136,7 +168,10 @@ export function compileService(
         }
       }
       if (opts.elide && dests.size === 0) continue;
-      out.push(backendsByDest ? { service, dests, owner: name, backendsByDest } : { service, dests, owner: name });
+      const entry: CompiledEntry = { service, dests, owner: name };
+      if (checks) entry.checks = checks;
+      if (backendsByDest) entry.backendsByDest = backendsByDest;
+      out.push(entry);
     }
   }
   return out;
@@ -168,6 +203,12 @@ export class DesiredTable {
   private routes = new RouteIndex([]);
   /** The config services last given (the store's live map), for backendsByDest(). */
   private services = new Map<string, MergedService>();
+  /** Config service → its checked destinations ("key backend" lines, to see a change), only services with some. */
+  private checkSigs = new Map<string, string>();
+  /** Health-check target key → the config services whose weights depend on it. */
+  private checkUsers = new Map<string, Set<string>>();
+  /** Bumped whenever the set of checked destinations (or who uses them) changes. */
+  checksVersion = 0;
 
   constructor(
     private readonly opts: DesiredOptions,
@@ -184,12 +225,31 @@ export class DesiredTable {
     return changed;
   }
 
-  /** Recomputes the named config services; returns the changed IPVS keys. */
-  updateServices(names: Iterable<string>, services: Map<string, MergedService>): Set<string> {
+  /**
+   * Recomputes the named config services; returns the changed IPVS keys. `quiet`: no config
+   * warnings (a recompute for a health change: the config did not change, its warnings were given).
+   */
+  updateServices(names: Iterable<string>, services: Map<string, MergedService>, quiet = false): Set<string> {
     this.services = services;
     const changed = new Set<string>();
-    for (const name of names) this.recompute(name, services.get(name), changed);
+    for (const name of names) this.recompute(name, services.get(name), changed, quiet);
     return changed;
+  }
+
+  /** The config services whose weights depend on these health-check targets. */
+  servicesChecking(keys: Iterable<string>): Set<string> {
+    const names = new Set<string>();
+    for (const k of keys) for (const n of this.checkUsers.get(k) ?? []) names.add(n);
+    return names;
+  }
+
+  /** Every checked destination, with the config service and backend it belongs to (the health checker's input). */
+  *checkTargets(): IterableIterator<{ address: string; destPort: number; spec: CheckSpec; users: { service: string; backend: string }[] }> {
+    for (const name of this.checkSigs.keys()) {
+      for (const e of this.compiled.get(name) ?? []) {
+        for (const c of e.checks ?? []) yield { address: c.address, destPort: c.destPort, spec: c.spec, users: [{ service: name, backend: c.backend }] };
+      }
+    }
   }
 
   /**
@@ -233,11 +293,12 @@ export class DesiredTable {
     return compileService(entry.owner, svc, this.routes, this.opts, () => {}, true).find((e) => serviceKeyString(e.service) === key)?.backendsByDest;
   }
 
-  private recompute(name: string, svc: MergedService | undefined, changed: Set<string>): void {
+  private recompute(name: string, svc: MergedService | undefined, changed: Set<string>, quiet = false): void {
     const before = this.compiled.get(name);
-    const after: DesiredEntry[] = svc ? compileService(name, svc, this.routes, this.opts, this.warn) : [];
+    const after: DesiredEntry[] = svc ? compileService(name, svc, this.routes, this.opts, quiet ? () => {} : this.warn) : [];
     if (after.length) this.compiled.set(name, after);
     else this.compiled.delete(name);
+    this.indexChecks(name, after);
     // A config service has one to four IPVS services: arrays, not a map and a set per service.
     const afterKeys = after.map((e) => serviceKeyString(e.service));
     after.forEach((e, i) => this.claim(afterKeys[i]!, name, e, changed));
@@ -245,6 +306,30 @@ export class DesiredTable {
       const key = serviceKeyString(e.service);
       if (!afterKeys.includes(key)) this.claim(key, name, undefined, changed);
     }
+  }
+
+  /** Keeps checkUsers and checksVersion up to date with the checked destinations of one config service. */
+  private indexChecks(name: string, entries: DesiredEntry[]): void {
+    const had = this.checkSigs.get(name);
+    if (had === undefined && !entries.some((e) => e.checks)) return; // the common case: no checks before or now
+    const lines = entries.flatMap((e) => (e.checks ?? []).map((c) => `${c.key}\n${c.backend}`));
+    const sig = lines.join("\n");
+    if (sig === (had ?? "")) return;
+    this.checksVersion++;
+    if (had) for (const k of had.split("\n").filter((_, i) => i % 2 === 0)) this.unuse(k, name);
+    if (lines.length === 0) return void this.checkSigs.delete(name);
+    this.checkSigs.set(name, sig);
+    for (const e of entries) for (const c of e.checks ?? []) {
+      let users = this.checkUsers.get(c.key);
+      if (!users) this.checkUsers.set(c.key, (users = new Set()));
+      users.add(name);
+    }
+  }
+
+  private unuse(key: string, name: string): void {
+    const users = this.checkUsers.get(key);
+    users?.delete(name);
+    if (users?.size === 0) this.checkUsers.delete(key);
   }
 
   /** Records that config service `name` describes IPVS service `key` as `entry` (undefined: no longer). */
