@@ -6,7 +6,8 @@
 //
 //   bun bench/stall.ts [services]      (default 10000; 10 backends each)
 //   BENCH_STALL_GOAL_MS=100            (the goal)
-//   BENCH_STALL_CASES=files,etcd       (the cases to run)
+//   BENCH_STALL_CASES=sink,files,etcd  (the cases to run; sink: the keys handed straight to the
+//                                       daemon, its own work without a source's)
 
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -64,7 +65,7 @@ async function child(kind: string, arg: string, services: number): Promise<void>
     confDir = path.join(arg, "conf");
     fs.mkdirSync(confDir, { recursive: true });
     sources.push(new DirSource({ root: confDir }));
-  } else {
+  } else if (kind !== "sink") {
     const { EtcdSource } = await import("../src/config/etcd-source.ts");
     sources.push(new EtcdSource({ endpoints: [arg], prefix: "/clusterf" }));
   }
@@ -91,6 +92,7 @@ async function child(kind: string, arg: string, services: number): Promise<void>
   const lag = lagMonitor();
   const out: Record<string, number> = {};
   const t0 = performance.now();
+  let t1 = t0; // when the change came
   if (kind === "etcd-start") await daemon.start(); // the first read is the sync
   else {
     await daemon.start();
@@ -98,11 +100,21 @@ async function child(kind: string, arg: string, services: number): Promise<void>
     lag.reset();
     await Bun.sleep(1000);
     out.idleMs = lag.read().max;
+    // "sink": the keys handed to the daemon in one update(), as a source hands them: the daemon's own work
+    const events =
+      kind === "sink"
+        ? Array.from({ length: services }, (_, s) => [
+            { key: `services/s${s}/frontend`, value: { text: JSON.stringify(frontend(s)), format: "json" as const, origin: "bench" } },
+            ...Array.from({ length: BACKENDS }, (_, b) => ({ key: `services/s${s}/backends/b${b}`, value: { text: JSON.stringify(backend(s, b)), format: "json" as const, origin: "bench" } })),
+          ]).flat()
+        : [];
     lag.reset();
-    if (kind === "files") fs.renameSync(path.join(arg, "stage", "services"), path.join(confDir, "services"));
+    t1 = performance.now();
+    if (kind === "sink") daemon.update("etcd", events);
+    else if (kind === "files") fs.renameSync(path.join(arg, "stage", "services"), path.join(confDir, "services"));
     else process.stdout.write("ready\n"); // the parent puts the keys now
   }
-  const t1 = kind === "etcd-start" ? t0 : performance.now();
+
   await applied();
   out.syncMs = performance.now() - t1;
   Object.assign(out, { maxMs: lag.read().max, over: lag.read().over });
@@ -174,7 +186,8 @@ async function main(): Promise<number> {
     console.error(`bench: ${rows.at(-1)!.join(", ")}`);
   };
   try {
-    const cases = (process.env.BENCH_STALL_CASES ?? "files,etcd").split(",");
+    const cases = (process.env.BENCH_STALL_CASES ?? "sink,files,etcd").split(",");
+    if (cases.includes("sink")) row(`daemon alone: ${label} keys in one update()`, await runChild("sink", dir, services));
     if (cases.includes("files")) {
       makeTree(path.join(dir, "stage"), services);
       row(`files: ${label} tree moved into -config-path`, await runChild("files", dir, services));
