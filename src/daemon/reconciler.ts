@@ -98,21 +98,10 @@ export class Reconciler {
 
   /** readActual() in slices: one service's destinations at a time, the cache replaced at the end. */
   *readActualSteps(): Steps<void> {
-    const ipvs = this.ipvs;
     const fresh: Table = new Map();
-    for (const s of ipvs.listServices ? ipvs.listServices() : ipvs.list()) {
-      if (ipvs.listServices) {
-        try {
-          s.dests.push(...ipvs.listDests(s));
-        } catch (e) {
-          // Deleted (by hand) since the list: gone, like a service the list did not show.
-          if (e instanceof IpvsError && (e.code === "ESRCH" || e.code === "ENOENT")) continue;
-          throw e;
-        }
-      }
+    for (const s of yield* listSteps(this.ipvs)) {
       const entry = normalise(s);
       fresh.set(serviceKeyString(entry.service), entry);
-      yield;
     }
     this.actual.clear();
     for (const [k, e] of fresh) this.actual.set(k, e);
@@ -422,6 +411,28 @@ export class Reconciler {
       this.ownedDirty = false; // warn once per change, not on every sync
     }
   }
+}
+
+/**
+ * IpvsTable.list() in slices where the table reads each service's destinations with a request of
+ * its own (the kernel): one service at a time, for runSliced (the table's readers: resyncs, and
+ * a /metrics scrape could too).
+ */
+export function* listSteps(ipvs: IpvsTable): Steps<ObservedService[]> {
+  if (!ipvs.listServices) return ipvs.list();
+  const out: ObservedService[] = [];
+  for (const s of ipvs.listServices()) {
+    yield;
+    try {
+      s.dests.push(...ipvs.listDests(s));
+    } catch (e) {
+      // Deleted (by hand) since the list: gone, like a service the list did not show.
+      if (e instanceof IpvsError && (e.code === "ESRCH" || e.code === "ENOENT")) continue;
+      throw e;
+    }
+    out.push(s);
+  }
+  return out;
 }
 
 /** The kernel answered this write with an error (rather than not answering at all). */
