@@ -381,6 +381,143 @@ describe("EtcdSource, one member", () => {
     expectFaithful();
   });
 
+  /**
+   * Records the range requests of `src` (its full reads) and runs `after(n)` once the n-th one
+   * (from 0) has answered, before the source sees the answer: "between two pages".
+   */
+  function spyPages(src: EtcdSource, after: (n: number) => Promise<void> | void = () => {}) {
+    const kv = src.etcd.kv;
+    const range = kv.range.bind(kv);
+    const calls: { key: string; limit: number; revision: number; ok?: boolean }[] = [];
+    kv.range = async (req, options) => {
+      const call = { key: req.key!.toString(), limit: Number(req.limit ?? 0), revision: Number(req.revision ?? 0) };
+      calls.push(call);
+      const n = calls.length - 1;
+      const res = await range(req, options).catch((e) => {
+        call.ok = false;
+        throw e;
+      });
+      call.ok = true;
+      await after(n);
+      return res;
+    };
+    return calls;
+  }
+
+  /** The 100 keys of the paged-read tests, under /paged/ (values carry a counter). */
+  async function loadPaged(c: Etcd3): Promise<void> {
+    await c.delete().prefix("/paged");
+    await c.put("/paged").value("not ours");
+    await c.put("/pagedx/routes/r").value("not ours");
+    for (let i = 0; i < 100; i += 20) {
+      await Promise.all(
+        Array.from({ length: 20 }, (_, j) => c.put(`/paged/services/s${String(i + j).padStart(3, "0")}/frontend`).value(`{"n":${i + j}}`)),
+      );
+    }
+  }
+  const snapshotTexts = (m: Map<string, RawValue>) => Object.fromEntries([...m].map(([k, v]) => [k, v.text]).sort());
+
+  test("a full read in pages (7 keys each, 100 keys): one snapshot equal to a fresh read, all pages at one revision", async () => {
+    const c = client([etcd.clientUrl]);
+    await loadPaged(c);
+    const fresh = await etcdState(c, "/paged/");
+    expect(Object.keys(fresh).length).toBe(100);
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], prefix: "/paged", pageSize: 7 });
+    const calls = spyPages(src);
+    await src.start(sink);
+    expect(sink.snapshots.length).toBe(1);
+    expect(snapshotTexts(sink.snapshots[0]!)).toEqual(fresh);
+    // 15 requests of 7 keys, each after the last key of the one before, the first at the newest
+    // revision and the others at the revision it answered with.
+    expect(calls.length).toBe(15);
+    expect(calls.every((x) => x.limit === 7 && x.ok)).toBe(true);
+    expect(calls[0]!.key).toBe("/paged/");
+    expect(calls[0]!.revision).toBe(0);
+    expect(calls[1]!.key).toBe("/paged/services/s006/frontend\0");
+    expect(new Set(calls.slice(1).map((x) => x.revision))).toEqual(new Set([src.revision!]));
+    // and it follows on from there
+    await c.put("/paged/routes/after").value("{}");
+    await waitFor("after", () => sink.state.has("routes/after"));
+    expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
+    expect(sink.snapshots.length).toBe(1);
+    expectFaithful();
+  });
+
+  test("writes between two pages of the full read: not in the snapshot, then each once through the watch", async () => {
+    const c = client([etcd.clientUrl]);
+    await loadPaged(c);
+    const before = await etcdState(c, "/paged/");
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], prefix: "/paged", pageSize: 7 });
+    const written = [
+      "services/s000/frontend", // on the first page, already read
+      "services/s003/backends/b1", // a new key, on a page already read
+      "services/s050/frontend", // on a page not read yet
+      "services/s051/backends/b1", // a new key, on a page not read yet
+      "services/s099/frontend", // the last page
+    ];
+    const deleted = "services/s070/frontend"; // on a page not read yet
+    const calls = spyPages(src, async (n) => {
+      if (n !== 1) return; // after the second page
+      for (const k of written) await c.put(`/paged/${k}`).value('{"written":"between pages"}');
+      await c.delete().key(`/paged/${deleted}`);
+    });
+    await src.start(sink);
+    expect(calls.length).toBe(15);
+    expect(sink.snapshots.length).toBe(1);
+    expect(snapshotTexts(sink.snapshots[0]!)).toEqual(before);
+    const after = await etcdState(c, "/paged/");
+    expect(after).not.toEqual(before);
+    await waitFor("the writes, through the watch", () => JSON.stringify(sink.texts()) === JSON.stringify(after));
+    const delivered = sink.updates.flat().map((e) => e.key);
+    expect(delivered.sort()).toEqual([...written, deleted].sort());
+    expect(sink.state.has(deleted)).toBe(false);
+    expect(sink.snapshots.length).toBe(1);
+    expectFaithful();
+  });
+
+  test("the full read's revision compacted between two pages: the read starts over, the snapshot is consistent", async () => {
+    const c = client([etcd.clientUrl]);
+    await loadPaged(c);
+    const sink = new RecordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], prefix: "/paged", pageSize: 7 });
+    let compactedTo = 0;
+    const calls = spyPages(src, async (n) => {
+      if (n !== 2) return; // after the third page
+      await c.put("/paged/services/s001/frontend").value('{"written":"before the compaction"}');
+      await c.delete().key("/paged/services/s002/frontend"); // on a page already read
+      await c.delete().key("/paged/services/s080/frontend");
+      const put = await c.put("/paged/services/s090/frontend").value('{"written":"before the compaction"}').exec();
+      compactedTo = Number(put.header.revision);
+      await c.kv.compact({ revision: String(compactedTo), physical: true });
+    });
+    await src.start(sink);
+    expect(compactedTo).toBeGreaterThan(0);
+    // The fourth request, at the compacted revision, failed; the read started over at the newest.
+    expect(calls[3]!.ok).toBe(false);
+    expect(calls[3]!.revision).toBeLessThan(compactedTo);
+    expect(calls[4]!.key).toBe("/paged/");
+    expect(calls[4]!.revision).toBe(0);
+    expect(calls.length).toBe(4 + 15);
+    expect(calls.slice(5).every((x) => x.ok && x.revision === src.revision)).toBe(true);
+    expect(src.revision!).toBeGreaterThanOrEqual(compactedTo);
+    expect(sink.snapshots.length).toBe(1);
+    const fresh = await etcdState(c, "/paged/");
+    expect(snapshotTexts(sink.snapshots[0]!)).toEqual(fresh);
+    expect(fresh["services/s001/frontend"]).toBe('{"written":"before the compaction"}');
+    expect(fresh["services/s002/frontend"]).toBeUndefined();
+    expect(fresh["services/s080/frontend"]).toBeUndefined();
+    // started over at once: no error, no status down, no retry after a backoff
+    expect(sink.statuses.filter((st) => !st.up)).toEqual([]);
+    // and it follows on from there, nothing delivered twice
+    await c.put("/paged/routes/after").value("{}");
+    await waitFor("after", () => sink.state.has("routes/after"));
+    expect(sink.updates.flat().map((e) => e.key)).toEqual(["routes/after"]);
+    expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
+    expectFaithful();
+  });
+
   test("resync() while etcd is down: rejects with the reason; the re-read happens when etcd is back", async () => {
     const sink = new RecordingSink();
     const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 3000, backoffMaxMs: 3000 });

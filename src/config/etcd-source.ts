@@ -50,8 +50,13 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
   /** Reconnect backoff: first delay and cap, in ms (default 250 → 5000, doubling). */
   backoffInitialMs?: number;
   backoffMaxMs?: number;
-  /** Deadline of the full read (a range request), ms (default 5000). */
+  /** Deadline of each range request of a full read, ms (default 5000). */
   requestTimeoutMs?: number;
+  /**
+   * Keys per range request of a full read (default 2000): the read goes through the prefix in
+   * pages of this many keys, so that no single response holds the whole tree.
+   */
+  pageSize?: number;
   /** A watch that etcd has not confirmed within this many ms is abandoned (default 5000). */
   watchCreateTimeoutMs?: number;
   /**
@@ -160,6 +165,16 @@ export function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.from([0]); // all 0xff: to the end of the key space
 }
 
+const ZERO_BYTE = Buffer.from([0]);
+
+/** How many times in a row a full read starts over at once when its revision gets compacted. */
+const MAX_READ_RESTARTS = 3;
+
+/** etcd's "mvcc: required revision has been compacted" (gRPC OUT_OF_RANGE) for a range request. */
+function isCompactedError(e: unknown): boolean {
+  return e instanceof Error && /required revision has been compacted/.test(e.message);
+}
+
 /** Thrown by a host policy so the pool moves on to another endpoint. */
 class SkipHost extends Error {}
 
@@ -255,6 +270,7 @@ export class EtcdSource implements ConfigSource {
   private readonly backoffMax: number;
   private readonly requestTimeout: number;
   private readonly createTimeout: number;
+  private readonly pageSize: number;
 
   constructor(private opts: EtcdSourceOptions) {
     const p = (opts.prefix ?? "/clusterf").replace(/\/+$/, "");
@@ -267,6 +283,7 @@ export class EtcdSource implements ConfigSource {
     this.backoff = this.backoffInitial;
     this.requestTimeout = opts.requestTimeoutMs ?? 5000;
     this.createTimeout = opts.watchCreateTimeoutMs ?? 5000;
+    this.pageSize = Math.max(1, Math.floor(opts.pageSize ?? 2000));
     const hosts = opts.endpoints.map((e) => e.trim().replace(/^https?:\/\//, "")).filter((e) => e !== "");
     this.hostHealth = new HostHealth(hosts, Math.max(2000, this.backoffMax));
     this.client = makeEtcdClient(opts, {
@@ -412,12 +429,9 @@ export class EtcdSource implements ConfigSource {
     // The resync() callers so far get this read's snapshot; later ones, the next read's.
     const waiters = this.resyncWaiters.splice(0);
     this.resyncWanted = false;
-    let res;
+    let read;
     try {
-      res = await this.client.kv.range(
-        { key: this.base, range_end: this.rangeEnd },
-        { deadline: new Date(Date.now() + this.requestTimeout) },
-      );
+      read = await this.readPages();
     } catch (e) {
       if (waiters.length > 0) {
         this.resyncWanted = true; // still due once etcd answers
@@ -425,15 +439,9 @@ export class EtcdSource implements ConfigSource {
       }
       throw e;
     }
-    if (this.stopped) return this.settleResync(new Error("etcd source stopped before the re-read"), waiters);
-    const entries = new Map<string, RawValue>();
-    for (const kv of res.kvs) {
-      const k = this.relKey(kv.key);
-      if (k === null) continue;
-      entries.set(k, this.rawValue(kv.key, kv.value));
-    }
-    const rev = Number(res.header.revision);
-    info("etcd snapshot", { prefix: this.prefix, keys: entries.size, revision: rev });
+    if (read === null || this.stopped) return this.settleResync(new Error("etcd source stopped before the re-read"), waiters);
+    const { entries, rev, pages } = read;
+    info("etcd snapshot", { prefix: this.prefix, keys: entries.size, revision: rev, pages });
     this.rev = rev;
     try {
       this.sink!.snapshot("etcd", entries);
@@ -446,6 +454,52 @@ export class EtcdSource implements ConfigSource {
       this.resolveReady();
     }
     this.endFirstAttempt();
+  }
+
+  /**
+   * Everything under the prefix at one revision, read in pages of `pageSize` keys: in key order
+   * (etcd's default), each page starting just after the last key of the page before, every page
+   * after the first at the revision of the first one's response, so that the pages together are
+   * one consistent snapshot. Of each page only the key and the value's text are kept (the
+   * response and its buffers are dropped before the next request); the event loop runs while
+   * each page is awaited. If that revision is compacted before the last page, the read starts
+   * over at the newest revision (a few times at once, then the error goes to the retry loop).
+   * null: stopped meanwhile.
+   */
+  private async readPages(): Promise<{ entries: Map<string, RawValue>; rev: number; pages: number } | null> {
+    for (let restarts = 0; ; restarts++) {
+      const entries = new Map<string, RawValue>();
+      let rev = 0; // the first page: at the newest revision
+      let pages = 0;
+      let from = this.base;
+      try {
+        for (;;) {
+          const res = await this.client.kv.range(
+            { key: from, range_end: this.rangeEnd, limit: this.pageSize, revision: rev },
+            { deadline: new Date(Date.now() + this.requestTimeout) },
+          );
+          if (this.stopped) return null;
+          if (rev === 0) rev = Number(res.header.revision);
+          pages++;
+          const kvs = res.kvs;
+          for (const kv of kvs) {
+            const k = this.relKey(kv.key);
+            if (k !== null) entries.set(k, this.rawValue(kv.key, kv.value));
+          }
+          if (!res.more || kvs.length === 0) return { entries, rev, pages };
+          // The next page starts at the smallest key after the last one (a copy: the key is a
+          // slice of the whole response's buffer).
+          from = Buffer.concat([kvs[kvs.length - 1]!.key, ZERO_BYTE]);
+        }
+      } catch (e) {
+        if (rev === 0 || !isCompactedError(e) || restarts >= MAX_READ_RESTARTS) throw e;
+        info("etcd revision compacted during the full read, starting over", {
+          prefix: this.prefix,
+          revision: rev,
+          pages,
+        });
+      }
+    }
   }
 
   private relKey(key: Buffer): string | null {
