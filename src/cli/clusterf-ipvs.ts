@@ -11,6 +11,7 @@ import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
 import { startMetrics } from "../metrics/server.ts";
+import { Checker } from "../health/checker.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -141,6 +142,8 @@ export async function main(argv: string[]): Promise<number> {
     resyncMs: flags.once ? 0 : (flags["ipvs-resync"] as number),
     // -once cannot wait for connections to end: it deletes at once.
     drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),
+    // -once runs no health checks: it programs the configured weights.
+    health: flags.once ? undefined : new Checker(),
   });
 
   // SIGHUP reloads (its default action would kill the daemon, leaving an advertised route to its TTL).
@@ -172,6 +175,7 @@ export async function main(argv: string[]): Promise<number> {
       log.error("once: the config sources did not deliver a first read in time", { timeoutMs: timeout });
       return 1;
     }
+    if (!daemon.desired.checkTargets().next().done) log.info("once: health checks do not run with -once; the configured weights were programmed");
     return result.errors === 0 ? 0 : 1;
   }
 

@@ -8,6 +8,8 @@ import { ConfigStore, type Change, type ConfigProblem } from "../config/store.ts
 import type { ConfigSource, KeyEvent, RawValue, SourceName, SourceSink } from "../config/source.ts";
 import { DesiredTable, type DesiredOptions } from "../model/desired.ts";
 import { formatTable } from "../ipvs/print.ts";
+import type { Checker } from "../health/checker.ts";
+import { healthNote } from "../health/notes.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import { Reconciler, type SyncResult } from "./reconciler.ts";
 import * as log from "../util/log.ts";
@@ -33,6 +35,8 @@ export interface IpvsDaemonOptions {
   drainMs?: number;
   /** How often draining destinations are checked for connections left (default 1 s). */
   drainCheckMs?: number;
+  /** Health checks of the config's checked destinations (none: configured weights, nothing checked). */
+  health?: Checker;
 }
 
 export type SyncKind = "full" | "incremental" | "resync";
@@ -58,6 +62,10 @@ export class IpvsDaemon implements SourceSink {
   /** The sliced syncs (applies, resyncs, drain releases) run one after the other on this chain. */
   private work: Promise<unknown> = Promise.resolve();
   private dirtyServices = new Set<string>();
+  /** Config services whose weights a health check changed (recomputed quietly at the next apply). */
+  private healthDirty = new Set<string>();
+  /** The desired table's checksVersion last given to the health checker. */
+  private checksVersion = -1;
   private routeChanges: Extract<Change, { kind: "route" }>[] = [];
   private applyTimer?: ReturnType<typeof setTimeout>;
   private sourcesStarted = false;
@@ -81,7 +89,15 @@ export class IpvsDaemon implements SourceSink {
       onWarning: (p) => log.warn(`config: ${p.message}`, { source: p.source, key: p.key, origin: p.origin }),
       onSkipped: (p) => log.info(`config: ${p.message}`, { source: p.source, key: p.key }),
     });
-    this.desired = new DesiredTable(opts.desired, (m, f) => log.warn(`config: ${m}`, f));
+    const health = opts.health;
+    const desired = health ? { ...opts.desired, weight: (key: string, w: number) => health.weight(key, w) } : opts.desired;
+    this.desired = new DesiredTable(desired, (m, f) => log.warn(`config: ${m}`, f));
+    health?.listen({
+      change: (keys) => {
+        for (const name of this.desired.servicesChecking(keys)) this.healthDirty.add(name);
+        this.scheduleApply();
+      },
+    });
     this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs });
     for (const s of sources) this.waiting.add(s.name);
   }
@@ -100,6 +116,7 @@ export class IpvsDaemon implements SourceSink {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    await this.opts.health?.stop();
     clearTimeout(this.applyTimer);
     clearInterval(this.resyncTimer);
     clearTimeout(this.retryTimer);
@@ -117,6 +134,10 @@ export class IpvsDaemon implements SourceSink {
   /** Called after every sync (metrics). */
   onSync(listener: (kind: SyncKind, ms: number, r: SyncResult) => void): void {
     this.syncListeners.push(listener);
+  }
+
+  get health(): Checker | undefined {
+    return this.opts.health;
   }
 
   get ready(): boolean {
@@ -161,9 +182,9 @@ export class IpvsDaemon implements SourceSink {
   }
 
   /** Recomputes the named config services a few at a time; adds the IPVS keys they change to `keys`. */
-  private *compile(names: Iterable<string>, keys: Set<string>): Steps<void> {
+  private *compile(names: Iterable<string>, keys: Set<string>, quiet = false): Steps<void> {
     for (const slice of chunks(names, COMPILE_SLICE)) {
-      for (const k of this.desired.updateServices(slice, this.store.services)) keys.add(k);
+      for (const k of this.desired.updateServices(slice, this.store.services, quiet)) keys.add(k);
       yield;
     }
   }
@@ -254,9 +275,26 @@ export class IpvsDaemon implements SourceSink {
       }
       yield* this.compile(dirty, keys);
     }
+    if (this.opts.health) yield* this.healthSteps(this.opts.health, keys);
     const result = yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
     this.finish(kind, result, performance.now() - t0);
     return result;
+  }
+
+  /**
+   * Gives the health checker the checked destinations when they changed, then recomputes (quietly)
+   * the services whose weights a check changed, including those of a new target that took over a
+   * down or ramping state from the check it replaced.
+   */
+  private *healthSteps(health: Checker, keys: Set<string>): Steps<void> {
+    if (this.desired.checksVersion !== this.checksVersion) {
+      this.checksVersion = this.desired.checksVersion;
+      const { added } = health.setTargets(this.desired.checkTargets());
+      for (const name of this.desired.servicesChecking(added.filter((k) => health.reduced(k)))) this.healthDirty.add(name);
+    }
+    const names = this.healthDirty;
+    this.healthDirty = new Set();
+    yield* this.compile(names, keys, true);
   }
 
   private scheduleDrainCheck(): void {
@@ -327,6 +365,6 @@ export class IpvsDaemon implements SourceSink {
   /** The table as this daemon believes the kernel holds it, in ipvsadm -Ln layout. */
   formatActual(): string {
     const services = [...this.reconciler.actual.values()].map((e) => ({ ...e.service, dests: e.dests.values() }));
-    return formatTable(services, this.reconciler.ipvs.info());
+    return formatTable(services, this.reconciler.ipvs.info(), this.opts.health && healthNote(this.desired, this.opts.health));
   }
 }

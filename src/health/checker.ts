@@ -167,6 +167,12 @@ export class Checker {
     return t ? effectiveWeight(configured, t.state, now, t.spec.slowStartMs) : configured;
   }
 
+  /** Is the target's weight below the configured one now (down, or ramping up)? */
+  reduced(key: string, now = performance.now()): boolean {
+    const t = this.targets.get(key);
+    return !!t && (!t.state.up || ramping(t.state, now, t.spec.slowStartMs));
+  }
+
   *list(): IterableIterator<TargetView> {
     yield* this.targets.values();
   }

@@ -1,5 +1,7 @@
 // The table in the layout of `ipvsadm -Ln`, sorted (services by protocol, address, port;
 // destinations by address, port) so that it can be compared line by line with ipvsadm output.
+// A destination may carry a note (health checks: a backend down) after its last column, so the
+// columns stay where ipvsadm has them.
 
 import { IPPROTO, SVC_F_PERSISTENT, addressBytes, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
 
@@ -22,7 +24,10 @@ function addrSortKey(address: string): string {
 
 const hostPort = (address: string, port: number) => (address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`);
 
-export function formatTable(services: Iterable<PrintableService>, info: IpvsInfo): string {
+/** A note for a destination ("# health: a down (refused)"), or undefined for none. */
+export type DestNote = (service: Service, dest: Dest) => string | undefined;
+
+export function formatTable(services: Iterable<PrintableService>, info: IpvsInfo, note?: DestNote): string {
   const lines = [
     `IP Virtual Server version ${info.version} (size=${info.connTableSize})`,
     "Prot LocalAddress:Port Scheduler Flags",
@@ -41,9 +46,10 @@ export function formatTable(services: Iterable<PrintableService>, info: IpvsInfo
     const dests = [...s.dests].sort((a, b) => cmp(addrSortKey(a.address), addrSortKey(b.address)) || a.port - b.port);
     for (const d of dests) {
       const o = d as ObservedDest;
-      lines.push(
-        `  -> ${hostPort(d.address, d.port).padEnd(28)} ${METHOD_WORD[d.method].padEnd(7)} ${String(d.weight).padEnd(6)} ${String(o.activeConnections ?? 0).padEnd(10)} ${o.inactiveConnections ?? 0}`,
-      );
+      const head = `  -> ${hostPort(d.address, d.port).padEnd(28)} ${METHOD_WORD[d.method].padEnd(7)} ${String(d.weight).padEnd(6)} ${String(o.activeConnections ?? 0).padEnd(10)} `;
+      const inactive = String(o.inactiveConnections ?? 0);
+      const n = note?.(s, d);
+      lines.push(n ? `${head}${inactive.padEnd(10)} ${n}` : head + inactive);
     }
   }
   return lines.join("\n") + "\n";

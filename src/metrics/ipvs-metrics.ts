@@ -5,6 +5,7 @@ import client from "prom-client";
 import type { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { destKeyString, serviceKeyString, type ObservedService, type Stats } from "../ipvs/types.ts";
 import { scrapedMetric, type Health } from "./server.ts";
+import { healthMetrics } from "../health/metrics.ts";
 
 const STAT_FIELDS: [keyof Stats, string, string][] = [
   ["connections", "connections_total", "connections scheduled"],
@@ -102,6 +103,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
       for (const [op, n] of Object.entries(daemon.reconciler.counters.writes)) this.inc({ op }, n);
     },
   });
+  if (daemon.health) healthMetrics(registry, daemon.health);
   const simple = (name: string, help: string, value: () => number, type: "counter" | "gauge" = "counter") =>
     scrapedMetric(registry, type, name, help, value);
   new client.Counter({
