@@ -102,6 +102,7 @@ export class Reconciler {
     for (const s of yield* listSteps(this.ipvs)) {
       const entry = normalise(s);
       fresh.set(serviceKeyString(entry.service), entry);
+      yield;
     }
     this.actual.clear();
     for (const [k, e] of fresh) this.actual.set(k, e);

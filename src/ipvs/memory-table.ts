@@ -49,6 +49,11 @@ export class MemoryIpvsTable implements IpvsTable {
     return [...this.rows.values()].map((r) => ({ ...r.service, dests: this.observed(r) }));
   }
 
+  /** Without destinations: a reader takes them a service at a time (listSteps), as from the kernel. */
+  listServices(): ObservedService[] {
+    return [...this.rows.values()].map((r) => ({ ...r.service, dests: [] }));
+  }
+
   listDests(service: ServiceKey): ObservedDest[] {
     return this.observed(this.row(service));
   }
