@@ -486,6 +486,8 @@ export class DirSource implements ConfigSource {
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
   private watcher: FSWatcher | null = null;
+  /** Symlinks the watcher has met (absolute paths): followed and watched, even to a regular file. */
+  private watchedLinks = new Set<string>();
   private endReadyWait: (() => void) | null = null;
   /** The directories of the tree as last listed (relative paths). */
   private listedDirs = new Set<string>();
@@ -547,6 +549,7 @@ export class DirSource implements ConfigSource {
     this.watcher = null;
     this.endReadyWait?.();
     await watcher?.close();
+    this.watchedLinks.clear();
     this.links.clear();
     this.listedDirs.clear();
     this.dirty.clear();
@@ -604,7 +607,7 @@ export class DirSource implements ConfigSource {
       followSymlinks: true,
       depth: MAX_DEPTH,
       atomic: false, // every event is only a hint: no need to hold an unlink back
-      ignored: (p: string) => this.notWatched(p),
+      ignored: (p: string, st?: fs.Stats) => this.notWatched(p, st),
     });
     this.watcher = watcher;
     watcher.on("all", (_event: string, p: string) => this.hint(p));
@@ -631,8 +634,15 @@ export class DirSource implements ConfigSource {
     return rel;
   }
 
-  /** Hidden names are not watched, except ConfigMap internals (`..data`, `..<timestamp>`). */
-  private notWatched(p: string): boolean {
+  /**
+   * Hidden names are not watched, except ConfigMap internals (`..data`, `..<timestamp>`). Nor are
+   * regular files: their directory's watch reports every name in it (the raw hints), so chokidar
+   * keeps no state for them. A symlink is watched (chokidar calls this first with the link's own
+   * lstat, then with its target's stat): a symlinked file's target is watched through its directory.
+   */
+  private notWatched(p: string, st?: fs.Stats): boolean {
+    if (st?.isSymbolicLink()) this.watchedLinks.add(p);
+    else if (st?.isFile() && !this.watchedLinks.has(p)) return true;
     const rel = this.relOf(p);
     if (!rel) return false;
     return rel.split("/").some((n) => n.startsWith(".") && !n.startsWith(".."));
