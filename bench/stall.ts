@@ -1,6 +1,7 @@
 // The daemon never stalls (docs/config.md §4): the longest event-loop block of clusterf-ipvs
 // (-ipvs-mock, in-memory table) while it takes in a 10k × 10 config, measured by the lateness of
-// a 5 ms timer in the daemon's own process. Next to each figure, from the same run: the timer's
+// a 5 ms timer in the daemon's own process and the main thread's CPU time within that gap (on a
+// loaded machine a late timer may also be a process waiting for a CPU: the goal is on the block). Next to each figure, from the same run: the timer's
 // lateness while the daemon is idle, and the wall time of the whole sync (what a sync done in one
 // go would block). Each case runs in a fresh process. Exits non-zero when a block exceeds the goal.
 //
@@ -29,25 +30,40 @@ function makeTree(root: string, services: number): void {
   }
 }
 
-/** The timer's lateness: the longest gap beyond its period, and how many ticks were late by more than the goal. */
+/**
+ * The timer's lateness: the longest gap beyond its period (wall clock), and the main thread's CPU
+ * time within the longest gap (a gap the thread spent running is a block of the event loop; on a
+ * loaded machine a gap can also be time the process waited for a CPU); how many ticks the main
+ * thread ran for longer than the goal.
+ */
 function lagMonitor() {
+  const cpu = () => {
+    const u = process.threadCpuUsage();
+    return (u.user + u.system) / 1000;
+  };
   let max = 0;
+  let cpuMax = 0;
   let over = 0;
   let last = performance.now();
+  let lastCpu = cpu();
   const t = setInterval(() => {
     const now = performance.now();
+    const c = cpu();
     const late = now - last - TICK_MS;
+    const ran = Math.min(c - lastCpu, now - last);
     if (late > max) max = late;
-    if (late > GOAL_MS) over++;
+    if (ran > cpuMax) cpuMax = ran;
+    if (ran > GOAL_MS) over++;
     last = now;
+    lastCpu = c;
   }, TICK_MS);
   return {
     reset() {
-      max = 0;
-      over = 0;
+      max = cpuMax = over = 0;
       last = performance.now();
+      lastCpu = cpu();
     },
-    read: () => ({ max, over }),
+    read: () => ({ max, cpuMax, over }),
     stop: () => clearInterval(t),
   };
 }
@@ -117,7 +133,7 @@ async function child(kind: string, arg: string, services: number): Promise<void>
 
   await applied();
   out.syncMs = performance.now() - t1;
-  Object.assign(out, { maxMs: lag.read().max, over: lag.read().over });
+  Object.assign(out, { maxMs: lag.read().max, cpuMs: lag.read().cpuMax, over: lag.read().over });
   if (kind === "etcd-start") {
     // a reload (SIGHUP) of the same 110k keys: re-read, compared, nothing to write
     lag.reset();
@@ -127,7 +143,7 @@ async function child(kind: string, arg: string, services: number): Promise<void>
     const r0 = performance.now();
     await daemon.reload();
     out.reloadMs = performance.now() - r0;
-    Object.assign(out, { reloadMaxMs: lag.read().max, reloadOver: lag.read().over });
+    Object.assign(out, { reloadMaxMs: lag.read().max, reloadCpuMs: lag.read().cpuMax, reloadOver: lag.read().over });
   }
   lag.stop();
   await daemon.stop();
@@ -179,10 +195,10 @@ async function main(): Promise<number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-stall-"));
   const rows: string[][] = [];
   let failed = false;
-  const row = (what: string, r: { maxMs: number; idleMs: number; syncMs: number; over: number }) => {
-    const ok = r.maxMs <= GOAL_MS;
+  const row = (what: string, r: { maxMs: number; cpuMs: number; idleMs: number; syncMs: number; over: number }) => {
+    const ok = r.cpuMs <= GOAL_MS;
     if (!ok) failed = true;
-    rows.push([what, `${r.maxMs.toFixed(1)} ms`, String(r.over), `${r.idleMs.toFixed(1)} ms`, `${Math.round(r.syncMs)} ms`, ok ? "yes" : "NO"]);
+    rows.push([what, `${r.cpuMs.toFixed(1)} ms`, `${r.maxMs.toFixed(1)} ms`, String(r.over), `${r.idleMs.toFixed(1)} ms`, `${Math.round(r.syncMs)} ms`, ok ? "yes" : "NO"]);
     console.error(`bench: ${rows.at(-1)!.join(", ")}`);
   };
   try {
@@ -199,7 +215,7 @@ async function main(): Promise<number> {
       row(`etcd: ${label} keys put while it runs`, await runChild("etcd-live", etcd.clientUrl, services, () => putAll(etcd.clientUrl, services)));
       const r = await runChild("etcd-start", etcd.clientUrl, services);
       row(`etcd: ${label} keys, first read at start`, r);
-      row(`etcd: reload (SIGHUP) of the same ${label}`, { maxMs: r.reloadMaxMs!, over: r.reloadOver!, idleMs: r.idleMs!, syncMs: r.reloadMs! });
+      row(`etcd: reload (SIGHUP) of the same ${label}`, { maxMs: r.reloadMaxMs!, cpuMs: r.reloadCpuMs!, over: r.reloadOver!, idleMs: r.idleMs!, syncMs: r.reloadMs! });
     } finally {
       await etcd.destroy();
     }
@@ -209,7 +225,7 @@ async function main(): Promise<number> {
   return report();
 
   function report(): number {
-    const head = ["case", "longest block", `blocks > ${GOAL_MS} ms`, "yardstick: idle lateness", "yardstick: whole sync", `≤ ${GOAL_MS} ms`];
+    const head = ["case", "longest block (main thread running)", "longest timer lateness", `blocks > ${GOAL_MS} ms`, "yardstick: idle lateness", "yardstick: whole sync", `≤ ${GOAL_MS} ms`];
     console.log(`| ${head.join(" | ")} |\n|${head.map(() => "---").join("|")}|`);
     for (const r of rows) console.log(`| ${r.join(" | ")} |`);
     if (failed) console.log(`goal missed: a block of the event loop exceeded ${GOAL_MS} ms`);
