@@ -484,7 +484,7 @@ export class EtcdSource implements ConfigSource {
           const kvs = res.kvs;
           for (const kv of kvs) {
             const k = this.relKey(kv.key);
-            if (k !== null) entries.set(k, this.rawValue(kv.key, kv.value));
+            if (k !== null) entries.set(k, this.rawValue(k, kv.value));
           }
           if (!res.more || kvs.length === 0) return { entries, rev, pages };
           // The next page starts at the smallest key after the last one (a copy: the key is a
@@ -507,8 +507,12 @@ export class EtcdSource implements ConfigSource {
     return key.subarray(this.base.length).toString("utf8");
   }
 
-  private rawValue(key: Buffer, value: Buffer): RawValue {
-    return { text: value.toString("utf8"), format: "json", origin: key.toString("utf8") };
+  /**
+   * The value of the key `rel` (relative to the prefix). Its origin, the full key, is the prefix
+   * and `rel` joined, not a string of its own: it is only read for error messages.
+   */
+  private rawValue(rel: string, value: Buffer): RawValue {
+    return { text: value.toString("utf8"), format: "json", origin: this.baseText + rel };
   }
 
   /**
@@ -619,7 +623,7 @@ export class EtcdSource implements ConfigSource {
       const k = this.relKey(ev.kv.key);
       if (k === null) continue;
       byKey.delete(k); // keep the order of last occurrence
-      byKey.set(k, { key: k, value: ev.type === "Delete" ? null : this.rawValue(ev.kv.key, ev.kv.value) });
+      byKey.set(k, { key: k, value: ev.type === "Delete" ? null : this.rawValue(k, ev.kv.value) });
     }
     this.rev = maxRev;
     if (byKey.size === 0) return;
