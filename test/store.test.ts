@@ -188,6 +188,18 @@ describe("merging sources", () => {
     expect(s.apply("etcd", put("services/a/backends/x", '{"IPV4":"192.0.2.1","tcp":80,"weight":10}'))).toBeUndefined();
   });
 
+  test("a check edit is a change; the same check written again is not", () => {
+    const { s } = store();
+    const be = (check: unknown) => put("services/a/backends/x", { ipv4: "192.0.2.1", tcp: 80, check });
+    expect(s.apply("etcd", be({ type: "http", interval: "2s" }))).toEqual({ kind: "service", service: "a" });
+    expect(s.apply("etcd", be({ Type: "http", interval: "2000ms" }))).toBeUndefined();
+    for (const edit of [{ type: "http", interval: "3s" }, { type: "http", interval: "3s", path: "/h" }, { type: "http", interval: "3s", path: "/h", status: [200, 204] }, false, { type: "tcp" }]) {
+      expect(s.apply("etcd", be(edit)), JSON.stringify(edit)).toEqual({ kind: "service", service: "a" });
+    }
+    expect(s.apply("etcd", put("services/a/frontend", { ipv4: "192.0.2.9", tcp: 80, check: { fall: 2 } }))).toEqual({ kind: "service", service: "a" });
+    expect(s.apply("etcd", put("services/a/frontend", { ipv4: "192.0.2.9", tcp: 80, check: { fall: 3 } }))).toEqual({ kind: "service", service: "a" });
+  });
+
   test("property: the merged view depends on the sources' contents, not on the order of events", () => {
     const keys = ["services/s/frontend", "services/s/backends/a", "services/s/backends/b", "routes/r"];
     const valueFor = (key: string, n: number) =>

@@ -6,7 +6,7 @@
 
 import { quote } from "../util/log.ts";
 import type { KeyEvent, RawValue, SourceName } from "./source.ts";
-import { parseBackend, parseFrontend, parseRoute, type Backend, type Cidr, type Frontend, type Route } from "./values.ts";
+import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
 
 export type KeyPath =
   | { kind: "frontend"; service: string }
@@ -98,8 +98,8 @@ function parseValue(path: KeyPath, raw: RawValue): { value: Value; warnings: str
 }
 
 /**
- * Equality of parsed values: their fields are primitives, or a Cidr (compared by its fields); an
- * undefined field is an absent one.
+ * Equality of parsed values: their fields are primitives, or plain objects (a Cidr, a health
+ * check) compared by their contents; an undefined field is an absent one.
  */
 function sameValue(a: Value | undefined, b: Value | undefined): boolean {
   if (a === b) return true;
@@ -114,9 +114,7 @@ function sameValue(a: Value | undefined, b: Value | undefined): boolean {
 function sameField(a: unknown, b: unknown): boolean {
   if (a === b) return true;
   if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
-  const c = a as Cidr;
-  const d = b as Cidr;
-  return c.bits === d.bits && c.length === d.length && c.address === d.address;
+  return Bun.deepEquals(a, b);
 }
 
 export class ConfigStore {

@@ -4,7 +4,7 @@
 // appear, the last one in the document wins (also as Go did).
 
 import type * as Yaml from "yaml";
-import { checkText, parseCheck, type CheckSetting } from "../health/check-config.ts";
+import { parseCheck, type CheckSetting } from "../health/check-config.ts";
 import { addressBytes, addressText } from "../ipvs/types.ts";
 import type { ValueFormat } from "./source.ts";
 
@@ -21,8 +21,6 @@ export interface Frontend {
   persistent: number;
   /** The health check of every backend of the service (a backend's own replaces it); false = none. */
   check?: CheckSetting;
-  /** The check's canonical text, set with `check`: the store compares values by their primitive fields. */
-  checkKey?: string;
 }
 
 export interface Backend {
@@ -33,8 +31,6 @@ export interface Backend {
   weight: number;
   /** This backend's own health check (replaces the frontend's); false = none. */
   check?: CheckSetting;
-  /** The check's canonical text, set with `check`: the store compares values by their primitive fields. */
-  checkKey?: string;
 }
 
 export interface Cidr {
@@ -256,7 +252,6 @@ function withCheck(into: Frontend | Backend, fields: Map<string, unknown>, warni
   warnings.push(...c.warnings);
   if (c.value === undefined) return;
   into.check = c.value;
-  into.checkKey = c.value === false ? "off" : checkText(c.value);
 }
 const ROUTE_KEYS = foldMap(["Prefix4", "Gateway4", "Prefix6", "Gateway6", "Prefix", "Gateway", "IpvsMethod"]);
 

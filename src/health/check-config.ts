@@ -200,11 +200,6 @@ function makeSpecKey(spec: CheckSpec): string {
   return parts.join(" ");
 }
 
-/** The whole check as text (its key and its port): equal texts, equal checks. */
-export function checkText(spec: CheckSpec): string {
-  return spec.port === undefined ? specKey(spec) : `${specKey(spec)} port=${spec.port}`;
-}
-
 /** "198.51.100.1:80", "[2001:db8::1]:80". */
 export function hostPort(address: string, port: number): string {
   return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
