@@ -205,6 +205,32 @@ describe("DirSource watcher", () => {
     });
   }
 
+  // A deploy tool's `..data`-like swap between two staging directories, each rebuilt under its
+  // old name (rm -r + mkdir), and then an operator's in-place edit of the live file (vim writes a
+  // symlinked file in place, through the link): the edit lands in a directory replaced under the
+  // same name, the one chokidar 4 stopped watching.
+  for (const gap of [5, 40]) {
+    watchTest(`..data swapped between two rebuilt directories, the live file then edited in place ${gap} ms later: the edit is seen`, async () => {
+      const root = h.newRoot();
+      write(root, "..a/frontend", '{"tcp":80}');
+      fs.symlinkSync("..a", path.join(root, "..data"));
+      fs.symlinkSync("..data/frontend", path.join(root, "frontend"));
+      const { rec } = await h.start(root, WATCH_ONLY);
+      for (let i = 1; i <= 4; i++) {
+        const buf = i % 2 ? "..b" : "..a";
+        fs.rmSync(path.join(root, buf), { recursive: true, force: true });
+        write(root, `${buf}/frontend`, `{"tcp":${80 + i}}`);
+        fs.symlinkSync(buf, path.join(root, "..data_tmp"));
+        fs.renameSync(path.join(root, "..data_tmp"), path.join(root, "..data"));
+        await until(() => rec.map.get("frontend")?.text === `{"tcp":${80 + i}}`, 1000);
+        await sleep(gap);
+        fs.writeFileSync(path.join(root, "frontend"), `{"tcp":${180 + i}}`);
+        await until(() => rec.map.get("frontend")?.text === `{"tcp":${180 + i}}`, 1000);
+      }
+      await converged(root, rec, 1000);
+    });
+  }
+
   // At least 200 bursts of 10-20 random edits on one running source; after each, the source
   // equals a fresh read. The fixed seeds stay as regression cases; every run adds a new one.
   for (const seed of seeds("DIR_WATCH_SEED", [1, 20261201])) {
