@@ -423,3 +423,74 @@ describe("health-checked weights", () => {
     expect(warnings.length).toBe(6);
   });
 });
+
+describe("published health of a gateway's backends (two tiers)", () => {
+  const twoTier = {
+    "services/web/frontend": { ipv4: "192.0.2.1", tcp: 80 },
+    "services/web/backends/a": { ipv4: "198.51.100.1", tcp: 8080, weight: 3 },
+    "services/web/backends/b": { ipv4: "198.51.100.2", tcp: 8080, weight: 1 },
+    "services/web/backends/c": { ipv4: "198.51.100.130", tcp: 8080, weight: 4 },
+    "services/web/backends/x": { ipv4: "203.0.113.9", tcp: 8080, weight: 9 },
+    "routes/mid1": { Prefix4: "198.51.100.0/25", Gateway4: "192.0.2.21", IpvsMethod: "droute" },
+    "routes/mid2": { Prefix4: "198.51.100.128/25", Gateway4: "192.0.2.22", IpvsMethod: "droute" },
+    "routes/default": { IpvsMethod: "filter" },
+  };
+
+  /** The table of a frontend-tier store holding `config` (health/ keys included), with the store's published lookup. */
+  function frontTable(config: Record<string, unknown>) {
+    const s = new ConfigStore();
+    s.snapshot("etcd", entries(config));
+    const t = new DesiredTable({ ...DEFAULT_DESIRED_OPTIONS, published: (r, svc, b) => s.publishedWeight(r, svc, b) });
+    t.rebuild(s.services, s.routes);
+    const lines = () =>
+      formatTable([...t.table.values()].map((e) => ({ ...e.service, dests: e.dests.values() })), { version: "1.2.1", connTableSize: 4096 })
+        .split("\n")
+        .slice(3)
+        .filter(Boolean)
+        .map((l) => l.replace(/\s+/g, " ").trim());
+    return { s, t, lines };
+  }
+
+  test("no record: the configured weights are summed", () => {
+    expect(frontTable(twoTier).lines()).toEqual(["TCP 192.0.2.1:80 wlc", "-> 192.0.2.21:80 Route 4 0 0", "-> 192.0.2.22:80 Route 4 0 0"]);
+  });
+
+  test("a published weight replaces its backend's share; another route's record or name changes nothing", () => {
+    const { lines } = frontTable({
+      ...twoTier,
+      "health/mid1/web/a": { weight: 0 },
+      // mid2 publishes nothing for a: a is behind mid1, so this record is not a's.
+      "health/mid2/web/a": { weight: 0 },
+      // Filtered backend x, a service that does not exist: nothing.
+      "health/mid1/web/x": { weight: 0 },
+      "health/mid1/nosuch/a": { weight: 0 },
+    });
+    expect(lines()).toEqual(["TCP 192.0.2.1:80 wlc", "-> 192.0.2.21:80 Route 1 0 0", "-> 192.0.2.22:80 Route 4 0 0"]);
+  });
+
+  test("all of an intermediate's backends down: its weight is 0 (quiescent, not removed); a ramp value counts, never above the configured weight", () => {
+    const { lines } = frontTable({ ...twoTier, "health/mid1/web/a": { weight: 0 }, "health/mid1/web/b": { weight: 0 }, "health/mid2/web/c": { weight: 9 } });
+    expect(lines()).toEqual(["TCP 192.0.2.1:80 wlc", "-> 192.0.2.21:80 Route 0 0 0", "-> 192.0.2.22:80 Route 4 0 0"]);
+    const ramp = frontTable({ ...twoTier, "health/mid1/web/a": { weight: 2 } });
+    expect(ramp.lines()).toEqual(["TCP 192.0.2.1:80 wlc", "-> 192.0.2.21:80 Route 3 0 0", "-> 192.0.2.22:80 Route 4 0 0"]);
+  });
+
+  test("a record put or deleted is a change of its service: recomputed, back to the configured weight when it goes (expired with its lease)", () => {
+    const { s, t, lines } = frontTable(twoTier);
+    const c = s.apply("etcd", put("health/mid1/web/a", { weight: 0 }))!;
+    expect(c).toEqual({ kind: "service", service: "web" });
+    t.updateServices(["web"], s.services);
+    expect(lines()).toContain("-> 192.0.2.21:80 Route 1 0 0");
+    expect(s.apply("etcd", put("health/mid1/web/a", { weight: 0 }))).toBeUndefined(); // the same again
+    expect(s.apply("etcd", del("health/mid1/web/a"))).toEqual({ kind: "service", service: "web" });
+    t.updateServices(["web"], s.services);
+    expect(lines()).toContain("-> 192.0.2.21:80 Route 4 0 0");
+  });
+
+  test("a host's own destinations ignore records: its checks decide (no gateway)", () => {
+    const s = new ConfigStore();
+    s.snapshot("etcd", entries({ ...twoTier, "routes/mid1": { Prefix4: "198.51.100.0/25", IpvsMethod: "masq" }, "health/mid1/web/a": { weight: 0 } }));
+    const t = compileAll(s.services, s.routes, { ...DEFAULT_DESIRED_OPTIONS, published: (r, svc, b) => s.publishedWeight(r, svc, b) });
+    expect(t.get("inet+tcp://192.0.2.1:80")!.dests.get("198.51.100.1:8080")!.weight).toBe(3);
+  });
+});

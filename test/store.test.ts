@@ -34,6 +34,10 @@ describe("key paths", () => {
     ["routes/" + "x".repeat(256), undefined],
     ["routes/" + "x".repeat(255), { kind: "route", route: "x".repeat(255) }],
     ["routes/a..b", { kind: "route", route: "a..b" }],
+    ["health/mid1/web/b1", { kind: "health", route: "mid1", service: "web", backend: "b1" }],
+    ["health/mid1/web", undefined],
+    ["health/mid1/web/b1/x", undefined],
+    ["health/mid1/../b1", undefined],
     ["routes/ünïcødé name", { kind: "route", route: "ünïcødé name" }],
   ])("%s", (key, want) => {
     expect(parseKeyPath(key)).toEqual(want as never);
@@ -233,5 +237,36 @@ describe("merging sources", () => {
       }),
       { seed: 42, numRuns: 300 },
     );
+  });
+});
+
+describe("published health records (health/ROUTE/SERVICE/BACKEND, from etcd)", () => {
+  test("parsed with the usual rules: a bad value is an error and the last good one stays; unknown keys warn", () => {
+    const { s, errors, warnings } = store();
+    expect(s.apply("etcd", put("health/mid1/web/a", { weight: 0 }))).toEqual({ kind: "service", service: "web" });
+    expect(s.publishedWeight("mid1", "web", "a")).toBe(0);
+    for (const bad of ['{"weight": -1}', '{"weight": "x"}', "{}", "not json"]) expect(s.apply("etcd", put("health/mid1/web/a", bad))).toBeUndefined();
+    expect(errors).toHaveLength(4);
+    expect(errors[0]!.message).toMatch(/weight must be an integer.*last good value stays in force/);
+    expect(s.publishedWeight("mid1", "web", "a")).toBe(0);
+    s.apply("etcd", put("health/mid1/web/a", { Weight: 2, extra: 1 }));
+    expect(s.publishedWeight("mid1", "web", "a")).toBe(2);
+    expect(warnings.map((w) => w.message)).toEqual(['unknown key "extra" ignored']);
+    expect(s.apply("etcd", del("health/mid1/web/a"))).toEqual({ kind: "service", service: "web" });
+    expect(s.publishedWeight("mid1", "web", "a")).toBeUndefined();
+    expect(s.apply("etcd", del("health/mid1/web/a"))).toBeUndefined();
+  });
+
+  test("a snapshot without a record removes it; a local tree's health/ is not read (skipped like other names)", () => {
+    const skipped: ConfigProblem[] = [];
+    const s = new ConfigStore({ onSkipped: (p) => skipped.push(p) });
+    s.snapshot("etcd", entries({ "health/mid1/web/a": { weight: 0 }, "health/mid1/web/b": { weight: 1 } }));
+    expect(s.publishedWeight("mid1", "web", "b")).toBe(1);
+    expect(s.snapshot("etcd", entries({ "health/mid1/web/a": { weight: 0 } }))).toEqual([{ kind: "service", service: "web" }]);
+    expect(s.publishedWeight("mid1", "web", "b")).toBeUndefined();
+    expect(s.publishedWeight("mid1", "web", "a")).toBe(0);
+    expect(s.apply("local", put("health/mid1/web/c", { weight: 0 }))).toBeUndefined();
+    expect(s.publishedWeight("mid1", "web", "c")).toBeUndefined();
+    expect(skipped.map((p) => p.message)).toEqual([expect.stringContaining('"health/"')]);
   });
 });

@@ -12,6 +12,7 @@ import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertise
 import type { Etcd3 } from "etcd3";
 import { startMetrics } from "../metrics/server.ts";
 import { Checker } from "../health/checker.ts";
+import { HealthPublisher } from "../health/publish.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -69,7 +70,7 @@ export const IPVS_FLAGS: FlagSpec[] = [
 ];
 
 /** The advertised route from the flags, checked as readers will check it; undefined when not asked for. */
-function advertisedRoute(flags: FlagValues): { key: string; value: string } | undefined {
+function advertisedRoute(flags: FlagValues): { key: string; value: string; name: string; prefix: string } | undefined {
   const name = flags["advertise-route-name"] as string;
   if (!name) return undefined;
   if (!/^[^/\s]+$/.test(name)) throw new FlagError(`invalid value ${JSON.stringify(name)} for flag -advertise-route-name: not a key name`);
@@ -82,7 +83,8 @@ function advertisedRoute(flags: FlagValues): { key: string; value: string } | un
       Gateway6: flags["advertise-route-gateway6"] as string,
       IpvsMethod: flags["advertise-route-ipvs-method"] as string,
     });
-    return { key: `${(flags["etcd-prefix"] as string).replace(/\/+$/, "")}/routes/${name}`, value };
+    const prefix = (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+    return { key: `${prefix}/routes/${name}`, value, name, prefix };
   } catch (e) {
     throw new FlagError(`invalid -advertise-route-* flags: ${(e as Error).message}`);
   }
@@ -111,7 +113,7 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
 
 export async function main(argv: string[]): Promise<number> {
   const flags = parseOrExit("clusterf-ipvs", "Keeps the kernel's IPVS table equal to the clusterf config.", argv, IPVS_FLAGS);
-  let advertise: { key: string; value: string } | undefined;
+  let advertise: ReturnType<typeof advertisedRoute>;
   try {
     advertise = advertisedRoute(flags);
   } catch (e) {
@@ -181,16 +183,25 @@ export async function main(argv: string[]): Promise<number> {
 
   let advertiser: RouteAdvertiser | undefined;
   let etcdClient: Etcd3 | undefined;
+  let publisher: HealthPublisher | undefined;
   if (advertise) {
     const { makeEtcdClient, passThroughFaultHandling } = await import("../config/etcd-source.ts");
     etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
     advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, etcdTtlSeconds(flags));
     firstApply.then(() => advertiser!.start());
+    // The health of the backends behind the route, under its lease, for the frontend tier.
+    const health = daemon.health;
+    if (health) {
+      publisher = new HealthPublisher(advertiser, () => daemon.healthRecords(), advertise.prefix, advertise.name);
+      health.listen({ change: () => publisher!.update() });
+      daemon.onSync(() => publisher!.update());
+    }
   }
 
   return await new Promise<number>((resolve) => {
     const stop = (signal: string) => {
       log.info("exit", { signal });
+      publisher?.stop();
       Promise.all([advertiser?.stop(), daemon.stop()])
         .finally(() => {
           etcdClient?.close();

@@ -3,15 +3,19 @@
 // from etcd are dropped with -filter-etcd-routes. A bad value is reported and the key keeps its
 // last good value (or none). The store reports which services and routes changed, so that the
 // desired table is recomputed only where it must be.
+// health/ROUTE/SERVICE/BACKEND (etcd only: an intermediate host's published backend health,
+// src/health/publish.ts) is kept apart from the config: a change is a change of that service.
 
 import { quote } from "../util/log.ts";
 import type { KeyEvent, RawValue, SourceName } from "./source.ts";
+import { parseHealthRecord } from "../health/publish.ts";
 import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
 
 export type KeyPath =
   | { kind: "frontend"; service: string }
   | { kind: "backend"; service: string; backend: string }
-  | { kind: "route"; route: string };
+  | { kind: "route"; route: string }
+  | { kind: "health"; route: string; service: string; backend: string };
 
 /** A parsed value; its kind is its key path's. */
 type Value = Frontend | Backend | Route;
@@ -37,7 +41,7 @@ export interface StoreOptions {
   onError?: (p: ConfigProblem) => void;
   /** Unknown JSON keys and other harmless oddities. */
   onWarning?: (p: ConfigProblem) => void;
-  /** Keys outside the layout's top-level names (services/, routes/): skipped, reported once per name. */
+  /** Keys outside the layout's top-level names (services/, routes/, and health/ from etcd): skipped, reported once per name. */
   onSkipped?: (p: ConfigProblem) => void;
 }
 
@@ -75,6 +79,11 @@ export function parseKeyPath(key: string): KeyPath | undefined {
     const route = key.slice(7);
     return route.includes("/") || nameProblem(route) !== undefined ? undefined : { kind: "route", route };
   }
+  if (key.startsWith("health/")) {
+    const parts = key.slice(7).split("/");
+    if (parts.length !== 3 || parts.some((p) => nameProblem(p) !== undefined)) return undefined;
+    return { kind: "health", route: parts[0]!, service: parts[1]!, backend: parts[2]! };
+  }
   if (!key.startsWith("services/")) return undefined;
   const slash = key.indexOf("/", 9);
   if (slash < 0) return undefined;
@@ -86,7 +95,7 @@ export function parseKeyPath(key: string): KeyPath | undefined {
   return backend.includes("/") || nameProblem(backend) !== undefined ? undefined : { kind: "backend", service, backend };
 }
 
-function parseValue(path: KeyPath, raw: RawValue): { value: Value; warnings: string[] } {
+function parseValue(path: Exclude<KeyPath, { kind: "health" }>, raw: RawValue): { value: Value; warnings: string[] } {
   switch (path.kind) {
     case "frontend":
       return parseFrontend(raw.text, raw.format);
@@ -130,6 +139,9 @@ export class ConfigStore {
   readonly services = new Map<string, MergedService>();
   readonly routes = new Map<string, Route>();
 
+  /** Published backend health from etcd: "ROUTE/SERVICE/BACKEND" → weight. */
+  private readonly health = new Map<string, number>();
+
   private readonly skipped = new Set<string>();
   /** Per source, key → the text whose warnings were reported last (only keys with warnings). */
   private readonly warned: Record<SourceName, Map<string, string>> = { local: new Map(), etcd: new Map() };
@@ -140,10 +152,12 @@ export class ConfigStore {
 
   /** Applies one key event from a source; returns the change in the merged view, if any. */
   apply(source: SourceName, event: KeyEvent): Change | undefined {
-    const path = parseKeyPath(event.key);
+    let path = parseKeyPath(event.key);
+    // Health records come from the other tier through etcd; a local tree has none.
+    if (path?.kind === "health" && source === "local") path = undefined;
     if (!path) {
       const top = event.key.split("/")[0]!;
-      if (top !== "services" && top !== "routes") {
+      if (top !== "services" && top !== "routes" && (top !== "health" || source === "local")) {
         // Not config at all (docs or examples kept beside the tree, another tool's keys): one
         // line per top-level name, not a warning per key.
         if (event.value && !this.skipped.has(`${source}:${top}`)) {
@@ -154,11 +168,12 @@ export class ConfigStore {
       }
       if (event.value) {
         const badName = event.key.split("/").map(nameProblem).find((p) => p !== undefined);
-        const message = badName ?? "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME or routes/NAME)";
+        const message = badName ?? "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME, routes/NAME or health/ROUTE/SERVICE/BACKEND)";
         this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message });
       }
       return undefined;
     }
+    if (path.kind === "health") return this.applyHealth(event, path);
     let value: Value | undefined;
     if (event.value === null) {
       this.warned[source].delete(event.key);
@@ -188,6 +203,37 @@ export class ConfigStore {
     this.place(path, after);
     if (sameValue(before, after)) return undefined;
     // A service's keys come one after another in a full read: one (read-only) change object for the run.
+    if (this.lastChange?.service !== path.service) this.lastChange = { kind: "service", service: path.service };
+    return this.lastChange;
+  }
+
+  /** The weight an intermediate host published for a backend behind its route (undefined: none). */
+  publishedWeight(route: string, service: string, backend: string): number | undefined {
+    return this.health.size === 0 ? undefined : this.health.get(`${route}/${service}/${backend}`);
+  }
+
+  private applyHealth(event: KeyEvent, path: KeyPath & { kind: "health" }): Change | undefined {
+    const id = `${path.route}/${path.service}/${path.backend}`;
+    const before = this.health.get(id);
+    if (event.value === null) {
+      this.warned.etcd.delete(event.key);
+      if (before === undefined) return undefined;
+      this.health.delete(id);
+    } else {
+      let weight: number;
+      try {
+        const parsed = parseHealthRecord(event.value.text, event.value.format);
+        this.reportWarnings("etcd", event.key, event.value, parsed.warnings);
+        weight = parsed.value.weight;
+      } catch (e) {
+        this.warned.etcd.delete(event.key);
+        const kept = before !== undefined ? "; the last good value stays in force" : "";
+        this.opts.onError?.({ source: "etcd", key: event.key, origin: event.value.origin, message: `${(e as Error).message}${kept}` });
+        return undefined;
+      }
+      if (weight === before) return undefined;
+      this.health.set(id, weight);
+    }
     if (this.lastChange?.service !== path.service) this.lastChange = { kind: "service", service: path.service };
     return this.lastChange;
   }
@@ -234,6 +280,7 @@ export class ConfigStore {
       for (const backend of svc.backends.keys()) keys.push(`services/${name}/backends/${backend}`);
     }
     for (const name of routes.keys()) keys.push(`routes/${name}`);
+    if (source === "etcd") for (const id of this.health.keys()) keys.push(`health/${id}`);
     return keys;
   }
 

@@ -10,6 +10,7 @@ import { DesiredTable, type DesiredOptions } from "../model/desired.ts";
 import { formatTable } from "../ipvs/print.ts";
 import type { Checker } from "../health/checker.ts";
 import { healthNote } from "../health/notes.ts";
+import { healthRecords } from "../health/publish.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import { Reconciler, type SyncResult } from "./reconciler.ts";
 import * as log from "../util/log.ts";
@@ -90,7 +91,13 @@ export class IpvsDaemon implements SourceSink {
       onSkipped: (p) => log.info(`config: ${p.message}`, { source: p.source, key: p.key }),
     });
     const health = opts.health;
-    const desired = health ? { ...opts.desired, weight: (key: string, w: number) => health.weight(key, w) } : opts.desired;
+    const store = this.store;
+    const desired: DesiredOptions = {
+      ...opts.desired,
+      // What intermediate hosts published for the backends behind their routes (two tiers).
+      published: (route, service, backend) => store.publishedWeight(route, service, backend),
+    };
+    if (health) desired.weight = (key, w) => health.weight(key, w);
     this.desired = new DesiredTable(desired, (m, f) => log.warn(`config: ${m}`, f));
     health?.listen({
       change: (keys) => {
@@ -134,6 +141,13 @@ export class IpvsDaemon implements SourceSink {
   /** Called after every sync (metrics). */
   onSync(listener: (kind: SyncKind, ms: number, r: SyncResult) => void): void {
     this.syncListeners.push(listener);
+  }
+
+  /** The backend health to publish for the frontend tier (src/health/publish.ts): "SERVICE/BACKEND" → weight. */
+  healthRecords(): Map<string, number> {
+    const health = this.opts.health;
+    if (!health || !this.started) return new Map();
+    return healthRecords(this.desired.checkTargets(), (s, b) => this.store.services.get(s)?.backends.get(b)?.weight, (k, w) => health.weight(k, w));
   }
 
   get health(): Checker | undefined {

@@ -2,6 +2,8 @@
 // host writes routes/NAME into etcd, bound to a lease it keeps alive, so that a dead host's
 // route disappears after the TTL. The key is written again whenever the lease is re-established
 // (after an etcd outage, a new lease if the old one expired) and removed at a clean exit.
+// Other keys can live under the same lease (setKeys: the intermediate's published backend health,
+// src/health/publish.ts): written after the route, again with it, and gone with the lease.
 
 import type { Etcd3, Lease } from "etcd3";
 import { parseRoute } from "../config/values.ts";
@@ -34,6 +36,12 @@ export class RouteAdvertiser {
   private failing = false;
   /** True while the key is believed to be in etcd under a live lease. */
   advertised = false;
+  /** The other keys wanted under the lease (setKeys), and those believed written under the current one. */
+  private wanted = new Map<string, string>();
+  private written = new Map<string, string>();
+  /** Keys that may still be in etcd from before (an older lease, a failed write): deleted unless wanted. */
+  private stale = new Set<string>();
+  private flushing = false;
 
   constructor(
     private readonly client: Etcd3,
@@ -80,6 +88,10 @@ export class RouteAdvertiser {
         if (!this.advertised) log.info("route: advertised", { key: this.key, value: this.value, ttl: this.ttlSeconds });
         this.advertised = true;
         this.backoffMs = 250;
+        // Written again under this lease: what an older one held may be gone, or still there.
+        for (const k of this.written.keys()) this.stale.add(k);
+        this.written = new Map();
+        this.flush();
       })
       .catch((err: Error) => {
         if (lease !== this.lease || this.stopped) return;
@@ -87,6 +99,34 @@ export class RouteAdvertiser {
         lease.release();
         this.retry();
       });
+  }
+
+  /** Makes the other keys under the lease equal to `keys` (key → value), as soon as the lease is up. */
+  setKeys(keys: Map<string, string>): void {
+    this.wanted = keys;
+    this.flush();
+  }
+
+  /** Writes the differences between the wanted and the written keys, one batch at a time. */
+  private flush(): void {
+    const lease = this.lease;
+    if (this.flushing || this.stopped || !this.advertised || !lease) return;
+    const puts = [...this.wanted].filter(([k, v]) => this.written.get(k) !== v);
+    const deletes = [...new Set([...this.written.keys(), ...this.stale])].filter((k) => !this.wanted.has(k));
+    if (puts.length === 0 && deletes.length === 0) return;
+    this.flushing = true;
+    const ops = [
+      ...puts.map(([k, v]) => lease.put(k).value(v).then(() => void (lease === this.lease && this.written.set(k, v)))),
+      ...deletes.map((k) => this.client.delete().key(k).then(() => void (this.written.delete(k), this.stale.delete(k)))),
+    ];
+    Promise.allSettled(ops).then((results) => {
+      this.flushing = false;
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed) {
+        log.warn("route: cannot write the keys under the route's lease; retrying", { key: this.key, error: (failed.reason as Error).message });
+        setTimeout(() => this.flush(), 1000);
+      } else this.flush(); // changed meanwhile
+    });
   }
 
   private retry(): void {

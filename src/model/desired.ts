@@ -5,6 +5,9 @@
 // Health checks: a backend's check (its own, else its frontend's) applies to the destinations it
 // programs itself (no gateway; filtered backends have none); their weights come through the
 // `weight` lookup (the health checker's, in the daemon), and merged destinations sum those.
+// A backend sent to a route's gateway is weighted by what the gateway host published for it
+// (the `published` lookup: health/ROUTE/SERVICE/BACKEND in etcd, src/health/publish.ts), never
+// more than its configured weight; without a record, by its configured weight.
 
 import type { MergedService } from "../config/store.ts";
 import { MAX_WEIGHT, type Route } from "../config/values.ts";
@@ -64,6 +67,8 @@ export interface DesiredOptions {
   elide: boolean;
   /** Health-adjusted weights of checked destinations; absent = the configured weights (no checks run). */
   weight?: WeightOf;
+  /** The weight the host behind route `route` published for a backend (undefined: none, the configured weight). */
+  published?: (route: string, service: string, backend: string) => number | undefined;
 }
 
 export const DEFAULT_DESIRED_OPTIONS: DesiredOptions = { defaultMethod: "masq", scheduler: "wlc", elide: false };
@@ -131,7 +136,7 @@ export function compileService(
         // UDP has no connect to test: a UDP destination is checked only through a check's own port.
         const checked = spec && (protocol !== "udp" || spec.port !== undefined) ? spec : undefined;
         const tkey = checked && targetKey(address, bport, checked);
-        const weight = tkey && opts.weight ? opts.weight(tkey, b.weight) : b.weight;
+        const weight = tkey && opts.weight ? opts.weight(tkey, b.weight) : gateway ? gatewayWeight(opts, match!.name, name, backendName, b.weight) : b.weight;
         const dest: Dest = gateway
           ? { address: gateway, port, method, weight, upperThreshold: 0, lowerThreshold: 0 }
           : { address, port: bport, method, weight, upperThreshold: 0, lowerThreshold: 0 };
@@ -175,6 +180,12 @@ export function compileService(
     }
   }
   return out;
+}
+
+/** A gateway destination's share for one backend: the published weight when there is one, at most the configured one. */
+function gatewayWeight(opts: DesiredOptions, route: string, service: string, backend: string, configured: number): number {
+  const published = opts.published?.(route, service, backend);
+  return published === undefined ? configured : Math.min(published, configured);
 }
 
 /** Compiles a whole config at once (for tests and the benchmark's full compute). */
