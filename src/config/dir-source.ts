@@ -43,6 +43,7 @@ import { watch as chokidarWatch, type FSWatcher } from "chokidar";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
 import { debug, info, warn } from "../util/log.ts";
 import { MAX_VALUE_BYTES } from "./values.ts";
+import { SLICE_MS, turn } from "../util/slices.ts";
 
 export interface DirSourceOptions {
   /** The -config-path directory. */
@@ -115,6 +116,12 @@ function isBelow(rel: string, dir: string): boolean {
   return dir === "" ? rel !== "" : rel.startsWith(dir + "/");
 }
 
+function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
+  const list = m.get(k);
+  if (list) list.push(v);
+  else m.set(k, [v]);
+}
+
 function errCode(e: unknown): string {
   return (e as NodeJS.ErrnoException)?.code ?? String(e);
 }
@@ -162,9 +169,6 @@ function newScan(): ScanResult {
   return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
 }
 
-/** Work done without yielding before the reader lets the event loop run (it reads synchronously). */
-const SLICE_MS = 20;
-
 /**
  * The reading half, without any watching: also used for one-shot reads. It reads with
  * synchronous calls (under Bun an awaited fs.promises call costs ~0.2 ms, 40× a synchronous
@@ -196,9 +200,10 @@ class TreeReader {
     return rel === "" ? this.root : path.join(this.root, rel);
   }
 
+  /** The slice runs on across scans: a flush of thousands of paths is many scans in a row. */
   private async yieldIfDue(): Promise<void> {
     if (performance.now() - this.sliceStart < SLICE_MS) return;
-    await new Promise((r) => setImmediate(r));
+    await turn();
     this.sliceStart = performance.now();
   }
 
@@ -230,7 +235,6 @@ class TreeReader {
   /** Re-read the subtree at `relDir` ("" = everything), exactly as a fresh read of the tree would see it. */
   async scanTree(relDir: string): Promise<ScanResult> {
     const res = newScan();
-    this.sliceStart = performance.now();
     const depth = relDir === "" ? 0 : relDir.split("/").length;
     const seen = relDir === "" ? new Set<string>() : this.ancestry(dirOf(relDir));
     if (seen !== null && depth <= MAX_DEPTH && !(relDir !== "" && isIgnoredName(relDir.slice(relDir.lastIndexOf("/") + 1)))) {
@@ -248,7 +252,6 @@ class TreeReader {
    */
   async scanKeys(relDir: string, stems: Set<string>, known: Set<string>): Promise<ScanResult & { stems: Set<string> }> {
     const res = { ...newScan(), stems: new Set(stems) };
-    this.sliceStart = performance.now();
     if (this.ancestry(relDir) === null) {
       for (const k of known) res.stems.add(k);
     } else {
@@ -488,6 +491,8 @@ export class DirSource implements ConfigSource {
   private watcher: FSWatcher | null = null;
   /** Symlinks the watcher has met (absolute paths): followed and watched, even to a regular file. */
   private watchedLinks = new Set<string>();
+  /** The watcher's initial scan is over. */
+  private watcherReady = false;
   private endReadyWait: (() => void) | null = null;
   /** The directories of the tree as last listed (relative paths). */
   private listedDirs = new Set<string>();
@@ -550,6 +555,7 @@ export class DirSource implements ConfigSource {
     this.endReadyWait?.();
     await watcher?.close();
     this.watchedLinks.clear();
+    this.watcherReady = false;
     this.links.clear();
     this.listedDirs.clear();
     this.dirty.clear();
@@ -624,6 +630,7 @@ export class DirSource implements ConfigSource {
       watcher.once("ready", () => resolve());
     });
     this.endReadyWait = null;
+    this.watcherReady = true;
   }
 
   /** Path relative to the root ("" for the root), or null outside it. */
@@ -642,7 +649,13 @@ export class DirSource implements ConfigSource {
    */
   private notWatched(p: string, st?: fs.Stats): boolean {
     if (st?.isSymbolicLink()) this.watchedLinks.add(p);
-    else if (st?.isFile() && !this.watchedLinks.has(p)) return true;
+    else if (st?.isFile() && !this.watchedLinks.has(p)) {
+      // After the start, chokidar lists a directory when it watches it anew (created, replaced),
+      // once the watch exists: its files are re-read, in case one changed between our re-read of
+      // the new directory and that watch (what chokidar's own `add` events used to report).
+      if (this.watcherReady) this.hint(p);
+      return true;
+    }
     const rel = this.relOf(p);
     if (!rel) return false;
     return rel.split("/").some((n) => n.startsWith(".") && !n.startsWith(".."));
@@ -766,7 +779,16 @@ export class DirSource implements ConfigSource {
     const top = [...topSet];
 
     const changes = new Map<string, RawValue | null>();
-    // 1. The subtree below each path, if it is (or was) a directory.
+    // The known keys below each path, found in one pass over the keys (not one per path: a tree
+    // moved in brings thousands of new directories in one flush).
+    const topSetAll = new Set(top);
+    const below = new Map<string, string[]>();
+    for (const k of this.known.keys()) {
+      if (topSetAll.has("")) push(below, "", k);
+      for (let d = dirOf(k); d !== ""; d = dirOf(d)) if (topSetAll.has(d)) push(below, d, k);
+    }
+    // 1. The subtree below each path, if it is (or was) a directory (the reader yields every slice,
+    //    across scans).
     for (const p of top) {
       const wasDir = p === "" || this.listedDirs.has(p);
       const res = await this.reader.scanTree(p);
@@ -775,8 +797,8 @@ export class DirSource implements ConfigSource {
       this.syncDirs(p, res);
       this.syncLinks(p, res);
       for (const [k, v] of res.values) if (!sameValue(this.known.get(k), v)) changes.set(k, v);
-      for (const k of this.known.keys()) {
-        if (isBelow(k, p) && !res.values.has(k) && !isKept(k, res)) changes.set(k, null);
+      for (const k of below.get(p) ?? []) {
+        if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
       }
     }
     // 2. The key each path's name maps to, as a file in its directory, and that directory's listing
