@@ -13,6 +13,8 @@
 // The VIP sits on a non-ARPing dummy device on the mids (as on DR real servers); their replies
 // go straight back through the router, not through the frontend host.
 // Everything expected (tables, traffic counts) is computed from the backends' weights below.
+// Health: the backends behind mid1 fail their checks → mid1 publishes health/mid1/web/* under its
+// lease → the frontend's weight for mid1 drops to 0 and new connections go to mid2.
 import { beforeAll, describe, expect, test } from "bun:test";
 import { openSync, closeSync } from "node:fs";
 import { join } from "node:path";
@@ -25,6 +27,7 @@ const { tmp, children, netns } = kernelScratch("two-tier");
 const VIP = "192.0.2.1";
 const PORT = 80; // the frontend port: the frontend tier's destinations are gateway:PORT
 const BACKEND_PORT = 8080; // masq on the intermediate tier translates the port
+const CHECK_PORT = 9100; // the health check's own port on each backend
 const LAN = { bits: 28, router: "192.0.2.30", front: "192.0.2.20", etcd: "192.0.2.25" };
 const CLIENT = { router: "203.0.113.1", client: "203.0.113.2", bits: 24 };
 const ETCD_URL = `http://${LAN.etcd}:2379`;
@@ -314,6 +317,59 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     putBackend(b12, b12.weight);
     await front.waitFor((t) => same(shape(t), expectedFront(all)), 15_000, "frontend: mid1's weight restored");
     expect(kernelShape("front")).toEqual(expectedFront(all));
+  });
+
+  test("every backend behind an intermediate fails its check: it publishes their health and the frontend's weight for it drops to 0; back when they recover", async () => {
+    const all = Object.keys(MIDS) as Mid[];
+    // A tcp check on a port of its own (CHECK_PORT): a listener per backend that the test stops and starts.
+    const listeners: Record<string, ReturnType<typeof Bun.spawn>> = {};
+    const listen = async (b: (typeof BACKENDS)[number]) => {
+      const code = `Bun.listen({ hostname: "0.0.0.0", port: ${CHECK_PORT}, socket: { data() {} } }); console.log("ready")`;
+      const p = Bun.spawn(["ip", "netns", "exec", ns(b.name), BUN, "-e", code], { stdout: "pipe", stderr: "inherit" });
+      children.push(p);
+      const reader = (p.stdout as ReadableStream<Uint8Array>).getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("ready");
+      reader.releaseLock();
+      listeners[b.name] = p;
+    };
+    await Promise.all(BACKENDS.map(listen));
+    const check = { type: "tcp", port: CHECK_PORT, interval: "500ms", timeout: "300ms", fall: 2, rise: 1 };
+    etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr", check }));
+    await Bun.sleep(2000); // checks pass: nothing published, nothing changes
+    expect(etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").trim()).toBe("");
+    expect(kernelShape("front")).toEqual(expectedFront(all));
+
+    const behindMid1 = BACKENDS.filter((b) => b.mid === "mid1");
+    for (const b of behindMid1) {
+      listeners[b.name]!.kill("SIGKILL");
+      await listeners[b.name]!.exited;
+    }
+    const t0 = Date.now();
+    const down = [SERVICE_LINE, `-> ${MIDS.mid1.lan}:${PORT} Route 0`, `-> ${MIDS.mid2.lan}:${PORT} Route ${midSum("mid2")}`];
+    await until(() => same(kernelShape("front"), down), 15_000, () => kernelShape("front").join("\n"));
+    console.log(`every backend behind mid1 down: the frontend's weight for mid1 was 0 ${Date.now() - t0} ms later`);
+    // The records, one per backend, under mid1's route lease.
+    const lease = (key: string) => /"Lease" : (\d+)/.exec(etcdctl("get", "-w", "fields", key))?.[1] ?? "";
+    expect(etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").split("\n").filter(Boolean).sort()).toEqual(
+      behindMid1.map((b) => `/clusterf/health/mid1/web/${b.name}`),
+    );
+    for (const b of behindMid1) expect(lease(`/clusterf/health/mid1/web/${b.name}`)).toBe(lease("/clusterf/routes/mid1"));
+    // mid1's own table: its checker put its backends at 0.
+    expect(kernelShape("mid1")).toEqual(shape([SERVICE_LINE, ...behindMid1.map((b) => `-> ${b.ipv4}:${BACKEND_PORT} Masq 0 0 0`)]));
+    // New connections all go to mid2.
+    const got = await curlCounts(6);
+    console.log("with every backend behind mid1 down:", JSON.stringify(got));
+    expect(got).toEqual({ b11: 0, b12: 0, b21: 6 });
+
+    await Promise.all(behindMid1.map(listen));
+    await until(() => same(kernelShape("front"), expectedFront(all)), 15_000, () => kernelShape("front").join("\n"));
+    await until(() => etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").trim() === "", 5000, () => "records left");
+    expect(await curlCounts(24)).toEqual(expectedCounts(24, all));
+
+    // The rest of the file runs without checks.
+    etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr" }));
+    await until(() => same(kernelShape("mid1"), expectedMid("mid1")), 15_000, () => kernelShape("mid1").join("\n"));
+    for (const p of Object.values(listeners)) p.kill("SIGKILL");
   });
 
   test("SIGKILL of an intermediate's daemon: its route expires after the TTL and the frontend stops sending there", async () => {
