@@ -579,7 +579,7 @@ export class DirSource implements ConfigSource {
     this.rootId = this.rootIdentity();
     const res = await this.reader.scanTree("");
     if (this.stopped) return;
-    this.syncDirs("", res);
+    this.syncDirs([...this.listedDirs], res);
     this.syncLinks("", res);
     const values = new Map(res.values);
     // unreadable files keep their previous value, as in an incremental re-read
@@ -686,10 +686,10 @@ export class DirSource implements ConfigSource {
     else this.hint(watched);
   }
 
-  /** After a re-read of the subtree at `scope`: note the directories listed. */
-  private syncDirs(scope: string, res: ScanResult): void {
-    for (const rel of this.listedDirs) {
-      if (isUnder(rel, scope) && !res.dirs.has(rel) && !res.keepPrefixes.some((p) => isUnder(rel, p))) this.listedDirs.delete(rel);
+  /** After a re-read of a subtree: note the directories listed (`before`: those listed in it until now). */
+  private syncDirs(before: string[], res: ScanResult): void {
+    for (const rel of before) {
+      if (!res.dirs.has(rel) && !res.keepPrefixes.some((p) => isUnder(rel, p))) this.listedDirs.delete(rel);
     }
     for (const rel of res.dirs.keys()) this.listedDirs.add(rel);
   }
@@ -787,6 +787,12 @@ export class DirSource implements ConfigSource {
       if (topSetAll.has("")) push(below, "", k);
       for (let d = dirOf(k); d !== ""; d = dirOf(d)) if (topSetAll.has(d)) push(below, d, k);
     }
+    // The same for the directories listed so far, each path's own included.
+    const dirsUnder = new Map<string, string[]>();
+    for (const rel of this.listedDirs) {
+      if (topSetAll.has("")) push(dirsUnder, "", rel);
+      for (let d = rel; d !== ""; d = dirOf(d)) if (topSetAll.has(d)) push(dirsUnder, d, rel);
+    }
     // 1. The subtree below each path, if it is (or was) a directory (the reader yields every slice,
     //    across scans).
     for (const p of top) {
@@ -794,7 +800,7 @@ export class DirSource implements ConfigSource {
       const res = await this.reader.scanTree(p);
       if (this.stopped) return;
       if (!wasDir && !res.dirs.size && !res.keepPrefixes.length) continue; // a plain file (or nothing): step 2
-      this.syncDirs(p, res);
+      this.syncDirs(dirsUnder.get(p) ?? [], res);
       this.syncLinks(p, res);
       for (const [k, v] of res.values) if (!sameValue(this.known.get(k), v)) changes.set(k, v);
       for (const k of below.get(p) ?? []) {
