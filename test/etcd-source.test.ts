@@ -417,7 +417,7 @@ describe("EtcdSource, one member", () => {
   }
   const snapshotTexts = (m: Map<string, RawValue>) => Object.fromEntries([...m].map(([k, v]) => [k, v.text]).sort());
 
-  test("a full read in pages (7 keys each, 100 keys): one snapshot equal to a fresh read, all pages at one revision", async () => {
+  test("a full read in pages (100 keys, pageSize 7): one snapshot equal to a fresh read, all pages at one revision", async () => {
     const c = client([etcd.clientUrl]);
     await loadPaged(c);
     const fresh = await etcdState(c, "/paged/");
