@@ -169,8 +169,10 @@ export function prefixEnd(prefix: Buffer): Buffer {
 
 const ZERO_BYTE = Buffer.from([0]);
 
-/** A page of a full read takes this fraction (1/N) of the keys that remain, at least pageSize. */
+/** A page of a full read takes this fraction (1/N) of the keys that remain, at least pageSize… */
 const PAGE_FRACTION = 8;
+/** …and at most this many keys (a response is decoded in one go: 13,000 keys blocked for 160+ ms). */
+const MAX_PAGE = 5000;
 
 /** How many times in a row a full read starts over at once when its revision gets compacted. */
 const MAX_READ_RESTARTS = 3;
@@ -474,9 +476,9 @@ export class EtcdSource implements ConfigSource {
    * Page sizes: etcd (3.4) walks its index over every key from a request's first key to the
    * range end, to count them, so N keys in pages of P cost about N²/2P steps (110,000 keys in
    * pages of 2000: 3 million, over a second). A page therefore takes an eighth of the keys that
-   * remain (each response's count says how many), never fewer than pageSize: about 8N steps.
-   * The big pages come first, while the snapshot is still small; the last ones, when it is
-   * whole, are pageSize.
+   * remain (each response's count says how many), never fewer than pageSize and never more than
+   * MAX_PAGE (110,000 keys: 30 pages, 1.3 million steps). The big pages come first, while the
+   * snapshot is still small; the last ones, when it is whole, are pageSize.
    */
   private async readPages(): Promise<{ entries: Map<string, RawValue>; rev: number; pages: number } | null> {
     for (let restarts = 0; ; restarts++) {
@@ -504,7 +506,7 @@ export class EtcdSource implements ConfigSource {
           // slice of the whole response's buffer).
           from = Buffer.concat([kvs[kvs.length - 1]!.key, ZERO_BYTE]);
           const remaining = Number(res.count) - kvs.length;
-          limit = Math.max(this.pageSize, Math.ceil(remaining / PAGE_FRACTION));
+          limit = Math.max(this.pageSize, Math.min(MAX_PAGE, Math.ceil(remaining / PAGE_FRACTION)));
         }
       } catch (e) {
         if (rev === 0 || !isCompactedError(e) || restarts >= MAX_READ_RESTARTS) throw e;
