@@ -83,25 +83,6 @@ describe("DirSource watcher", () => {
     expect(inotifyWatches()).toBeGreaterThan(before);
   });
 
-  watchTest("the watcher holds directories and symlinks, not regular files (their directory's watch reports them)", async () => {
-    const root = h.newRoot();
-    const store = h.scratch("store");
-    write(store, "frontend.json", '{"tcp":1}');
-    write(root, "services/web/backends/b1.json", "{}");
-    write(root, "services/web/backends/b2.json", "{}");
-    fs.symlinkSync(path.join(store, "frontend.json"), path.join(root, "services/web/frontend.json"));
-    const { src, rec } = await h.start(root, WATCH_ONLY);
-    const watched = (src as unknown as { watcher: { getWatched(): Record<string, string[]> } }).watcher.getWatched();
-    const names = (rel: string) => [...(watched[path.join(root, rel)] ?? [])].sort();
-    expect(names("services/web")).toEqual(["backends", "frontend.json"]);
-    expect(names("services/web/backends")).toEqual([]);
-    // and every one of them is still followed
-    write(root, "services/web/backends/b1.json", '{"weight":2}');
-    write(store, "frontend.json", '{"tcp":2}');
-    fs.rmSync(path.join(root, "services/web/backends/b2.json"));
-    await until(() => rec.map.get("services/web/frontend")?.text === '{"tcp":2}' && rec.map.get("services/web/backends/b1")?.text === '{"weight":2}' && !rec.map.has("services/web/backends/b2"), 1000);
-  });
-
   watchTest("stop() while the watcher is starting ends start() too", async () => {
     const root = h.newRoot();
     for (let i = 0; i < 200; i++) write(root, `services/s${i}/backends/b1`, "{}");

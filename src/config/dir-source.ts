@@ -489,10 +489,6 @@ export class DirSource implements ConfigSource {
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
   private watcher: FSWatcher | null = null;
-  /** Symlinks the watcher has met (absolute paths): followed and watched, even to a regular file. */
-  private watchedLinks = new Set<string>();
-  /** The watcher's initial scan is over. */
-  private watcherReady = false;
   private endReadyWait: (() => void) | null = null;
   /** The directories of the tree as last listed (relative paths). */
   private listedDirs = new Set<string>();
@@ -554,8 +550,6 @@ export class DirSource implements ConfigSource {
     this.watcher = null;
     this.endReadyWait?.();
     await watcher?.close();
-    this.watchedLinks.clear();
-    this.watcherReady = false;
     this.links.clear();
     this.listedDirs.clear();
     this.dirty.clear();
@@ -613,7 +607,7 @@ export class DirSource implements ConfigSource {
       followSymlinks: true,
       depth: MAX_DEPTH,
       atomic: false, // every event is only a hint: no need to hold an unlink back
-      ignored: (p: string, st?: fs.Stats) => this.notWatched(p, st),
+      ignored: (p: string) => this.notWatched(p),
     });
     this.watcher = watcher;
     watcher.on("all", (_event: string, p: string) => this.hint(p));
@@ -630,7 +624,6 @@ export class DirSource implements ConfigSource {
       watcher.once("ready", () => resolve());
     });
     this.endReadyWait = null;
-    this.watcherReady = true;
   }
 
   /** Path relative to the root ("" for the root), or null outside it. */
@@ -641,21 +634,8 @@ export class DirSource implements ConfigSource {
     return rel;
   }
 
-  /**
-   * Hidden names are not watched, except ConfigMap internals (`..data`, `..<timestamp>`). Nor are
-   * regular files: their directory's watch reports every name in it (the raw hints), so chokidar
-   * keeps no state for them. A symlink is watched (chokidar calls this first with the link's own
-   * lstat, then with its target's stat): a symlinked file's target is watched through its directory.
-   */
-  private notWatched(p: string, st?: fs.Stats): boolean {
-    if (st?.isSymbolicLink()) this.watchedLinks.add(p);
-    else if (st?.isFile() && !this.watchedLinks.has(p)) {
-      // After the start, chokidar lists a directory when it watches it anew (created, replaced),
-      // once the watch exists: its files are re-read, in case one changed between our re-read of
-      // the new directory and that watch (what chokidar's own `add` events used to report).
-      if (this.watcherReady) this.hint(p);
-      return true;
-    }
+  /** Hidden names are not watched, except ConfigMap internals (`..data`, `..<timestamp>`). */
+  private notWatched(p: string): boolean {
     const rel = this.relOf(p);
     if (!rel) return false;
     return rel.split("/").some((n) => n.startsWith(".") && !n.startsWith(".."));
