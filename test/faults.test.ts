@@ -8,7 +8,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { enableAuth, freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster, type EtcdMember } from "./support/etcd.ts";
+import { enableAuth, freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster, type EtcdMember, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
@@ -16,11 +16,7 @@ afterAll(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
 });
 
-function etcdctl(endpoints: string, ...args: string[]): string {
-  const p = Bun.spawnSync(["etcdctl", `--endpoints=${endpoints}`, "--command-timeout=3s", ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
-  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
+const etcdctl = (endpoints: string, ...args: string[]) => etcdctlAt(endpoints, args);
 
 async function metric(url: string, name: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();

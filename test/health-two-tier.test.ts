@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startEtcd, type Etcd } from "./support/etcd.ts";
+import { startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
 
 let etcd: Etcd;
@@ -15,11 +15,7 @@ const daemons: Daemon[] = [];
 const frontendDir = mkdtempSync("/tmp/clusterf-front-");
 const intermediateDir = mkdtempSync("/tmp/clusterf-mid-");
 
-function etcdctl(...args: string[]): string {
-  const p = Bun.spawnSync(["etcdctl", `--endpoints=${etcd.clientUrl}`, ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
-  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
+const etcdctl = (...args: string[]) => etcdctlAt(etcd.clientUrl, args);
 
 /** Key → value under a prefix. */
 function getPrefix(prefix: string): Record<string, string> {

@@ -4,7 +4,7 @@
 import { afterAll, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePorts, startEtcd, type Etcd } from "./support/etcd.ts";
+import { freePorts, startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { ROOT, tableLines } from "./support/proc.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
@@ -12,10 +12,7 @@ afterAll(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
 });
 
-function etcdctl(etcd: Etcd, ...args: string[]): void {
-  const p = Bun.spawnSync(["etcdctl", `--endpoints=${etcd.clientUrl}`, "--command-timeout=3s", ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
-  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
-}
+const etcdctl = (etcd: Etcd, ...args: string[]) => void etcdctlAt(etcd.clientUrl, args);
 
 /** The /healthz answer, or null while nothing listens yet. */
 async function healthz(url: string): Promise<{ status: number; body: string } | null> {

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startDocker, type DockerEngine } from "./support/docker.ts";
-import { startEtcd, type Etcd } from "./support/etcd.ts";
+import { startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { BUN, Daemon, ROOT } from "./support/proc.ts";
 import { STATE_FILE } from "../src/docker/publisher.ts";
 
@@ -27,11 +27,7 @@ async function until(pred: () => boolean, timeoutMs: number, what: string, d: { 
   }
 }
 
-function etcdctl(...args: string[]): string {
-  const p = Bun.spawnSync(["etcdctl", `--endpoints=${etcd!.clientUrl}`, ...args], { env: { ...process.env, ETCDCTL_API: "3" } });
-  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
+const etcdctl = (...args: string[]) => etcdctlAt(etcd!.clientUrl, args);
 
 /** A key's lease id (hex, as etcdctl writes it) and value, or undefined when it is absent. */
 function etcdKey(key: string): { lease: string; value: string } | undefined {

@@ -20,6 +20,7 @@ import { openSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, tableLines } from "../support/proc.ts";
 import { kernelScratch, must, sh, until, writeTree } from "../support/kernel.ts";
+import { etcdctl as etcdctlAt } from "../support/etcd.ts";
 
 const FIX = join(import.meta.dir, "fixtures");
 const { tmp, children, netns } = kernelScratch("two-tier");
@@ -51,15 +52,7 @@ const weights: Record<string, number> = Object.fromEntries(BACKENDS.map((b) => [
 const ns = (role: string) => `t2-${role}`;
 const inNs = (role: string, cmd: string) => `ip netns exec ${ns(role)} ${cmd}`;
 
-function etcdctl(...args: string[]): string {
-  const p = Bun.spawnSync(["ip", "netns", "exec", ns("etcd"), "etcdctl", `--endpoints=${ETCD_URL}`, ...args], {
-    env: { ...process.env, ETCDCTL_API: "3" },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
+const etcdctl = (...args: string[]) => etcdctlAt(ETCD_URL, args, ["ip", "netns", "exec", ns("etcd")]);
 const routeValue = (mid: Mid) => etcdctl("get", "--print-value-only", `/clusterf/routes/${mid}`).trim();
 const putBackend = (b: (typeof BACKENDS)[number], weight: number) => {
   etcdctl("put", `/clusterf/services/web/backends/${b.name}`, JSON.stringify({ ipv4: b.ipv4, tcp: BACKEND_PORT, weight }));

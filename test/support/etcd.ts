@@ -416,3 +416,17 @@ export function enableAuth(ctl: (...args: string[]) => unknown, rootPassword: st
   ctl("user", "grant-role", reader.name, reader.name);
   ctl("auth", "enable");
 }
+
+/**
+ * etcdctl (v3 API) against `endpoints`: its stdout, or an error with its stderr. `via` runs it
+ * through another command first (`ip netns exec NS` in the kernel tests).
+ */
+export function etcdctl(endpoints: string, args: string[], via: string[] = []): string {
+  const p = Bun.spawnSync([...via, "etcdctl", `--endpoints=${endpoints}`, "--command-timeout=3s", ...args], {
+    env: { ...process.env, ETCDCTL_API: "3" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  if (p.exitCode !== 0) throw new Error(`etcdctl ${args.join(" ")}: ${p.stderr.toString()}`);
+  return p.stdout.toString();
+}
