@@ -17,17 +17,7 @@ afterAll(() => h.remove());
 const newRoot = () => h.newRoot();
 const startSource = (root: string, opts?: Parameters<Harness["start"]>[1]) => h.start(root, opts);
 
-/** A test whose body ends by asserting that no recorder saw a broken sink rule. */
-function dirTest(name: string, fn: () => Promise<void>, timeoutMs?: number): void {
-  test(
-    name,
-    async () => {
-      await fn();
-      await h.check();
-    },
-    timeoutMs,
-  );
-}
+const dirTest = (name: string, fn: () => Promise<void>, timeoutMs?: number) => h.test(name, fn, timeoutMs);
 
 describe("names", () => {
   test("extensions select the parser and are dropped from the key", () => {

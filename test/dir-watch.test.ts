@@ -20,16 +20,7 @@ afterAll(() => h.remove());
 /** Only the watcher: no periodic re-read, no root poll, and no debounce to hide a dropped event. */
 const WATCH_ONLY = { rescanMs: 0, rootPollMs: 3_600_000, debounceMs: 1 };
 
-function watchTest(name: string, fn: () => Promise<void>, timeoutMs?: number): void {
-  test(
-    name,
-    async () => {
-      await fn();
-      await h.check();
-    },
-    timeoutMs,
-  );
-}
+const watchTest = (name: string, fn: () => Promise<void>, timeoutMs?: number) => h.test(name, fn, timeoutMs);
 
 /** inotify watches this process holds (Bun may share one inotify instance among all watchers). */
 function inotifyWatches(): number {

@@ -1,6 +1,6 @@
 // Helpers for the -config-path source tests: a recording sink, tree edits, seeds, convergence.
 
-import { expect } from "bun:test";
+import { expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -74,6 +74,18 @@ export class Harness {
     this.recorders.push(rec);
     await src.start(rec);
     return { src, rec };
+  }
+
+  /** A test whose body ends by asserting that no recorder saw a broken sink rule. */
+  test(name: string, fn: () => Promise<void>, timeoutMs?: number): void {
+    test(
+      name,
+      async () => {
+        await fn();
+        await this.check();
+      },
+      timeoutMs,
+    );
   }
 
   /** In the test body: no recorder saw a broken sink rule (after letting late batches arrive). */
