@@ -15,6 +15,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { inotifyWatches } from "../test/support/proc.ts";
 
 const BACKENDS = 10;
 const REPO = path.resolve(import.meta.dir, "..");
@@ -59,20 +60,6 @@ function materialiseOld(dir: string): string {
 function status(field: string): number {
   const m = fs.readFileSync("/proc/self/status", "utf8").match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"));
   return m ? Number(m[1]) / 1024 : NaN;
-}
-
-/** inotify watches held by this process: `inotify wd:` lines in the fdinfo of its inotify fds. */
-function inotifyWatches(): number {
-  let n = 0;
-  for (const fd of fs.readdirSync("/proc/self/fd")) {
-    try {
-      if (fs.readlinkSync(`/proc/self/fd/${fd}`) !== "anon_inode:inotify") continue;
-      n += fs.readFileSync(`/proc/self/fdinfo/${fd}`, "utf8").split("\n").filter((l) => l.startsWith("inotify wd:")).length;
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return n;
 }
 
 const cpuMs = () => {

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Daemon, ROOT, runCli, tableLines } from "./support/proc.ts";
+import { Daemon, inotifyWatches, ROOT, runCli, tableLines } from "./support/proc.ts";
 import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
 import { DOCKER_FLAGS } from "../src/cli/clusterf-docker.ts";
 import { parseDuration, parseFlags } from "../src/cli/flags.ts";
@@ -220,17 +220,7 @@ describe("clusterf-ipvs binary", () => {
   });
 
   test("-once watches nothing; the live daemon watches the tree", async () => {
-    // Both wait for an etcd that never answers, so both stay up after reading the tree; the
-    // kernel lists each inotify watch of a process in /proc/PID/fdinfo.
-    const inotifyWatches = (pid: number) => {
-      let n = 0;
-      for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
-        try {
-          n += readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8").split("\n").filter((l) => l.startsWith("inotify wd:")).length;
-        } catch {} // an fd closed meanwhile
-      }
-      return n;
-    };
+    // Both wait for an etcd that never answers, so both stay up after reading the tree.
     const args = [`-config-path=${join(ROOT, "config.example")}`, "-etcd-machines=http://127.0.0.1:1", "-ipvs-mock", "-state-dir=/tmp/clusterf-cli-once"];
     const spawn = (extra: string[]) => Bun.spawn([process.execPath, join(ROOT, "src/cli/clusterf-ipvs.ts"), ...args, ...extra], { stdout: "ignore", stderr: "ignore" });
     const live = spawn([]);

@@ -9,6 +9,7 @@ import * as path from "node:path";
 import fc from "fast-check";
 import { DirSource } from "../src/config/dir-source.ts";
 import { configureLog } from "../src/util/log.ts";
+import { inotifyWatches } from "./support/proc.ts";
 import { applyEdit, burstEditArb, converged, Harness, Recorder, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
 
 configureLog({ level: "error" });
@@ -21,20 +22,6 @@ afterAll(() => h.remove());
 const WATCH_ONLY = { rescanMs: 0, rootPollMs: 3_600_000, debounceMs: 1 };
 
 const watchTest = (name: string, fn: () => Promise<void>, timeoutMs?: number) => h.test(name, fn, timeoutMs);
-
-/** inotify watches this process holds (Bun may share one inotify instance among all watchers). */
-function inotifyWatches(): number {
-  let n = 0;
-  for (const fd of fs.readdirSync("/proc/self/fd")) {
-    try {
-      if (fs.readlinkSync(`/proc/self/fd/${fd}`) !== "anon_inode:inotify") continue;
-      n += fs.readFileSync(`/proc/self/fdinfo/${fd}`, "utf8").split("\n").filter((l) => l.startsWith("inotify wd:")).length;
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return n;
-}
 
 type Save = (root: string, rel: string, text: string) => void;
 const SAVES: Record<string, Save> = {

@@ -1,4 +1,5 @@
 // Runs the clusterf binaries from the source tree, and follows their printed tables.
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 
 export const ROOT = join(import.meta.dir, "..", "..");
@@ -88,4 +89,18 @@ export class Daemon {
     this.proc.kill(signal);
     return await this.proc.exited;
   }
+}
+
+/** The inotify watches a process holds: the `inotify wd:` lines in the fdinfo of its inotify fds. */
+export function inotifyWatches(pid: number | "self" = "self"): number {
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`) !== "anon_inode:inotify") continue;
+      n += readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8").split("\n").filter((l) => l.startsWith("inotify wd:")).length;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
 }
