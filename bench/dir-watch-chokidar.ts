@@ -11,33 +11,16 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { BACKENDS, lagMeter, makeTree, procStatusMiB } from "./support.ts";
 
-const BACKENDS = 10;
 
-function makeTree(root: string, services: number): void {
-  fs.rmSync(root, { recursive: true, force: true });
-  for (let s = 0; s < services; s++) {
-    const d = path.join(root, "services", `s${s}`);
-    fs.mkdirSync(path.join(d, "backends"), { recursive: true });
-    fs.writeFileSync(path.join(d, "frontend.json"), "{}");
-    for (let b = 0; b < BACKENDS; b++) fs.writeFileSync(path.join(d, "backends", `b${b}.json`), "{}");
-  }
-}
-
-const status = (field: string) => Number(fs.readFileSync("/proc/self/status", "utf8").match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"))![1]) / 1024;
 
 async function child(kind: string, root: string): Promise<Record<string, number>> {
   const { heapStats } = await import("bun:jsc");
   const { watch } = await import("chokidar");
   Bun.gc(true);
   const objects0 = heapStats().objectCount;
-  let maxLag = 0;
-  let last = performance.now();
-  const lag = setInterval(() => {
-    const now = performance.now();
-    maxLag = Math.max(maxLag, now - last - 5);
-    last = now;
-  }, 5);
+  const lag = lagMeter();
   const t0 = performance.now();
   let close: () => Promise<void> | void;
   if (kind === "fs.watch") {
@@ -72,11 +55,11 @@ async function child(kind: string, root: string): Promise<Record<string, number>
     close = () => w.close();
   }
   const ms = performance.now() - t0;
-  clearInterval(lag);
-  const rss = status("VmRSS");
+  const maxLag = lag.stop();
+  const rss = procStatusMiB("VmRSS");
   Bun.gc(true);
   const hs = heapStats();
-  const out = { ms, lagMs: maxLag, rss, hwm: status("VmHWM"), heapMiB: hs.heapSize / 2 ** 20, objects: hs.objectCount - objects0 };
+  const out = { ms, lagMs: maxLag, rss, hwm: procStatusMiB("VmHWM"), heapMiB: hs.heapSize / 2 ** 20, objects: hs.objectCount - objects0 };
   await close();
   return out;
 }

@@ -16,22 +16,10 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { inotifyWatches } from "../test/support/proc.ts";
+import { BACKENDS, lagMeter, makeTree, procStatusMiB } from "./support.ts";
 
-const BACKENDS = 10;
 const REPO = path.resolve(import.meta.dir, "..");
 const OLD_COMMIT = "f820a4a^";
-
-function makeTree(root: string, services: number): void {
-  fs.rmSync(root, { recursive: true, force: true });
-  for (let s = 0; s < services; s++) {
-    const d = path.join(root, "services", `s${s}`);
-    fs.mkdirSync(path.join(d, "backends"), { recursive: true });
-    fs.writeFileSync(path.join(d, "frontend.json"), JSON.stringify({ ipv4: `192.0.2.${s % 250}`, tcp: 1 + (s % 65000) }));
-    for (let b = 0; b < BACKENDS; b++) {
-      fs.writeFileSync(path.join(d, "backends", `b${b}.json`), JSON.stringify({ ipv4: `198.51.100.${b + 1}`, tcp: 8080, weight: 10 }));
-    }
-  }
-}
 
 /**
  * The old source, written to `dir` with its imports pointed at this repository's modules (they
@@ -57,11 +45,6 @@ function materialiseOld(dir: string): string {
   return file;
 }
 
-function status(field: string): number {
-  const m = fs.readFileSync("/proc/self/status", "utf8").match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
 const cpuMs = () => {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1000;
@@ -80,12 +63,12 @@ async function child(kind: string, root: string, idleMs: number): Promise<Record
       }
     };
     walk(root);
-    return { ms: performance.now() - t0, keys: n, hwm: status("VmHWM"), rss: status("VmRSS") };
+    return { ms: performance.now() - t0, keys: n, hwm: procStatusMiB("VmHWM"), rss: procStatusMiB("VmRSS") };
   }
   const { DirSource } = await import(kind);
   const { configureLog } = await import(path.join(REPO, "src/util/log.ts"));
   configureLog({ level: "error" });
-  if (root === "-") return { hwm: status("VmHWM"), rss: status("VmRSS") }; // bare: the module loaded, nothing started
+  if (root === "-") return { hwm: procStatusMiB("VmHWM"), rss: procStatusMiB("VmRSS") }; // bare: the module loaded, nothing started
   let keys = 0;
   let updated = 0;
   const sink = {
@@ -93,19 +76,13 @@ async function child(kind: string, root: string, idleMs: number): Promise<Record
     update: () => void (updated = performance.now()),
     status: () => {},
   };
-  let maxLag = 0;
-  let last = performance.now();
-  const lag = setInterval(() => {
-    const now = performance.now();
-    maxLag = Math.max(maxLag, now - last - 5);
-    last = now;
-  }, 5);
+  const lag = lagMeter();
   const t0 = performance.now();
   const src = new DirSource({ root, rescanMs: 0, rootPollMs: 3_600_000 });
   await src.start(sink);
   const ms = performance.now() - t0;
-  clearInterval(lag);
-  const out: Record<string, number> = { ms, keys, lagMs: maxLag, rssReady: status("VmRSS"), hwmReady: status("VmHWM"), watches: inotifyWatches() };
+  const maxLag = lag.stop();
+  const out: Record<string, number> = { ms, keys, lagMs: maxLag, rssReady: procStatusMiB("VmRSS"), hwmReady: procStatusMiB("VmHWM"), watches: inotifyWatches() };
   const c0 = cpuMs();
   await Bun.sleep(idleMs);
   out.idleCpuPct = ((cpuMs() - c0) / idleMs) * 100;
@@ -119,8 +96,8 @@ async function child(kind: string, root: string, idleMs: number): Promise<Record
     await Bun.sleep(100);
   }
   out.saveMs = lat.sort((a, b) => a - b)[2]!;
-  out.hwm = status("VmHWM");
-  out.rssAfter = status("VmRSS");
+  out.hwm = procStatusMiB("VmHWM");
+  out.rssAfter = procStatusMiB("VmRSS");
   await src.stop();
   return out;
 }

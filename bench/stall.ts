@@ -13,22 +13,10 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { BACKENDS, backend, frontend, makeTree } from "./support.ts";
 
-const BACKENDS = 10;
 const GOAL_MS = Number(process.env.BENCH_STALL_GOAL_MS ?? 100);
 const TICK_MS = 5;
-
-const frontend = (s: number) => ({ ipv4: `192.0.2.${1 + (s % 250)}`, tcp: 1 + Math.floor(s / 250) });
-const backend = (s: number, b: number) => ({ ipv4: `198.51.100.${1 + b}`, tcp: 1000 + (s % 60000), weight: 1 + (b % 5) });
-
-function makeTree(root: string, services: number): void {
-  for (let s = 0; s < services; s++) {
-    const d = path.join(root, "services", `s${s}`);
-    fs.mkdirSync(path.join(d, "backends"), { recursive: true });
-    fs.writeFileSync(path.join(d, "frontend.json"), JSON.stringify(frontend(s)));
-    for (let b = 0; b < BACKENDS; b++) fs.writeFileSync(path.join(d, "backends", `b${b}.json`), JSON.stringify(backend(s, b)));
-  }
-}
 
 /**
  * The timer's lateness: the longest gap beyond its period (wall clock), and the main thread's CPU
