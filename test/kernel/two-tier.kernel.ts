@@ -269,6 +269,30 @@ beforeAll(async () => {
 });
 
 describe("two tiers in the kernel: frontend droute → intermediate masq → backends", () => {
+  // A tcp check on a port of its own (CHECK_PORT): a listener per backend that the tests stop and start.
+  const listeners: Record<string, ReturnType<typeof Bun.spawn>> = {};
+  const listen = async (b: (typeof BACKENDS)[number]) => {
+    const code = `Bun.listen({ hostname: "0.0.0.0", port: ${CHECK_PORT}, socket: { data() {} } }); console.log("ready")`;
+    const p = Bun.spawn(["ip", "netns", "exec", ns(b.name), BUN, "-e", code], { stdout: "pipe", stderr: "inherit" });
+    children.push(p);
+    const reader = (p.stdout as ReadableStream<Uint8Array>).getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toContain("ready");
+    reader.releaseLock();
+    listeners[b.name] = p;
+  };
+  const unlisten = async (b: (typeof BACKENDS)[number]) => {
+    listeners[b.name]!.kill("SIGKILL");
+    await listeners[b.name]!.exited;
+  };
+  const check = { type: "tcp", port: CHECK_PORT, interval: "500ms", timeout: "300ms", fall: 2, rise: 1 };
+  const healthKeys = () => etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").split("\n").filter(Boolean).sort();
+  /** Back to a frontend without a check; every check listener stopped. */
+  const dropChecks = async () => {
+    etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr" }));
+    await until(() => same(kernelShape("mid1"), expectedMid("mid1")), 15_000, () => kernelShape("mid1").join("\n"));
+    for (const p of Object.values(listeners)) p.kill("SIGKILL");
+  };
+
   test("traffic reaches backends behind both intermediate hosts, spread by their summed weights", async () => {
     front = daemon("front");
     // Without advertised routes the frontend tier filters every backend out.
@@ -314,38 +338,21 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
 
   test("every backend behind an intermediate fails its check: it publishes their health and the frontend's weight for it drops to 0; back when they recover", async () => {
     const all = Object.keys(MIDS) as Mid[];
-    // A tcp check on a port of its own (CHECK_PORT): a listener per backend that the test stops and starts.
-    const listeners: Record<string, ReturnType<typeof Bun.spawn>> = {};
-    const listen = async (b: (typeof BACKENDS)[number]) => {
-      const code = `Bun.listen({ hostname: "0.0.0.0", port: ${CHECK_PORT}, socket: { data() {} } }); console.log("ready")`;
-      const p = Bun.spawn(["ip", "netns", "exec", ns(b.name), BUN, "-e", code], { stdout: "pipe", stderr: "inherit" });
-      children.push(p);
-      const reader = (p.stdout as ReadableStream<Uint8Array>).getReader();
-      expect(new TextDecoder().decode((await reader.read()).value)).toContain("ready");
-      reader.releaseLock();
-      listeners[b.name] = p;
-    };
     await Promise.all(BACKENDS.map(listen));
-    const check = { type: "tcp", port: CHECK_PORT, interval: "500ms", timeout: "300ms", fall: 2, rise: 1 };
     etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr", check }));
     await Bun.sleep(2000); // checks pass: nothing published, nothing changes
     expect(etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").trim()).toBe("");
     expect(kernelShape("front")).toEqual(expectedFront(all));
 
     const behindMid1 = BACKENDS.filter((b) => b.mid === "mid1");
-    for (const b of behindMid1) {
-      listeners[b.name]!.kill("SIGKILL");
-      await listeners[b.name]!.exited;
-    }
+    for (const b of behindMid1) await unlisten(b);
     const t0 = Date.now();
     const down = [SERVICE_LINE, `-> ${MIDS.mid1.lan}:${PORT} Route 0`, `-> ${MIDS.mid2.lan}:${PORT} Route ${midSum("mid2")}`];
     await until(() => same(kernelShape("front"), down), 15_000, () => kernelShape("front").join("\n"));
     console.log(`every backend behind mid1 down: the frontend's weight for mid1 was 0 ${Date.now() - t0} ms later`);
     // The records, one per backend, under mid1's route lease.
     const lease = (key: string) => /"Lease" : (\d+)/.exec(etcdctl("get", "-w", "fields", key))?.[1] ?? "";
-    expect(etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").split("\n").filter(Boolean).sort()).toEqual(
-      behindMid1.map((b) => `/clusterf/health/mid1/web/${b.name}`),
-    );
+    expect(healthKeys()).toEqual(behindMid1.map((b) => `/clusterf/health/mid1/web/${b.name}`));
     for (const b of behindMid1) expect(lease(`/clusterf/health/mid1/web/${b.name}`)).toBe(lease("/clusterf/routes/mid1"));
     // mid1's own table: its checker put its backends at 0.
     expect(kernelShape("mid1")).toEqual(shape([SERVICE_LINE, ...behindMid1.map((b) => `-> ${b.ipv4}:${BACKEND_PORT} Masq 0 0 0`)]));
@@ -359,13 +366,19 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     await until(() => etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").trim() === "", 5000, () => "records left");
     expect(await curlCounts(24)).toEqual(expectedCounts(24, all));
 
-    // The rest of the file runs without checks.
-    etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr" }));
-    await until(() => same(kernelShape("mid1"), expectedMid("mid1")), 15_000, () => kernelShape("mid1").join("\n"));
-    for (const p of Object.values(listeners)) p.kill("SIGKILL");
+    await dropChecks();
   });
 
-  test("SIGKILL of an intermediate's daemon: its route expires after the TTL and the frontend stops sending there", async () => {
+  test("SIGKILL of an intermediate's daemon: its route and its health records expire after the TTL and the frontend stops sending there", async () => {
+    // mid2 dies holding a health record: b21's check fails, so the frontend has mid2 at weight 0.
+    await Promise.all(BACKENDS.map(listen));
+    etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr", check }));
+    const b21 = BACKENDS.find((b) => b.name === "b21")!;
+    await unlisten(b21);
+    const mid2Down = [SERVICE_LINE, `-> ${MIDS.mid1.lan}:${PORT} Route ${midSum("mid1")}`, `-> ${MIDS.mid2.lan}:${PORT} Route 0`];
+    await until(() => same(kernelShape("front"), mid2Down), 15_000, () => kernelShape("front").join("\n"));
+    expect(healthKeys()).toEqual(["/clusterf/health/mid2/web/b21"]);
+
     const mid2Table = kernelShape("mid2");
     const t0 = Date.now();
     mids.mid2.proc.kill("SIGKILL");
@@ -381,6 +394,7 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     expect(elapsed).toBeGreaterThanOrEqual(TTL_MS - TTL_MS / 3 - 100);
     expect(elapsed).toBeLessThanOrEqual(TTL_MS + 500 + 1000);
     expect(routeValue("mid2")).toBe("");
+    expect(healthKeys()).toEqual([]); // gone with the same lease: nothing is left pointing at mid2
     expect(routeValue("mid1")).not.toBe("");
     expect(kernelShape("front")).toEqual(expectedFront(["mid1"]));
     // The dead daemon's IPVS table stays in mid2's kernel, as it would on a real host.
@@ -389,6 +403,7 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     const got = await curlCounts(8);
     console.log("after mid2's daemon died:", JSON.stringify(got));
     expect(got).toEqual(expectedCounts(8, ["mid1"]));
+    await dropChecks();
   });
 
   test("a restarted intermediate advertises again and gets traffic back; SIGTERM withdraws at once", async () => {
@@ -396,8 +411,9 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     mids.mid2 = intermediate("mid2");
     await mids.mid2.waitFor((t) => same(shape(t), expectedMid("mid2")), 30_000, "mid2 after its restart");
     await front.waitFor((t) => same(shape(t), expectedFront(all)), 30_000, "frontend: mid2 back");
-    // Soft restart: its table was still right (the log line may trail the printed table a little).
-    await until(() => /IPVS: applied kind=full writes=0/.test(mids.mid2!.stderr), 3000, () => mids.mid2!.stderr);
+    // Soft restart: its table was still right but for b21, which its check had put at weight 0
+    // before the kill and which now has no check: one write (the log line may trail the table).
+    await until(() => /IPVS: applied kind=full writes=1 /.test(mids.mid2!.stderr), 3000, () => mids.mid2!.stderr);
     expect(await curlCounts(24)).toEqual(expectedCounts(24, all));
 
     expect(await mids.mid2.stop("SIGTERM")).toBe(0);
