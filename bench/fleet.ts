@@ -234,6 +234,7 @@ for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   // exit() runs the exit hooks, which SIGKILL every daemon and etcd member still alive.
   process.on(sig, () => {
     fs.rmSync(base, { recursive: true, force: true });
+    if (cluster) fs.rmSync(cluster.dir, { recursive: true, force: true });
     process.exit(130);
   });
 }
