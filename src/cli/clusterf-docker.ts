@@ -11,7 +11,7 @@ import { dockerOptions } from "../docker/watcher.ts";
 import * as log from "../util/log.ts";
 import { startMetrics } from "../metrics/server.ts";
 import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
-import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdMachinesFlag, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
+import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdMachinesFlag, etcdPrefix, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, checkWith, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 
 const ipv4Check = checkWith((v) => parseIPv4(v, ""), "not an IPv4 address");
@@ -81,7 +81,7 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   const stateDir = flags["state-dir"] as string;
-  const prefix = (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+  const prefix = etcdPrefix(flags);
   const ttlSeconds = etcdTtlSeconds(flags);
   const daemon = new DockerDaemon(client, {
     dockerEndpoint: flags["docker-endpoint"] as string,

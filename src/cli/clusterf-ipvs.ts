@@ -6,7 +6,7 @@ import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
-import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdMachinesFlag, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
+import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdMachinesFlag, etcdPrefix, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
@@ -83,7 +83,7 @@ function advertisedRoute(flags: FlagValues): { key: string; value: string; name:
       Gateway6: flags["advertise-route-gateway6"] as string,
       IpvsMethod: flags["advertise-route-ipvs-method"] as string,
     });
-    const prefix = (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+    const prefix = etcdPrefix(flags);
     return { key: `${prefix}/routes/${name}`, value, name, prefix };
   } catch (e) {
     throw new FlagError(`invalid -advertise-route-* flags: ${(e as Error).message}`);

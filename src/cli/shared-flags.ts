@@ -79,6 +79,11 @@ export function etcdTtlFlag(help: string): FlagSpec {
   };
 }
 
+/** The -etcd-prefix value without trailing slashes (keys are built as PREFIX/services/…). */
+export function etcdPrefix(flags: FlagValues): string {
+  return (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+}
+
 /** The lease TTL in seconds, from a value etcdTtlFlag accepted. */
 export function etcdTtlSeconds(flags: FlagValues): number {
   return (flags["etcd-ttl"] as number) / 1000;

@@ -5,6 +5,7 @@
 
 import { parseDuration } from "../cli/flags.ts";
 import { ConfigValueError, describe, fold, foldMap, integer } from "../config/values.ts";
+import { destKeyString } from "../ipvs/types.ts";
 
 export type CheckType = "tcp" | "http" | "https";
 
@@ -200,10 +201,8 @@ function makeSpecKey(spec: CheckSpec): string {
   return parts.join(" ");
 }
 
-/** "198.51.100.1:80", "[2001:db8::1]:80". */
-export function hostPort(address: string, port: number): string {
-  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
-}
+/** "198.51.100.1:80", "[2001:db8::1]:80": written as a destination's key. */
+export const hostPort = (address: string, port: number): string => destKeyString({ address, port });
 
 /** The probed port: the check's own, else the destination's. */
 export const checkPort = (spec: CheckSpec, destPort: number): number => spec.port ?? destPort;

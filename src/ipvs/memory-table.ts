@@ -16,6 +16,7 @@ import {
   type Op,
   type Service,
   type ServiceKey,
+  writeEach,
   writeOne,
 } from "./types.ts";
 
@@ -30,14 +31,10 @@ export class MemoryIpvsTable implements IpvsTable {
   writes = 0;
 
   writeBatch(ops: readonly Op[]): (Error | null)[] {
-    return ops.map((op) => {
-      try {
-        if (op.type === "add-dest" || op.type === "edit-dest") this.putDest(op.service, op.dest, op.type === "add-dest", op.key);
-        else writeOne(this, op);
-        return null;
-      } catch (e) {
-        return e as Error;
-      }
+    // Destinations through putDest: it keeps the operation's key string instead of making one.
+    return writeEach(this, ops, (op) => {
+      if (op.type === "add-dest" || op.type === "edit-dest") this.putDest(op.service, op.dest, op.type === "add-dest", op.key);
+      else writeOne(this, op);
     });
   }
 

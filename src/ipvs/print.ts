@@ -3,7 +3,7 @@
 // A destination may carry a note (health checks: a backend down) after its last column, so the
 // columns stay where ipvsadm has them.
 
-import { IPPROTO, SVC_F_PERSISTENT, addressBytes, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
+import { IPPROTO, SVC_F_PERSISTENT, addressBytes, destKeyString, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
 
 const METHOD_WORD: Record<Dest["method"], string> = {
   masq: "Masq",
@@ -22,7 +22,7 @@ function addrSortKey(address: string): string {
   return (bytes.length === 4 ? "4" : "6") + bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-const hostPort = (address: string, port: number) => (address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`);
+const hostPort = (address: string, port: number) => destKeyString({ address, port });
 
 /** A note for a destination ("# health: a down (refused)"), or undefined for none. */
 export type DestNote = (service: Service, dest: Dest) => string | undefined;

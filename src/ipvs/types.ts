@@ -150,11 +150,11 @@ export function writeOne(ipvs: IpvsTable, op: Op): void {
   }
 }
 
-/** writeBatch() for tables without a faster way: one write after another. */
-export function writeEach(ipvs: IpvsTable, ops: readonly Op[]): (Error | null)[] {
+/** writeBatch() for tables without a faster way: one write after another, each op's error kept. */
+export function writeEach(ipvs: IpvsTable, ops: readonly Op[], write: (op: Op) => void = (op) => writeOne(ipvs, op)): (Error | null)[] {
   return ops.map((op) => {
     try {
-      writeOne(ipvs, op);
+      write(op);
       return null;
     } catch (e) {
       return e as Error;
