@@ -2,9 +2,8 @@
 // table (N services x D dests) into an empty, fresh network namespace. Runs inside the user-mode
 // kernel: `bash bench/kernel.sh` (one boot). Without arguments it runs every round and prints a
 // table; `program N D MODE` and `gen N D` are its helpers (run inside a namespace).
-import { openKernelIpvs, type IpvsOp } from "../src/ipvs/netlink/kernel-table.ts";
-import { CMD } from "../src/ipvs/netlink/codec.ts";
-import type { Dest, FwdMethod, Service } from "../src/ipvs/types.ts";
+import { openKernelIpvs } from "../src/ipvs/netlink/kernel-table.ts";
+import type { Dest, FwdMethod, Op, Service } from "../src/ipvs/types.ts";
 import { writeFileSync } from "node:fs";
 
 const BUN = process.execPath;
@@ -61,11 +60,11 @@ function program(n: number, d: number, mode: string): void {
   const rows = table(n, d);
   const batch = mode.startsWith("batch") ? Number(mode.slice(5)) || 64 : 0;
   const t = openKernelIpvs({ batchSize: batch || 1 });
-  let ops: IpvsOp[] = [];
+  let ops: Op[] = [];
   if (batch) {
     for (const { svc, dests } of rows) {
-      ops.push({ cmd: CMD.NEW_SERVICE, service: svc });
-      for (const dst of dests) ops.push({ cmd: CMD.NEW_DEST, service: svc, dest: dst });
+      ops.push({ type: "add-service", service: svc });
+      for (const dst of dests) ops.push({ type: "add-dest", service: svc, dest: dst });
     }
   }
   const t0 = performance.now();

@@ -1,11 +1,10 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { applyOps, diffService, diffTables, type Table } from "../src/ipvs/diff.ts";
+import { applyOps, diffService, diffTables } from "../src/ipvs/diff.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { Reconciler, normalise } from "../src/daemon/reconciler.ts";
 import { configureLog } from "../src/util/log.ts";
-import { IpvsError, destKeyString, serviceKeyString, writeOne, type Dest, type Op, type Service, type ServiceKey } from "../src/ipvs/types.ts";
-import type { TableEntry } from "../src/model/desired.ts";
+import { IpvsError, destKeyString, serviceKeyString, writeOne, type Dest, type Op, type Service, type ServiceKey, type Table, type TableEntry } from "../src/ipvs/types.ts";
 import { seeds } from "./support/seed.ts";
 
 const arbService: fc.Arbitrary<Service> = fc.record({

@@ -11,10 +11,10 @@ import YAML from "yaml";
 import { ConfigStore } from "../src/config/store.ts";
 import type { RawValue, SourceName } from "../src/config/source.ts";
 import { DEFAULT_DESIRED_OPTIONS, DesiredTable, compileAll, type DesiredOptions } from "../src/model/desired.ts";
-import { applyOps, diffTables, type Table } from "../src/ipvs/diff.ts";
+import { applyOps, diffTables } from "../src/ipvs/diff.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { Reconciler } from "../src/daemon/reconciler.ts";
-import { destKeyString, serviceKeyString, type Dest, type DestKey, type Service, type ServiceKey } from "../src/ipvs/types.ts";
+import { destKeyString, serviceKeyString, type Dest, type DestKey, type Service, type ServiceKey, type Table } from "../src/ipvs/types.ts";
 import { entryKey, modelTable, type ModelBackend, type ModelConfig, type ModelEntry, type ModelFrontend, type ModelRoute } from "./model/ipvs-model.ts";
 import { seeds } from "./support/seed.ts";
 

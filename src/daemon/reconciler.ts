@@ -5,8 +5,7 @@
 
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { TableEntry } from "../model/desired.ts";
-import { applyOp, describeOp, diffTables, type Op, type Table } from "../ipvs/diff.ts";
+import { applyOp, describeOp, diffTables } from "../ipvs/diff.ts";
 import {
   IpvsError,
   SVC_F_HASHED,
@@ -16,6 +15,9 @@ import {
   type IpvsTable,
   type ObservedDest,
   type ObservedService,
+  type Op,
+  type Table,
+  type TableEntry,
   writeOne,
 } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";

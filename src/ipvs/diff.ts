@@ -3,7 +3,6 @@
 // identity changes (an identity change is a different key, so it shows up as one delete and one
 // add). Pure functions over plain data.
 
-import type { TableEntry } from "../model/desired.ts";
 import {
   destConfigEqual,
   destKeyString,
@@ -11,11 +10,9 @@ import {
   serviceKeyString,
   type Dest,
   type Op,
+  type Table,
+  type TableEntry,
 } from "./types.ts";
-
-export type { Op };
-
-export type Table = Map<string, TableEntry>;
 
 /** Operations that turn `actual` into `desired` for one service key. */
 export function diffService(desired: TableEntry | undefined, actual: TableEntry | undefined, owned: boolean): Op[] {

@@ -3,9 +3,9 @@
 // A destination may carry a note (health checks: a backend down) after its last column, so the
 // columns stay where ipvsadm has them.
 
-import { IPPROTO, SVC_F_PERSISTENT, addressBytes, destKeyString, type Dest, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
+import { IPPROTO, SVC_F_PERSISTENT, addressBytes, destKeyString, type Dest, type FwdMethod, type IpvsInfo, type ObservedDest, type Service } from "./types.ts";
 
-const METHOD_WORD: Record<Dest["method"], string> = {
+const METHOD_WORD: Record<FwdMethod, string> = {
   masq: "Masq",
   localnode: "Local",
   tunnel: "Tunnel",
@@ -16,6 +16,9 @@ const METHOD_WORD: Record<Dest["method"], string> = {
 export interface PrintableService extends Service {
   dests: Iterable<Dest | ObservedDest>;
 }
+
+/** ipvsadm's word for a method; one without a name here as the kernel's number. */
+const methodWord = (method: Dest["method"]): string => (typeof method === "number" ? String(method) : METHOD_WORD[method]);
 
 function addrSortKey(address: string): string {
   const bytes = addressBytes(address);
@@ -46,7 +49,7 @@ export function formatTable(services: Iterable<PrintableService>, info: IpvsInfo
     const dests = [...s.dests].sort((a, b) => cmp(addrSortKey(a.address), addrSortKey(b.address)) || a.port - b.port);
     for (const d of dests) {
       const o = d as ObservedDest;
-      const head = `  -> ${hostPort(d.address, d.port).padEnd(28)} ${METHOD_WORD[d.method].padEnd(7)} ${String(d.weight).padEnd(6)} ${String(o.activeConnections ?? 0).padEnd(10)} `;
+      const head = `  -> ${hostPort(d.address, d.port).padEnd(28)} ${methodWord(d.method).padEnd(7)} ${String(d.weight).padEnd(6)} ${String(o.activeConnections ?? 0).padEnd(10)} `;
       const inactive = String(o.inactiveConnections ?? 0);
       const n = note?.(s, d);
       lines.push(n ? `${head}${inactive.padEnd(10)} ${n}` : head + inactive);

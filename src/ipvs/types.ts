@@ -52,13 +52,26 @@ export interface DestKey {
 }
 
 export interface DestConfig {
-  method: FwdMethod;
+  /** A number: a method the kernel listed that has no name here (a newer kernel's), as it came. */
+  method: FwdMethod | number;
   weight: number;
   upperThreshold: number;
   lowerThreshold: number;
 }
 
 export interface Dest extends DestKey, DestConfig {}
+
+/** One service of a table and its destinations (keyed by destKeyString). */
+export interface TableEntry {
+  service: Service;
+  dests: Map<string, Dest>;
+}
+
+/**
+ * A whole table, serviceKeyString → entry: the desired table (src/model), the reconciler's cache
+ * of the kernel, what diff and applyOp work on.
+ */
+export type Table = Map<string, TableEntry>;
 
 /** Counters observed in the kernel; never part of a comparison. */
 export interface Stats {

@@ -21,14 +21,10 @@ import {
   type FwdMethod,
   type Protocol,
   type Service,
+  type Table,
+  type TableEntry,
 } from "../ipvs/types.ts";
 import { RouteIndex, routeCovers } from "./routes.ts";
-
-export interface TableEntry {
-  service: Service;
-  /** Keyed by destKeyString. */
-  dests: Map<string, Dest>;
-}
 
 export interface DesiredEntry extends TableEntry {
   /** The config service that describes it. */
@@ -58,8 +54,6 @@ export interface CompiledEntry extends DesiredEntry {
   /** Destination key → the config backends merged into it (for logs and metrics labels). */
   backendsByDest?: Map<string, string[]>;
 }
-
-export type Table = Map<string, TableEntry>;
 
 export interface DesiredOptions {
   defaultMethod: "masq" | "droute" | "tunnel";

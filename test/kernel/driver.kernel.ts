@@ -9,14 +9,13 @@ import {
   KernelIpvsTable,
   kernelIpvsAvailable,
   openKernelIpvs,
-  type IpvsOp,
 } from "../../src/ipvs/netlink/kernel-table.ts";
-import { CMD } from "../../src/ipvs/netlink/codec.ts";
 import {
   IpvsError,
   type Dest,
   type FwdMethod,
   type ObservedService,
+  type Op,
   type Protocol,
   type Service,
   type ServiceKey,
@@ -51,7 +50,7 @@ function unloadIpvs(): void {
 
 // ---- comparison helpers -------------------------------------------------------------------
 
-const FWD_NAME: Record<FwdMethod, string> = {
+const FWD_NAME: Record<Dest["method"], string> = {
   masq: "Masq",
   localnode: "Local",
   tunnel: "Tunnel",
@@ -387,16 +386,16 @@ describe("kernel IPVS driver", () => {
       family: "inet", protocol: "udp", address: "192.0.2.200", port: 53,
       scheduler: "rr", flags: 0, timeout: 0, netmask: 32,
     };
-    const ops: IpvsOp[] = [{ cmd: CMD.NEW_SERVICE, service: svc }];
+    const ops: Op[] = [{ type: "add-service", service: svc }];
     for (let i = 1; i <= 150; i++) {
       ops.push({
-        cmd: CMD.NEW_DEST,
+        type: "add-dest",
         service: svc,
         dest: { address: `198.51.100.${i}`, port: 53, method: "masq", weight: i, upperThreshold: 0, lowerThreshold: 0 },
       });
     }
-    ops.push({ cmd: CMD.NEW_DEST, service: svc, dest: (ops[5] as { dest: Dest }).dest }); // duplicate
-    ops.push({ cmd: CMD.SET_SERVICE, service: { ...svc, scheduler: "wrr" } });
+    ops.push({ type: "add-dest", service: svc, dest: (ops[5] as { dest: Dest }).dest }); // duplicate
+    ops.push({ type: "edit-service", service: { ...svc, scheduler: "wrr" } });
     const res = t.applyBatch(ops);
     expect(res.filter((r) => r !== null).length).toBe(1);
     expect(res[151]?.code).toBe("EEXIST");
@@ -411,23 +410,23 @@ describe("kernel IPVS driver", () => {
     // The fixture table, then edits and deletes in the same batch, with two writes that fail
     // (EEXIST, ENOENT) and must not stop the ones after them.
     const base = fixture();
-    const ops: IpvsOp[] = [];
+    const ops: Op[] = [];
     for (const { dests, ...svc } of base) {
-      ops.push({ cmd: CMD.NEW_SERVICE, service: svc });
-      for (const d of dests) ops.push({ cmd: CMD.NEW_DEST, service: svc, dest: d });
+      ops.push({ type: "add-service", service: svc });
+      for (const d of dests) ops.push({ type: "add-dest", service: svc, dest: d });
     }
     const [s0, s1, s2] = base as [(typeof base)[0], (typeof base)[0], (typeof base)[0]];
     const last = base[base.length - 1]!;
     const extra: Dest = { address: "198.51.100.99", port: 8080, method: "masq", weight: 3, upperThreshold: 0, lowerThreshold: 0 };
     const failing = [ops.length + 4, ops.length + 5];
     ops.push(
-      { cmd: CMD.SET_SERVICE, service: { ...s0, scheduler: "sed", flags: 1, timeout: 120 } },
-      { cmd: CMD.SET_DEST, service: s0, dest: { ...s0.dests[0]!, weight: 77, method: "droute", upperThreshold: 1000, lowerThreshold: 500 } },
-      { cmd: CMD.DEL_DEST, service: s1, dest: s1.dests[2]! },
-      { cmd: CMD.DEL_SERVICE, service: last },
-      { cmd: CMD.NEW_DEST, service: s2, dest: s2.dests[1]! }, // already there
-      { cmd: CMD.DEL_DEST, service: s2, dest: { address: "198.51.100.250", port: 1 } }, // never there
-      { cmd: CMD.NEW_DEST, service: s2, dest: extra },
+      { type: "edit-service", service: { ...s0, scheduler: "sed", flags: 1, timeout: 120 } },
+      { type: "edit-dest", service: s0, dest: { ...s0.dests[0]!, weight: 77, method: "droute", upperThreshold: 1000, lowerThreshold: 500 } },
+      { type: "delete-dest", service: s1, dest: s1.dests[2]! },
+      { type: "delete-service", service: last },
+      { type: "add-dest", service: s2, dest: s2.dests[1]! }, // already there
+      { type: "delete-dest", service: s2, dest: { address: "198.51.100.250", port: 1 } }, // never there
+      { type: "add-dest", service: s2, dest: extra },
     );
     // The same changes to plain data, by hand.
     const want = fixture().slice(0, -1);
@@ -453,7 +452,7 @@ describe("kernel IPVS driver", () => {
   test("1000 services x 10 dests: the multipart dumps return everything", () => {
     t.flush();
     const want: (Service & { dests: Dest[] })[] = [];
-    const ops: IpvsOp[] = [];
+    const ops: Op[] = [];
     for (let i = 0; i < 1000; i++) {
       const v6 = i % 2 === 1;
       const svc: Service = {
@@ -478,8 +477,8 @@ describe("kernel IPVS driver", () => {
         });
       }
       want.push({ ...svc, dests });
-      ops.push({ cmd: CMD.NEW_SERVICE, service: svc });
-      for (const d of dests) ops.push({ cmd: CMD.NEW_DEST, service: svc, dest: d });
+      ops.push({ type: "add-service", service: svc });
+      for (const d of dests) ops.push({ type: "add-dest", service: svc, dest: d });
     }
     expect(t.applyBatch(ops).filter((r) => r !== null)).toEqual([]);
     const t0 = performance.now();

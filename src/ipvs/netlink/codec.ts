@@ -1,6 +1,8 @@
 // Pure encode/decode of IPVS generic netlink messages (no I/O). Layout: linux/ip_vs.h and
 // linux/netlink.h; byte vectors in the tests. Everything is written into a caller-owned,
-// reused buffer so that per-object work stays small.
+// reused buffer so that per-object work stays small. The writes it encodes are the table's own
+// operations (Op, types.ts); a value the kernel sends that has no name here is decoded as the
+// kernel's number.
 
 import {
   AF,
@@ -14,6 +16,7 @@ import {
   type IpvsInfo,
   type ObservedDest,
   type ObservedService,
+  type Op,
   type Protocol,
   type Service,
   type ServiceKey,
@@ -100,9 +103,9 @@ export const STATS_ATTR = { CONNS: 1, INPKTS: 2, OUTPKTS: 3, INBYTES: 4, OUTBYTE
 
 export const INFO_ATTR = { VERSION: 1, CONN_TAB_SIZE: 2 } as const;
 
-const FAMILY_OF_AF: Record<number, Family> = { 2: "inet", 10: "inet6" };
-const PROTOCOL_OF_NR: Record<number, Protocol> = { 6: "tcp", 17: "udp", 132: "sctp" };
-const METHOD_OF_CODE: FwdMethod[] = ["masq", "localnode", "tunnel", "droute", "bypass"];
+const FAMILY_OF_AF: Partial<Record<number, Family>> = { 2: "inet", 10: "inet6" };
+const PROTOCOL_OF_NR: Partial<Record<number, Protocol>> = { 6: "tcp", 17: "udp", 132: "sctp" };
+const METHOD_OF_CODE: Partial<Record<number, FwdMethod>> = { 0: "masq", 1: "localnode", 2: "tunnel", 3: "droute", 4: "bypass" };
 const IP_VS_CONN_F_FWD_MASK = 0x7;
 
 // ---- writer -------------------------------------------------------------------------------
@@ -397,7 +400,8 @@ export function putDest(w: NlWriter, serviceFamily: Family, d: DestKey | Dest, f
   w.be16(DEST_ATTR.PORT, d.port);
   if (full) {
     const dest = d as Dest;
-    const code = FWD_METHOD_CODE[dest.method];
+    // A number is a method the kernel listed without a name here: written back as it came.
+    const code = typeof dest.method === "number" ? dest.method : FWD_METHOD_CODE[dest.method];
     if (code === undefined) throw new Error(`unknown forwarding method: ${dest.method}`);
     w.u32(DEST_ATTR.FWD_METHOD, code);
     w.u32(DEST_ATTR.WEIGHT, dest.weight);
@@ -417,52 +421,65 @@ export interface Header {
   pid: number;
 }
 
-/** Flags of a request for cmd: REQUEST|ACK, plus DUMP for the GET_SERVICE/GET_DEST listings. */
-export function requestFlags(cmd: number): number {
-  return cmd === CMD.GET_SERVICE || cmd === CMD.GET_DEST
-    ? NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP
-    : NLM_F_REQUEST | NLM_F_ACK;
+/**
+ * One request: a write to the table (the reconciler's Op, as it is) or one of the reads and the
+ * flush, named after the IpvsTable methods that send them.
+ */
+export type Request =
+  | Op
+  | { type: "list-services" }
+  | { type: "list-dests"; service: ServiceKey }
+  | { type: "info" }
+  | { type: "flush" };
+
+/** The netlink command of each request. */
+export const COMMAND: Record<Request["type"], number> = {
+  "add-service": CMD.NEW_SERVICE,
+  "edit-service": CMD.SET_SERVICE,
+  "delete-service": CMD.DEL_SERVICE,
+  "add-dest": CMD.NEW_DEST,
+  "edit-dest": CMD.SET_DEST,
+  "delete-dest": CMD.DEL_DEST,
+  "list-services": CMD.GET_SERVICE,
+  "list-dests": CMD.GET_DEST,
+  info: CMD.GET_INFO,
+  flush: CMD.FLUSH,
+};
+
+/** The listings are dumps: their answer is many messages, ended by NLMSG_DONE. */
+export function isDump(req: Request): boolean {
+  return req.type === "list-services" || req.type === "list-dests";
 }
 
-/** A request as an operation: what encodeRequest() writes. */
-export type Request =
-  | { cmd: typeof CMD.NEW_SERVICE | typeof CMD.SET_SERVICE; service: Service }
-  | { cmd: typeof CMD.DEL_SERVICE | typeof CMD.GET_DEST; service: ServiceKey }
-  | { cmd: typeof CMD.NEW_DEST | typeof CMD.SET_DEST; service: ServiceKey; dest: Dest }
-  | { cmd: typeof CMD.DEL_DEST; service: ServiceKey; dest: DestKey }
-  | { cmd: typeof CMD.GET_SERVICE | typeof CMD.GET_INFO | typeof CMD.FLUSH };
+/** Flags of a request: REQUEST|ACK, plus DUMP for the listings. */
+function requestFlags(req: Request): number {
+  return isDump(req) ? NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP : NLM_F_REQUEST | NLM_F_ACK;
+}
 
 /** Appends one complete netlink message for req to w; returns its start offset. */
 export function encodeRequest(w: NlWriter, h: Header, req: Request): number {
-  const at = w.msgStart(h.familyId, requestFlags(req.cmd), h.seq, h.pid, req.cmd);
-  switch (req.cmd) {
-    case CMD.NEW_SERVICE:
-    case CMD.SET_SERVICE:
+  const at = w.msgStart(h.familyId, requestFlags(req), h.seq, h.pid, COMMAND[req.type]);
+  switch (req.type) {
+    case "add-service":
+    case "edit-service":
       putService(w, req.service, true);
       break;
-    case CMD.DEL_SERVICE:
-    case CMD.GET_DEST:
+    case "delete-service":
+    case "list-dests":
       putService(w, req.service, false);
       break;
-    case CMD.NEW_DEST:
-    case CMD.SET_DEST:
+    case "add-dest":
+    case "edit-dest":
       putService(w, req.service, false);
       putDest(w, req.service.family, req.dest, true);
       break;
-    case CMD.DEL_DEST:
+    case "delete-dest":
       putService(w, req.service, false);
       putDest(w, req.service.family, req.dest, false);
       break;
   }
   w.msgEnd(at);
   return at;
-}
-
-/** The genetlink payload after the genlmsghdr (the `attrs_hex` of the vectors), as a copy. */
-export function encodeAttrs(req: Request): Uint8Array {
-  const w = new NlWriter(256);
-  encodeRequest(w, { familyId: 0, seq: 0, pid: 0 }, req);
-  return w.bytes(NLMSG_HDRLEN + GENL_HDRLEN).slice();
 }
 
 // ---- reader -------------------------------------------------------------------------------
@@ -522,81 +539,120 @@ export function decodeStats(dv: DataView, off: number, end: number): Stats {
   return s;
 }
 
-/** A decoded service; fwmark services (not modelled) come back with fwmark set and no key. */
-export interface DecodedService extends ObservedService {
+/**
+ * A service as the kernel listed it. A family or protocol without a name here stays the kernel's
+ * number; fwmark services (not modelled) come back with fwmark set and no address.
+ */
+export interface DecodedService extends Omit<ObservedService, "family" | "protocol"> {
+  family: Family | number;
+  protocol: Protocol | number;
   fwmark?: number;
+}
+
+/** A CMD_ATTR_SERVICE nest's attributes as sent: numbers and offsets, not yet named. */
+interface ServiceAttrs {
+  af: number;
+  protocol: number;
+  /** Offset of the address in buf; -1 when absent. */
+  addrAt: number;
+  port: number;
+  fwmark: number;
+  scheduler: string;
+  flags: number;
+  timeout: number;
+  /** The NETMASK value as sent; -1 when absent. */
+  netmask: number;
+  stats?: Stats;
+  stats64?: Stats;
 }
 
 /** Decodes the body of a CMD_ATTR_SERVICE nest (buf[off, end)). Dests are left empty. */
 export function decodeService(buf: Uint8Array, dv: DataView, off: number, end: number): DecodedService {
-  let af = 0;
-  let proto = 0;
-  let addrAt = -1;
-  let port = 0;
-  let fwmark = 0;
-  let scheduler = "";
-  let flags = 0;
-  let timeout = 0;
-  let netmask = -1;
-  let stats: Stats | undefined;
-  let stats64: Stats | undefined;
+  const a = readServiceAttrs(buf, dv, off, end);
+  const family = FAMILY_OF_AF[a.af];
+  const svc: DecodedService = {
+    family: family ?? a.af,
+    protocol: PROTOCOL_OF_NR[a.protocol] ?? a.protocol,
+    address: family && a.addrAt >= 0 ? readAddr(buf, a.addrAt, family) : "",
+    port: a.port,
+    scheduler: a.scheduler,
+    flags: a.flags & ~SVC_F_HASHED,
+    timeout: a.timeout,
+    netmask: a.netmask < 0 ? (family === "inet6" ? 128 : 32) : netmaskPrefix(family ?? "inet", a.netmask),
+    dests: [],
+  };
+  const stats = a.stats64 ?? a.stats;
+  if (stats) svc.stats = stats;
+  if (a.fwmark) svc.fwmark = a.fwmark;
+  return svc;
+}
+
+function readServiceAttrs(buf: Uint8Array, dv: DataView, off: number, end: number): ServiceAttrs {
+  const a: ServiceAttrs = { af: 0, protocol: 0, addrAt: -1, port: 0, fwmark: 0, scheduler: "", flags: 0, timeout: 0, netmask: -1 };
   forEachAttr(dv, off, end, (t, p, len) => {
     switch (t) {
       case SVC_ATTR.AF:
-        af = dv.getUint16(p, true);
+        a.af = dv.getUint16(p, true);
         break;
       case SVC_ATTR.PROTOCOL:
-        proto = dv.getUint16(p, true);
+        a.protocol = dv.getUint16(p, true);
         break;
       case SVC_ATTR.ADDR:
-        addrAt = p;
+        a.addrAt = p;
         break;
       case SVC_ATTR.PORT:
-        port = dv.getUint16(p, false);
+        a.port = dv.getUint16(p, false);
         break;
       case SVC_ATTR.FWMARK:
-        fwmark = dv.getUint32(p, true);
+        a.fwmark = dv.getUint32(p, true);
         break;
-      case SVC_ATTR.SCHED_NAME: {
-        let e = p;
-        while (e < p + len && buf[e] !== 0) e++;
-        scheduler = String.fromCharCode(...buf.subarray(p, e));
+      case SVC_ATTR.SCHED_NAME:
+        a.scheduler = readString(buf, p, len);
         break;
-      }
       case SVC_ATTR.FLAGS:
-        flags = dv.getUint32(p, true) & ~SVC_F_HASHED;
+        a.flags = dv.getUint32(p, true);
         break;
       case SVC_ATTR.TIMEOUT:
-        timeout = dv.getUint32(p, true);
+        a.timeout = dv.getUint32(p, true);
         break;
       case SVC_ATTR.NETMASK:
-        netmask = dv.getUint32(p, true);
+        a.netmask = dv.getUint32(p, true);
         break;
       case SVC_ATTR.STATS:
-        stats = decodeStats(dv, p, p + len);
+        a.stats = decodeStats(dv, p, p + len);
         break;
       case SVC_ATTR.STATS64:
-        stats64 = decodeStats(dv, p, p + len);
+        a.stats64 = decodeStats(dv, p, p + len);
         break;
     }
   });
-  const family = FAMILY_OF_AF[af] ?? ("af" + af as Family);
-  const protocol = PROTOCOL_OF_NR[proto] ?? ("proto" + proto as Protocol);
-  const svc: DecodedService = {
-    family,
-    protocol,
-    address: addrAt >= 0 && FAMILY_OF_AF[af] ? readAddr(buf, addrAt, family) : "",
-    port,
-    scheduler,
-    flags,
-    timeout,
-    netmask: netmask < 0 ? (family === "inet6" ? 128 : 32) : netmaskPrefix(family, netmask),
-    dests: [],
-  };
-  const st = stats64 ?? stats;
-  if (st) svc.stats = st;
-  if (fwmark) svc.fwmark = fwmark;
-  return svc;
+  return a;
+}
+
+/** A NUL-terminated ASCII string attribute. */
+function readString(buf: Uint8Array, p: number, len: number): string {
+  let e = p;
+  while (e < p + len && buf[e] !== 0) e++;
+  return String.fromCharCode(...buf.subarray(p, e));
+}
+
+/** A CMD_ATTR_DEST nest's attributes as sent: numbers and offsets, not yet named. */
+interface DestAttrs {
+  /** Offset of the address in buf; -1 when absent. */
+  addrAt: number;
+  addrLen: number;
+  /** ADDR_FAMILY; 0 when absent (the service's family). */
+  af: number;
+  port: number;
+  method: number;
+  weight: number;
+  upperThreshold: number;
+  lowerThreshold: number;
+  activeConnections?: number;
+  inactiveConnections?: number;
+  persistentConnections?: number;
+  stats?: Stats;
+  stats64?: Stats;
 }
 
 /** Decodes the body of a CMD_ATTR_DEST nest; the address family defaults to the service's. */
@@ -607,76 +663,73 @@ export function decodeDest(
   end: number,
   serviceFamily: Family,
 ): ObservedDest {
-  let addrAt = -1;
-  let addrLen = 0;
-  let af = 0;
-  let port = 0;
-  let method = 0;
-  let weight = 0;
-  let u = 0;
-  let l = 0;
-  let active: number | undefined;
-  let inactive: number | undefined;
-  let persistent: number | undefined;
-  let stats: Stats | undefined;
-  let stats64: Stats | undefined;
+  const a = readDestAttrs(dv, off, end);
+  const d: ObservedDest = {
+    address: a.addrAt >= 0 ? readAddr(buf, a.addrAt, destFamily(a, serviceFamily)) : "",
+    port: a.port,
+    method: METHOD_OF_CODE[a.method] ?? a.method,
+    weight: a.weight,
+    upperThreshold: a.upperThreshold,
+    lowerThreshold: a.lowerThreshold,
+  };
+  if (a.activeConnections !== undefined) d.activeConnections = a.activeConnections;
+  if (a.inactiveConnections !== undefined) d.inactiveConnections = a.inactiveConnections;
+  if (a.persistentConnections !== undefined) d.persistentConnections = a.persistentConnections;
+  const stats = a.stats64 ?? a.stats;
+  if (stats) d.stats = stats;
+  return d;
+}
+
+/** A dest's own ADDR_FAMILY, else the service's; an address shorter than 16 bytes is IPv4 whatever they say. */
+function destFamily(a: DestAttrs, serviceFamily: Family): Family {
+  const family = FAMILY_OF_AF[a.af] ?? serviceFamily;
+  return family === "inet6" && a.addrLen > 0 && a.addrLen < 16 ? "inet" : family;
+}
+
+function readDestAttrs(dv: DataView, off: number, end: number): DestAttrs {
+  const a: DestAttrs = { addrAt: -1, addrLen: 0, af: 0, port: 0, method: 0, weight: 0, upperThreshold: 0, lowerThreshold: 0 };
   forEachAttr(dv, off, end, (t, p, len) => {
     switch (t) {
       case DEST_ATTR.ADDR:
-        addrAt = p;
-        addrLen = len;
+        a.addrAt = p;
+        a.addrLen = len;
         break;
       case DEST_ATTR.PORT:
-        port = dv.getUint16(p, false);
+        a.port = dv.getUint16(p, false);
         break;
       case DEST_ATTR.FWD_METHOD:
-        method = dv.getUint32(p, true) & IP_VS_CONN_F_FWD_MASK;
+        a.method = dv.getUint32(p, true) & IP_VS_CONN_F_FWD_MASK;
         break;
       case DEST_ATTR.WEIGHT:
-        weight = dv.getInt32(p, true);
+        a.weight = dv.getInt32(p, true);
         break;
       case DEST_ATTR.U_THRESH:
-        u = dv.getUint32(p, true);
+        a.upperThreshold = dv.getUint32(p, true);
         break;
       case DEST_ATTR.L_THRESH:
-        l = dv.getUint32(p, true);
+        a.lowerThreshold = dv.getUint32(p, true);
         break;
       case DEST_ATTR.ACTIVE_CONNS:
-        active = dv.getUint32(p, true);
+        a.activeConnections = dv.getUint32(p, true);
         break;
       case DEST_ATTR.INACT_CONNS:
-        inactive = dv.getUint32(p, true);
+        a.inactiveConnections = dv.getUint32(p, true);
         break;
       case DEST_ATTR.PERSIST_CONNS:
-        persistent = dv.getUint32(p, true);
+        a.persistentConnections = dv.getUint32(p, true);
         break;
       case DEST_ATTR.STATS:
-        stats = decodeStats(dv, p, p + len);
+        a.stats = decodeStats(dv, p, p + len);
         break;
       case DEST_ATTR.STATS64:
-        stats64 = decodeStats(dv, p, p + len);
+        a.stats64 = decodeStats(dv, p, p + len);
         break;
       case DEST_ATTR.ADDR_FAMILY:
-        af = dv.getUint16(p, true);
+        a.af = dv.getUint16(p, true);
         break;
     }
   });
-  let family = FAMILY_OF_AF[af] ?? serviceFamily;
-  if (family === "inet6" && addrLen > 0 && addrLen < 16) family = "inet";
-  const d: ObservedDest = {
-    address: addrAt >= 0 ? readAddr(buf, addrAt, family) : "",
-    port,
-    method: METHOD_OF_CODE[method] ?? ("0x" + method.toString(16).padStart(4, "0") as FwdMethod),
-    weight,
-    upperThreshold: u,
-    lowerThreshold: l,
-  };
-  if (active !== undefined) d.activeConnections = active;
-  if (inactive !== undefined) d.inactiveConnections = inactive;
-  if (persistent !== undefined) d.persistentConnections = persistent;
-  const st = stats64 ?? stats;
-  if (st) d.stats = st;
-  return d;
+  return a;
 }
 
 /** Decodes a GET_INFO answer's attributes (after the genlmsghdr). */
@@ -701,28 +754,11 @@ export function findAttr(dv: DataView, off: number, end: number, type: number): 
   return null;
 }
 
-// ---- helpers for tests and debug ----------------------------------------------------------
+// ---- debug --------------------------------------------------------------------------------
 
+/** Bytes as hex (the kernel driver's debug lines). */
 export function toHex(b: Uint8Array): string {
   let s = "";
   for (let i = 0; i < b.length; i++) s += b[i]!.toString(16).padStart(2, "0");
   return s;
-}
-
-export function fromHex(h: string): Uint8Array {
-  const clean = h.replace(/\s+/g, "");
-  const out = new Uint8Array(clean.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.substr(i * 2, 2), 16);
-  return out;
-}
-
-/** Decodes a service + dest request payload (attrs after the genlmsghdr) — for round trips. */
-export function decodeRequestAttrs(payload: Uint8Array): { service?: DecodedService; dest?: ObservedDest } {
-  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
-  const out: { service?: DecodedService; dest?: ObservedDest } = {};
-  const s = findAttr(dv, 0, payload.length, CMD_ATTR_SERVICE);
-  if (s) out.service = decodeService(payload, dv, s[0], s[0] + s[1]);
-  const d = findAttr(dv, 0, payload.length, CMD_ATTR_DEST);
-  if (d) out.dest = decodeDest(payload, dv, d[0], d[0] + d[1], out.service?.family ?? "inet");
-  return out;
 }

@@ -18,24 +18,24 @@ import {
   type ServiceKey,
 } from "../types.ts";
 import {
-  CMD,
   CMD_ATTR_DEST,
   CMD_ATTR_SERVICE,
   CMD_NAME,
+  COMMAND,
   GENL_HDRLEN,
   IPVS_GENL_VERSION,
   NLMSG_DONE,
   NLMSG_ERROR,
   NLMSG_HDRLEN,
-  NLM_F_DUMP,
   NlWriter,
   decodeDest,
   decodeInfo,
   decodeService,
-  findAttr,
-  requestFlags,
   encodeRequest,
+  findAttr,
+  isDump,
   toHex,
+  type DecodedService,
   type Request,
 } from "./codec.ts";
 import { ERRNO, GenlSocket, strerror } from "./libnl.ts";
@@ -50,24 +50,6 @@ export interface KernelIpvsOptions {
   /** Largest number of requests sent in one send() by applyBatch (default 64). */
   batchSize?: number;
 }
-
-/** A write for applyBatch(): the commands that change the table. */
-export type IpvsOp =
-  | { cmd: typeof CMD.NEW_SERVICE | typeof CMD.SET_SERVICE; service: Service }
-  | { cmd: typeof CMD.DEL_SERVICE; service: ServiceKey }
-  | { cmd: typeof CMD.NEW_DEST | typeof CMD.SET_DEST; service: ServiceKey; dest: Dest }
-  | { cmd: typeof CMD.DEL_DEST; service: ServiceKey; dest: DestKey }
-  | { cmd: typeof CMD.FLUSH };
-
-/** The netlink command of each table write. */
-const OP_CMD: Record<Op["type"], number> = {
-  "add-service": CMD.NEW_SERVICE,
-  "edit-service": CMD.SET_SERVICE,
-  "delete-service": CMD.DEL_SERVICE,
-  "add-dest": CMD.NEW_DEST,
-  "edit-dest": CMD.SET_DEST,
-  "delete-dest": CMD.DEL_DEST,
-};
 
 function errnoCode(errno: number): IpvsErrorCode {
   switch (errno) {
@@ -88,7 +70,7 @@ function errnoCode(errno: number): IpvsErrorCode {
 
 /** "NEW_DEST inet+tcp://10.0.0.1:80 10.1.0.1:8080" */
 export function describeRequest(req: Request): string {
-  let s = CMD_NAME[req.cmd] ?? `cmd ${req.cmd}`;
+  let s = CMD_NAME[COMMAND[req.type]]!;
   if ("service" in req) s += " " + serviceKeyString(req.service);
   if ("dest" in req) s += " " + destKeyString(req.dest);
   return s;
@@ -163,8 +145,7 @@ export class KernelIpvsTable implements IpvsTable {
     encodeRequest(w, { familyId: this.familyId, seq, pid: sock.port }, req);
     if (this.debug) this.debug(`> ${describeRequest(req)} seq=${seq} ${toHex(w.bytes())}`);
     this.send(sock, req);
-    const dump = (requestFlags(req.cmd) & NLM_F_DUMP) === NLM_F_DUMP;
-    const err = this.receive(seq, seq, dump, onMessage, null);
+    const err = this.receive(seq, seq, isDump(req), onMessage, null);
     if (err) throw this.error(req, err);
   }
 
@@ -250,7 +231,7 @@ export class KernelIpvsTable implements IpvsTable {
 
   info(): IpvsInfo {
     let info: IpvsInfo | null = null;
-    this.exec({ cmd: CMD.GET_INFO }, (_buf, dv, off, end) => {
+    this.exec({ type: "info" }, (_buf, dv, off, end) => {
       info = decodeInfo(dv, off, end);
     });
     if (!info) throw new IpvsError("GET_INFO: no answer", "EOTHER");
@@ -265,23 +246,19 @@ export class KernelIpvsTable implements IpvsTable {
 
   listServices(): ObservedService[] {
     const services: ObservedService[] = [];
-    this.exec({ cmd: CMD.GET_SERVICE }, (buf, dv, off, end) => {
+    this.exec({ type: "list-services" }, (buf, dv, off, end) => {
       const a = findAttr(dv, off, end, CMD_ATTR_SERVICE);
       if (!a) return;
       const svc = decodeService(buf, dv, a[0], a[0] + a[1]);
-      if (svc.fwmark !== undefined) {
-        // fwmark services are not modelled (no identity in ServiceKey): left out
-        this.debug?.(`list: skipping fwmark service ${svc.fwmark}`);
-        return;
-      }
-      services.push(svc);
+      if (modelled(svc)) services.push(svc);
+      else this.debug?.(`list: skipping ${svc.fwmark !== undefined ? `fwmark service ${svc.fwmark}` : `service of family ${svc.family}, protocol ${svc.protocol}`}`);
     });
     return services;
   }
 
   listDests(service: ServiceKey): ObservedDest[] {
     const dests: ObservedDest[] = [];
-    this.exec({ cmd: CMD.GET_DEST, service }, (buf, dv, off, end) => {
+    this.exec({ type: "list-dests", service }, (buf, dv, off, end) => {
       const a = findAttr(dv, off, end, CMD_ATTR_DEST);
       if (a) dests.push(decodeDest(buf, dv, a[0], a[0] + a[1], service.family));
     });
@@ -289,38 +266,37 @@ export class KernelIpvsTable implements IpvsTable {
   }
 
   addService(service: Service): void {
-    this.exec({ cmd: CMD.NEW_SERVICE, service });
+    this.exec({ type: "add-service", service });
   }
 
   editService(service: Service): void {
-    this.exec({ cmd: CMD.SET_SERVICE, service });
+    this.exec({ type: "edit-service", service });
   }
 
   deleteService(key: ServiceKey): void {
-    this.exec({ cmd: CMD.DEL_SERVICE, service: key });
+    this.exec({ type: "delete-service", service: key });
   }
 
   addDest(service: ServiceKey, dest: Dest): void {
-    this.exec({ cmd: CMD.NEW_DEST, service, dest });
+    this.exec({ type: "add-dest", service, dest });
   }
 
   editDest(service: ServiceKey, dest: Dest): void {
-    this.exec({ cmd: CMD.SET_DEST, service, dest });
+    this.exec({ type: "edit-dest", service, dest });
   }
 
   deleteDest(service: ServiceKey, dest: DestKey): void {
-    this.exec({ cmd: CMD.DEL_DEST, service, dest });
+    this.exec({ type: "delete-dest", service, dest });
   }
 
   flush(): void {
-    this.exec({ cmd: CMD.FLUSH });
+    this.exec({ type: "flush" });
   }
 
-  /** IpvsTable.writeBatch: the writes as netlink commands, many to a send (applyBatch). */
+  /** IpvsTable.writeBatch: many writes to a send (applyBatch). */
   writeBatch(ops: readonly Op[]): (Error | null)[] {
-    const cmds = ops.map((op) => ({ ...op, cmd: OP_CMD[op.type] }) as unknown as IpvsOp);
     try {
-      return this.applyBatch(cmds);
+      return this.applyBatch(ops);
     } catch (e) {
       // No answer (timeout) or a socket error: none of them is known to have happened.
       return ops.map(() => e as Error);
@@ -332,7 +308,7 @@ export class KernelIpvsTable implements IpvsTable {
    * (null, or the IpvsError of that op). The kernel handles the messages of one send in order
    * and answers each; a failed op does not stop the ones after it.
    */
-  applyBatch(ops: readonly IpvsOp[]): (IpvsError | null)[] {
+  applyBatch(ops: readonly Request[]): (IpvsError | null)[] {
     const results: (IpvsError | null)[] = new Array(ops.length).fill(null);
     const errs = new Int32Array(this.batchSize);
     for (let i = 0; i < ops.length; i += this.batchSize) {
@@ -362,6 +338,11 @@ export class KernelIpvsTable implements IpvsTable {
   close(): void {
     this.reset();
   }
+}
+
+/** Services this code can name: no fwmark, a known family and protocol (anything else is left out of the listing). */
+function modelled(s: DecodedService): s is DecodedService & ObservedService {
+  return s.fwmark === undefined && typeof s.family === "string" && typeof s.protocol === "string";
 }
 
 /** Opens the kernel table, or throws an Error saying clearly that IPVS is missing. */
