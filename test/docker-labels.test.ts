@@ -2,9 +2,9 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { seeds } from "./support/seed.ts";
-import { parseKeyPath } from "../src/config/store.ts";
+import { backendKey, nameProblem, parseKeyPath } from "../src/config/keys.ts";
 import { parseBackend } from "../src/config/values.ts";
-import { backendJson, backendKey, containerBackends, desiredKeys, validServiceName, type BackendOptions, type ContainerInspect } from "../src/docker/labels.ts";
+import { backendJson, containerBackends, desiredKeys, type BackendOptions, type ContainerInspect } from "../src/docker/labels.ts";
 
 const ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -284,9 +284,8 @@ describe("keys and values", () => {
             const c = container({ labels: { [S]: serviceLabel, [`${B}.tcp`]: String(port), [`${B}.weight`]: String(weight) }, exposed: [`${port}/tcp`] });
             const r = containerBackends(c);
             for (const [service, b] of r.backends) {
-              expect(validServiceName(service)).toBe(true);
-              const key = backendKey("/clusterf", service, ID).slice("/clusterf/".length);
-              expect(parseKeyPath(key)).toEqual({ kind: "backend", service, backend: ID });
+              expect(nameProblem(service)).toBeUndefined();
+              expect(parseKeyPath(backendKey(service, ID))).toEqual({ kind: "backend", service, backend: ID });
               expect(parseBackend(backendJson(b)).value).toEqual({ ipv4: "198.51.100.2", tcp: port, weight });
             }
             // Every name is either published or warned about.

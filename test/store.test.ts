@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { ConfigStore, parseKeyPath, type ConfigProblem } from "../src/config/store.ts";
+import { ConfigStore, type ConfigProblem } from "../src/config/store.ts";
+import { parseKeyPath } from "../src/config/keys.ts";
 import type { SourceName } from "../src/config/source.ts";
 import { del, entries, put } from "./support/config.ts";
 

@@ -13,6 +13,7 @@ import type { Etcd3 } from "etcd3";
 import { startMetrics } from "../metrics/server.ts";
 import { Checker } from "../health/checker.ts";
 import { HealthPublisher } from "../health/publish.ts";
+import { absoluteKey, routeKey } from "../config/keys.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -84,7 +85,7 @@ function advertisedRoute(flags: FlagValues): { key: string; value: string; name:
       IpvsMethod: flags["advertise-route-ipvs-method"] as string,
     });
     const prefix = etcdPrefix(flags);
-    return { key: `${prefix}/routes/${name}`, value, name, prefix };
+    return { key: absoluteKey(prefix, routeKey(name)), value, name, prefix };
   } catch (e) {
     throw new FlagError(`invalid -advertise-route-* flags: ${(e as Error).message}`);
   }
@@ -106,7 +107,7 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   const etcd = etcdClientOptions(flags);
   if (etcd.endpoints.length) {
     const { EtcdSource } = await import("../config/etcd-source.ts");
-    sources.push(new EtcdSource({ ...etcd, prefix: flags["etcd-prefix"] as string }));
+    sources.push(new EtcdSource({ ...etcd, prefix: etcdPrefix(flags) }));
   }
   return sources;
 }

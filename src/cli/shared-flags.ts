@@ -2,6 +2,7 @@
 import type { EtcdClientOptions } from "../config/etcd-source.ts";
 import { checkWith, type FlagSpec, type FlagValues } from "./flags.ts";
 import { parseListen } from "../metrics/server.ts";
+import { DEFAULT_PREFIX, trimPrefix } from "../config/keys.ts";
 
 /**
  * -metrics-listen: empty (off), or what parseListen takes with a port a server can be found on
@@ -60,7 +61,7 @@ export function etcdMachinesFlag(help: string): FlagSpec {
 export const ETCD_PREFIX_FLAG: FlagSpec = {
   name: "etcd-prefix",
   type: "string",
-  default: "/clusterf",
+  default: DEFAULT_PREFIX,
   help: "etcd key prefix of the config tree",
   check: (v: string) => (v.startsWith("/") && !/\s/.test(v) ? undefined : "expected a key prefix starting with /, without spaces"),
 };
@@ -81,7 +82,7 @@ export function etcdTtlFlag(help: string): FlagSpec {
 
 /** The -etcd-prefix value without trailing slashes (keys are built as PREFIX/services/…). */
 export function etcdPrefix(flags: FlagValues): string {
-  return (flags["etcd-prefix"] as string).replace(/\/+$/, "");
+  return trimPrefix(flags["etcd-prefix"] as string);
 }
 
 /** The lease TTL in seconds, from a value etcdTtlFlag accepted. */

@@ -30,6 +30,7 @@ import {
   type IOptions,
 } from "etcd3";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
+import { DEFAULT_PREFIX, trimPrefix } from "./keys.ts";
 import { debug, error as logError, info, warn } from "../util/log.ts";
 
 export interface EtcdClientOptions {
@@ -280,7 +281,7 @@ export class EtcdSource implements ConfigSource {
   private readonly pageSize: number;
 
   constructor(private opts: EtcdSourceOptions) {
-    const p = (opts.prefix ?? "/clusterf").replace(/\/+$/, "");
+    const p = trimPrefix(opts.prefix ?? DEFAULT_PREFIX);
     this.prefix = p;
     this.baseText = p + "/";
     this.base = Buffer.from(this.baseText);

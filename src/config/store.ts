@@ -6,16 +6,10 @@
 // health/ROUTE/SERVICE/BACKEND (etcd only: an intermediate host's published backend health,
 // src/health/publish.ts) is kept apart from the config: a change is a change of that service.
 
-import { quote } from "../util/log.ts";
 import type { KeyEvent, RawValue, SourceName } from "./source.ts";
 import { parseHealthRecord } from "../health/publish.ts";
+import { HEALTH, LAYOUT_HINT, ROUTES, SERVICES, backendKey, frontendKey, healthKey, nameProblem, parseKeyPath, routeKey, topLevelName, type KeyPath } from "./keys.ts";
 import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
-
-export type KeyPath =
-  | { kind: "frontend"; service: string }
-  | { kind: "backend"; service: string; backend: string }
-  | { kind: "route"; route: string }
-  | { kind: "health"; route: string; service: string; backend: string };
 
 /** A parsed value; its kind is its key path's. */
 type Value = Frontend | Backend | Route;
@@ -43,56 +37,6 @@ export interface StoreOptions {
   onWarning?: (p: ConfigProblem) => void;
   /** Keys outside the layout's top-level names (services/, routes/, and health/ from etcd): skipped, reported once per name. */
   onSkipped?: (p: ConfigProblem) => void;
-}
-
-/** Longest accepted name, in characters (names become metric labels and log fields). */
-const MAX_NAME_LENGTH = 255;
-
-/** Printable ASCII without "/", not starting with a space: a good name unless too long, "." or "..". */
-const PLAIN_NAME = /^[!-.0-~][ -.0-~]*$/;
-
-/**
- * Why a service, backend or route name is refused (undefined: it is a good name): names are one
- * path segment, not "." or "..", without control characters, not starting with white space, at
- * most MAX_NAME_LENGTH characters.
- */
-export function nameProblem(name: string): string | undefined {
-  // Most names are printable ASCII: one test, no garbage (every key of a 110,000-key read comes here).
-  if (PLAIN_NAME.test(name) && name.length <= MAX_NAME_LENGTH && name !== "." && name !== "..") return undefined;
-  const bad = (why: string) => `invalid name ${quote(name.length > 40 ? name.slice(0, 40) + "…" : name)}: ${why}`;
-  if (name === "") return bad("empty");
-  if (name === "." || name === "..") return bad('"." and ".." are not names');
-  if (name.length > MAX_NAME_LENGTH) return bad(`${name.length} characters, more than ${MAX_NAME_LENGTH}`);
-  const control = /\p{Cc}/u.exec(name);
-  if (control) return bad(`control character ${codePoint(control[0])}`);
-  if (/^\s/u.test(name)) return bad(`starts with white space (${codePoint(name[0]!)})`);
-  if (name.includes("/")) return bad("contains a slash");
-  return undefined;
-}
-
-const codePoint = (c: string) => `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
-
-/** Maps a key path to what it names; undefined for paths outside the layout or with a bad name. */
-export function parseKeyPath(key: string): KeyPath | undefined {
-  // Sliced in place rather than split: this runs for every key of a full read.
-  if (key.startsWith("routes/")) {
-    const route = key.slice(7);
-    return route.includes("/") || nameProblem(route) !== undefined ? undefined : { kind: "route", route };
-  }
-  if (key.startsWith("health/")) {
-    const parts = key.slice(7).split("/");
-    if (parts.length !== 3 || parts.some((p) => nameProblem(p) !== undefined)) return undefined;
-    return { kind: "health", route: parts[0]!, service: parts[1]!, backend: parts[2]! };
-  }
-  if (!key.startsWith("services/")) return undefined;
-  const slash = key.indexOf("/", 9);
-  if (slash < 0) return undefined;
-  const service = key.slice(9, slash);
-  if (nameProblem(service) !== undefined) return undefined;
-  if (key.length === slash + 9 && key.endsWith("/frontend")) return { kind: "frontend", service };
-  if (!key.startsWith("/backends/", slash)) return undefined;
-  const backend = key.slice(slash + 10);
-  return backend.includes("/") || nameProblem(backend) !== undefined ? undefined : { kind: "backend", service, backend };
 }
 
 function parseValue(path: Exclude<KeyPath, { kind: "health" }>, raw: RawValue): { value: Value; warnings: string[] } {
@@ -139,7 +83,7 @@ export class ConfigStore {
   readonly services = new Map<string, MergedService>();
   readonly routes = new Map<string, Route>();
 
-  /** Published backend health from etcd: "ROUTE/SERVICE/BACKEND" → weight. */
+  /** Published backend health from etcd: its key (health/ROUTE/SERVICE/BACKEND) → weight. */
   private readonly health = new Map<string, number>();
 
   private readonly skipped = new Set<string>();
@@ -156,8 +100,8 @@ export class ConfigStore {
     // Health records come from the other tier through etcd; a local tree has none.
     if (path?.kind === "health" && source === "local") path = undefined;
     if (!path) {
-      const top = event.key.split("/")[0]!;
-      if (top !== "services" && top !== "routes" && (top !== "health" || source === "local")) {
+      const top = topLevelName(event.key);
+      if (top !== SERVICES && top !== ROUTES && (top !== HEALTH || source === "local")) {
         // Not config at all (docs or examples kept beside the tree, another tool's keys): one
         // line per top-level name, not a warning per key.
         if (event.value && !this.skipped.has(`${source}:${top}`)) {
@@ -168,7 +112,7 @@ export class ConfigStore {
       }
       if (event.value) {
         const badName = event.key.split("/").map(nameProblem).find((p) => p !== undefined);
-        const message = badName ?? "unknown key path ignored (expected services/NAME/frontend, services/NAME/backends/NAME, routes/NAME or health/ROUTE/SERVICE/BACKEND)";
+        const message = badName ?? `unknown key path ignored (expected ${LAYOUT_HINT})`;
         this.opts.onWarning?.({ source, key: event.key, origin: event.value.origin, message });
       }
       return undefined;
@@ -209,11 +153,11 @@ export class ConfigStore {
 
   /** The weight an intermediate host published for a backend behind its route (undefined: none). */
   publishedWeight(route: string, service: string, backend: string): number | undefined {
-    return this.health.size === 0 ? undefined : this.health.get(`${route}/${service}/${backend}`);
+    return this.health.size === 0 ? undefined : this.health.get(healthKey(route, service, backend));
   }
 
   private applyHealth(event: KeyEvent, path: KeyPath & { kind: "health" }): Change | undefined {
-    const id = `${path.route}/${path.service}/${path.backend}`;
+    const id = event.key;
     const before = this.health.get(id);
     if (event.value === null) {
       this.warned.etcd.delete(event.key);
@@ -276,11 +220,11 @@ export class ConfigStore {
     const { services, routes } = this.sources[source];
     const keys: string[] = [];
     for (const [name, svc] of services) {
-      if (svc.frontend) keys.push(`services/${name}/frontend`);
-      for (const backend of svc.backends.keys()) keys.push(`services/${name}/backends/${backend}`);
+      if (svc.frontend) keys.push(frontendKey(name));
+      for (const backend of svc.backends.keys()) keys.push(backendKey(name, backend));
     }
-    for (const name of routes.keys()) keys.push(`routes/${name}`);
-    if (source === "etcd") for (const id of this.health.keys()) keys.push(`health/${id}`);
+    for (const name of routes.keys()) keys.push(routeKey(name));
+    if (source === "etcd") keys.push(...this.health.keys());
     return keys;
   }
 

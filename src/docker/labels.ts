@@ -11,7 +11,7 @@
 // A bad label skips only what it describes: that port (or that service, when no port is left),
 // never the container's other services.
 
-import { parseKeyPath } from "../config/store.ts";
+import { absoluteKey, backendKey, nameProblem } from "../config/keys.ts";
 import { DEFAULT_WEIGHT, MAX_WEIGHT, parseIPv4, parseIPv6, type Backend } from "../config/values.ts";
 
 export const LABEL_SERVICE = "net.qmsk.clusterf.service";
@@ -53,12 +53,6 @@ export interface ContainerBackends {
   warnings: string[];
   /** Why the weight is 0 when it is ("paused", "unhealthy", …); undefined at the label weight. */
   drained?: string;
-}
-
-/** A service name that clusterf-ipvs accepts as one key segment. */
-export function validServiceName(name: string): boolean {
-  // The readers' own rule for a key name (clusterf-ipvs would skip the key otherwise).
-  return parseKeyPath(`services/${name}/frontend`) !== undefined;
 }
 
 /** A whole decimal number in min…max, or undefined. */
@@ -110,7 +104,8 @@ export function containerBackends(c: ContainerInspect, opts: BackendOptions = {}
 
   const services: string[] = [];
   for (const name of names) {
-    if (validServiceName(name)) services.push(name);
+    // The readers' own rule for a key name (clusterf-ipvs would skip the key otherwise).
+    if (nameProblem(name) === undefined) services.push(name);
     else warnings.push(`${who}: label ${LABEL_SERVICE}: service name ${JSON.stringify(name)} is not a valid key name; skipped`);
   }
   if (services.length === 0) return { backends, warnings };
@@ -274,11 +269,6 @@ export function backendJson(b: Backend): string {
   return JSON.stringify(o);
 }
 
-/** The etcd key of a container's backend of a service, under the prefix (no trailing slash). */
-export function backendKey(prefix: string, service: string, containerId: string): string {
-  return `${prefix.replace(/\/+$/, "")}/services/${service}/backends/${containerId}`;
-}
-
 /**
  * The keys and values the containers stand for, under the prefix. Warnings are returned per
  * container so the caller can log each set once.
@@ -293,7 +283,7 @@ export function desiredKeys(
   for (const c of containers) {
     const r = containerBackends(c, { network: opts.network, published: opts.published, draining: opts.isDraining?.(c.Id) ?? false });
     if (r.warnings.length) warnings.set(c.Id, r.warnings);
-    for (const [service, b] of r.backends) keys.set(backendKey(prefix, service, c.Id), backendJson(b));
+    for (const [service, b] of r.backends) keys.set(absoluteKey(prefix, backendKey(service, c.Id)), backendJson(b));
   }
   return { keys, warnings };
 }

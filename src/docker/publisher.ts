@@ -17,6 +17,7 @@ import { dirname } from "node:path";
 import type { Etcd3, IDuplexStream } from "etcd3";
 import * as log from "../util/log.ts";
 import { prefixEnd } from "../config/etcd-source.ts";
+import { SERVICES, absoluteKey } from "../config/keys.ts";
 
 export const STATE_FILE = "docker-lease.json";
 
@@ -95,7 +96,7 @@ export class Publisher {
     private readonly client: Etcd3,
     private readonly opts: PublisherOptions,
   ) {
-    this.base = `${opts.prefix.replace(/\/+$/, "")}/services/`;
+    this.base = absoluteKey(opts.prefix, `${SERVICES}/`);
   }
 
   get lease(): string | undefined {

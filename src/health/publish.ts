@@ -8,6 +8,7 @@
 import { ConfigValueError, MAX_WEIGHT, fold, foldMap, integer, parseObject, type Parsed } from "../config/values.ts";
 import type { ValueFormat } from "../config/source.ts";
 import { targetKey, type CheckSpec } from "./check-config.ts";
+import { absoluteKey, healthKey } from "../config/keys.ts";
 
 /** A published record: the weight in force on the intermediate host for one backend. */
 export interface HealthRecord {
@@ -23,9 +24,6 @@ export function parseHealthRecord(text: string, format: ValueFormat = "json"): P
   if (!HEALTH_FIELDS.has("weight")) throw new ConfigValueError("a health record needs a weight", "weight");
   return { value: { weight: integer(HEALTH_FIELDS.get("weight"), "weight", 0, MAX_WEIGHT, "weight") }, warnings };
 }
-
-/** The record's key below the etcd prefix. */
-export const healthKey = (route: string, service: string, backend: string) => `health/${route}/${service}/${backend}`;
 
 /** A checked destination as the desired table lists them (DesiredTable.checkTargets). */
 export interface CheckedTarget {
@@ -95,7 +93,7 @@ export class HealthPublisher {
       const keys = new Map<string, string>();
       for (const [id, weight] of this.records()) {
         const slash = id.indexOf("/");
-        keys.set(`${this.prefix}/${healthKey(this.route, id.slice(0, slash), id.slice(slash + 1))}`, JSON.stringify({ weight }));
+        keys.set(absoluteKey(this.prefix, healthKey(this.route, id.slice(0, slash), id.slice(slash + 1))), JSON.stringify({ weight }));
       }
       this.out.setKeys(keys);
     }, wait);
