@@ -3,7 +3,7 @@
 // the current one nor one that comes back later (a config service that wins a VIP again).
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { Reconciler, normalise } from "../src/daemon/reconciler.ts";
+import { Reconciler } from "../src/daemon/reconciler.ts";
 import { ConfigStore } from "../src/config/store.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { destKeyString, serviceKeyString, type Dest, type Service, type Table } from "../src/ipvs/types.ts";
@@ -11,12 +11,12 @@ import { DEFAULT_DESIRED_OPTIONS, DesiredTable, compileAll } from "../src/model/
 import { configureLog } from "../src/util/log.ts";
 import { del, entries, put } from "./support/config.ts";
 import { seeds } from "./support/seed.ts";
+import { listedTable } from "./support/tables.ts";
 
 configureLog({ level: "off" });
 
 /** A deep copy in plain values, to compare a table with itself later. */
 const frozen = (t: Table) => [...t].map(([k, e]) => [k, { ...e.service }, [...e.dests].map(([dk, d]) => [dk, { ...d }])]);
-const listed = (ipvs: MemoryIpvsTable): Table => new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
 
 describe("the cache shares the desired table's destinations", () => {
   test("a VIP won by another config service and then won back keeps its first description", () => {
@@ -37,7 +37,7 @@ describe("the cache shares the desired table's destinations", () => {
       const c = store.apply("etcd", e)!;
       expect(rec.sync(desired.table, desired.updateServices([(c as { service: string }).service], store.services)).errors).toBe(0);
     }
-    expect(frozen(listed(ipvs))).toEqual(frozen(desired.table));
+    expect(frozen(listedTable(ipvs))).toEqual(frozen(desired.table));
     // It leaves: "web" describes the VIP again, as it did at first.
     for (const e of [del("services/a-web/backends/z"), del("services/a-web/frontend")]) {
       const c = store.apply("etcd", e)!;
@@ -45,7 +45,7 @@ describe("the cache shares the desired table's destinations", () => {
     }
     expect(frozen(desired.table)).toEqual(first);
     expect(frozen(compileAll(store.services, store.routes, DEFAULT_DESIRED_OPTIONS))).toEqual(first);
-    expect(frozen(listed(ipvs))).toEqual(frozen(desired.table));
+    expect(frozen(listedTable(ipvs))).toEqual(frozen(desired.table));
   });
 
   const svc = (address: string): Service => ({ family: "inet", protocol: "tcp", address, port: 80, scheduler: "wlc", flags: 0, timeout: 0, netmask: 32 });
@@ -78,7 +78,7 @@ describe("the cache shares the desired table's destinations", () => {
           const rec = new Reconciler(ipvs);
           for (const t of tables) {
             expect(rec.sync(t).errors).toBe(0);
-            expect(listed(ipvs)).toEqual(t);
+            expect(listedTable(ipvs)).toEqual(t);
             expect(tables.map(frozen)).toEqual(before);
           }
         }),

@@ -1,19 +1,15 @@
 // The reconciler: keeps a cache of the actual IPVS table, turns desired-vs-actual differences into
 // writes, and maps kernel answers to outcomes (EEXIST on add → edit, ENOENT/ESRCH on delete →
-// already gone). It only removes services that it created or that the config describes; which
-// ones it created is remembered under -state-dir so that it survives a restart.
+// already gone). It only removes services that it created or that the config describes (their
+// list: ownership.ts); destinations that leave with active connections drain first (drain.ts).
 
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { applyOp, describeOp, diffTables } from "../ipvs/diff.ts";
 import {
   IpvsError,
   SVC_F_HASHED,
   destKeyString,
   serviceKeyString,
-  type Dest,
   type IpvsTable,
-  type ObservedDest,
   type ObservedService,
   type Op,
   type Table,
@@ -22,6 +18,8 @@ import {
 } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
 import { chunks, runSync, type Steps } from "../util/slices.ts";
+import { Drains, type DrainingDest } from "./drain.ts";
+import { Ownership } from "./ownership.ts";
 
 export interface ReconcilerOptions {
   /** Log the writes that would be made, make none. */
@@ -34,14 +32,6 @@ export interface ReconcilerOptions {
    * destination is deleted). 0 or undefined = delete at once.
    */
   drainMs?: number;
-}
-
-/** A destination kept at weight 0 after it left the config, until its connections end. */
-export interface DrainingDest {
-  dest: Dest;
-  until: number;
-  /** Its drain has ended: the next sync deletes it, whatever its connections. */
-  released?: boolean;
 }
 
 export interface SyncResult {
@@ -63,7 +53,6 @@ export interface ReconcilerCounters {
   driftCorrections: number;
 }
 
-const OWNED_FILE = "ipvs-owned.json";
 /** Services diffed, and writes sent, between two chances to pause (see syncSteps). */
 const DIFF_SLICE = 64;
 const WRITE_SLICE = 256;
@@ -71,7 +60,6 @@ const WRITE_SLICE = 256;
 export class Reconciler {
   /** What we believe the kernel holds (every service, ours or not). */
   readonly actual: Table = new Map();
-  readonly owned = new Set<string>();
   readonly counters: ReconcilerCounters = {
     writes: { "add-service": 0, "edit-service": 0, "delete-service": 0, "add-dest": 0, "edit-dest": 0, "delete-dest": 0 },
     netlinkErrors: 0,
@@ -82,15 +70,29 @@ export class Reconciler {
    * reported in logs and metrics while the other services are programmed; retried by resyncs.
    */
   readonly failing = new Map<string, string>();
-  /** Destinations kept at weight 0 after they left the config (service key → dest key → …). */
-  readonly draining = new Map<string, Map<string, DrainingDest>>();
-  private ownedDirty = false;
+  private readonly ownership: Ownership;
+  private readonly drains: Drains;
 
   constructor(
     readonly ipvs: IpvsTable,
     private readonly opts: ReconcilerOptions = {},
   ) {
-    this.loadOwned();
+    this.ownership = new Ownership(opts.stateDir, opts.noop);
+    // A noop daemon deletes nothing, so nothing drains.
+    this.drains = new Drains(ipvs, opts.noop ? 0 : (opts.drainMs ?? 0));
+  }
+
+  /** Destinations kept at weight 0 after they left the config (service key → dest key → …). */
+  get draining(): ReadonlyMap<string, ReadonlyMap<string, DrainingDest>> {
+    return this.drains.draining;
+  }
+
+  /**
+   * Ends the drains whose connections are gone, or whose time is up; returns the service keys
+   * to sync (their destinations are then deleted).
+   */
+  releaseDrained(now = Date.now()): string[] {
+    return this.drains.release(this.actual, now);
   }
 
   /** Replaces the cache with a fresh read of the kernel table. */
@@ -117,9 +119,8 @@ export class Reconciler {
     }
     this.ipvs.flush();
     this.actual.clear();
-    this.owned.clear();
-    this.ownedDirty = true;
-    this.saveOwned();
+    this.ownership.clear();
+    this.ownership.save();
   }
 
   /** Brings the given keys (all when omitted) of the actual table to the desired state. */
@@ -134,105 +135,28 @@ export class Reconciler {
    */
   *syncSteps(desired: Table, keys?: Iterable<string>): Steps<SyncResult> {
     const scope = keys ? new Set(keys) : undefined;
-    const owned = (k: string) => this.owned.has(k) || desired.has(k);
-    this.forgetDraining(desired, scope);
-    let target = this.withDraining(desired);
-    let ops = yield* this.diff(target, owned, scope);
-    if (yield* this.startDraining(ops, target)) {
-      target = this.withDraining(desired);
-      ops = yield* this.diff(target, owned, scope);
-    }
-    const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
+    const ops = yield* this.plan(desired, scope);
+    let result: SyncResult;
     if (this.opts.noop) {
       for (const op of ops) log.info(`IPVS: ${describeOp(op)} (noop)`);
-      result.ops = ops.length;
+      result = { ops: ops.length, errors: 0, failed: new Set(), newFailures: 0 };
     } else {
-      // Ownership is saved before the services are created: a daemon killed in the middle of a
-      // sync must not leave services that its successor takes for foreign ones.
-      for (const slice of chunks(ops, WRITE_SLICE)) {
-        for (const op of slice) if (op.type === "add-service") this.markOwned(op, serviceKeyString(op.service));
-        yield;
-      }
-      this.saveOwned();
-      // The fast path sends every write at once (many to a netlink message); a write that fails
-      // there is tried again alone, in order, through the answer mapping (EEXIST on add → edit,
-      // ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
-      // retry re-reads the kernel. Per write: undefined = not sent yet (a single write goes
-      // straight to the mapping), null = done, an error = what the batch got for it.
-      // Sent WRITE_SLICE at a time, so that the event loop gets a turn between slices; the rest
-      // of a failed service is not sent: it waits for the retry.
-      const seen = new Set<Error>();
-      const debug = log.debugEnabled();
-      for (const chunk of chunks(ops, WRITE_SLICE)) {
-        const slice = chunk.filter((op) => !result.failed.has(serviceKeyString(op.service)));
-        const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(slice) : [undefined];
-        slice.forEach((op, i) => {
-          const key = serviceKeyString(op.service);
-          if (result.failed.has(key)) return; // the rest of a failed service waits for the retry
-          const first = batched[i];
-          try {
-            if (first instanceof Error && !isRefusal(first)) throw first;
-            if (first !== null) this.write(op);
-            applyOp(this.actual, op);
-            this.counters.writes[op.type]++;
-            result.ops++;
-            this.markOwned(op, key);
-            if (debug) log.debug(`IPVS: ${describeOp(op)}`);
-          } catch (e) {
-            // A batch without an answer fails every service in it: one error line, not one each.
-            this.failed(op, key, e as Error, result, seen.has(e as Error));
-            seen.add(e as Error);
-          }
-        });
-        yield;
-      }
+      result = yield* this.writeAll(ops);
     }
-    for (const key of [...this.failing.keys()]) {
-      if (result.failed.has(key) || (scope && !scope.has(key))) continue;
-      this.failing.delete(key);
-      if (desired.has(key)) log.info("IPVS: service programmed after earlier failures", { service: key });
-    }
-    this.forgetDraining(desired, scope); // released drains whose destination is now deleted
-    this.saveOwned();
+    this.settle(desired, scope, result);
     return result;
   }
 
-  // ---- removed destinations with active connections (drain instead of delete)
-
   /**
-   * Drops draining entries that the config describes again, whose service left the config, or
-   * whose destination is no longer in the kernel (deleted after its drain, or by hand).
+   * The writes that bring the scope to the desired table. The drains start first (the
+   * destinations that would be deleted are known before the diff), so that one diff of the
+   * desired table with the draining destinations in it is enough.
    */
-  private forgetDraining(desired: Table, scope: Set<string> | undefined): void {
-    for (const [key, dests] of this.draining) {
-      if (scope && !scope.has(key)) continue;
-      const want = desired.get(key);
-      if (!want) {
-        this.draining.delete(key);
-        continue;
-      }
-      const actual = this.actual.get(key);
-      for (const dk of dests.keys()) if (want.dests.has(dk) || !actual?.dests.has(dk)) dests.delete(dk);
-      if (dests.size === 0) this.draining.delete(key);
-    }
-  }
-
-  /** The desired table plus the draining destinations (not yet released) at weight 0. */
-  private withDraining(desired: Table): Table {
-    if (this.draining.size === 0) return desired;
-    const t: Table = new Map(desired);
-    for (const [key, dests] of this.draining) {
-      const e = desired.get(key);
-      if (!e) continue;
-      const merged = new Map(e.dests);
-      for (const [dk, d] of dests) if (!d.released) merged.set(dk, d.dest);
-      t.set(key, { ...e, dests: merged });
-    }
-    return t;
-  }
-
-  /** diffTables over the scope (every key of both tables when undefined), a few services at a time. */
-  private *diff(target: Table, owned: (key: string) => boolean, scope: Set<string> | undefined): Steps<Op[]> {
+  private *plan(desired: Table, scope: Set<string> | undefined): Steps<Op[]> {
+    this.drains.forget(desired, this.actual, scope);
+    yield* this.drains.start(desired, this.actual, scope);
+    const target = this.drains.include(desired);
+    const owned = (k: string) => this.ownership.has(k) || desired.has(k);
     const ops: Op[] = [];
     for (const keys of chunks(scope ?? new Set([...target.keys(), ...this.actual.keys()]), DIFF_SLICE)) {
       for (const op of diffTables(target, this.actual, owned, keys)) ops.push(op);
@@ -242,84 +166,70 @@ export class Reconciler {
   }
 
   /**
-   * Turns the deletes of TCP/SCTP destinations that still carry active connections into drains
-   * (weight 0, deleted later by releaseDrained()). Asks the kernel for the connection counts of
-   * those services only. True when anything started draining.
+   * Sends the writes. The fast path sends them all at once (many to a netlink message); a write
+   * that fails there is tried again alone, in order, through the answer mapping (EEXIST on add →
+   * edit, ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
+   * retry re-reads the kernel. Sent WRITE_SLICE at a time, so that the event loop gets a turn
+   * between slices; the rest of a failed service is not sent: it waits for the retry.
    */
-  private *startDraining(ops: Op[], target: Table): Steps<boolean> {
-    const drainMs = this.opts.drainMs ?? 0;
-    if (drainMs <= 0 || this.opts.noop) return false;
-    const byService = new Map<string, Extract<Op, { type: "delete-dest" }>[]>();
-    for (const op of ops) {
-      if (op.type !== "delete-dest" || op.service.protocol === "udp") continue;
-      const key = serviceKeyString(op.service);
-      if (!target.has(key)) continue;
-      const list = byService.get(key);
-      if (list) list.push(op);
-      else byService.set(key, [op]);
+  private *writeAll(ops: Op[]): Steps<SyncResult> {
+    yield* this.claim(ops);
+    const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
+    const seen = new Set<Error>();
+    for (const chunk of chunks(ops, WRITE_SLICE)) {
+      const slice = chunk.filter((op) => !result.failed.has(serviceKeyString(op.service)));
+      // Per write: undefined = not sent yet (a single write goes straight to the mapping),
+      // null = done, an error = what the batch got for it.
+      const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(slice) : [undefined];
+      slice.forEach((op, i) => this.settleWrite(op, batched[i], result, seen));
+      yield;
     }
-    let started = false;
-    for (const [key, dels] of byService) {
-      yield; // one small dump per service
-      let observed: ObservedDest[];
-      try {
-        observed = this.ipvs.listDests(dels[0]!.service);
-      } catch {
-        continue; // unknown: delete as asked (the service may be gone already)
-      }
-      const active = new Map(observed.map((d) => [destKeyString(d), d]));
-      for (const op of dels) {
-        const dk = destKeyString(op.dest);
-        if (this.draining.get(key)?.get(dk)?.released) continue; // its drain is over: delete
-        const o = active.get(dk);
-        if (!o || !o.activeConnections) continue;
-        const { address, port, method, upperThreshold, lowerThreshold } = this.actual.get(key)?.dests.get(dk) ?? o;
-        let dests = this.draining.get(key);
-        if (!dests) this.draining.set(key, (dests = new Map()));
-        dests.set(dk, { dest: { address, port, method, weight: 0, upperThreshold, lowerThreshold }, until: Date.now() + drainMs });
-        started = true;
-        log.info("IPVS: a destination that left the config still has active connections; weight 0 until they end", {
-          service: key,
-          dest: dk,
-          active: o.activeConnections,
-          at_most_s: Math.round(drainMs / 1000),
-        });
-      }
-    }
-    return started;
+    return result;
   }
 
   /**
-   * Ends the drains whose connections are gone, or whose time is up; returns the service keys
-   * to sync (their destinations are then deleted).
+   * Ownership is saved before the services are created: a daemon killed in the middle of a sync
+   * must not leave services that its successor takes for foreign ones.
    */
-  releaseDrained(now = Date.now()): string[] {
-    const keys: string[] = [];
-    for (const [key, dests] of this.draining) {
-      if ([...dests.values()].every((d) => d.released)) continue;
-      const svc = this.actual.get(key)?.service;
-      let observed = new Map<string, ObservedDest>();
-      try {
-        if (svc) observed = new Map(this.ipvs.listDests(svc).map((d) => [destKeyString(d), d]));
-      } catch {
-        /* the service is gone: nothing left to drain */
-      }
-      let released = false;
-      for (const [dk, d] of dests) {
-        if (d.released) continue;
-        const active = observed.get(dk)?.activeConnections ?? 0;
-        if (active > 0 && now < d.until) continue;
-        d.released = true;
-        released = true;
-        log.info(active > 0 ? "IPVS: drain time is up; deleting the destination" : "IPVS: drained destination has no connections left; deleting it", {
-          service: key,
-          dest: dk,
-          active,
-        });
-      }
-      if (released) keys.push(key);
+  private *claim(ops: Op[]): Steps<void> {
+    for (const slice of chunks(ops, WRITE_SLICE)) {
+      for (const op of slice) if (op.type === "add-service") this.ownership.record(op, serviceKeyString(op.service));
+      yield;
     }
-    return keys;
+    this.ownership.save();
+  }
+
+  /** One write's outcome: sent alone when the batch did not take it, then cached and counted, or failed. */
+  private settleWrite(op: Op, batched: Error | null | undefined, result: SyncResult, seen: Set<Error>): void {
+    const key = serviceKeyString(op.service);
+    if (result.failed.has(key)) return; // the rest of a failed service waits for the retry
+    try {
+      if (batched instanceof Error && !isRefusal(batched)) throw batched;
+      if (batched !== null) this.write(op);
+      applyOp(this.actual, op);
+      this.counters.writes[op.type]++;
+      result.ops++;
+      this.ownership.record(op, key);
+      if (log.debugEnabled()) log.debug(`IPVS: ${describeOp(op)}`);
+    } catch (e) {
+      // A batch without an answer fails every service in it: one error line, not one each.
+      this.failed(op, key, e as Error, result, seen.has(e as Error));
+      seen.add(e as Error);
+    }
+  }
+
+  /**
+   * After the writes: the services that went through are no longer failing, the released drains
+   * whose destination is now deleted are forgotten, and ownership is saved.
+   */
+  private settle(desired: Table, scope: Set<string> | undefined, result: SyncResult): void {
+    for (const key of [...this.failing.keys()]) {
+      if (result.failed.has(key) || (scope && !scope.has(key))) continue;
+      this.failing.delete(key);
+      if (desired.has(key)) log.info("IPVS: service programmed after earlier failures", { service: key });
+    }
+    this.drains.forget(desired, this.actual, scope);
+    this.ownership.save();
   }
 
   private failed(op: Op, key: string, e: Error, result: SyncResult, logged: boolean): void {
@@ -353,7 +263,7 @@ export class Reconciler {
     yield* this.readActualSteps();
     // Only what this daemon manages counts: a foreign service added by hand is not drift, nor a
     // service whose write failed (its cache was dropped on purpose, to be re-read now).
-    const drift = yield* countDrift(snapshot, this.actual, (k) => (this.owned.has(k) || desired.has(k)) && !this.failing.has(k));
+    const drift = yield* countDrift(snapshot, this.actual, (k) => (this.ownership.has(k) || desired.has(k)) && !this.failing.has(k));
     if (drift > 0) {
       this.counters.driftCorrections += drift;
       log.warn("IPVS: the kernel table differs from what this daemon last wrote; correcting", { differences: drift });
@@ -374,44 +284,6 @@ export class Reconciler {
       if (e.code === "ESRCH" && op.type === "edit-service") return ipvs.addService(op.service);
       if (e.code === "ENOENT" && op.type === "edit-dest") return ipvs.addDest(op.service, op.dest);
       throw e;
-    }
-  }
-
-  private markOwned(op: Op, key: string): void {
-    if (op.type === "delete-service") {
-      if (this.owned.delete(key)) this.ownedDirty = true;
-    } else if (!this.owned.has(key)) {
-      this.owned.add(key);
-      this.ownedDirty = true;
-    }
-  }
-
-  private loadOwned(): void {
-    if (!this.opts.stateDir) return;
-    const file = join(this.opts.stateDir, OWNED_FILE);
-    if (!existsSync(file)) return;
-    try {
-      const data = JSON.parse(readFileSync(file, "utf8")) as { services?: unknown };
-      if (Array.isArray(data.services)) for (const k of data.services) if (typeof k === "string") this.owned.add(k);
-    } catch (e) {
-      log.warn("state: cannot read the list of services this daemon created; starting without it", {
-        file,
-        error: (e as Error).message,
-      });
-    }
-  }
-
-  private saveOwned(): void {
-    if (!this.ownedDirty || !this.opts.stateDir || this.opts.noop) return;
-    const file = join(this.opts.stateDir, OWNED_FILE);
-    try {
-      mkdirSync(this.opts.stateDir, { recursive: true });
-      writeFileSync(file + ".tmp", JSON.stringify({ services: [...this.owned].sort() }) + "\n");
-      renameSync(file + ".tmp", file);
-      this.ownedDirty = false;
-    } catch (e) {
-      log.warn("state: cannot save the list of services this daemon created", { file, error: (e as Error).message });
-      this.ownedDirty = false; // warn once per change, not on every sync
     }
   }
 }
