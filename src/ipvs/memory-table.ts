@@ -27,9 +27,6 @@ interface Row {
 
 export class MemoryIpvsTable implements IpvsTable {
   private readonly rows = new Map<string, Row>();
-  /** Counts of write calls, for tests and the benchmark. */
-  writes = 0;
-
   writeBatch(ops: readonly Op[]): (Error | null)[] {
     // Destinations through putDest: it keeps the operation's key string instead of making one.
     return writeEach(this, ops, (op) => {
@@ -70,19 +67,16 @@ export class MemoryIpvsTable implements IpvsTable {
   }
 
   addService(s: Service): void {
-    this.writes++;
     const k = serviceKeyString(s);
     if (this.rows.has(k)) throw new IpvsError(`${k}: File exists`, "EEXIST", 17);
     this.rows.set(k, { service: s, dests: new Map() });
   }
 
   editService(s: Service): void {
-    this.writes++;
     this.row(s).service = s;
   }
 
   deleteService(key: ServiceKey): void {
-    this.writes++;
     this.row(key);
     this.rows.delete(serviceKeyString(key));
   }
@@ -97,7 +91,6 @@ export class MemoryIpvsTable implements IpvsTable {
 
   /** `key`: the destination's destKeyString when the caller has it. */
   private putDest(svc: ServiceKey, d: Dest, add: boolean, key?: string): void {
-    this.writes++;
     const r = this.row(svc);
     const k = key ?? destKeyString(d);
     if (add && r.dests.has(k)) throw new IpvsError(`${serviceKeyString(svc)} ${k}: File exists`, "EEXIST", 17);
@@ -106,7 +99,6 @@ export class MemoryIpvsTable implements IpvsTable {
   }
 
   deleteDest(svc: ServiceKey, d: DestKey): void {
-    this.writes++;
     const r = this.row(svc);
     if (!r.dests.delete(destKeyString(d))) {
       throw new IpvsError(`${serviceKeyString(svc)} ${destKeyString(d)}: No such file or directory`, "ENOENT", 2);
@@ -114,7 +106,6 @@ export class MemoryIpvsTable implements IpvsTable {
   }
 
   flush(): void {
-    this.writes++;
     this.rows.clear();
   }
 

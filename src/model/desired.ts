@@ -10,7 +10,7 @@
 // more than its configured weight; without a record, by its configured weight.
 
 import type { MergedService } from "../config/store.ts";
-import { MAX_WEIGHT, type Route } from "../config/values.ts";
+import { MAX_WEIGHT, type Backend, type Frontend, type Route } from "../config/values.ts";
 import { resolveCheck, targetKey, type CheckSpec } from "../health/check-config.ts";
 import {
   SVC_F_PERSISTENT,
@@ -73,7 +73,8 @@ const FAMILIES: [Family, "ipv4" | "ipv6"][] = [
   ["inet", "ipv4"],
   ["inet6", "ipv6"],
 ];
-const PROTOCOLS: Protocol[] = ["tcp", "udp"];
+/** The protocols a frontend and its backends give ports for (not SCTP). */
+const PROTOCOLS = ["tcp", "udp"] as const;
 
 const byName = <T>(m: Map<string, T>): [string, T][] => [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
 
@@ -102,78 +103,117 @@ export function compileService(
     for (const protocol of PROTOCOLS) {
       const port = fe[protocol];
       if (!port) continue;
-      const service: Service = {
-        family,
-        protocol,
-        address: vip,
-        port,
-        scheduler: fe.scheduler ?? opts.scheduler,
-        flags: fe.persistent > 0 ? SVC_F_PERSISTENT : 0,
-        timeout: fe.persistent,
-        netmask: family === "inet" ? 32 : 128,
-      };
-      const dests = new Map<string, Dest>();
-      let checks: CheckedDest[] | undefined;
-      const backendsByDest = withNames ? new Map<string, string[]>() : undefined;
-      FIRST.clear();
-      for (const [backendName, b] of backends) {
-        const address = b[addrKey];
-        const bport = b[protocol];
-        if (!address || !bport) continue;
-        const match = routes.lookup(family, address);
-        const routeMethod = match?.route.method;
-        if (routeMethod === "filter") continue;
-        const method: FwdMethod = routeMethod ?? opts.defaultMethod;
-        const gateway = family === "inet" ? match?.route.gateway4 : match?.route.gateway6;
-        // A gateway's destination is another tier's to check: only our own destinations are.
-        const spec = gateway ? undefined : resolveCheck(fe.check, b.check);
-        // UDP has no connect to test: a UDP destination is checked only through a check's own port.
-        const checked = spec && (protocol !== "udp" || spec.port !== undefined) ? spec : undefined;
-        const tkey = checked && targetKey(address, bport, checked);
-        const weight = tkey && opts.weight ? opts.weight(tkey, b.weight) : gateway ? gatewayWeight(opts, match!.name, name, backendName, b.weight) : b.weight;
-        const dest: Dest = gateway
-          ? { address: gateway, port, method, weight, upperThreshold: 0, lowerThreshold: 0 }
-          : { address, port: bport, method, weight, upperThreshold: 0, lowerThreshold: 0 };
-        if (!gateway && (method === "droute" || method === "tunnel") && bport !== port) {
-          warn(`${method} cannot change the port: traffic arrives on the frontend port`, {
-            service: name,
-            backend: backendName,
-            port: bport,
-            frontendPort: port,
-          });
-        }
-        const key = destKeyString(dest);
-        if (tkey) (checks ??= []).push({ key: tkey, address, destPort: bport, spec: checked!, backend: backendName, dest: key });
-        const merged = dests.get(key);
-        if (!merged) {
-          dests.set(key, dest);
-          FIRST.set(key, backendName);
-          backendsByDest?.set(key, [backendName]);
-          continue;
-        }
-        backendsByDest?.get(key)!.push(backendName);
-        const sum = merged.weight + dest.weight;
-        if (sum > MAX_WEIGHT) {
-          warn("summed weight exceeds the IPVS maximum; clamped", { service: name, dest: key, weight: sum });
-        }
-        merged.weight = Math.min(sum, MAX_WEIGHT);
-        if (merged.method !== dest.method) {
-          warn("backends merged onto one destination have different methods; the first by name wins", {
-            service: name,
-            dest: key,
-            kept: `${FIRST.get(key)}:${merged.method}`,
-            ignored: `${backendName}:${dest.method}`,
-          });
-        }
-      }
-      if (opts.elide && dests.size === 0) continue;
-      const entry: CompiledEntry = { service, dests, owner: name };
-      if (checks) entry.checks = checks;
-      if (backendsByDest) entry.backendsByDest = backendsByDest;
-      out.push(entry);
+      const service = frontendService(fe, family, protocol, vip, port, opts);
+      const entry = compileDests({ name, service, addrKey, protocol, frontendCheck: fe.check, routes, opts, warn }, backends, withNames);
+      if (!(opts.elide && entry.dests.size === 0)) out.push(entry);
     }
   }
   return out;
+}
+
+/** The IPVS service a frontend describes for one family and protocol. */
+function frontendService(fe: Frontend, family: Family, protocol: Protocol, address: string, port: number, opts: DesiredOptions): Service {
+  return {
+    family,
+    protocol,
+    address,
+    port,
+    scheduler: fe.scheduler ?? opts.scheduler,
+    flags: fe.persistent > 0 ? SVC_F_PERSISTENT : 0,
+    timeout: fe.persistent,
+    netmask: family === "inet" ? 32 : 128,
+  };
+}
+
+/** One IPVS service being compiled, and what compiling its destinations needs. */
+interface ServiceContext {
+  /** The config service. */
+  name: string;
+  service: Service;
+  addrKey: "ipv4" | "ipv6";
+  protocol: (typeof PROTOCOLS)[number];
+  /** The frontend's check: its backends' checks when they have none of their own. */
+  frontendCheck: Frontend["check"];
+  routes: RouteIndex;
+  opts: DesiredOptions;
+  warn: Warn;
+}
+
+/** The service's entry: the destinations its backends give it, merged where they end on the same one. */
+function compileDests(ctx: ServiceContext, backends: [string, Backend][], withNames: boolean): CompiledEntry {
+  const entry: CompiledEntry = { service: ctx.service, dests: new Map(), owner: ctx.name };
+  if (withNames) entry.backendsByDest = new Map();
+  FIRST.clear();
+  for (const [backendName, b] of backends) {
+    const placed = backendDest(ctx, backendName, b);
+    if (!placed) continue;
+    const key = destKeyString(placed.dest);
+    if (placed.check) (entry.checks ??= []).push({ ...placed.check, backend: backendName, dest: key });
+    mergeDest(ctx, entry, key, placed.dest, backendName);
+  }
+  return entry;
+}
+
+/**
+ * Where one backend's share of the service goes: the backend itself, or its route's gateway,
+ * at the weight in force (its health check's, or what the gateway host published), with its
+ * check when this host checks it. Undefined: no address or port for the service, or filtered.
+ */
+function backendDest(ctx: ServiceContext, backendName: string, b: Backend): { dest: Dest; check?: Omit<CheckedDest, "backend" | "dest"> } | undefined {
+  const { family, port } = ctx.service;
+  const address = b[ctx.addrKey];
+  const bport = b[ctx.protocol];
+  if (!address || !bport) return undefined;
+  const match = ctx.routes.lookup(family, address);
+  const routeMethod = match?.route.method;
+  if (routeMethod === "filter") return undefined;
+  const method: FwdMethod = routeMethod ?? ctx.opts.defaultMethod;
+  const gateway = family === "inet" ? match?.route.gateway4 : match?.route.gateway6;
+  if (gateway) {
+    // A gateway's destination is another tier's to check: only our own destinations are.
+    const weight = gatewayWeight(ctx.opts, match!.name, ctx.name, backendName, b.weight);
+    return { dest: { address: gateway, port, method, weight, upperThreshold: 0, lowerThreshold: 0 } };
+  }
+  const spec = resolveCheck(ctx.frontendCheck, b.check);
+  // UDP has no connect to test: a UDP destination is checked only through a check's own port.
+  const checked = spec && (ctx.protocol !== "udp" || spec.port !== undefined) ? spec : undefined;
+  const tkey = checked && targetKey(address, bport, checked);
+  const weight = tkey && ctx.opts.weight ? ctx.opts.weight(tkey, b.weight) : b.weight;
+  if ((method === "droute" || method === "tunnel") && bport !== port) {
+    ctx.warn(`${method} cannot change the port: traffic arrives on the frontend port`, {
+      service: ctx.name,
+      backend: backendName,
+      port: bport,
+      frontendPort: port,
+    });
+  }
+  const dest: Dest = { address, port: bport, method, weight, upperThreshold: 0, lowerThreshold: 0 };
+  return tkey ? { dest, check: { key: tkey, address, destPort: bport, spec: checked! } } : { dest };
+}
+
+/** Adds a backend's destination to the entry, or its weight to the destination it shares with earlier backends. */
+function mergeDest(ctx: ServiceContext, entry: CompiledEntry, key: string, dest: Dest, backendName: string): void {
+  const merged = entry.dests.get(key);
+  if (!merged) {
+    entry.dests.set(key, dest);
+    FIRST.set(key, backendName);
+    entry.backendsByDest?.set(key, [backendName]);
+    return;
+  }
+  entry.backendsByDest?.get(key)!.push(backendName);
+  const sum = merged.weight + dest.weight;
+  if (sum > MAX_WEIGHT) {
+    ctx.warn("summed weight exceeds the IPVS maximum; clamped", { service: ctx.name, dest: key, weight: sum });
+  }
+  merged.weight = Math.min(sum, MAX_WEIGHT);
+  if (merged.method !== dest.method) {
+    ctx.warn("backends merged onto one destination have different methods; the first by name wins", {
+      service: ctx.name,
+      dest: key,
+      kept: `${FIRST.get(key)}:${merged.method}`,
+      ignored: `${backendName}:${dest.method}`,
+    });
+  }
 }
 
 /** A gateway destination's share for one backend: the published weight when there is one, at most the configured one. */
@@ -182,7 +222,7 @@ function gatewayWeight(opts: DesiredOptions, route: string, service: string, bac
   return published === undefined ? configured : Math.min(published, configured);
 }
 
-/** Compiles a whole config at once (for tests and the benchmark's full compute). */
+/** Compiles a whole config at once: what the incremental DesiredTable must always equal (the tests compare them). */
 export function compileAll(
   services: Map<string, MergedService>,
   routes: Map<string, Route>,

@@ -78,6 +78,20 @@ export function describeRequest(req: Request): string {
 
 type OnMessage = (buf: Uint8Array, dv: DataView, off: number, end: number) => void;
 
+/** What receive() waits for: the answers to sequence numbers [first, last] (span of them). */
+interface Awaited {
+  first: number;
+  last: number;
+  span: number;
+  dump: boolean;
+  onMessage?: OnMessage;
+  /** A batch's per-request errnos (index seq - first); null for one request, whose errno is `result`. */
+  errs: Int32Array | null;
+  /** Requests not yet acked (a dump: not yet ended). */
+  pending: number;
+  result: number;
+}
+
 const MAX_HEX = 512;
 
 export class KernelIpvsTable implements IpvsTable {
@@ -174,59 +188,70 @@ export class KernelIpvsTable implements IpvsTable {
     onMessage: OnMessage | undefined,
     errs: Int32Array | null,
   ): number {
-    const sock = this.sock!;
-    const buf = this.rbuf;
-    const dv = this.rdv;
     const span = ((last - first) >>> 0) + 1;
-    let pending = span;
-    let result = 0;
+    const awaited: Awaited = { first, last, span, dump, onMessage, errs, pending: span, result: 0 };
+    while (awaited.pending > 0) this.readMessages(this.recvDatagram(awaited), awaited);
+    return awaited.result;
+  }
+
+  /** Reads one datagram into rbuf; returns its length. No answer in time, or a socket error: the socket is reopened and an IpvsError thrown. */
+  private recvDatagram(a: Awaited): number {
     for (;;) {
-      const n = sock.recv(buf);
-      if (n < 0) {
-        if (-n === ERRNO.EINTR) continue;
-        this.reset();
-        if (-n === ERRNO.EAGAIN) {
-          throw new IpvsError(
-            `netlink: no answer within ${this.timeoutMs} ms (seq ${first}${span > 1 ? `-${last}` : ""}); socket reopened`,
-            "ETIMEDOUT",
-            ERRNO.ETIMEDOUT,
-          );
-        }
-        throw new IpvsError(`netlink recv: ${strerror(-n)}; socket reopened`, errnoCode(-n), -n);
+      const n = this.sock!.recv(this.rbuf);
+      if (n >= 0) return n;
+      if (-n === ERRNO.EINTR) continue;
+      this.reset();
+      if (-n === ERRNO.EAGAIN) {
+        throw new IpvsError(
+          `netlink: no answer within ${this.timeoutMs} ms (seq ${a.first}${a.span > 1 ? `-${a.last}` : ""}); socket reopened`,
+          "ETIMEDOUT",
+          ERRNO.ETIMEDOUT,
+        );
       }
-      let off = 0;
-      while (off + NLMSG_HDRLEN <= n) {
-        const len = dv.getUint32(off, true);
-        if (len < NLMSG_HDRLEN || off + len > n) break;
-        const type = dv.getUint16(off + 4, true);
-        const mseq = dv.getUint32(off + 8, true);
-        const idx = (mseq - first) >>> 0;
-        if (this.debug) {
-          const hex = toHex(buf.subarray(off, off + Math.min(len, MAX_HEX)));
-          this.debug(
-            `< type=${type} flags=0x${dv.getUint16(off + 6, true).toString(16)} seq=${mseq} len=${len}${
-              idx >= span ? " (stale, skipped)" : ""
-            } ${hex}${len > MAX_HEX ? "…" : ""}`,
-          );
-        }
-        if (idx < span) {
-          if (type === NLMSG_ERROR) {
-            const e = -dv.getInt32(off + NLMSG_HDRLEN, true);
-            if (errs) errs[idx] = e;
-            else result = e;
-            if (e !== 0 || !dump) pending--;
-          } else if (type === NLMSG_DONE) {
-            const e = len >= NLMSG_HDRLEN + 4 ? -dv.getInt32(off + NLMSG_HDRLEN, true) : 0;
-            if (e > 0) result = e;
-            pending--;
-          } else if (type === this.familyId && onMessage) {
-            onMessage(buf, dv, off + NLMSG_HDRLEN + GENL_HDRLEN, off + len);
-          }
-        }
-        off += (len + 3) & ~3;
-      }
-      if (pending <= 0) return result;
+      throw new IpvsError(`netlink recv: ${strerror(-n)}; socket reopened`, errnoCode(-n), -n);
     }
+  }
+
+  /** The messages of one datagram (rbuf[0, n)): each logged, those of awaited requests taken as their answers. */
+  private readMessages(n: number, a: Awaited): void {
+    const dv = this.rdv;
+    let off = 0;
+    while (off + NLMSG_HDRLEN <= n) {
+      const len = dv.getUint32(off, true);
+      if (len < NLMSG_HDRLEN || off + len > n) break;
+      const idx = (dv.getUint32(off + 8, true) - a.first) >>> 0;
+      if (this.debug) this.debugMessage(off, len, idx >= a.span);
+      if (idx < a.span) this.answer(off, len, idx, a);
+      off += (len + 3) & ~3;
+    }
+  }
+
+  /** One message for awaited request idx: its ack or error, the end of its dump, or a part of its answer (onMessage). */
+  private answer(off: number, len: number, idx: number, a: Awaited): void {
+    const dv = this.rdv;
+    const type = dv.getUint16(off + 4, true);
+    if (type === NLMSG_ERROR) {
+      const e = -dv.getInt32(off + NLMSG_HDRLEN, true);
+      if (a.errs) a.errs[idx] = e;
+      else a.result = e;
+      if (e !== 0 || !a.dump) a.pending--;
+    } else if (type === NLMSG_DONE) {
+      const e = len >= NLMSG_HDRLEN + 4 ? -dv.getInt32(off + NLMSG_HDRLEN, true) : 0;
+      if (e > 0) a.result = e;
+      a.pending--;
+    } else if (type === this.familyId && a.onMessage) {
+      a.onMessage(this.rbuf, dv, off + NLMSG_HDRLEN + GENL_HDRLEN, off + len);
+    }
+  }
+
+  private debugMessage(off: number, len: number, stale: boolean): void {
+    const dv = this.rdv;
+    const hex = toHex(this.rbuf.subarray(off, off + Math.min(len, MAX_HEX)));
+    this.debug!(
+      `< type=${dv.getUint16(off + 4, true)} flags=0x${dv.getUint16(off + 6, true).toString(16)} seq=${dv.getUint32(off + 8, true)} len=${len}${
+        stale ? " (stale, skipped)" : ""
+      } ${hex}${len > MAX_HEX ? "…" : ""}`,
+    );
   }
 
   info(): IpvsInfo {
