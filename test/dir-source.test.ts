@@ -339,7 +339,7 @@ describe("DirSource", () => {
     expect(rec.map.has("routes/r1")).toBe(true);
   });
 
-  dirTest("resync() re-reads the whole tree and hands it over as one snapshot; unreadable files keep their value", async () => {
+  dirTest("resync() re-reads the whole tree and hands over what differs as one update; unreadable files keep their value", async () => {
     const root = newRoot();
     write(root, "services/web/frontend", '{"tcp":80}');
     write(root, "routes/r1", "{}");
@@ -349,12 +349,17 @@ describe("DirSource", () => {
     fs.rmSync(path.join(root, "routes"), { recursive: true });
     write(root, "services/web/frontend", `{"tcp":81,"pad":"${"x".repeat(200)}"}`); // now too large: kept
     await src.resync();
-    expect(rec.snapshots).toBe(2);
-    expect(rec.updates).toEqual([]);
+    // The source keeps a fingerprint per key, not the text: a re-read hands over the differences.
+    expect(rec.snapshots).toBe(1);
+    expect(rec.updates.map((u) => u.map((e) => [e.key, e.value?.text ?? null]))).toEqual([
+      [["routes/r1", null], ["services/web/backends/b1", '{"ipv4":"192.0.2.1"}']],
+    ]);
     expect(rec.texts()).toEqual({ "services/web/backends/b1": '{"ipv4":"192.0.2.1"}', "services/web/frontend": '{"tcp":80}' });
-    // the changes already noticed are not handed over a second time
+    // the changes already noticed are not handed over a second time, nor by another re-read
     await src.settle();
-    expect(rec.updates).toEqual([]);
+    await src.resync();
+    expect(rec.updates.length).toBe(1);
+    expect(rec.violations).toEqual([]);
   });
 
   dirTest("nothing is skipped silently: odd entries warned once, leftovers said once at info, again only after going away", async () => {

@@ -159,7 +159,7 @@ interface ScanResult {
   dirs: Map<string, string>;
   /** Symlinked files (dangling ones too), by relative path. */
   links: Set<string>;
-  /** Relative file paths looked at (the scope for forgetting stale links). */
+  /** Relative file paths looked at (the scope for forgetting stale links), by scanKeys only. */
   files: Set<string>;
   /** Entries skipped, by relative path. */
   notes: Map<string, Note>;
@@ -352,7 +352,7 @@ class TreeReader {
         continue;
       }
       const { stem } = parseFileName(name);
-      res.files.add(joinRel(relDir, name));
+      if (onlyStems !== null) res.files.add(joinRel(relDir, name));
       if (kind === "dangling") {
         // Remembered (re-read at every flush): it may come to life.
         res.links.add(joinRel(relDir, name));
@@ -460,9 +460,17 @@ function isKept(key: string, res: ScanResult): boolean {
   return res.keepKeys.has(key) || res.keepPrefixes.some((d) => isUnder(key, d));
 }
 
-function sameValue(a: RawValue | undefined, b: RawValue | undefined): boolean {
-  if (!a || !b) return a === b;
-  return a.text === b.text && a.format === b.format && a.origin === b.origin;
+/**
+ * What the source remembers of a value it handed over: 52 bits of a hash of its text, format and
+ * file, not the text itself (a 110,000-file tree's texts and paths were a quarter of the daemon's
+ * heap). Only a key's old and new value are ever compared: a change that keeps the hash equal
+ * goes unseen with a chance of 2^-52.
+ */
+function fingerprint(v: RawValue): number {
+  // Two 32-bit hashes of the text (the file and format seed one), without allocating: 110,000 of
+  // them run in the first read.
+  const seed = Bun.hash.murmur32v3(v.origin, v.format === "json" ? 1 : 2);
+  return Bun.hash.murmur32v3(v.text, seed) * 2 ** 20 + (Bun.hash.crc32(v.text) >>> 12);
 }
 
 export class DirSource implements ConfigSource {
@@ -476,8 +484,8 @@ export class DirSource implements ConfigSource {
   private readonly reader: TreeReader;
 
   private sink: SourceSink | null = null;
-  /** What the sink has been told: key → value. */
-  private known = new Map<string, RawValue>();
+  /** What the sink has been told: key → fingerprint of its value. */
+  private known = new Map<string, number>();
   /** Relative paths to re-read ("" = the whole tree). */
   private dirty = new Set<string>();
   /** A flush is due even with no dirty path (an event about a symlinked file's target). */
@@ -497,6 +505,8 @@ export class DirSource implements ConfigSource {
   /** Serialises the initial read and the flushes. */
   private chain: Promise<void> = Promise.resolve();
   private stopped = false;
+  /** A snapshot went to the current sink: later reads hand over only what differs. */
+  private handedOver = false;
 
   constructor(opts: DirSourceOptions) {
     this.root = path.resolve(opts.root);
@@ -555,6 +565,7 @@ export class DirSource implements ConfigSource {
     this.dirty.clear();
     this.linksDirty = false;
     this.sink = null;
+    this.handedOver = false;
   }
 
   /**
@@ -567,23 +578,35 @@ export class DirSource implements ConfigSource {
     await this.serial(() => this.readAll(sink));
   }
 
-  /** Reads the whole tree and hands it over as a snapshot (start, resync). */
+  /**
+   * Reads the whole tree. The first read is handed over as a snapshot; a later one (resync) as the
+   * keys that differ from what the sink holds, since only fingerprints are kept (unreadable files
+   * keep their previous value, as in an incremental re-read).
+   */
   private async readAll(sink: SourceSink): Promise<void> {
     const first = this.rootId === undefined;
+    const snapshot = !this.handedOver;
     this.rootId = this.rootIdentity();
     const res = await this.reader.scanTree("");
     if (this.stopped) return;
     this.syncDirs([...this.listedDirs], res);
     this.syncLinks("", res);
-    const values = new Map(res.values);
-    // unreadable files keep their previous value, as in an incremental re-read
-    for (const [k, v] of this.known) if (!values.has(k) && isKept(k, res)) values.set(k, v);
-    this.known = values;
     if (first && this.rootId === null) {
       warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
     }
-    info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size });
-    sink.snapshot(SOURCE, new Map(this.known));
+    if (snapshot) {
+      this.known = new Map();
+      for (const [k, v] of res.values) this.known.set(k, fingerprint(v));
+      this.handedOver = true;
+      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size });
+      sink.snapshot(SOURCE, res.values);
+    } else {
+      const changes = new Map<string, RawValue | null>();
+      for (const k of this.known.keys()) if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
+      for (const [k, v] of res.values) if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
+      this.handOver(changes);
+      info("config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size, changed: changes.size });
+    }
     sink.status(SOURCE, true, this.rootId === null ? `${this.root} does not exist` : undefined);
   }
 
@@ -782,7 +805,7 @@ export class DirSource implements ConfigSource {
       if (!wasDir && !res.dirs.size && !res.keepPrefixes.length) continue; // a plain file (or nothing): step 2
       this.syncDirs(dirsUnder.get(p) ?? [], res);
       this.syncLinks(p, res);
-      for (const [k, v] of res.values) if (!sameValue(this.known.get(k), v)) changes.set(k, v);
+      for (const [k, v] of res.values) if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
       for (const k of below.get(p) ?? []) {
         if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
       }
@@ -815,19 +838,24 @@ export class DirSource implements ConfigSource {
         if (res.keepKeys.has(key)) continue;
         const v = res.values.get(key);
         if (v) {
-          if (!sameValue(this.known.get(key), v)) changes.set(key, v);
+          if (this.known.get(key) !== fingerprint(v)) changes.set(key, v);
         } else if (this.known.has(key)) changes.set(key, null);
       }
     }
 
-    if (!changes.size) return;
+    if (changes.size) info("config-path: changes", { source: SOURCE, keys: changes.size });
+    this.handOver(changes);
+  }
+
+  /** Hands changed keys (null: deleted) to the sink as one update, in key order, and remembers them. */
+  private handOver(changes: Map<string, RawValue | null>): void {
+    if (!changes.size || !this.sink) return;
     const events: KeyEvent[] = [...changes.keys()].sort().map((key) => ({ key, value: changes.get(key)! }));
     for (const ev of events) {
-      if (ev.value) this.known.set(ev.key, ev.value);
+      if (ev.value) this.known.set(ev.key, fingerprint(ev.value));
       else this.known.delete(ev.key);
       debug("config-path: key " + (ev.value ? "set" : "deleted"), { source: SOURCE, key: ev.key, path: ev.value?.origin });
     }
-    info("config-path: changes", { source: SOURCE, keys: events.length });
     this.sink.update(SOURCE, events);
   }
 }

@@ -24,7 +24,10 @@ export interface KeyEvent {
 }
 
 export interface SourceSink {
-  /** A complete snapshot (initial read, or a re-read after an etcd compaction): replaces all keys. */
+  /**
+   * A complete snapshot (initial read, or a re-read after an etcd compaction): replaces all keys.
+   * The map is the sink's from then on (it may empty it once taken in).
+   */
   snapshot(source: SourceName, entries: Map<string, RawValue>): void;
   /** Incremental changes, already coalesced by the source where it can. */
   update(source: SourceName, events: KeyEvent[]): void;
@@ -37,9 +40,11 @@ export interface ConfigSource {
   /** Reads everything once (a snapshot() call), then follows changes until stop(). */
   start(sink: SourceSink): Promise<void>;
   /**
-   * Reads everything again, as a fresh start would, and hands it over as one snapshot() before
-   * resolving (SIGHUP: whatever the source may have missed, the sink then holds exactly what it
-   * holds). Does nothing before start() or after stop().
+   * Reads everything again, as a fresh start would, and hands it over before resolving (SIGHUP:
+   * whatever the source may have missed, the sink then holds exactly what it holds): the etcd
+   * source as one snapshot(), the directory source as one update() of the keys that differ from
+   * what it handed over (it keeps a fingerprint of each value, not the text). Does nothing before
+   * start() or after stop().
    */
   resync(): Promise<void>;
   stop(): Promise<void>;
