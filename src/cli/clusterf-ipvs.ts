@@ -147,6 +147,8 @@ export async function main(argv: string[]): Promise<number> {
     drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),
     // -once runs no health checks: it programs the configured weights.
     health: flags.once ? undefined : new Checker(),
+    // -once serves nothing while it works: it may pause to collect the parse's garbage.
+    collectAfterLargeSteps: flags.once as boolean,
   });
 
   // SIGHUP reloads (its default action would kill the daemon, leaving an advertised route to its TTL).

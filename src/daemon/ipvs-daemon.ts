@@ -38,7 +38,16 @@ export interface IpvsDaemonOptions {
   drainCheckMs?: number;
   /** Health checks of the config's checked destinations (none: configured weights, nothing checked). */
   health?: Checker;
+  /**
+   * A full garbage collection after taking in, and after compiling, a large config (-once: it
+   * serves nothing meanwhile, and the peak memory stays near what is kept instead of growing
+   * with the garbage of the parse; a live daemon never blocks its event loop that long).
+   */
+  collectAfterLargeSteps?: boolean;
 }
+
+/** Key events in one apply from which -once collects garbage after taking them in and after compiling. */
+const LARGE_EVENTS = 20_000;
 
 export type SyncKind = "full" | "incremental" | "resync";
 
@@ -181,7 +190,9 @@ export class IpvsDaemon implements SourceSink {
   // Applying
 
   /** Takes the pending source events into the store, a slice at a time (a snapshot as its events). */
-  private *takeIn(): Steps<void> {
+  /** Takes the pending source events into the store, a slice at a time; returns how many. */
+  private *takeIn(): Steps<number> {
+    let taken = 0;
     for (let p; (p = this.pending.shift()); ) {
       const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events) : p.events;
       for (const slice of chunks(events, EVENT_SLICE)) {
@@ -190,9 +201,18 @@ export class IpvsDaemon implements SourceSink {
           if (c?.kind === "service") this.dirtyServices.add(c.service);
           else if (c) this.routeChanges.push(c);
         }
+        taken += slice.length;
         yield;
       }
+      // The raw text is parsed: a stale reference to the snapshot (the collector scans the stack
+      // conservatively) must not keep every value's text alive.
+      if (p.events instanceof Map) p.events.clear();
     }
+    return taken;
+  }
+
+  private collectIfLarge(events: number): void {
+    if (this.opts.collectAfterLargeSteps && events >= LARGE_EVENTS) Bun.gc(true);
   }
 
   /** Recomputes the named config services a few at a time; adds the IPVS keys they change to `keys`. */
@@ -271,7 +291,8 @@ export class IpvsDaemon implements SourceSink {
 
   private *applySteps(): Steps<SyncResult> {
     const t0 = performance.now();
-    yield* this.takeIn();
+    const taken = yield* this.takeIn();
+    this.collectIfLarge(taken);
     const kind: SyncKind = this.started ? "incremental" : "full";
     const dirty = this.dirtyServices;
     const routeChanges = this.routeChanges;
@@ -290,6 +311,7 @@ export class IpvsDaemon implements SourceSink {
       yield* this.compile(dirty, keys);
     }
     if (this.opts.health) yield* this.healthSteps(this.opts.health, keys);
+    this.collectIfLarge(taken);
     const result = yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
     this.finish(kind, result, performance.now() - t0);
     return result;
