@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { Daemon, inotifyWatches, ROOT, runCli, tableLines } from "./support/proc.ts";
 import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
 import { DOCKER_FLAGS } from "../src/cli/clusterf-docker.ts";
-import { parseDuration, parseFlags } from "../src/cli/flags.ts";
+import { parseFlags } from "../src/cli/flags.ts";
+import { parseDuration } from "../src/util/duration.ts";
 import { parseListen, serveMetrics } from "../src/metrics/server.ts";
 import { Registry } from "prom-client";
 

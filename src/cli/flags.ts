@@ -3,6 +3,8 @@
 // lines: -name=value, -name value, --name=value; booleans as -name or -name=false. (GNU-style
 // parsers such as yargs-parser read `-config-path -print` or `-once false` differently.)
 
+import { formatDuration, parseDuration } from "../util/duration.ts";
+
 export type FlagType = "string" | "bool" | "duration" | "int";
 
 export interface FlagSpec {
@@ -39,27 +41,6 @@ export class FlagError extends Error {
 }
 
 export type FlagValues = Record<string, string | boolean | number>;
-
-/** "10s", "1m30s", "500ms", "2h", or a bare number of seconds → milliseconds. */
-export function parseDuration(text: string): number | undefined {
-  const t = text.trim();
-  if (/^\d+(\.\d+)?$/.test(t)) return Number(t) * 1000;
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  let total = 0;
-  let pos = 0;
-  let m: RegExpExecArray | null;
-  while ((m = re.exec(t))) {
-    total += Number(m[1]) * unit[m[2]!]!;
-    pos = re.lastIndex;
-  }
-  return pos === t.length && pos > 0 ? total : undefined;
-}
-
-export function formatDuration(ms: number): string {
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}
 
 export function usage(program: string, summary: string, specs: FlagSpec[]): string {
   const lines = [`Usage: ${program} [flags]`, summary, "", "Flags:"];

@@ -3,7 +3,7 @@
 // (`check.interval: …`), plus warnings for unknown keys. Keys match case-insensitively, as in
 // the rest of the config; `null` for a field keeps its default.
 
-import { parseDuration } from "../cli/flags.ts";
+import { parseDuration } from "../util/duration.ts";
 import { ConfigValueError, describe, fold, foldMap, integer } from "../config/values.ts";
 import { destKeyString } from "../ipvs/types.ts";
 
