@@ -4,7 +4,9 @@
 
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { Etcd3 } from "etcd3";
-import { EtcdSource, makeEtcdClient, passThroughFaultHandling, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
+import { EtcdSource, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
+import { makeEtcdClient } from "../src/etcd/client.ts";
+import { passThroughFaultHandling } from "../src/etcd/faults.ts";
 import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/source.ts";
 import { configureLog } from "../src/util/log.ts";
 import { mkdirSync } from "node:fs";

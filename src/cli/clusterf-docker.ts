@@ -3,7 +3,8 @@
 
 import { join } from "node:path";
 import type { IOptions } from "etcd3";
-import { makeEtcdClient, passThroughFaultHandling } from "../config/etcd-source.ts";
+import { makeEtcdClient } from "../etcd/client.ts";
+import { passThroughFaultHandling } from "../etcd/faults.ts";
 import { parseIPv4, parseIPv6 } from "../config/values.ts";
 import { DockerDaemon } from "../docker/daemon.ts";
 import { STATE_FILE } from "../docker/publisher.ts";

@@ -188,7 +188,8 @@ export async function main(argv: string[]): Promise<number> {
   let etcdClient: Etcd3 | undefined;
   let publisher: HealthPublisher | undefined;
   if (advertise) {
-    const { makeEtcdClient, passThroughFaultHandling } = await import("../config/etcd-source.ts");
+    const { makeEtcdClient } = await import("../etcd/client.ts");
+    const { passThroughFaultHandling } = await import("../etcd/faults.ts");
     etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
     advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, etcdTtlSeconds(flags));
     firstApply.then(() => advertiser!.start());

@@ -1,5 +1,5 @@
 // Flags both daemons share: etcd connection (docs/config.md §3) and operations (§8).
-import type { EtcdClientOptions } from "../config/etcd-source.ts";
+import type { EtcdClientOptions } from "../etcd/client.ts";
 import { checkWith, type FlagSpec, type FlagValues } from "./flags.ts";
 import { parseListen } from "../metrics/server.ts";
 import { DEFAULT_PREFIX, trimPrefix } from "../config/keys.ts";

@@ -17,33 +17,15 @@
 //     instead of silently serving nothing.
 // An error never produces a snapshot: only a successful range read does.
 
-import { readFileSync } from "node:fs";
-import { isIP } from "node:net";
-import { checkServerIdentity } from "node:tls";
-import * as grpcJs from "@grpc/grpc-js";
-import {
-  Etcd3,
-  EtcdInvalidAuthTokenError,
-  GRPCDeadlineExceededError,
-  castGrpcError,
-  isRecoverableError,
-  type IOptions,
-} from "etcd3";
+import { EtcdInvalidAuthTokenError, castGrpcError, type Etcd3 } from "etcd3";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
 import { DEFAULT_PREFIX, trimPrefix } from "./keys.ts";
+import { invalidateAuthToken, makeEtcdClient, openWatchStream, type EtcdClientOptions } from "../etcd/client.ts";
+import { HostHealth, SkipHost } from "../etcd/faults.ts";
+import { prefixEnd } from "../etcd/range.ts";
+import { Backoff, Sleeper } from "../util/backoff.ts";
+import { describeError as describe } from "../util/errors.ts";
 import { debug, error as logError, info, warn } from "../util/log.ts";
-
-export interface EtcdClientOptions {
-  /** Client URLs (`http://host:2379`, `https://…`) or `host:port`. At least one. */
-  endpoints: string[];
-  /** PEM file paths for TLS: CA bundle, client certificate and its key. */
-  cacert?: string;
-  cert?: string;
-  key?: string;
-  /** etcd authentication (the password from -etcd-password or ETCD_PASSWORD, read by the caller). */
-  username?: string;
-  password?: string;
-}
 
 export interface EtcdSourceOptions extends EtcdClientOptions {
   /** Key prefix of the config tree, default "/clusterf" (a trailing "/" is ignored). */
@@ -71,103 +53,6 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
   keepaliveTimeoutMs?: number;
 }
 
-/**
- * etcd3 fault handling that passes every call straight through: for callers that retry on their
- * own (the lease keepers), so that etcd3's circuit breaker never refuses a call after an outage.
- * execute() is async: the pool reports a failed stream by running a throwing function through it
- * and catching the returned promise; a synchronous throw would escape as an uncaught error.
- */
-export function passThroughFaultHandling(): Partial<IOptions> {
-  const passThrough = {
-    execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T) => fn({ signal: new AbortController().signal, attempt: 0 }),
-  };
-  return { faultHandling: { host: () => passThrough as never, global: passThrough as never } };
-}
-
-/**
- * An `Etcd3` client from the -etcd-* options (TLS files read here, auth passed on). `extra`
- * is merged into the library options last (fault handling, gRPC options…).
- */
-export function makeEtcdClient(opts: EtcdClientOptions, extra: Partial<IOptions> = {}): Etcd3 {
-  const hosts = opts.endpoints.map((e) => e.trim()).filter((e) => e !== "");
-  if (hosts.length === 0) throw new Error("etcd: no endpoints given");
-  const o: IOptions = { hosts };
-  let tls: { ca?: Buffer; key?: Buffer; cert?: Buffer } | null = null;
-  if (opts.cacert || opts.cert || opts.key) {
-    if (!!opts.cert !== !!opts.key) throw new Error("etcd: a client certificate needs both -etcd-cert and -etcd-key");
-    tls = {
-      ca: opts.cacert ? readFileSync(opts.cacert) : undefined,
-      key: opts.key ? readFileSync(opts.key) : undefined,
-      cert: opts.cert ? readFileSync(opts.cert) : undefined,
-    };
-    // Without a CA file, gRPC falls back to the system roots.
-    o.credentials = { rootCertificate: tls.ca as Buffer, privateKey: tls.key, certChain: tls.cert };
-  } else if (hosts.some((h) => h.startsWith("https:"))) {
-    tls = {};
-  }
-  if (opts.username) o.auth = { username: opts.username, password: opts.password ?? "" };
-  // gRPC's own reconnect backoff grows to 120 s: after a long outage the channel would stay
-  // down that long after etcd is back, whatever our retry loops do. Cap it at 2 s.
-  const grpcOptions = { "grpc.initial_reconnect_backoff_ms": 250, "grpc.max_reconnect_backoff_ms": 2000, ...extra.grpcOptions };
-  const client = new Etcd3({ ...o, ...extra, grpcOptions });
-  if (tls) fixTlsIpHosts(client, tls);
-  return client;
-}
-
-/** The @grpc/grpc-js instance that etcd3 itself uses (its credentials are checked by instanceof). */
-function etcd3Grpc(): typeof import("@grpc/grpc-js") {
-  // The one grpc-js in node_modules is etcd3's own; a static import keeps it in a compiled binary.
-  return grpcJs;
-}
-
-/**
- * gRPC sends the host name as TLS SNI; Bun refuses an IP address there (Node only warns), so
- * `https://10.0.0.1:2379` would never connect. For IP-address endpoints: send a fixed SNI name
- * and check the server certificate against the real address (its IP SANs) ourselves.
- * This patches the pool's per-host settings before any connection is made.
- */
-function fixTlsIpHosts(client: Etcd3, tls: { ca?: Buffer; key?: Buffer; cert?: Buffer }): void {
-  const pool = (client as any).pool;
-  let grpc: typeof import("@grpc/grpc-js") | null = null;
-  for (const host of pool?.hosts ?? []) {
-    const addr = String(host.host).replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
-    if (!isIP(addr)) continue;
-    grpc ??= etcd3Grpc();
-    host.channelCredentials = grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null, {
-      checkServerIdentity: (_name: string, cert: any) => checkServerIdentity(addr, cert),
-    });
-    host.channelOptions = { ...(host.channelOptions ?? {}), "grpc.ssl_target_name_override": "etcd" };
-  }
-  // With a password, etcd3 fetches its token over a channel of its own made with the unpatched
-  // settings: fetch it through the patched host's Auth client instead.
-  const auth = pool?.authenticator;
-  if (!grpc || !auth) return;
-  const original = auth.getCredentialsFromHost.bind(auth);
-  const metadata = grpc.Metadata;
-  auth.getCredentialsFromHost = (address: string, name: string, password: string, callOptions: unknown, credentials: unknown) => {
-    const host = (pool.hosts as any[]).find((h) => h.host === address);
-    if (!host || host.channelCredentials === credentials) return original(address, name, password, callOptions, credentials);
-    const client = host.getServiceClient("Auth");
-    return new Promise<string>((resolve, reject) =>
-      client.authenticate({ name, password }, new metadata(), callOptions ?? {}, (err: Error | null, res: { token: string }) =>
-        err ? reject(castGrpcError(err)) : resolve(res.token),
-      ),
-    );
-  };
-}
-
-/** The range end that covers every key starting with `prefix` (etcd's "prefix" semantics). */
-export function prefixEnd(prefix: Buffer): Buffer {
-  const end = Buffer.from(prefix);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i]! < 0xff) {
-      end[i]! += 1;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.from([0]); // all 0xff: to the end of the key space
-}
-
 const ZERO_BYTE = Buffer.from([0]);
 
 /** A page of a full read takes this fraction (1/N) of the keys that remain, at least pageSize… */
@@ -183,61 +68,8 @@ function isCompactedError(e: unknown): boolean {
   return e instanceof Error && /required revision has been compacted/.test(e.message);
 }
 
-/** Thrown by a host policy so the pool moves on to another endpoint. */
-class SkipHost extends Error {}
-
-/**
- * Endpoint choice: the pool picks hosts at random; a host that failed recently is skipped
- * while another one has not failed recently (so a dead member is not retried in a loop while
- * the others work, and a single endpoint is always tried, unlike the library's default circuit
- * breaker that would refuse it for 5 s).
- */
-class HostHealth {
-  private failedAt = new Map<string, number>();
-  constructor(
-    private hosts: string[],
-    private skipMs: number,
-  ) {}
-  failed(host: string): void {
-    this.failedAt.set(host, Date.now());
-  }
-  ok(host: string): void {
-    this.failedAt.delete(host);
-  }
-  private recent(host: string): boolean {
-    const t = this.failedAt.get(host);
-    return t !== undefined && Date.now() - t < this.skipMs;
-  }
-  policy(host: string) {
-    const self = this;
-    const key = host.replace(/^https?:\/\//, "");
-    // The pool only calls execute() (cockatiel's IPolicy shape otherwise).
-    return {
-      async execute<T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => Promise<T> | T): Promise<T> {
-        if (self.recent(key) && self.hosts.some((h) => !self.recent(h))) throw new SkipHost(`skipping ${key}`);
-        try {
-          const r = await fn({ signal: new AbortController().signal, attempt: 0 });
-          return r;
-        } catch (e) {
-          if (e instanceof Error) {
-            const c = castGrpcError(e);
-            // Unreachable, or frozen (a request that ran into its deadline): try others first.
-            if (isRecoverableError(c) || c instanceof GRPCDeadlineExceededError) self.failed(key);
-          }
-          throw e;
-        }
-      },
-    };
-  }
-}
-
 /** How a watch stream ended without an error: a full re-read is due ("compacted", "resync"), or stop(). */
 type WatchOutcome = "compacted" | "resync" | "stopped";
-
-function describe(e: unknown): string {
-  if (e instanceof Error) return e.message.replace(/\s+/g, " ").slice(0, 300);
-  return String(e);
-}
 
 /**
  * Config from etcd. start() resolves as soon as the first attempt is over: after the initial
@@ -263,8 +95,9 @@ export class EtcdSource implements ConfigSource {
   private up: boolean | null = null;
   private downReason: string | undefined;
   private watchHost: string | null = null;
-  private backoff: number;
-  private wake: (() => void) | null = null;
+  private readonly backoff: Backoff;
+  /** The retry backoff's sleep (resync() and stop() cut it short). */
+  private readonly retrySleep = new Sleeper();
   private cancelWatch: ((outcome: WatchOutcome) => void) | null = null;
   /** resync() asked for a full re-read; its callers wait for the snapshot of the next one. */
   private resyncWanted = false;
@@ -274,8 +107,6 @@ export class EtcdSource implements ConfigSource {
   private readySettled = false;
   private firstAttempt: (() => void) | null = null;
 
-  private readonly backoffInitial: number;
-  private readonly backoffMax: number;
   private readonly requestTimeout: number;
   private readonly createTimeout: number;
   private readonly pageSize: number;
@@ -286,14 +117,13 @@ export class EtcdSource implements ConfigSource {
     this.baseText = p + "/";
     this.base = Buffer.from(this.baseText);
     this.rangeEnd = prefixEnd(this.base);
-    this.backoffInitial = opts.backoffInitialMs ?? 250;
-    this.backoffMax = opts.backoffMaxMs ?? 5000;
-    this.backoff = this.backoffInitial;
+    const backoffMax = opts.backoffMaxMs ?? 5000;
+    this.backoff = new Backoff(opts.backoffInitialMs ?? 250, backoffMax);
     this.requestTimeout = opts.requestTimeoutMs ?? 5000;
     this.createTimeout = opts.watchCreateTimeoutMs ?? 5000;
     this.pageSize = Math.max(1, Math.floor(opts.pageSize ?? 2000));
     const hosts = opts.endpoints.map((e) => e.trim().replace(/^https?:\/\//, "")).filter((e) => e !== "");
-    this.hostHealth = new HostHealth(hosts, Math.max(2000, this.backoffMax));
+    this.hostHealth = new HostHealth(hosts, Math.max(2000, backoffMax));
     this.client = makeEtcdClient(opts, {
       grpcOptions: {
         "grpc.keepalive_time_ms": opts.keepaliveMs ?? 6000,
@@ -347,7 +177,7 @@ export class EtcdSource implements ConfigSource {
       this.resyncWanted = true;
       info("etcd re-read requested", { prefix: this.prefix });
       this.cancelWatch?.("resync");
-      this.wake?.(); // cut a retry backoff short
+      this.retrySleep.wake(); // cut a retry backoff short
     });
   }
 
@@ -355,7 +185,7 @@ export class EtcdSource implements ConfigSource {
     if (this.stopped) return;
     this.stopped = true;
     this.cancelWatch?.("stopped");
-    this.wake?.();
+    this.retrySleep.wake();
     this.settleResync(new Error("etcd source stopped before the re-read"));
     if (!this.readySettled) {
       this.readySettled = true;
@@ -397,20 +227,6 @@ export class EtcdSource implements ConfigSource {
     }
   }
 
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(done, ms);
-      function done() {
-        clearTimeout(t);
-        resolve();
-      }
-      this.wake = () => {
-        this.wake = null;
-        done();
-      };
-    });
-  }
-
   private async run(): Promise<void> {
     while (!this.stopped) {
       try {
@@ -425,9 +241,8 @@ export class EtcdSource implements ConfigSource {
         if (this.stopped) break;
         this.setStatus(false, describe(e));
         this.endFirstAttempt();
-        debug("etcd retry", { in_ms: this.backoff, err: describe(e) });
-        await this.sleep(this.backoff);
-        this.backoff = Math.min(this.backoff * 2, this.backoffMax);
+        debug("etcd retry", { in_ms: this.backoff.ms, err: describe(e) });
+        await this.retrySleep.sleep(this.backoff.next());
       }
     }
   }
@@ -538,14 +353,7 @@ export class EtcdSource implements ConfigSource {
    * compacted ("compacted"), or stop() ("stopped").
    */
   private async watchFrom(startRev: number): Promise<WatchOutcome> {
-    let host = "";
-    // The pool's withConnection picks a host (through HostHealth) and hands us its gRPC client.
-    const stream = await (this.client as any).pool.withConnection("Watch", ({ client, metadata, resource }: any) => {
-      host = resource.host;
-      const md = metadata.clone();
-      md.set("hasleader", "true");
-      return client.watch(md, {});
-    });
+    const { stream, host } = await openWatchStream(this.client);
     return new Promise<WatchOutcome>((resolve, reject) => {
       let done = false;
       let created = false;
@@ -598,7 +406,7 @@ export class EtcdSource implements ConfigSource {
             clearTimeout(createTimer);
             this.hostHealth.ok(host);
             this.watchHost = host;
-            this.backoff = this.backoffInitial;
+            this.backoff.reset();
             this.setStatus(true);
             debug("etcd watch created", { host, from: startRev });
             this.endFirstAttempt();
@@ -628,7 +436,7 @@ export class EtcdSource implements ConfigSource {
   }
 
   private invalidateToken(): void {
-    if (this.opts.username) (this.client as any).pool?.authenticator?.invalidateMetadata();
+    if (this.opts.username) invalidateAuthToken(this.client);
   }
 
   /** One watch response → one update batch, the last event per key kept. */

@@ -266,7 +266,7 @@ export class ConfigStore {
    * Keeps the merged view of a service after one of its keys changed (`after`: that key's value in
    * force): the source's own object while only one source has the service, else a merged object.
    */
-  private place(path: KeyPath & { service: string }, after: Value | undefined): void {
+  private place(path: Extract<KeyPath, { kind: "frontend" | "backend" }>, after: Value | undefined): void {
     const local = this.sources.local.services.get(path.service);
     const etcd = this.sources.etcd.services.get(path.service);
     const merged = this.services.get(path.service);

@@ -5,7 +5,9 @@
 // Other keys can live under the same lease (setKeys: the intermediate's published backend health,
 // src/health/publish.ts): written after the route, again with it, and gone with the lease.
 
-import type { Etcd3, Lease } from "etcd3";
+import type { Etcd3 } from "etcd3";
+import { LeaseKeeper, type LeaseEvents } from "../etcd/lease-keeper.ts";
+import { Backoff } from "../util/backoff.ts";
 import { parseRoute } from "../config/values.ts";
 import * as log from "../util/log.ts";
 
@@ -29,11 +31,10 @@ export function advertisedRouteValue(route: AdvertisedRoute): string {
 }
 
 export class RouteAdvertiser {
-  private lease?: Lease;
+  private lease?: LeaseKeeper;
   private stopped = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
-  private backoffMs = 250;
-  private failing = false;
+  private readonly backoff = new Backoff();
   /** True while the key is believed to be in etcd under a live lease. */
   advertised = false;
   /** The other keys wanted under the lease (setKeys), and those believed written under the current one. */
@@ -54,40 +55,53 @@ export class RouteAdvertiser {
     this.grant();
   }
 
+  /** Grants a new lease and writes the route under it; on failure, again after the backoff. */
   private grant(): void {
     if (this.stopped) return;
-    const lease = this.client.lease(this.ttlSeconds);
-    this.lease = lease;
-    lease.on("lost", (err) => {
-      if (this.stopped || lease !== this.lease) return;
-      this.advertised = false;
-      log.warn("route: lease lost; advertising again under a new lease", { key: this.key, error: err.message });
-      this.retry();
-    });
-    lease.on("keepaliveFailed", (err) => {
-      if (this.stopped || this.failing) return;
-      this.failing = true;
-      log.warn("route: lease keep-alive failing", { key: this.key, error: err.message });
-    });
-    lease.on("keepaliveEstablished", () => {
+    this.lease = undefined;
+    let keeper: LeaseKeeper | undefined;
+    const current = () => !this.stopped && keeper !== undefined && keeper === this.lease;
+    const events: LeaseEvents = {
+      lost: (err) => {
+        if (!current()) return;
+        this.advertised = false;
+        log.warn("route: lease lost; advertising again under a new lease", { key: this.key, error: err.message });
+        this.retry();
+      },
+      failed: (err, first) => {
+        if (current() && first) log.warn("route: lease keep-alive failing", { key: this.key, error: (err as Error).message });
+      },
       // After an outage, write the key again: etcd may have lost it, or someone deleted it.
-      if (this.failing) {
-        this.failing = false;
-        this.put(lease);
-      }
-    });
-    this.put(lease);
+      recovered: () => {
+        if (current()) this.put();
+      },
+    };
+    // etcd3's own Lease counted a lease not renewed for 2 TTLs as lost; so does this one.
+    LeaseKeeper.grant(this.client, { ttlSeconds: this.ttlSeconds, giveUpAfterMs: 2 * 1000 * this.ttlSeconds }, events).then(
+      (granted) => {
+        keeper = granted.keeper;
+        if (this.stopped) return keeper.release();
+        this.lease = keeper;
+        this.put();
+      },
+      (err: Error) => {
+        if (this.stopped) return;
+        log.warn("route: cannot write the advertised route; retrying", { key: this.key, error: err.message });
+        this.retry();
+      },
+    );
   }
 
-  private put(lease: Lease): void {
+  private put(): void {
+    const lease = this.lease;
+    if (!lease) return;
     lease
-      .put(this.key)
-      .value(this.value)
+      .put(this.key, this.value)
       .then(() => {
         if (lease !== this.lease || this.stopped) return;
         if (!this.advertised) log.info("route: advertised", { key: this.key, value: this.value, ttl: this.ttlSeconds });
         this.advertised = true;
-        this.backoffMs = 250;
+        this.backoff.reset();
         // Written again under this lease: what an older one held may be gone, or still there.
         for (const k of this.written.keys()) this.stale.add(k);
         this.written = new Map();
@@ -116,7 +130,7 @@ export class RouteAdvertiser {
     if (puts.length === 0 && deletes.length === 0) return;
     this.flushing = true;
     const ops = [
-      ...puts.map(([k, v]) => lease.put(k).value(v).then(() => void (lease === this.lease && this.written.set(k, v)))),
+      ...puts.map(([k, v]) => lease.put(k, v).then(() => void (lease === this.lease && this.written.set(k, v)))),
       ...deletes.map((k) => this.client.delete().key(k).then(() => void (this.written.delete(k), this.stale.delete(k)))),
     ];
     Promise.allSettled(ops).then((results) => {
@@ -131,8 +145,7 @@ export class RouteAdvertiser {
 
   private retry(): void {
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.grant(), this.backoffMs);
-    this.backoffMs = Math.min(this.backoffMs * 2, 5000);
+    this.retryTimer = setTimeout(() => this.grant(), this.backoff.next());
   }
 
   /**

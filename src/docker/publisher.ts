@@ -12,12 +12,15 @@
 //   an empty "desired" must never wipe a taken-over lease's keys.
 // - stop({ revoke: true }) revokes the lease (etcd deletes its keys at once).
 
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
-import type { Etcd3, IDuplexStream } from "etcd3";
+import { readFileSync, rmSync } from "node:fs";
+import type { Etcd3 } from "etcd3";
 import * as log from "../util/log.ts";
-import { prefixEnd } from "../config/etcd-source.ts";
 import { SERVICES, absoluteKey } from "../config/keys.ts";
+import { LeaseKeeper, deadline, type LeaseEvents } from "../etcd/lease-keeper.ts";
+import { prefixEnd } from "../etcd/range.ts";
+import { Backoff, Sleeper } from "../util/backoff.ts";
+import { describeError as describe } from "../util/errors.ts";
+import { writeJsonAtomic } from "../util/state-file.ts";
 
 export const STATE_FILE = "docker-lease.json";
 
@@ -61,33 +64,24 @@ export interface PublisherStats {
 
 const enc = (s: string) => Buffer.from(s);
 
-function describe(e: unknown): string {
-  if (e instanceof Error) return e.message.replace(/\s+/g, " ").slice(0, 300);
-  return String(e);
-}
-
 export class Publisher {
   readonly stats: PublisherStats = { puts: 0, deletes: 0, txns: 0, resyncs: 0, grants: 0, adopted: 0, keepaliveFailures: 0 };
   private readonly base: string; // "<prefix>/services/"
   private desired: Map<string, string> | undefined;
   /** What is in etcd under our lease, as far as we know (valid when !needFull). */
   private published = new Map<string, string>();
-  private leaseId: string | undefined;
+  /** The lease and its keep-alives (undefined: none yet, or lost). */
+  private keeper: LeaseKeeper | undefined;
   private clusterId: string | undefined;
   private needFull = true;
   /** Check whether the lease is still alive before the next write (after a failure). */
   private checkLease = false;
   private stopped = false;
-  private wake: (() => void) | undefined;
+  /** The write loop's idle wait and retry backoff, both cut short by kick(). */
+  private readonly idle = new Sleeper();
   private kicked = false;
-  private backoffMs = 250;
+  private readonly backoff = new Backoff();
   private loop: Promise<void> | undefined;
-  // keep-alive
-  private kaTimer: ReturnType<typeof setInterval> | undefined;
-  private kaStream: IDuplexStream<{ ID: string }, { ID: string; TTL: string }> | undefined;
-  private kaOpening = false;
-  private kaLastOk = 0;
-  private kaFailing = false;
   private syncedListeners: (() => void)[] = [];
   /** True once etcd holds exactly the desired keys (cleared by any change or failure). */
   inSync = false;
@@ -99,8 +93,9 @@ export class Publisher {
     this.base = absoluteKey(opts.prefix, `${SERVICES}/`);
   }
 
+  /** The lease id in use (undefined while there is none). */
   get lease(): string | undefined {
-    return this.leaseId;
+    return this.keeper?.id;
   }
 
   /** Starts the lease (taken over or granted) and the write loop. */
@@ -134,62 +129,49 @@ export class Publisher {
 
   private kick(): void {
     this.kicked = true;
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
-  }
-
-  private async sleep(ms: number): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        this.wake = undefined;
-        resolve();
-      }, ms);
-      this.wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
-  }
-
-  private deadline(ms = 5000): { deadline: Date } {
-    return { deadline: new Date(Date.now() + ms) };
+    this.idle.wake();
   }
 
   private async run(): Promise<void> {
     while (!this.stopped) {
-      const work = this.kicked || !this.leaseId || this.checkLease || (this.desired !== undefined && this.needFull);
+      const work = this.kicked || !this.keeper || this.checkLease || (this.desired !== undefined && this.needFull);
       if (!work) {
-        await new Promise<void>((r) => (this.wake = r));
+        await this.idle.sleep();
         continue;
       }
       this.kicked = false;
       try {
-        if (this.checkLease && this.leaseId) await this.verifyLease();
-        if (!this.leaseId) await this.acquireLease();
-        if (this.stopped) break;
-        if (!this.desired) continue; // the Docker side has not delivered its first state yet
-        if (this.needFull) await this.readOwned();
-        if (this.stopped) break;
-        await this.apply(this.desired);
-        this.backoffMs = 250;
-        if (!this.kicked) {
-          this.inSync = true;
-          const ls = this.syncedListeners;
-          this.syncedListeners = [];
-          for (const l of ls) l();
-        }
+        await this.pass();
       } catch (e) {
         if (this.stopped) break;
         this.inSync = false;
         this.needFull = true;
         this.checkLease = true;
-        log.warn("etcd: cannot publish the backends; retrying", { error: describe(e), retryMs: this.backoffMs });
-        await this.sleep(this.backoffMs);
-        this.backoffMs = Math.min(this.backoffMs * 2, 5000);
+        log.warn("etcd: cannot publish the backends; retrying", { error: describe(e), retryMs: this.backoff.ms });
+        await this.idle.sleep(this.backoff.next());
         this.kicked = true;
       }
     }
+  }
+
+  /** One pass of the write loop: a live lease, then etcd made equal to the desired keys. */
+  private async pass(): Promise<void> {
+    if (this.checkLease && this.keeper) await this.verifyLease();
+    if (!this.keeper) await this.acquireLease();
+    if (this.stopped) return;
+    if (!this.desired) return; // the Docker side has not delivered its first state yet
+    if (this.needFull) await this.readOwned();
+    if (this.stopped) return;
+    await this.apply(this.desired);
+    this.backoff.reset();
+    if (!this.kicked) this.reportSynced();
+  }
+
+  private reportSynced(): void {
+    this.inSync = true;
+    const ls = this.syncedListeners;
+    this.syncedListeners = [];
+    for (const l of ls) l();
   }
 
   // ---- lease
@@ -208,20 +190,17 @@ export class Publisher {
 
   private writeState(): void {
     const file = this.opts.stateFile;
-    if (!file || !this.leaseId || !this.clusterId) return;
+    if (!file || !this.keeper || !this.clusterId) return;
     const s: LeaseState = {
       version: 1,
       clusterId: this.clusterId,
       endpoints: this.opts.endpoints,
       prefix: this.opts.prefix,
-      leaseId: this.leaseId,
+      leaseId: this.keeper.id,
       ttl: this.opts.ttlSeconds,
     };
     try {
-      mkdirSync(dirname(file), { recursive: true });
-      const tmp = `${file}.tmp${process.pid}`;
-      writeFileSync(tmp, JSON.stringify(s) + "\n", { mode: 0o600 });
-      renameSync(tmp, file);
+      writeJsonAtomic(file, s, 0o600);
     } catch (e) {
       log.warn("state: cannot save the lease id; a restart will not take the keys over", { file, error: describe(e) });
     }
@@ -234,52 +213,73 @@ export class Publisher {
   /** Takes over the saved lease when it is still alive in the same cluster, else grants one. */
   private async acquireLease(): Promise<void> {
     const saved = this.readState();
-    if (saved) {
-      const r = await this.client.leaseClient.leaseTimeToLive({ ID: saved.leaseId, keys: false }, this.deadline());
-      const ttl = Number(r.TTL);
-      if (r.header.cluster_id !== saved.clusterId) {
-        log.info("etcd: saved lease belongs to another etcd cluster; granting a new one", { lease: saved.leaseId });
-      } else if (ttl >= 0) {
-        // TTL is the remaining whole seconds: 0 = alive for less than a second; -1 = gone.
-        this.leaseId = saved.leaseId;
-        this.clusterId = r.header.cluster_id;
-        this.stats.adopted++;
-        log.info("etcd: took over the lease of the previous run", { lease: this.leaseId, remainingTtl: ttl });
-        this.needFull = true;
-        this.startKeepalive();
-        this.kaSend(); // at once: the remaining TTL may be short
-        if (saved.ttl !== this.opts.ttlSeconds) log.info("etcd: the taken-over lease keeps its TTL until it is replaced", { ttl: saved.ttl });
-        return;
-      } else {
-        log.info("etcd: the lease of the previous run has expired; granting a new one", { lease: saved.leaseId });
-      }
-    }
-    const g = await this.client.leaseClient.leaseGrant({ TTL: this.opts.ttlSeconds }, this.deadline());
-    if (g.error) throw new Error(`lease grant: ${g.error}`);
-    this.leaseId = g.ID;
-    this.clusterId = g.header.cluster_id;
+    if (saved && (await this.takeOver(saved))) return;
+    const { keeper, clusterId } = await LeaseKeeper.grant(this.client, { ttlSeconds: this.opts.ttlSeconds }, this.leaseEvents());
+    this.keeper = keeper;
+    this.clusterId = clusterId;
     this.stats.grants++;
     this.published.clear();
     this.needFull = true;
     this.writeState();
-    log.info("etcd: lease granted", { lease: this.leaseId, ttl: this.opts.ttlSeconds });
-    this.startKeepalive();
+    log.info("etcd: lease granted", { lease: keeper.id, ttl: this.opts.ttlSeconds });
+  }
+
+  /** Keeps the previous run's lease when etcd (the same cluster) still has it; false: grant another. */
+  private async takeOver(saved: LeaseState): Promise<boolean> {
+    const r = await this.client.leaseClient.leaseTimeToLive({ ID: saved.leaseId, keys: false }, deadline(5000));
+    const ttl = Number(r.TTL);
+    if (r.header.cluster_id !== saved.clusterId) {
+      log.info("etcd: saved lease belongs to another etcd cluster; granting a new one", { lease: saved.leaseId });
+      return false;
+    }
+    // TTL is the remaining whole seconds: 0 = alive for less than a second; -1 = gone.
+    if (ttl < 0) {
+      log.info("etcd: the lease of the previous run has expired; granting a new one", { lease: saved.leaseId });
+      return false;
+    }
+    this.keeper = LeaseKeeper.adopt(this.client, saved.leaseId, { ttlSeconds: this.opts.ttlSeconds }, this.leaseEvents());
+    this.clusterId = r.header.cluster_id;
+    this.stats.adopted++;
+    log.info("etcd: took over the lease of the previous run", { lease: saved.leaseId, remainingTtl: ttl });
+    this.needFull = true;
+    if (saved.ttl !== this.opts.ttlSeconds) log.info("etcd: the taken-over lease keeps its TTL until it is replaced", { ttl: saved.ttl });
+    return true;
+  }
+
+  /** What the keep-alives report: failures counted and logged, a recovery resyncs, a loss starts over. */
+  private leaseEvents(): LeaseEvents {
+    return {
+      failed: (e, first) => {
+        if (this.stopped) return;
+        this.stats.keepaliveFailures++;
+        if (first) log.warn("etcd: lease keep-alive failing", { lease: this.lease, error: describe(e) });
+      },
+      recovered: () => {
+        log.info("etcd: lease keep-alive working again; resyncing", { lease: this.lease });
+        // etcd may have been restored from a backup, or keys deleted by hand: re-read.
+        this.needFull = true;
+        this.inSync = false;
+        this.kick();
+      },
+      lost: (reason) => this.leaseLost(reason.message),
+    };
   }
 
   /** After a failure: is our lease still alive? If not, drop it (the next pass grants another). */
   private async verifyLease(): Promise<void> {
-    const id = this.leaseId!;
-    const r = await this.client.leaseClient.leaseTimeToLive({ ID: id, keys: false }, this.deadline());
+    const id = this.keeper!.id;
+    const r = await this.client.leaseClient.leaseTimeToLive({ ID: id, keys: false }, deadline(5000));
     this.checkLease = false;
     if (Number(r.TTL) >= 0) return; // -1: not found
     this.leaseLost(`lease ${id} has expired`);
   }
 
   private leaseLost(why: string): void {
-    if (!this.leaseId) return;
-    log.warn("etcd: lease lost; its keys are gone: publishing again under a new lease", { lease: this.leaseId, reason: why });
-    this.stopKeepalive();
-    this.leaseId = undefined;
+    const keeper = this.keeper;
+    if (!keeper) return;
+    log.warn("etcd: lease lost; its keys are gone: publishing again under a new lease", { lease: keeper.id, reason: why });
+    keeper.release();
+    this.keeper = undefined;
     this.published.clear();
     this.needFull = true;
     this.inSync = false;
@@ -287,110 +287,17 @@ export class Publisher {
     this.kick();
   }
 
-  private startKeepalive(): void {
-    this.stopKeepalive();
-    this.kaLastOk = Date.now();
-    this.kaFailing = false;
-    const interval = Math.max(200, (this.opts.ttlSeconds * 1000) / 3);
-    this.kaTimer = setInterval(() => this.kaSend(), interval);
-  }
-
-  private stopKeepalive(): void {
-    clearInterval(this.kaTimer);
-    this.kaTimer = undefined;
-    const s = this.kaStream;
-    this.kaStream = undefined;
-    try {
-      s?.end();
-    } catch {
-      /* already broken */
-    }
-  }
-
-  private kaSend(): void {
-    if (this.stopped || !this.leaseId) return;
-    // A stream that has not answered for a while is stuck (frozen server): drop it.
-    const silentMs = Date.now() - this.kaLastOk;
-    if (this.kaStream && silentMs > (this.opts.ttlSeconds * 1000 * 2) / 3 + 500) {
-      this.kaFailed(new Error(`no keep-alive answer for ${silentMs} ms`));
-    }
-    if (this.kaStream) {
-      try {
-        this.kaStream.write({ ID: this.leaseId });
-      } catch (e) {
-        this.kaFailed(e);
-      }
-      return;
-    }
-    if (this.kaOpening) return;
-    this.kaOpening = true;
-    const id = this.leaseId;
-    this.client.leaseClient
-      .leaseKeepAlive()
-      .then((stream) => {
-        this.kaOpening = false;
-        if (this.stopped || this.leaseId !== id) {
-          stream.end();
-          return;
-        }
-        this.kaStream = stream as never;
-        stream.on("data", (res: { ID: string; TTL: string }) => {
-          if (stream !== (this.kaStream as unknown)) return;
-          if (Number(res.TTL) <= 0) {
-            this.leaseLost("etcd says the lease has expired");
-            return;
-          }
-          this.kaLastOk = Date.now();
-          if (this.kaFailing) {
-            this.kaFailing = false;
-            log.info("etcd: lease keep-alive working again; resyncing", { lease: this.leaseId });
-            // etcd may have been restored from a backup, or keys deleted by hand: re-read.
-            this.needFull = true;
-            this.inSync = false;
-            this.kick();
-          }
-        });
-        stream.on("error", (e: Error) => {
-          if (stream === (this.kaStream as unknown)) this.kaFailed(e);
-        });
-        stream.on("end", () => {
-          if (stream === (this.kaStream as unknown)) this.kaFailed(new Error("keep-alive stream ended"));
-        });
-        stream.write({ ID: id });
-      })
-      .catch((e) => {
-        this.kaOpening = false;
-        this.kaFailed(e);
-      });
-  }
-
-  private kaFailed(e: unknown): void {
-    const s = this.kaStream;
-    this.kaStream = undefined;
-    try {
-      s?.end();
-    } catch {
-      /* broken */
-    }
-    if (this.stopped) return;
-    this.stats.keepaliveFailures++;
-    if (!this.kaFailing) {
-      this.kaFailing = true;
-      log.warn("etcd: lease keep-alive failing", { lease: this.leaseId, error: describe(e) });
-    }
-  }
-
   /** True while the lease's keep-alive is failing (the keys may be about to expire). */
   get keepaliveFailing(): boolean {
-    return this.kaFailing;
+    return this.keeper?.failing ?? false;
   }
 
   // ---- keys
 
   /** Reads back the keys attached to our lease: the truth a full resync diffs against. */
   private async readOwned(): Promise<void> {
-    const lease = this.leaseId!;
-    const ttl = await this.client.leaseClient.leaseTimeToLive({ ID: lease, keys: true }, this.deadline());
+    const lease = this.keeper!.id;
+    const ttl = await this.client.leaseClient.leaseTimeToLive({ ID: lease, keys: true }, deadline(5000));
     if (Number(ttl.TTL) < 0) {
       this.leaseLost("lease not found while resyncing");
       throw new Error("lease expired");
@@ -398,7 +305,7 @@ export class Publisher {
     const attached = ttl.keys.map((k) => k.toString());
     const foreign = attached.filter((k) => !k.startsWith(this.base));
     const start = enc(this.base);
-    const r = await this.client.kv.range({ key: start, range_end: prefixEnd(start) }, this.deadline(10_000));
+    const r = await this.client.kv.range({ key: start, range_end: prefixEnd(start) }, deadline(10_000));
     const owned = new Map<string, string>();
     for (const kv of r.kvs) {
       if (kv.lease === lease) owned.set(kv.key.toString(), kv.value.toString());
@@ -418,13 +325,13 @@ export class Publisher {
   private async txn(ops: object[]): Promise<void> {
     const max = this.opts.maxTxnOps ?? 100;
     for (let i = 0; i < ops.length; i += max) {
-      await this.client.kv.txn({ success: ops.slice(i, i + max) as never }, this.deadline(10_000));
+      await this.client.kv.txn({ success: ops.slice(i, i + max) as never }, deadline(10_000));
       this.stats.txns++;
     }
   }
 
   private async apply(desired: Map<string, string>): Promise<void> {
-    const lease = this.leaseId!;
+    const lease = this.keeper!.id;
     const puts: [string, string][] = [];
     const dels: string[] = [];
     for (const [k, v] of desired) if (this.published.get(k) !== v) puts.push([k, v]);
@@ -454,22 +361,18 @@ export class Publisher {
   async stop(opts: { revoke: boolean }): Promise<void> {
     this.stopped = true;
     this.kick();
-    this.stopKeepalive();
+    this.keeper?.release();
     // A write in flight to an unreachable etcd is not waited for: the revoke goes out anyway
     // (a put that lands after it fails, its lease being gone).
     await Promise.race([this.loop?.catch(() => {}), Bun.sleep(1000)]);
-    const lease = this.leaseId;
-    if (!opts.revoke || !lease) return;
+    const keeper = this.keeper;
+    if (!opts.revoke || !keeper) return;
     try {
-      await this.client.leaseClient.leaseRevoke({ ID: lease }, this.deadline(3000));
+      const revoked = await keeper.revoke(3000);
       this.removeState();
-      log.info("etcd: lease revoked; this host's backends are removed", { lease });
+      if (revoked) log.info("etcd: lease revoked; this host's backends are removed", { lease: keeper.id });
     } catch (e) {
-      if (/lease not found/i.test(describe(e))) {
-        this.removeState();
-        return;
-      }
-      log.warn("etcd: cannot revoke the lease; the backends expire with its TTL", { lease, error: describe(e) });
+      log.warn("etcd: cannot revoke the lease; the backends expire with its TTL", { lease: keeper.id, error: describe(e) });
     }
   }
 }

@@ -14,6 +14,9 @@ import { join } from "node:path";
 // @ts-ignore: dockerode ships no type declarations; DockerApi below types the calls used.
 import Docker from "dockerode";
 import type { ContainerInspect } from "./labels.ts";
+import { Backoff, Sleeper } from "../util/backoff.ts";
+import { Debounce } from "../util/debounce.ts";
+import { describeError as describe } from "../util/errors.ts";
 import * as log from "../util/log.ts";
 
 export interface WatcherOptions {
@@ -120,11 +123,6 @@ function statusCode(e: unknown): number | undefined {
   return (e as { statusCode?: number }).statusCode;
 }
 
-function describe(e: unknown): string {
-  if (e instanceof Error) return e.message.replace(/\s+/g, " ").slice(0, 300);
-  return String(e);
-}
-
 export class DockerWatcher {
   readonly docker: DockerApi;
   private containers = new Map<string, ContainerInspect>();
@@ -134,8 +132,10 @@ export class DockerWatcher {
   private loop: Promise<void> | undefined;
   private stream: NodeJS.ReadableStream | undefined;
   private breakConnection: ((why: string) => void) | undefined;
-  private flushTimer: ReturnType<typeof setTimeout> | undefined;
-  private firstDirtyAt = 0;
+  /** A burst of events ends after a quiet time (or the maximum delay): then the dirty containers are inspected. */
+  private readonly flush: Debounce;
+  /** The reconnect backoff's sleep (stop() cuts it short). */
+  private readonly retrySleep = new Sleeper();
   /** Debounced ids waiting for an inspect slot, and those being inspected. */
   private queued = new Set<string>();
   private inflight = new Set<string>();
@@ -156,6 +156,7 @@ export class DockerWatcher {
 
   constructor(private readonly opts: WatcherOptions) {
     this.docker = new Docker(dockerOptions(opts.endpoint)) as DockerApi;
+    this.flush = new Debounce(() => this.inspectDirty(), opts.debounceMs ?? 50, opts.maxDelayMs ?? 500);
   }
 
   get state(): DockerState {
@@ -182,9 +183,10 @@ export class DockerWatcher {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.flushTimer);
+    this.flush.cancel();
     clearTimeout(this.reportTimer);
     this.breakConnection?.("stopping");
+    this.retrySleep.wake();
     // Not waiting out a reconnect backoff: nothing is reported once stopped.
     await Promise.race([this.loop?.catch(() => {}), Bun.sleep(500)]);
   }
@@ -200,7 +202,7 @@ export class DockerWatcher {
   }
 
   private async run(): Promise<void> {
-    let backoff = 250;
+    const backoff = new Backoff();
     while (!this.stopped) {
       const started = Date.now();
       try {
@@ -210,14 +212,13 @@ export class DockerWatcher {
         log.warn(this.connected ? "docker: connection lost; reconnecting" : "docker: cannot connect; retrying", {
           endpoint: this.opts.endpoint,
           error: describe(e),
-          retryMs: backoff,
+          retryMs: backoff.ms,
         });
       }
       this.connected = false;
       if (this.stopped) break;
-      if (Date.now() - started > 30_000) backoff = 250;
-      await Bun.sleep(backoff);
-      backoff = Math.min(backoff * 2, 5000);
+      if (Date.now() - started > 30_000) backoff.reset();
+      await this.retrySleep.sleep(backoff.next());
     }
   }
 
@@ -338,7 +339,7 @@ export class DockerWatcher {
       if (!id || !this.containers.get(id)?.State?.Running) return;
     } else return;
     this.dirty.add(id);
-    this.scheduleFlush();
+    this.flush.trigger();
   }
 
   /**
@@ -351,22 +352,15 @@ export class DockerWatcher {
   private drain(id: string): void {
     this.draining.add(id);
     this.dirty.add(id);
-    this.scheduleFlush(true);
+    this.flush.trigger(true);
     this.scheduleReport();
   }
 
-  /** The debounce: a burst of events ends after a quiet time (or the maximum delay). */
-  private scheduleFlush(urgent = false): void {
-    const now = Date.now();
-    if (!this.flushTimer) this.firstDirtyAt = now;
-    clearTimeout(this.flushTimer);
-    const wait = urgent ? 0 : Math.max(0, Math.min(this.opts.debounceMs ?? 50, this.firstDirtyAt + (this.opts.maxDelayMs ?? 500) - now));
-    this.flushTimer = setTimeout(() => {
-      this.flushTimer = undefined;
-      for (const id of this.dirty) this.queued.add(id);
-      this.dirty.clear();
-      this.pump();
-    }, wait);
+  /** The end of a burst: the dirty containers join the inspect queue. */
+  private inspectDirty(): void {
+    for (const id of this.dirty) this.queued.add(id);
+    this.dirty.clear();
+    this.pump();
   }
 
   /**
