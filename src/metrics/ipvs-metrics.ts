@@ -3,87 +3,50 @@
 
 import client from "prom-client";
 import type { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
-import { destKeyString, serviceKeyString, type ObservedService, type Stats } from "../ipvs/types.ts";
-import { scrapedMetric, type Health } from "./server.ts";
+import type { ObservedService } from "../ipvs/types.ts";
+import { listSteps } from "../daemon/reconciler.ts";
+import { runSliced } from "../util/slices.ts";
+import { scrapedMetric, type Exposition, type Health } from "./server.ts";
+import { inSlices, tableLines, type TableNames } from "./table-exposition.ts";
 import { healthMetrics } from "../health/metrics.ts";
-
-const STAT_FIELDS: [keyof Stats, string, string][] = [
-  ["connections", "connections_total", "connections scheduled"],
-  ["packetsIn", "packets_in_total", "packets received"],
-  ["packetsOut", "packets_out_total", "packets sent"],
-  ["bytesIn", "bytes_in_total", "bytes received"],
-  ["bytesOut", "bytes_out_total", "bytes sent"],
-];
 
 /** The kernel folds its counters in every 2 s: a scrape re-reads the table at most once a second. */
 const LIST_CACHE_MS = 1000;
 
-export function ipvsMetrics(daemon: IpvsDaemon): client.Registry {
-  const registry = new client.Registry();
-  let cache: { at: number; services: ObservedService[] } | undefined;
-  const listed = (): ObservedService[] => {
+/**
+ * clusterf-ipvs's /metrics: the table's families (kernel counters per service and destination,
+ * written in slices by table-exposition.ts) and the daemon's own metrics (prom-client).
+ */
+export function ipvsMetrics(daemon: IpvsDaemon): Exposition {
+  const registry = daemonRegistry(daemon);
+  let cache: { at: number; services: Promise<ObservedService[]> } | undefined;
+  // One read of the kernel for the scrapes of the same second, one service at a time.
+  const listed = (): Promise<ObservedService[]> => {
     if (!cache || Date.now() - cache.at > LIST_CACHE_MS) {
-      try {
-        cache = { at: Date.now(), services: daemon.reconciler.ipvs.list() };
-      } catch {
-        cache = { at: Date.now(), services: [] };
-      }
+      const services = runSliced(listSteps(daemon.reconciler.ipvs)).then(
+        (s) => s ?? [],
+        () => [],
+      );
+      cache = { at: Date.now(), services };
     }
     return cache.services;
   };
-
-  /** Each listed destination with its labels: config service and backend names where known. */
-  const destRows = () =>
-    listed().flatMap((s) => {
-      const vip = serviceKeyString(s);
-      const entry = daemon.desired.table.get(vip);
-      const names = entry && daemon.desired.backendsByDest(vip);
-      return s.dests.map((dest) => {
-        const dk = destKeyString(dest);
-        const backend = names?.get(dk)?.join(",") ?? "";
-        return { dest, labels: { service: entry?.owner ?? "", vip, backend, dest: dk } };
-      });
-    });
-
-  const serviceLabels = ["service", "vip"];
-  const destLabels = ["service", "vip", "backend", "dest"];
-  for (const [field, suffix, what] of STAT_FIELDS) {
-    new client.Counter({
-      name: `clusterf_ipvs_service_${suffix}`,
-      help: `IPVS service ${what} (kernel counter); service is the config service name, "" for services not in the config`,
-      labelNames: serviceLabels,
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const s of listed()) {
-          const key = serviceKeyString(s);
-          const owner = daemon.desired.table.get(key)?.owner ?? "";
-          this.inc({ service: owner, vip: key }, s.stats?.[field] ?? 0);
-        }
-      },
-    });
-    new client.Counter({
-      name: `clusterf_ipvs_dest_${suffix}`,
-      help: `IPVS destination ${what} (kernel counter); backend lists the config backends merged into the destination`,
-      labelNames: destLabels,
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const { labels, dest } of destRows()) this.inc(labels, dest.stats?.[field] ?? 0);
-      },
-    });
-  }
-  new client.Gauge({
-    name: "clusterf_ipvs_dest_active_connections",
-    help: "active connections of an IPVS destination",
-    labelNames: destLabels,
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const { labels, dest } of destRows()) this.set(labels, dest.activeConnections ?? 0);
+  const names: TableNames = {
+    owner: (vip) => daemon.desired.table.get(vip)?.owner ?? "",
+    backends: (vip) => daemon.desired.backendsByDest(vip),
+  };
+  return {
+    contentType: registry.contentType,
+    async *chunks() {
+      yield* inSlices(tableLines(await listed(), names));
+      yield await registry.metrics();
     },
-  });
+  };
+}
 
+/** The daemon's own metrics. */
+function daemonRegistry(daemon: IpvsDaemon): client.Registry {
+  const registry = new client.Registry();
   const syncDuration = new client.Histogram({
     name: "clusterf_ipvs_sync_duration_seconds",
     help: "time to bring the IPVS table to the desired state (full: first apply; incremental: after config changes; resync: periodic re-read)",

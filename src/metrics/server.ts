@@ -10,6 +10,29 @@ export interface Health {
   detail: string;
 }
 
+/** A /metrics body written in parts (streamed, with turns of the event loop in between). */
+export interface Exposition {
+  contentType: string;
+  chunks(): AsyncIterable<string>;
+}
+
+/** A prom-client registry as an exposition of one part. */
+export function registryExposition(registry: Registry): Exposition {
+  return {
+    contentType: registry.contentType,
+    async *chunks() {
+      yield await registry.metrics();
+    },
+  };
+}
+
+/** The whole text of an exposition (tests, tools). */
+export async function expositionText(e: Exposition): Promise<string> {
+  let text = "";
+  for await (const chunk of e.chunks()) text += chunk;
+  return text;
+}
+
 export interface MetricsServer {
   url: string;
   stop(): void;
@@ -27,15 +50,16 @@ export function parseListen(listen: string): { hostname: string; port: number } 
   return { hostname: m[1] ?? (m[2] || "127.0.0.1"), port };
 }
 
-export function serveMetrics(listen: string, registry: Registry, health: () => Health): MetricsServer {
+export function serveMetrics(listen: string, metrics: Registry | Exposition, health: () => Health): MetricsServer {
   const { hostname, port } = parseListen(listen);
+  const exposition = "chunks" in metrics ? metrics : registryExposition(metrics);
   const server = Bun.serve({
     hostname,
     port,
     async fetch(req) {
       const path = new URL(req.url).pathname;
       if (path === "/metrics") {
-        return new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
+        return new Response(ReadableStream.from(exposition.chunks()), { headers: { "content-type": exposition.contentType } });
       }
       if (path === "/healthz") {
         const h = health();
@@ -53,10 +77,10 @@ export function serveMetrics(listen: string, registry: Registry, health: () => H
  * The -metrics-listen flag: undefined when it is empty (off), the server when listening, null
  * (after logging why) when it cannot listen; the caller exits then.
  */
-export function startMetrics(listen: string, registry: () => Registry, health: () => Health): MetricsServer | undefined | null {
+export function startMetrics(listen: string, metrics: () => Registry | Exposition, health: () => Health): MetricsServer | undefined | null {
   if (!listen) return undefined;
   try {
-    return serveMetrics(listen, registry(), health);
+    return serveMetrics(listen, metrics(), health);
   } catch (e) {
     log.error(`metrics: cannot listen on ${listen}: ${(e as Error).message}`);
     return null;
