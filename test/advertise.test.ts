@@ -7,6 +7,7 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
+import { until } from "./support/until.ts";
 
 let etcd: Etcd;
 const daemons: Daemon[] = [];
@@ -16,15 +17,6 @@ const intermediateDir = mkdtempSync("/tmp/clusterf-mid-");
 const etcdctl = (...args: string[]) => etcdctlAt(etcd.clientUrl, args);
 
 const routeValue = () => etcdctl("get", "--print-value-only", "/clusterf/routes/mid1").trim();
-
-async function until(pred: () => boolean, timeoutMs: number, what: string): Promise<number> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what}`);
-    await Bun.sleep(100);
-  }
-  return Date.now() - t0;
-}
 
 /** An intermediate host's daemon advertising routes/NAME (IPv4 by default; `route` adds or replaces flags). */
 function intermediate(name = "mid1", route: string[] = ["-advertise-route-prefix4=198.51.100.0/24", "-advertise-route-gateway4=192.0.2.21"]): Daemon {
@@ -71,7 +63,7 @@ test("the advertised route drives the frontend tier; SIGKILL expires it after th
 
   const mid = intermediate();
   await mid.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 198.51.100.1:8080 Masq 10 0 0,-> 198.51.100.2:8080 Masq 5 0 0", 15_000, "intermediate: local masq");
-  await until(() => routeValue() !== "", 10_000, "route advertised");
+  await until(() => routeValue() !== "", 10_000, "route advertised", 100);
   expect(JSON.parse(routeValue())).toEqual({ Prefix4: "198.51.100.0/24", Gateway4: "192.0.2.21", IpvsMethod: "droute" });
   await front.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 192.0.2.21:80 Route 15 0 0", 10_000, "frontend: droute to the gateway");
 
@@ -93,7 +85,7 @@ const routeLease = () => /"Lease" : (\d+)/.exec(etcdctl("get", "-w", "fields", "
 
 test("SIGTERM withdraws the route at once; an etcd outage longer than the TTL re-advertises it", async () => {
   const mid = intermediate();
-  await until(() => routeValue() !== "" && mid.stderr.includes("route: advertised"), 15_000, "route advertised");
+  await until(() => routeValue() !== "" && mid.stderr.includes("route: advertised"), 15_000, "route advertised", 100);
   const leaseBefore = routeLease();
   expect(leaseBefore).not.toBe("");
   const logBefore = mid.stderr.length;
@@ -102,7 +94,7 @@ test("SIGTERM withdraws the route at once; an etcd outage longer than the TTL re
   await etcd.restart();
   // etcd renews every lease when it restarts, so the old key outlives the outage by one TTL:
   // the route counts as written again only under another lease.
-  await until(() => routeLease() !== leaseBefore && routeLease() !== "", 20_000, "route written again under a new lease");
+  await until(() => routeLease() !== leaseBefore && routeLease() !== "", 20_000, "route written again under a new lease", 100);
   // Still there after more than a TTL: kept alive.
   await Bun.sleep(3000);
   expect(routeValue()).not.toBe("");
@@ -125,7 +117,7 @@ test("a dual-stack route: the IPv6 prefix goes to the IPv6 gateway", async () =>
     "-advertise-route-gateway6=2001:db8::23",
   ]);
   const value = () => etcdctl("get", "--print-value-only", "/clusterf/routes/mid6").trim();
-  await until(() => value() !== "", 15_000, "dual-stack route advertised");
+  await until(() => value() !== "", 15_000, "dual-stack route advertised", 100);
   expect(JSON.parse(value())).toEqual({
     Prefix4: "198.51.100.0/24",
     Gateway4: "192.0.2.23",

@@ -8,6 +8,7 @@ import { parseFlags } from "../src/cli/flags.ts";
 import { parseDuration } from "../src/util/duration.ts";
 import { parseListen, serveMetrics } from "../src/metrics/server.ts";
 import { Registry } from "prom-client";
+import { until } from "./support/until.ts";
 
 /** runCli for an invocation that might not end: killed (and reported as such) after `ms`. */
 async function runCliWithin(program: "clusterf-ipvs" | "clusterf-docker", args: string[], ms: number) {
@@ -227,8 +228,7 @@ describe("clusterf-ipvs binary", () => {
     const live = spawn([]);
     const once = spawn(["-once", "-once-timeout=20s"]);
     try {
-      const t0 = Date.now();
-      while (inotifyWatches(live.pid) === 0 && Date.now() - t0 < 15_000) await Bun.sleep(100);
+      await until(() => inotifyWatches(live.pid) > 0, 15_000, "the live daemon's inotify watches", 100);
       await Bun.sleep(500);
       expect(once.exitCode).toBeNull(); // still waiting for etcd, its tree read long done
       expect({ live: inotifyWatches(live.pid) > 0, once: inotifyWatches(once.pid) }).toEqual({ live: true, once: 0 });

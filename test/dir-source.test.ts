@@ -7,7 +7,9 @@ import * as path from "node:path";
 import fc from "fast-check";
 import { DirSource, isIgnoredName, parseFileName, readConfigDir } from "../src/config/dir-source.ts";
 import { configureLog } from "../src/util/log.ts";
-import { applyEdit, captureLogs, converged, editArb, Harness, plain, Recorder, seeds, sleep, until, withSeed, write } from "./support/dir-tree.ts";
+import { applyEdit, captureLogs, converged, editArb, Harness, plain, seeds, sleep, withSeed, write } from "./support/dir-tree.ts";
+import { RecordingSink } from "./support/recording-sink.ts";
+import { until } from "./support/until.ts";
 
 configureLog({ level: "error" });
 
@@ -67,7 +69,7 @@ describe("DirSource", () => {
     Bun.spawnSync(["mkfifo", path.join(root, "services/web/backends/b6")]);
 
     const { rec } = await startSource(root);
-    expect(rec.snapshots).toBe(1);
+    expect(rec.snapshots.length).toBe(1);
     expect(rec.texts()).toEqual({
       "routes/r1": '{"Prefix4":"10.1.0.0/16"}',
       "services/dup/frontend": '{"ipv4":"10.0.0.2"}',
@@ -87,7 +89,7 @@ describe("DirSource", () => {
     expect(rec.map.get("routes/r1")!.format).toBe("json");
     expect(rec.map.get("services/dup/frontend")!.origin).toBe(path.join(root, "services/dup/frontend.json"));
     expect(rec.updates).toEqual([]);
-    expect(rec.statuses.at(-1)![0]).toBe(true);
+    expect(rec.statuses.at(-1)!.up).toBe(true);
   });
 
   dirTest("add, change and delete a file", async () => {
@@ -203,7 +205,7 @@ describe("DirSource", () => {
     const root = newRoot();
     write(root, "services/web/frontend", '{"tcp":80}');
     write(root, "services/web/backends/big", "x".repeat(500));
-    let rec!: Recorder;
+    let rec!: RecordingSink;
     const logs = await captureLogs(async () => {
       rec = (await startSource(root, { maxBytes: 100 })).rec;
     });
@@ -241,7 +243,7 @@ describe("DirSource", () => {
     const parent = h.scratch("missing");
     const root = path.join(parent, "etc/clusterf");
     const { rec } = await startSource(root, { rootPollMs: 50 });
-    expect(rec.snapshots).toBe(1);
+    expect(rec.snapshots.length).toBe(1);
     expect(rec.map.size).toBe(0);
     write(root, "services/web/frontend", '{"tcp":80}');
     await until(() => rec.map.size === 1);
@@ -344,13 +346,13 @@ describe("DirSource", () => {
     write(root, "services/web/frontend", '{"tcp":80}');
     write(root, "routes/r1", "{}");
     const { src, rec } = await startSource(root, { debounceMs: 5000, maxBytes: 100 });
-    expect(rec.snapshots).toBe(1);
+    expect(rec.snapshots.length).toBe(1);
     write(root, "services/web/backends/b1", '{"ipv4":"192.0.2.1"}');
     fs.rmSync(path.join(root, "routes"), { recursive: true });
     write(root, "services/web/frontend", `{"tcp":81,"pad":"${"x".repeat(200)}"}`); // now too large: kept
     await src.resync();
     // The source keeps a fingerprint per key, not the text: a re-read hands over the differences.
-    expect(rec.snapshots).toBe(1);
+    expect(rec.snapshots.length).toBe(1);
     expect(rec.updates.map((u) => u.map((e) => [e.key, e.value?.text ?? null]))).toEqual([
       [["routes/r1", null], ["services/web/backends/b1", '{"ipv4":"192.0.2.1"}']],
     ]);
@@ -378,7 +380,7 @@ describe("DirSource", () => {
       fs.writeFileSync(Buffer.concat([Buffer.from(dir + "/bad"), Buffer.from([0xff])]), "{}");
       for (const n of ["4913", "b2.tmp", "#b3#"]) write(root, `services/web/backends/${n}`, "{}");
 
-      let rec!: Recorder;
+      let rec!: RecordingSink;
       let src!: DirSource;
       const logs = await captureLogs(async () => {
         ({ src, rec } = await startSource(root, { rescanMs: 40 }));

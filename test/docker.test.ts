@@ -11,6 +11,7 @@ import { Publisher, STATE_FILE } from "../src/docker/publisher.ts";
 import { labelledImage, startDocker, type DockerEngine } from "./support/docker.ts";
 import { freePorts, startEtcd, type Etcd } from "./support/etcd.ts";
 import { BUN, ROOT, runCli, tableLines } from "./support/proc.ts";
+import { until, withStderr } from "./support/until.ts";
 
 const S = "net.qmsk.clusterf.service";
 const B = "net.qmsk.clusterf.backend";
@@ -52,11 +53,7 @@ class ClusterfDocker {
     })();
   }
   async waitLog(re: RegExp, timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!re.test(this.stderr)) {
-      if (Date.now() > deadline) throw new Error(`no log line ${re} within ${timeoutMs} ms; stderr:\n${this.stderr}`);
-      await Bun.sleep(25);
-    }
+    await until(() => re.test(this.stderr), timeoutMs, withStderr(`the log line ${re}`, this, Infinity), 25);
   }
   async signal(sig: "SIGTERM" | "SIGKILL" | "SIGINT"): Promise<number | null> {
     this.proc.kill(sig);
@@ -80,14 +77,13 @@ async function keys(prefix: string): Promise<Map<string, string>> {
 
 /** Polls etcd until pred holds for the keys under prefix; returns them. */
 async function waitKeys(prefix: string, pred: (k: Map<string, string>) => boolean, what: string, timeoutMs = 10_000, d?: ClusterfDocker): Promise<Map<string, string>> {
-  const deadline = Date.now() + timeoutMs;
   let last = new Map<string, string>();
-  while (Date.now() < deadline) {
+  const found = async () => {
     last = await keys(prefix);
-    if (pred(last)) return last;
-    await Bun.sleep(25);
-  }
-  throw new Error(`timed out waiting for ${what}; keys:\n${[...last].map(([k, v]) => `${k} ${v}`).join("\n")}${d ? `\nstderr:\n${d.stderr.slice(-4000)}` : ""}`);
+    return pred(last) && last;
+  };
+  const lastKeys = () => `${what}; keys:\n${[...last].map(([k, v]) => `${k} ${v}`).join("\n")}${d ? `\nstderr:\n${d.stderr.slice(-4000)}` : ""}`;
+  return await until(found, timeoutMs, lastKeys, 25);
 }
 
 const bk = (service: string, id: string) => `${service}/backends/${id}`;
@@ -114,15 +110,6 @@ async function metricOf(url: string, name: string, cd: ClusterfDocker): Promise<
 }
 
 /** Polls until check() is true; returns the milliseconds it took. */
-async function until(check: () => Promise<boolean>, what: string, timeoutMs: number, cd?: ClusterfDocker): Promise<number> {
-  const t0 = Date.now();
-  while (!(await check())) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`not within ${timeoutMs} ms: ${what}${cd ? `; stderr:\n${cd.stderr.slice(-4000)}` : ""}`);
-    await Bun.sleep(50);
-  }
-  return Date.now() - t0;
-}
-
 const leaseOf = (stateDir: string) => JSON.parse(readFileSync(join(stateDir, STATE_FILE), "utf8")).leaseId as string;
 
 // The etcd side alone (runs without Docker): the lease, the take-over, the resync.
@@ -464,19 +451,11 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     expect(await metric("clusterf_docker_connected")).toBe(1);
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     await etcd.stop();
-    const t0 = Date.now();
-    while ((await metric("clusterf_docker_lease_keepalive_failures_total")) < 1) {
-      if (Date.now() - t0 > 15_000) throw new Error(`no keep-alive failure counted:\n${cd.stderr}`);
-      await Bun.sleep(200);
-    }
+    await until(async () => (await metric("clusterf_docker_lease_keepalive_failures_total")) >= 1, 15_000, withStderr("a keep-alive failure counted", cd, Infinity), 200);
     expect((await fetch(`${url}/healthz`)).status).toBe(503);
     await etcd.restart();
     // The daemon rode the outage out: healthy again, its backend back in etcd.
-    const t1 = Date.now();
-    while ((await fetch(`${url}/healthz`)).status !== 200) {
-      if (Date.now() - t1 > 15_000) throw new Error(`not healthy after etcd returned:\n${cd.stderr}`);
-      await Bun.sleep(200);
-    }
+    await until(async () => (await fetch(`${url}/healthz`)).status === 200, 15_000, withStderr("healthy after etcd returned", cd, Infinity), 200);
     expect(cd.proc.exitCode).toBeNull();
     await waitKeys(prefix, (k) => k.has(bk("met", id)), "published after the outage", 10_000, cd);
   }, 60_000);
@@ -601,12 +580,14 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     const once = await run(["-l", `${S}=down`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
     const cd = new ClusterfDocker(prefix, stateDir, [`-metrics-listen=127.0.0.1:${port}`]);
     await waitKeys(prefix, (k) => k.size === 2, "two backends", 10_000, cd);
-    await until(async () => (await fetch(`${url}/healthz`)).status === 200, "healthy", 5000, cd);
+    await until(async () => (await fetch(`${url}/healthz`)).status === 200, 5000, withStderr("healthy", cd, 4000), 50);
     expect(await metricOf(url, "clusterf_docker_connected", cd)).toBe(1);
     const resyncs = await metricOf(url, "clusterf_docker_etcd_resyncs_total", cd);
 
     await docker.stop(); // dockerd stops its containers and exits
-    const downMs = await until(async () => (await metricOf(url, "clusterf_docker_connected", cd)) === 0, "connected 0 after dockerd exited", 2000, cd);
+    const stoppedAt = Date.now();
+    await until(async () => (await metricOf(url, "clusterf_docker_connected", cd)) === 0, 2000, withStderr("connected 0 after dockerd exited", cd, 4000), 50);
+    const downMs = Date.now() - stoppedAt;
     const health = await fetch(`${url}/healthz`);
     expect(health.status).toBe(503);
     expect(await health.text()).toBe("Docker engine not answering\n");
@@ -621,8 +602,10 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     expect((await keys(prefix)).has(bk("down", "0".repeat(64)))).toBe(true); // only a resync removes it
 
     await docker.start(); // restarts the --restart always container, not the other one
-    const upMs = await until(async () => (await metricOf(url, "clusterf_docker_connected", cd)) === 1, "connected 1 after dockerd returned", 10_000, cd);
-    await until(async () => (await fetch(`${url}/healthz`)).status === 200, "healthy after dockerd returned", 2000, cd);
+    const startedAt = Date.now();
+    await until(async () => (await metricOf(url, "clusterf_docker_connected", cd)) === 1, 10_000, withStderr("connected 1 after dockerd returned", cd, 4000), 50);
+    const upMs = Date.now() - startedAt;
+    await until(async () => (await fetch(`${url}/healthz`)).status === 200, 2000, withStderr("healthy after dockerd returned", cd, 4000), 50);
     const k = await waitKeys(prefix, (k) => k.size === 2 && value(k, "down", always)?.weight === 10 && !k.has(bk("down", "0".repeat(64))), "resynced", 5000, cd);
     console.log(`dockerd stopped → connected 0 after ${downMs} ms; started → connected 1 after ${upMs} ms`);
     expect([...k.keys()].sort()).toEqual([bk("down", always), bk("down", "foreign")].sort());
@@ -660,7 +643,7 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
 
       // Docker down (crashed: its containers run on): etcd alone is resynced, to the last state.
       await docker.kill();
-      await until(async () => !daemon.watcher.isConnected, "Docker seen down", 5000);
+      await until(async () => !daemon.watcher.isConnected, 5000, "Docker seen down", 50);
       await behindItsBack();
       await daemon.resync();
       await daemon.publisher.synced();

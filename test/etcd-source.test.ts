@@ -7,85 +7,15 @@ import { Etcd3 } from "etcd3";
 import { EtcdSource, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
 import { makeEtcdClient } from "../src/etcd/client.ts";
 import { passThroughFaultHandling } from "../src/etcd/faults.ts";
-import type { KeyEvent, RawValue, SourceName, SourceSink } from "../src/config/source.ts";
+import type { RawValue } from "../src/config/source.ts";
 import { configureLog } from "../src/util/log.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { RecordingSink } from "./support/recording-sink.ts";
+import { until } from "./support/until.ts";
 import { enableAuth, makeTestCerts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster } from "./support/etcd.ts";
 
 configureLog({ level: (process.env.CLUSTERF_LOG_LEVEL as any) ?? "error" });
-
-/**
- * A sink that applies what it gets the way the merge layer would, and records every call. The
- * source catches and only logs what its sink throws, so the sink never asserts: it collects what
- * a faithful delivery of etcd's history cannot produce in `violations`, and each test checks that
- * list in its own body. The tests write each value at most once per key (values carry a counter;
- * their clients do not retry on their own), so a put that repeats a value the key already had is
- * an event delivered twice.
- */
-class RecordingSink implements SourceSink {
-  state = new Map<string, RawValue>();
-  snapshots: Map<string, RawValue>[] = [];
-  updates: KeyEvent[][] = [];
-  statuses: { up: boolean; detail?: string }[] = [];
-  violations: string[] = [];
-  private seen = new Map<string, Set<string>>();
-
-  constructor() {
-    sinks.push(this);
-  }
-
-  private checkSource(call: string, source: SourceName): void {
-    if (source !== "etcd") this.violations.push(`${call} from source ${JSON.stringify(source)}, expected "etcd"`);
-  }
-  private remember(key: string, text: string): void {
-    let texts = this.seen.get(key);
-    if (!texts) this.seen.set(key, (texts = new Set()));
-    texts.add(text);
-  }
-  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
-    this.checkSource("snapshot", source);
-    this.snapshots.push(new Map(entries));
-    this.state = new Map(entries);
-    for (const [k, v] of entries) this.remember(k, v.text);
-  }
-  update(source: SourceName, events: KeyEvent[]): void {
-    this.checkSource("update", source);
-    if (this.snapshots.length === 0) this.violations.push(`update before the first snapshot: ${events.map((e) => e.key).join(", ")}`);
-    if (events.length === 0) this.violations.push("an empty update batch");
-    this.updates.push(events);
-    const inBatch = new Set<string>();
-    for (const ev of events) {
-      if (inBatch.has(ev.key)) this.violations.push(`${ev.key} twice in one batch (the source keeps the last event per key)`);
-      inBatch.add(ev.key);
-      if (ev.value) {
-        if (this.seen.get(ev.key)?.has(ev.value.text)) this.violations.push(`${ev.key} = ${ev.value.text} delivered again`);
-        this.remember(ev.key, ev.value.text);
-        this.state.set(ev.key, ev.value);
-      } else this.state.delete(ev.key);
-    }
-  }
-  status(source: SourceName, up: boolean, detail?: string): void {
-    this.checkSource("status", source);
-    this.statuses.push({ up, detail });
-  }
-  get up(): boolean | undefined {
-    return this.statuses.at(-1)?.up;
-  }
-  /** key → text, for comparisons. */
-  texts(): Record<string, string> {
-    return Object.fromEntries([...this.state].map(([k, v]) => [k, v.text]).sort());
-  }
-}
-
-async function waitFor(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 10000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await pred()) return;
-    await Bun.sleep(20);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-}
 
 /**
  * Everything under /clusterf/ in etcd, relative keys → text (the truth to compare with). Read
@@ -105,6 +35,12 @@ async function etcdState(c: Etcd3, prefix = "/clusterf/"): Promise<Record<string
 
 const sources: EtcdSource[] = [];
 const sinks: RecordingSink[] = [];
+/** A sink for one source of the test (the tests write each value at most once per key). */
+function recordingSink(): RecordingSink {
+  const s = new RecordingSink("etcd", { valuesOnceEach: true });
+  sinks.push(s);
+  return s;
+}
 /** Every sink of the test saw a faithful delivery (see RecordingSink). */
 function expectFaithful(): void {
   expect(sinks.flatMap((s) => s.violations)).toEqual([]);
@@ -145,7 +81,7 @@ describe("EtcdSource, one member", () => {
     await c.put("/clusterfoo/x").value("not ours");
     await c.put("/other/services/x/frontend").value("not ours");
 
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl] });
     await src.start(sink);
     await src.ready;
@@ -155,16 +91,16 @@ describe("EtcdSource, one member", () => {
       "services/web/backends/b1": '{"ipv4":"10.1.0.1"}',
       "services/web/frontend": '{"ipv4":"10.0.0.1","tcp":80}',
     });
-    expect(sink.state.get("routes/r1")).toEqual({
+    expect(sink.map.get("routes/r1")).toEqual({
       text: '{"Prefix4":"10.1.0.0/16"}',
       format: "json",
       origin: "/clusterf/routes/r1",
     });
-    await waitFor("status up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "status up", 20);
 
     // put, update, delete: one batch each
     await c.put("/clusterf/services/web/backends/b2").value('{"ipv4":"10.1.0.2"}');
-    await waitFor("b2", () => sink.state.has("services/web/backends/b2"));
+    await until(() => sink.map.has("services/web/backends/b2"), 10000, "b2", 20);
     expect(sink.updates.at(-1)).toEqual([
       {
         key: "services/web/backends/b2",
@@ -172,9 +108,9 @@ describe("EtcdSource, one member", () => {
       },
     ]);
     await c.put("/clusterf/services/web/backends/b1").value('{"ipv4":"10.1.0.1","weight":0}');
-    await waitFor("b1 reweighted", () => sink.state.get("services/web/backends/b1")?.text.includes("weight") === true);
+    await until(() => sink.map.get("services/web/backends/b1")?.text.includes("weight") === true, 10000, "b1 reweighted", 20);
     await c.delete().key("/clusterf/routes/r1");
-    await waitFor("r1 deleted", () => !sink.state.has("routes/r1"));
+    await until(() => !sink.map.has("routes/r1"), 10000, "r1 deleted", 20);
     expect(sink.updates.at(-1)).toEqual([{ key: "routes/r1", value: null }]);
 
     // A transaction: one response, one batch.
@@ -187,7 +123,7 @@ describe("EtcdSource, one member", () => {
         c.put("/clusterf/services/test/backends/t2").value('{"ipv4":"10.2.0.2"}'),
       )
       .commit();
-    await waitFor("test service", () => sink.state.has("services/test/backends/t2"));
+    await until(() => sink.map.has("services/test/backends/t2"), 10000, "test service", 20);
     expect(sink.updates.length).toBe(before + 1);
     expect(sink.updates.at(-1)!.map((e) => e.key).sort()).toEqual([
       "services/test/backends/t1",
@@ -201,7 +137,7 @@ describe("EtcdSource, one member", () => {
       env: { ...process.env, ETCDCTL_API: "3" },
     });
     expect(del.stdout.toString().trim()).toBe("3");
-    await waitFor("test service removed", () => ![...sink.state.keys()].some((k) => k.startsWith("services/test/")));
+    await until(() => ![...sink.map.keys()].some((k) => k.startsWith("services/test/")), 10000, "test service removed", 20);
     expect(sink.updates.length).toBe(n + 1);
     expect(sink.updates.at(-1)!.map((e) => [e.key, e.value]).sort()).toEqual([
       ["services/test/backends/t1", null],
@@ -217,30 +153,30 @@ describe("EtcdSource, one member", () => {
     const c = client([etcd.clientUrl]);
     await c.put("/lb2/routes/a").value("{}");
     await c.put("/lb2x/routes/b").value("{}");
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], prefix: "/lb2/" });
     await src.start(sink);
     expect(sink.texts()).toEqual({ "routes/a": "{}" });
     await c.put("/lb2x/routes/c").value("{}");
     await c.put("/lb2/routes/d").value("{}");
-    await waitFor("d", () => sink.state.has("routes/d"));
+    await until(() => sink.map.has("routes/d"), 10000, "d", 20);
     expect(sink.texts()).toEqual({ "routes/a": "{}", "routes/d": "{}" });
     expectFaithful();
   });
 
   test("etcd killed and restarted: down, no empty snapshot, catches up by resuming the watch", async () => {
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl] });
     await src.start(sink);
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
     // The last event before the outage: resuming the watch must not deliver it again.
     await client([etcd.clientUrl]).put("/clusterf/routes/before-kill").value('{"IpvsMethod":"masq"}');
-    await waitFor("before-kill", () => sink.state.has("routes/before-kill"));
+    await until(() => sink.map.has("routes/before-kill"), 10000, "before-kill", 20);
     const snaps = sink.snapshots.length;
     const revBefore = src.revision!;
 
     await etcd.kill();
-    await waitFor("down", () => sink.up === false);
+    await until(() => sink.up === false, 10000, "down", 20);
     expect(sink.statuses.at(-1)!.detail).toBeTruthy();
     const stateWhileDown = sink.texts();
     await Bun.sleep(600); // a few retries against the dead server
@@ -256,8 +192,8 @@ describe("EtcdSource, one member", () => {
         Array.from({ length: 100 }, (_, j) => c.put(`/clusterf/services/bulk/backends/b${(i + j) % 40}`).value(`{"weight":${i + j}}`)),
       );
     }
-    await waitFor("up again", () => sink.up === true, 15000);
-    await waitFor("caught up", async () => JSON.stringify(sink.texts()) === JSON.stringify(await etcdState(c)));
+    await until(() => sink.up === true, 15000, "up again", 20);
+    await until(async () => JSON.stringify(sink.texts()) === JSON.stringify(await etcdState(c)), 10000, "caught up", 20);
     expect(sink.snapshots.length).toBe(snaps); // resumed from the revision, no re-read
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     expect(src.revision!).toBeGreaterThan(revBefore);
@@ -266,37 +202,37 @@ describe("EtcdSource, one member", () => {
   }, 30000);
 
   test("a frozen etcd (SIGSTOP) is noticed by keepalive; resumes after SIGCONT", async () => {
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], keepaliveMs: 5000, keepaliveTimeoutMs: 1000 });
     await src.start(sink);
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
     const snaps = sink.snapshots.length;
     etcd.pause();
     try {
-      await waitFor("down", () => sink.up === false, 12000);
+      await until(() => sink.up === false, 12000, "down", 20);
       expectFaithful();
     } finally {
       etcd.resume();
     }
     const c = client([etcd.clientUrl]);
     await c.put("/clusterf/routes/after-freeze").value('{"IpvsMethod":"droute"}');
-    await waitFor("up again", () => sink.up === true, 10000);
-    await waitFor("caught up", () => sink.state.has("routes/after-freeze"));
+    await until(() => sink.up === true, 10000, "up again", 20);
+    await until(() => sink.map.has("routes/after-freeze"), 10000, "caught up", 20);
     expect(sink.texts()).toEqual(await etcdState(c));
     expect(sink.snapshots.length).toBe(snaps);
   }, 30000);
 
   test("compacted while disconnected: a full re-read, delivered as a snapshot of the current state", async () => {
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     // A long first backoff keeps the source away while we change and compact.
     const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 3000, backoffMaxMs: 3000 });
     await src.start(sink);
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
     expect(sink.snapshots.length).toBe(1);
     const had = src.revision!;
 
     await etcd.kill();
-    await waitFor("down", () => sink.up === false);
+    await until(() => sink.up === false, 10000, "down", 20);
     await etcd.restart();
     const c = client([etcd.clientUrl]);
     await c.delete().key("/clusterf/services/web/backends/b1");
@@ -308,34 +244,34 @@ describe("EtcdSource, one member", () => {
     await c.kv.compact({ revision: String(compactTo), physical: true });
     expect(src.revision).toBe(had); // it has not reconnected yet
 
-    await waitFor("re-read", () => sink.snapshots.length === 2, 10000);
-    await waitFor("up again", () => sink.up === true);
+    await until(() => sink.snapshots.length === 2, 10000, "re-read", 20);
+    await until(() => sink.up === true, 10000, "up again", 20);
     const expected = await etcdState(c);
     expect(Object.fromEntries([...sink.snapshots[1]!].map(([k, v]) => [k, v.text]).sort())).toEqual(expected);
-    expect(sink.state.has("services/web/backends/b1")).toBe(false);
+    expect(sink.map.has("services/web/backends/b1")).toBe(false);
     expect(src.revision!).toBeGreaterThanOrEqual(compactTo);
 
     // and it follows on from there
     await c.put("/clusterf/routes/later").value("{}");
-    await waitFor("later", () => sink.state.has("routes/later"));
+    await until(() => sink.map.has("routes/later"), 10000, "later", 20);
     expect(sink.snapshots.length).toBe(2);
     expectFaithful();
   }, 30000);
 
   test("resync(): one snapshot equal to a fresh read, the watch goes on from its revision, changes arrive once", async () => {
     const c = client([etcd.clientUrl]);
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl] });
     await src.resync(); // before start(): nothing to do
     expect(sink.snapshots.length).toBe(0);
     await src.start(sink);
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
     await c.put("/clusterf/routes/resync-1").value('{"IpvsMethod":"masq","n":1}');
-    await waitFor("resync-1", () => sink.state.has("routes/resync-1"));
+    await until(() => sink.map.has("routes/resync-1"), 10000, "resync-1", 20);
 
     // Quiet: the snapshot is a fresh read (the sink's own state, spoiled here, plays no part).
-    sink.state.delete("routes/resync-1");
-    sink.state.set("routes/not-in-etcd", { text: "{}", format: "json", origin: "test" });
+    sink.map.delete("routes/resync-1");
+    sink.map.set("routes/not-in-etcd", { text: "{}", format: "json", origin: "test" });
     // A change outside the prefix moves etcd's revision past the last one the watch delivered:
     // the watch must go on from the read's revision.
     const watched = src.revision!;
@@ -353,7 +289,7 @@ describe("EtcdSource, one member", () => {
     // Later changes: each exactly once, in one batch each.
     await c.put("/clusterf/routes/resync-2").value('{"IpvsMethod":"masq","n":2}');
     await c.delete().key("/clusterf/routes/resync-1");
-    await waitFor("resync-1 deleted", () => !sink.state.has("routes/resync-1"));
+    await until(() => !sink.map.has("routes/resync-1"), 10000, "resync-1 deleted", 20);
     expect(sink.updates.slice(updatesBefore)).toEqual([
       [{ key: "routes/resync-2", value: { text: '{"IpvsMethod":"masq","n":2}', format: "json", origin: "/clusterf/routes/resync-2" } }],
       [{ key: "routes/resync-1", value: null }],
@@ -370,15 +306,15 @@ describe("EtcdSource, one member", () => {
     })();
     for (let r = 0; r < 3; r++) {
       const n = writes;
-      await waitFor("writes", () => writes >= n + 20);
+      await until(() => writes >= n + 20, 10000, "writes", 20);
       await src.resync();
     }
     const n = writes;
-    await waitFor("writes after the re-reads", () => writes >= n + 20);
+    await until(() => writes >= n + 20, 10000, "writes after the re-reads", 20);
     stop = true;
     await writer;
     const truth = await etcdState(c);
-    await waitFor("converged", () => JSON.stringify(sink.texts()) === JSON.stringify(truth));
+    await until(() => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000, "converged", 20);
     expect(sink.snapshots.length).toBe(5);
     expectFaithful();
   });
@@ -424,7 +360,7 @@ describe("EtcdSource, one member", () => {
     await loadPaged(c);
     const fresh = await etcdState(c, "/paged/");
     expect(Object.keys(fresh).length).toBe(100);
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], prefix: "/paged", pageSize: 7 });
     const calls = spyPages(src);
     await src.start(sink);
@@ -442,7 +378,7 @@ describe("EtcdSource, one member", () => {
     expect(new Set(calls.slice(1).map((x) => x.revision))).toEqual(new Set([src.revision!]));
     // and it follows on from there
     await c.put("/paged/routes/after").value("{}");
-    await waitFor("after", () => sink.state.has("routes/after"));
+    await until(() => sink.map.has("routes/after"), 10000, "after", 20);
     expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
     expect(sink.snapshots.length).toBe(1);
     expectFaithful();
@@ -452,7 +388,7 @@ describe("EtcdSource, one member", () => {
     const c = client([etcd.clientUrl]);
     await loadPaged(c);
     const before = await etcdState(c, "/paged/");
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], prefix: "/paged", pageSize: 7 });
     const written = [
       "services/s000/frontend", // on the first page, already read
@@ -473,10 +409,10 @@ describe("EtcdSource, one member", () => {
     expect(snapshotTexts(sink.snapshots[0]!)).toEqual(before);
     const after = await etcdState(c, "/paged/");
     expect(after).not.toEqual(before);
-    await waitFor("the writes, through the watch", () => JSON.stringify(sink.texts()) === JSON.stringify(after));
+    await until(() => JSON.stringify(sink.texts()) === JSON.stringify(after), 10000, "the writes, through the watch", 20);
     const delivered = sink.updates.flat().map((e) => e.key);
     expect(delivered.sort()).toEqual([...written, deleted].sort());
-    expect(sink.state.has(deleted)).toBe(false);
+    expect(sink.map.has(deleted)).toBe(false);
     expect(sink.snapshots.length).toBe(1);
     expectFaithful();
   });
@@ -484,7 +420,7 @@ describe("EtcdSource, one member", () => {
   test("the full read's revision compacted between two pages: the read starts over, the snapshot is consistent", async () => {
     const c = client([etcd.clientUrl]);
     await loadPaged(c);
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], prefix: "/paged", pageSize: 7 });
     let compactedTo = 0;
     const calls = spyPages(src, async (n) => {
@@ -517,26 +453,26 @@ describe("EtcdSource, one member", () => {
     expect(sink.statuses.filter((st) => !st.up)).toEqual([]);
     // and it follows on from there, nothing delivered twice
     await c.put("/paged/routes/after").value("{}");
-    await waitFor("after", () => sink.state.has("routes/after"));
+    await until(() => sink.map.has("routes/after"), 10000, "after", 20);
     expect(sink.updates.flat().map((e) => e.key)).toEqual(["routes/after"]);
     expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
     expectFaithful();
   });
 
   test("resync() while etcd is down: rejects with the reason; the re-read happens when etcd is back", async () => {
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 3000, backoffMaxMs: 3000 });
     await src.start(sink);
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
     await etcd.kill();
-    await waitFor("down", () => sink.up === false);
+    await until(() => sink.up === false, 10000, "down", 20);
     const t0 = Date.now();
     await expect(src.resync()).rejects.toThrow(/^etcd: cannot re-read \/clusterf\/: .*UNAVAILABLE/);
     expect(Date.now() - t0).toBeLessThan(2000); // at once, not after the 3 s backoff
     expect(sink.snapshots.length).toBe(1);
     await etcd.restart();
-    await waitFor("re-read", () => sink.snapshots.length === 2, 15000);
-    await waitFor("up again", () => sink.up === true);
+    await until(() => sink.snapshots.length === 2, 15000, "re-read", 20);
+    await until(() => sink.up === true, 10000, "up again", 20);
     expect(sink.texts()).toEqual(await etcdState(client([etcd.clientUrl])));
     await src.stop();
     await src.resync(); // after stop(): nothing to do
@@ -546,7 +482,7 @@ describe("EtcdSource, one member", () => {
 
   test("etcd down at start: start() resolves, status down, ready once it comes up", async () => {
     await etcd.kill();
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: [etcd.clientUrl], backoffInitialMs: 100, backoffMaxMs: 400 });
     let ready = false;
     src.ready.then(() => (ready = true));
@@ -559,14 +495,14 @@ describe("EtcdSource, one member", () => {
     expect(ready).toBe(false);
     await etcd.restart();
     await src.ready;
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
     expect(sink.snapshots.length).toBe(1);
     expect(sink.snapshots[0]!.size).toBeGreaterThan(0);
     expectFaithful();
   }, 30000);
 
   test("stop() before the first snapshot rejects ready and returns", async () => {
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = new EtcdSource({ endpoints: ["http://127.0.0.1:1"], backoffInitialMs: 50 });
     await src.start(sink);
     expect(sink.up).toBe(false);
@@ -617,15 +553,15 @@ describe("EtcdSource, three members", () => {
   test("leader killed while keys change, then the source's own member: it follows through the others", async () => {
     const c = client(cluster.clientUrls);
     await c.put("/clusterf/services/s0/frontend").value('{"ipv4":"10.0.0.9","tcp":80}');
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: cluster.clientUrls, backoffInitialMs: 100, backoffMaxMs: 1000 });
     await src.start(sink);
-    await waitFor("up", () => sink.up === true);
+    await until(() => sink.up === true, 10000, "up", 20);
 
     const w = writer(c);
     const progress = async (what: string) => {
       const n = w.count;
-      await waitFor(what, () => w.count >= n + 20, 15000);
+      await until(() => w.count >= n + 20, 15000, what, 20);
     };
     await progress("writes before");
     const leader = await cluster.killLeader();
@@ -633,30 +569,30 @@ describe("EtcdSource, three members", () => {
     await cluster.restartMember(leader);
 
     // Now kill the member the source watches through (the old leader is back, so quorum holds).
-    await waitFor("connected", () => src.endpoint !== null);
+    await until(() => src.endpoint !== null, 10000, "connected", 20);
     const mine = cluster.members.find((m) => m.clientUrl.endsWith(src.endpoint!))!;
     expect(mine).toBeDefined();
     const downs = sink.statuses.filter((st) => !st.up).length;
     await mine.kill();
-    await waitFor("down", () => sink.statuses.filter((st) => !st.up).length > downs);
+    await until(() => sink.statuses.filter((st) => !st.up).length > downs, 10000, "down", 20);
     await progress("writes after the source's member was killed");
-    await waitFor("reconnected elsewhere", () => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint));
+    await until(() => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 10000, "reconnected elsewhere", 20);
     await progress("writes after the source reconnected");
     const writes = await w.stop();
     expect(writes).toBeGreaterThan(80);
 
     const truth = await etcdState(c);
-    await waitFor("converged", () => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000);
+    await until(() => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000, "converged", 20);
     expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
     await cluster.restartMember(mine);
     expectFaithful();
   }, 40000);
 
   test("the source's member frozen (SIGSTOP): keepalive notices, the watch moves to another member", async () => {
-    const sink = new RecordingSink();
+    const sink = recordingSink();
     const src = source({ endpoints: cluster.clientUrls, keepaliveMs: 5000, keepaliveTimeoutMs: 1000, backoffInitialMs: 100 });
     await src.start(sink);
-    await waitFor("connected", () => src.endpoint !== null);
+    await until(() => src.endpoint !== null, 10000, "connected", 20);
     const mine = cluster.members.find((m) => m.clientUrl.endsWith(src.endpoint!))!;
     // Writes go through the other members.
     const c = client(cluster.members.filter((m) => m !== mine).map((m) => m.clientUrl));
@@ -671,8 +607,8 @@ describe("EtcdSource, three members", () => {
           if (i >= 10) throw e;
         }
       }
-      await waitFor("moved to another member", () => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 15000);
-      await waitFor("caught up", () => sink.state.has("routes/while-frozen"));
+      await until(() => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 15000, "moved to another member", 20);
+      await until(() => sink.map.has("routes/while-frozen"), 10000, "caught up", 20);
       expect(sink.snapshots.length).toBe(1);
       expectFaithful();
     } finally {
@@ -693,16 +629,16 @@ describe("EtcdSource, authentication and TLS", () => {
       ctl("put", "/clusterf/routes/r1", "{}");
       enableAuth(ctl, "rootpw", { name: "lb", password: "lbpw" });
 
-      const sink = new RecordingSink();
+      const sink = recordingSink();
       const src = source({ endpoints: [etcd.clientUrl], username: "lb", password: "lbpw" });
       await src.start(sink);
       expect(sink.texts()).toEqual({ "routes/r1": "{}" });
       const admin = makeEtcdClient({ endpoints: [etcd.clientUrl], username: "root", password: "rootpw" });
       clients.push(admin);
       await admin.put("/clusterf/routes/r2").value("{}");
-      await waitFor("r2", () => sink.state.has("routes/r2"));
+      await until(() => sink.map.has("routes/r2"), 10000, "r2", 20);
 
-      const bad = new RecordingSink();
+      const bad = recordingSink();
       const src2 = source({ endpoints: [etcd.clientUrl], username: "lb", password: "wrong", backoffInitialMs: 50 });
       await src2.start(bad);
       expect(bad.up).toBe(false);
@@ -724,18 +660,18 @@ describe("EtcdSource, authentication and TLS", () => {
       clients.push(c);
       await c.put("/clusterf/routes/tls").value('{"IpvsMethod":"masq"}');
 
-      const sink = new RecordingSink();
+      const sink = recordingSink();
       const src = source({ endpoints: [etcd.clientUrl], ...tls });
       await src.start(sink);
       expect(sink.texts()).toEqual({ "routes/tls": '{"IpvsMethod":"masq"}' });
       await c.put("/clusterf/routes/tls2").value("{}");
-      await waitFor("tls2", () => sink.state.has("routes/tls2"));
+      await until(() => sink.map.has("routes/tls2"), 10000, "tls2", 20);
 
       // The server certificate is checked: another CA is refused.
       const otherDir = join(dirname(etcd.certs!.ca), "other-ca");
       mkdirSync(otherDir);
       const other = makeTestCerts(otherDir);
-      const bad = new RecordingSink();
+      const bad = recordingSink();
       const src2 = source({ endpoints: [etcd.clientUrl], ...tls, cacert: other.ca, backoffInitialMs: 50 });
       await src2.start(bad);
       expect(bad.up).toBe(false);
@@ -758,7 +694,7 @@ describe("EtcdSource, authentication and TLS", () => {
       const etcd = await startEtcd({ tls: true, serverSan: san });
       try {
         const tls = { cacert: etcd.certs!.ca, cert: etcd.certs!.clientCert, key: etcd.certs!.clientKey };
-        const sink = new RecordingSink();
+        const sink = recordingSink();
         const endpoint = etcd.clientUrl.replace("127.0.0.1", host);
         const src = source({ endpoints: [endpoint], ...tls, backoffInitialMs: 50, backoffMaxMs: 200 });
         await src.start(sink);

@@ -10,6 +10,7 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { enableAuth, freePorts, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster, type EtcdMember, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
+import { until, withStderr } from "./support/until.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterAll(async () => {
@@ -169,11 +170,7 @@ describe("security", () => {
     await good.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 198.51.100.1:80 Masq 10 0 0", 15_000, "table read over TLS with a password");
     const bad = new Daemon([...flags, "-etcd-password=Wrong-Pw-0x53", "-log-format=json"]);
     cleanups.push(() => bad.stop("SIGKILL"));
-    const t0 = Date.now();
-    while (!/authentication failed/.test(bad.stderr)) {
-      if (Date.now() - t0 > 10_000) throw new Error(`no authentication error reported:\n${bad.stderr}`);
-      await Bun.sleep(100);
-    }
+    await until(() => /authentication failed/.test(bad.stderr), 10_000, withStderr("an authentication error reported", bad, Infinity), 100);
     expect(bad.proc.exitCode).toBeNull(); // reported, not fatal
     expect(await good.stop("SIGTERM")).toBe(0);
     expect(await bad.stop("SIGTERM")).toBe(0);

@@ -15,6 +15,7 @@ import { parseCheck, targetKey, type CheckSpec } from "../src/health/check-confi
 import { Checker, type TargetInput, type TransitionEvent } from "../src/health/checker.ts";
 import { probe } from "../src/health/probe.ts";
 import { configureLog } from "../src/util/log.ts";
+import { until } from "./support/until.ts";
 
 /** Event-loop and scheduling lateness allowed on top of a documented bound (2 CPUs, shared). */
 const ALLOWANCE = 150;
@@ -42,16 +43,6 @@ function recorded(opts: ConstructorParameters<typeof Checker>[0] = {}) {
     change: (keys) => keys.forEach((key) => changes.push({ at: performance.now(), key })),
   });
   return { checker, transitions, results, changes };
-}
-
-async function waitFor<T>(what: string, get: () => T | undefined | false, timeoutMs: number): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  for (;;) {
-    const v = get();
-    if (v) return v;
-    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await Bun.sleep(2);
-  }
 }
 
 /** A TCP listener that counts connections; stop() and start() again on the same port. */
@@ -132,12 +123,12 @@ describe("down and up", () => {
     const { checker, transitions, results } = recorded();
     const s = spec({ interval: "200ms", timeout: "100ms", fall: 3, rise: 2 });
     checker.setTargets([{ address: "127.0.0.1", destPort: srv.port, spec: s, users }]);
-    await waitFor("two passed checks", () => results.filter((r) => r.ok).length >= 2, 2000);
+    await until(() => results.filter((r) => r.ok).length >= 2, 2000, "two passed checks", 2);
     expect(transitions).toEqual([]);
 
     const stoppedAt = performance.now();
     srv.stop();
-    const down = await waitFor("down", () => transitions[0], 3 * 200 + 100 + 2000);
+    const down = await until(() => transitions[0], 3 * 200 + 100 + 2000, "down", 2);
     const toDown = down.at - stoppedAt;
     const failed = results.filter((r) => r.at >= stoppedAt);
     expect(down.transition).toBe("down");
@@ -151,7 +142,7 @@ describe("down and up", () => {
 
     const startedAt = performance.now();
     srv.start();
-    const up = await waitFor("up", () => transitions[1], 2 * 200 + 100 + 2000);
+    const up = await until(() => transitions[1], 2 * 200 + 100 + 2000, "up", 2);
     const passed = results.filter((r) => r.at >= startedAt);
     expect(up.transition).toBe("up");
     expect(up.reason).toBe("connected");
@@ -165,13 +156,13 @@ describe("down and up", () => {
     const srv = httpServer();
     const { checker, transitions, results } = recorded();
     checker.setTargets([{ address: "127.0.0.1", destPort: srv.port, spec: spec({ type: "http", path: "/healthz", interval: "150ms", timeout: "100ms", fall: 2, rise: 1 }), users }]);
-    await waitFor("a passed check", () => results.some((r) => r.ok), 2000);
+    await until(() => results.some((r) => r.ok), 2000, "a passed check", 2);
     expect(results[0]).toMatchObject({ ok: true, reason: "status 200" });
     srv.status = 503;
-    const down = await waitFor("down", () => transitions[0], 3000);
+    const down = await until(() => transitions[0], 3000, "down", 2);
     expect(down).toMatchObject({ transition: "down", reason: "status 503" });
     srv.status = 200;
-    const up = await waitFor("up", () => transitions[1], 3000);
+    const up = await until(() => transitions[1], 3000, "up", 2);
     expect(up).toMatchObject({ transition: "up", reason: "status 200" });
 
     // 404 passes only where it is listed; a redirect (3xx) is not followed and passes by default
@@ -232,7 +223,7 @@ describe("timeouts close their sockets", () => {
     expect(r).toMatchObject({ ok: false, reason: "timeout" });
     expect(r.ms).toBeGreaterThanOrEqual(300 - 1);
     expect(r.ms).toBeLessThanOrEqual(300 + ALLOWANCE);
-    const c = await waitFor("the server to see the close", () => srv.conns[0]?.close !== undefined && srv.conns[0], 2000);
+    const c = await until(() => srv.conns[0]?.close !== undefined && srv.conns[0], 2000, "the server to see the close", 2);
     expect(c.close! - c.open).toBeLessThanOrEqual(300 + ALLOWANCE);
     // a TCP check only connects: the same server passes it
     expect(await probe({ address: "127.0.0.1", port: srv.port, spec: spec({}) })).toMatchObject({ ok: true, reason: "connected" });
@@ -284,7 +275,7 @@ describe("timeouts close their sockets", () => {
     }));
     checker.setTargets(targets);
     expect(checker.size).toBe(40);
-    await waitFor("40 timed-out checks", () => results.length >= 40, 5000);
+    await until(() => results.length >= 40, 5000, "40 timed-out checks", 2);
     clearInterval(sampler);
     expect(maxOpen).toBe(5);
     expect(checker.stats.maxInFlight).toBe(5);
@@ -301,7 +292,7 @@ describe("the set of targets", () => {
     const { checker } = recorded();
     const s = spec({ interval: "100ms", timeout: "50ms" });
     checker.setTargets([{ address: "127.0.0.1", destPort: srv.port, spec: s, users }]);
-    await waitFor("three connections", () => srv.opens >= 3, 2000);
+    await until(() => srv.opens >= 3, 2000, "three connections", 2);
     const { removed } = checker.setTargets([]);
     expect(removed).toEqual([targetKey("127.0.0.1", srv.port, s)]);
     const after = srv.opens;
@@ -312,10 +303,10 @@ describe("the set of targets", () => {
     const hung = hungServer();
     const h = spec({ type: "http", interval: "5s", timeout: "4s" });
     checker.setTargets([{ address: "127.0.0.1", destPort: hung.port, spec: h, users }]);
-    const conn = await waitFor("the hung server's connection", () => hung.conns[0], 6000);
+    const conn = await until(() => hung.conns[0], 6000, "the hung server's connection", 2);
     const removedAt = performance.now();
     checker.setTargets([]);
-    const closed = await waitFor("the close", () => hung.conns[0]!.close, 2000);
+    const closed = await until(() => hung.conns[0]!.close, 2000, "the close", 2);
     expect(closed - removedAt).toBeLessThanOrEqual(ALLOWANCE);
     expect(conn.open).toBeLessThan(removedAt);
   });
@@ -327,10 +318,10 @@ describe("the set of targets", () => {
     checker.setTargets(
       Array.from({ length: 10 }, (_, i): TargetInput => ({ address: "127.0.0.1", destPort: srv.port, spec: spec({ type: "http", path: `/${i}`, interval: "2s", timeout: "1500ms" }), users })),
     );
-    await waitFor("ten hung connections", () => srv.live === 10, 3000);
+    await until(() => srv.live === 10, 3000, "ten hung connections", 2);
     const stoppedAt = performance.now();
     await checker.stop();
-    await waitFor("every connection closed", () => srv.live === 0, 2000);
+    await until(() => srv.live === 0, 2000, "every connection closed", 2);
     const lastClose = Math.max(...srv.conns.map((c) => c.close ?? Infinity));
     expect(lastClose - stoppedAt).toBeLessThanOrEqual(ALLOWANCE);
     const n = srv.conns.length;
@@ -353,7 +344,7 @@ describe("the set of targets", () => {
       { address: "127.0.0.1", destPort: srv.port, spec: same, users: [{ service: "api", backend: "b7" }] },
     ]);
     expect(checker.size).toBe(1);
-    await waitFor("two connections", () => srv.opens >= 2, 2000);
+    await until(() => srv.opens >= 2, 2000, "two connections", 2);
     // one probe per interval for both users, not two
     const t0 = performance.now();
     const n0 = srv.opens;
@@ -364,9 +355,9 @@ describe("the set of targets", () => {
     expect(rounds).toBeLessThanOrEqual(Math.ceil(elapsed / (200 * 0.95)) + 1);
     // stop between two checks (not during a connect, which the server's close would reset)
     const done = results.length;
-    await waitFor("a check to end", () => results.length > done, 1000);
+    await until(() => results.length > done, 1000, "a check to end", 2);
     srv.stop();
-    await waitFor("down", () => transitions[0], 2000);
+    await until(() => transitions[0], 2000, "down", 2);
     process.stderr.write = write;
     const down = lines.filter((l) => l.includes("health check: backend down"));
     expect(down).toEqual([
@@ -381,7 +372,7 @@ describe("the set of targets", () => {
     const { checker, transitions } = recorded();
     const a = spec({ interval: "100ms", timeout: "50ms", fall: 1, rise: 3 });
     checker.setTargets([{ address: "127.0.0.1", destPort: srv.port, spec: a, users }]);
-    await waitFor("down", () => transitions[0], 2000);
+    await until(() => transitions[0], 2000, "down", 2);
     const b = spec({ interval: "150ms", timeout: "50ms", fall: 1, rise: 3 });
     const { added, removed } = checker.setTargets([{ address: "127.0.0.1", destPort: srv.port, spec: b, users }]);
     expect(removed).toEqual([targetKey("127.0.0.1", srv.port, a)]);
@@ -399,17 +390,17 @@ describe("slow start", () => {
     const s = spec({ interval: "100ms", timeout: "50ms", fall: 1, rise: 1, slowStart: "1s" });
     checker.setTargets([{ address: "127.0.0.1", destPort: srv.port, spec: s, users }]);
     const key = targetKey("127.0.0.1", srv.port, s);
-    await waitFor("down", () => transitions[0], 2000);
+    await until(() => transitions[0], 2000, "down", 2);
     expect(checker.weight(key, 100)).toBe(0);
     srv.start();
-    const up = await waitFor("up", () => transitions[1], 2000);
+    const up = await until(() => transitions[1], 2000, "up", 2);
     expect(up.transition).toBe("up");
     // the weight at fixed points of the ramp: ceil(100 × elapsed / 1000), at least 1
     const at = (ms: number) => checker.weight(key, 100, up.at + ms);
     expect([0, 1, 10, 11, 250, 500, 999, 1000, 5000].map(at)).toEqual([1, 1, 1, 2, 25, 50, 100, 100, 100]);
     expect(checker.weight(key, 0, up.at + 500)).toBe(0);
     // change reports: one at the transition, then every 100 ms until the ramp is over at +1000 ms
-    await waitFor("the ramp's end", () => changes.some((c) => c.at >= up.at + 1000), 1000 + 2000);
+    await until(() => changes.some((c) => c.at >= up.at + 1000), 1000 + 2000, "the ramp's end", 2);
     await Bun.sleep(300);
     const ramp = changes.filter((c) => c.at >= up.at).map((c) => c.at - up.at);
     expect(ramp.length).toBe(11);
@@ -467,8 +458,8 @@ describe("metrics", () => {
       { address: "127.0.0.1", destPort: srv.port, spec: s, users: [{ service: "web", backend: "b1" }] },
       { address: "::1", destPort: 9, spec: spec({ interval: "100ms", timeout: "50ms", fall: 1, rise: 1 }), users: [{ service: "web", backend: "b2" }] },
     ]);
-    await waitFor("a passed check", () => results.some((r) => r.ok), 2000);
-    await waitFor("b2 down (nothing listens on ::1 port 9)", () => transitions.some((t) => t.target.users[0]!.backend === "b2"), 2000);
+    await until(() => results.some((r) => r.ok), 2000, "a passed check", 2);
+    await until(() => transitions.some((t) => t.target.users[0]!.backend === "b2"), 2000, "b2 down (nothing listens on ::1 port 9)", 2);
     const text = await registry.metrics();
     expect(text).toContain('clusterf_backend_up{service="web",backend="b1"} 1');
     expect(text).toContain('clusterf_backend_up{service="web",backend="b2"} 0');

@@ -9,6 +9,7 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { Daemon } from "./support/proc.ts";
+import { until } from "./support/until.ts";
 
 let etcd: Etcd;
 const daemons: Daemon[] = [];
@@ -25,14 +26,6 @@ function getPrefix(prefix: string): Record<string, string> {
   return out;
 }
 const leaseOf = (key: string) => /"Lease" : (\d+)/.exec(etcdctl("get", "-w", "fields", key))?.[1] ?? "";
-
-async function until(pred: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what}`);
-    await Bun.sleep(100);
-  }
-}
 
 /** A loopback TCP server that accepts and says nothing (a tcp check passes while it listens). */
 class Backend {
@@ -102,7 +95,7 @@ test("the intermediate publishes its backends' health under its lease; the front
   expect(getPrefix("/clusterf/health/")).toEqual({});
 
   a.stop();
-  await until(() => getPrefix("/clusterf/health/")["/clusterf/health/mid1/web/a"] !== undefined, 10_000, "a's record");
+  await until(() => getPrefix("/clusterf/health/")["/clusterf/health/mid1/web/a"] !== undefined, 10_000, "a's record", 100);
   expect(getPrefix("/clusterf/health/")).toEqual({ "/clusterf/health/mid1/web/a": '{"weight":0}' });
   // Under the route's lease: they live and die together.
   expect(leaseOf("/clusterf/health/mid1/web/a")).toBe(leaseOf("/clusterf/routes/mid1"));
@@ -119,7 +112,7 @@ test("the intermediate publishes its backends' health under its lease; the front
   a.start();
   b.start();
   await front.waitFor((t) => t.join() === [FRONT, gateway(4)].join(), 10_000, "frontend: back to 4");
-  await until(() => Object.keys(getPrefix("/clusterf/health/")).length === 0, 10_000, "records deleted when healthy");
+  await until(() => Object.keys(getPrefix("/clusterf/health/")).length === 0, 10_000, "records deleted when healthy", 100);
 
   a.stop();
   b.stop();
@@ -127,7 +120,7 @@ test("the intermediate publishes its backends' health under its lease; the front
   await mid.stop("SIGKILL");
   // The records expire with the lease, and the route with them: nothing points at mid1.
   await front.waitFor((t) => t.join() === FRONT, 10_000, "route and records expired");
-  await until(() => Object.keys(getPrefix("/clusterf/health/")).length === 0, 5_000, "records expired");
+  await until(() => Object.keys(getPrefix("/clusterf/health/")).length === 0, 5_000, "records expired", 100);
   expect(getPrefix("/clusterf/routes/")).toEqual({});
   expect(await front.stop("SIGTERM")).toBe(0);
 });

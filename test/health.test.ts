@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePorts, startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { ROOT, tableLines } from "./support/proc.ts";
+import { until } from "./support/until.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterAll(async () => {
@@ -26,14 +27,12 @@ async function healthz(url: string): Promise<{ status: number; body: string } | 
 
 /** Polls /healthz until it answers with `status`; returns that answer. */
 async function healthzUntil(url: string, status: number, timeoutMs: number, what: string): Promise<{ status: number; body: string }> {
-  const deadline = Date.now() + timeoutMs;
   let last: { status: number; body: string } | null = null;
-  while (Date.now() < deadline) {
+  const answered = async () => {
     last = await healthz(url);
-    if (last?.status === status) return last;
-    await Bun.sleep(50);
-  }
-  throw new Error(`timed out waiting for /healthz ${status} (${what}); last answer: ${JSON.stringify(last)}`);
+    return last?.status === status && last;
+  };
+  return await until(answered, timeoutMs, () => `/healthz ${status} (${what}); last answer: ${JSON.stringify(last)}`, 50);
 }
 
 test("/healthz: 503 before the first sync, 200 once synced, 503 with the reason while etcd is down, 200 when it is back", async () => {
@@ -65,12 +64,11 @@ test("/healthz: 503 before the first sync, 200 once synced, 503 with the reason 
   drain(proc.stderr, (s) => (stderr += s));
 
   // Before the first sync: the local tree is read, etcd is not, so nothing is applied.
-  let h: { status: number; body: string } | null = null;
-  for (const deadline = Date.now() + 15_000; Date.now() < deadline; await Bun.sleep(50)) {
-    h = await healthz(url);
-    // The etcd source reports itself down after its first attempt: wait for the full reason.
-    if (h && h.body.includes("etcd")) break;
-  }
+  // The etcd source reports itself down after its first attempt: wait for the full reason.
+  const h = await until(async () => {
+    const answer = await healthz(url);
+    return answer?.body.includes("etcd") && answer;
+  }, 15_000, "/healthz naming etcd", 50);
   expect(h).toEqual({ status: 503, body: "waiting for the first sync; config source down: etcd\n" });
   await Bun.sleep(1000);
   expect(await healthz(url)).toEqual({ status: 503, body: "waiting for the first sync; config source down: etcd\n" });

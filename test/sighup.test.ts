@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { startDocker, type DockerEngine } from "./support/docker.ts";
 import { startEtcd, type Etcd, etcdctl as etcdctlAt } from "./support/etcd.ts";
 import { BUN, Daemon, ROOT } from "./support/proc.ts";
+import { until, withStderr } from "./support/until.ts";
 import { STATE_FILE } from "../src/docker/publisher.ts";
 
 const tmp = mkdtempSync("/tmp/clusterf-sighup-");
@@ -18,14 +19,6 @@ afterAll(async () => {
   await etcd?.destroy();
   rmSync(tmp, { recursive: true, force: true });
 });
-
-async function until(pred: () => boolean, timeoutMs: number, what: string, d: { stderr: string }): Promise<void> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what}; stderr:\n${d.stderr.slice(-3000)}`);
-    await Bun.sleep(50);
-  }
-}
 
 const etcdctl = (...args: string[]) => etcdctlAt(etcd!.clientUrl, args);
 
@@ -64,7 +57,7 @@ describe("clusterf-ipvs on SIGHUP", () => {
     const printed = d.tables.length;
     d.proc.kill("SIGHUP");
     await d.waitFor((t) => t.includes("-> 198.51.100.1:8080 Masq 20 0 0"), 5_000, "the re-read at SIGHUP");
-    await until(() => reloads(d) === 1, 5_000, "one reload line", d);
+    await until(() => reloads(d) === 1, 5_000, withStderr("one reload line", d), 50);
     expect(d.stderr).toMatch(/^INFO config-path: re-read in full .*keys=2/m);
     expect(d.proc.exitCode).toBeNull();
     // The tables printed since: the re-read's apply and the kernel resync, both equal to the tree.
@@ -78,7 +71,7 @@ describe("clusterf-ipvs on SIGHUP", () => {
     writeFileSync(outside, '{"ipv4": "198.51.100.1", "tcp": 8080, "weight": 30}');
     d.proc.kill("SIGHUP");
     await d.waitFor((t) => t.includes("-> 198.51.100.1:8080 Masq 30 0 0"), 5_000, "the second re-read");
-    await until(() => reloads(d) === 2, 5_000, "two reload lines", d);
+    await until(() => reloads(d) === 2, 5_000, withStderr("two reload lines", d), 50);
     expect(await d.stop("SIGTERM")).toBe(0);
   });
 
@@ -105,17 +98,17 @@ describe("clusterf-ipvs on SIGHUP", () => {
       ]);
       daemons.push(d);
       await d.waitFor((t) => t.join() === "TCP 192.0.2.1:80 wlc,-> 198.51.100.1:8080 Masq 7 0 0", 10_000, "initial table");
-      await until(() => routeKey() !== undefined, 10_000, "the advertised route", d);
+      await until(() => routeKey() !== undefined, 10_000, withStderr("the advertised route", d), 50);
       const before = routeKey()!;
       expect(JSON.parse(before.value)).toEqual({ Prefix4: "198.51.100.0/24", Gateway4: "192.0.2.21", IpvsMethod: "droute" });
 
       const printed = d.tables.length;
       d.proc.kill("SIGHUP");
       // The kernel resync that ends the reload prints the table.
-      await until(() => reloads(d) === 1 && d.tables.length > printed, 5_000, "the reload", d);
+      await until(() => reloads(d) === 1 && d.tables.length > printed, 5_000, withStderr("the reload", d), 50);
       // etcd was read again in full, as at a start.
       const snapshots = () => d.stderr.match(/^INFO etcd snapshot prefix=\/clusterf /gm)?.length;
-      await until(() => snapshots() === 2, 3_000, "a second full read of etcd", d);
+      await until(() => snapshots() === 2, 3_000, withStderr("a second full read of etcd", d), 50);
       // Past the 2 s TTL: the lease is still kept alive, and the key was not rewritten.
       await Bun.sleep(3000);
       expect(d.proc.exitCode).toBeNull();
@@ -151,22 +144,17 @@ describe("clusterf-docker on SIGHUP", () => {
       const dec = new TextDecoder();
       for await (const chunk of d.proc.stderr as ReadableStream<Uint8Array>) d.stderr += dec.decode(chunk);
     })();
-    await until(() => /docker: full state read/.test(d.stderr), 20_000, "Docker's state", d);
+    await until(() => /docker: full state read/.test(d.stderr), 20_000, withStderr("Docker's state", d), 50);
     const stateFile = join(stateDir, STATE_FILE);
     let lease = "";
-    await until(
-      () => {
+    await until(() => {
         try {
           lease = BigInt(JSON.parse(readFileSync(stateFile, "utf8")).leaseId).toString(16);
           return true;
         } catch {
           return false;
         }
-      },
-      10_000,
-      "the lease in the state file",
-      d,
-    );
+      }, 10_000, withStderr("the lease in the state file", d), 50);
     // Behind the daemon's back: a backend key under its lease that no container stands for.
     const ghost = "/hup/services/web/backends/0123456789ab";
     etcdctl("put", `--lease=${lease}`, ghost, '{"ipv4": "198.51.100.9", "tcp": 80}');
@@ -174,7 +162,7 @@ describe("clusterf-docker on SIGHUP", () => {
     expect(etcdKey(ghost)?.lease).toBe(lease); // unseen so far: the daemon does not watch its own keys
 
     d.proc.kill("SIGHUP");
-    await until(() => etcdKey(ghost) === undefined, 5_000, "the stale key removed at SIGHUP", d);
+    await until(() => etcdKey(ghost) === undefined, 5_000, withStderr("the stale key removed at SIGHUP", d), 50);
     expect(d.proc.exitCode).toBeNull();
     d.proc.kill("SIGTERM");
     expect(await d.proc.exited).toBe(0);

@@ -5,7 +5,8 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { afterOneResync, blocks, kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
+import { afterOneResync, blocks, kernelScratch, kernelTable, must, writeTree } from "../support/kernel.ts";
+import { until } from "../support/until.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const FIX = join(import.meta.dir, "fixtures");
@@ -108,7 +109,7 @@ describe("ownership and drift", () => {
     const once = await afterOneResync(ns, 9113, `ip netns exec ${ns} bash -c '${edits.join(" && ")}'`, [ours, foreign].sort(), 5000);
     expect(once).toEqual({ table: [ours, foreign].sort(), drift: 3 });
     // The log line is read from the daemon's stderr a moment after the kernel shows the fix.
-    await until(() => d.stderr.includes("differs from what this daemon last wrote"), 3000, () => d.stderr);
+    await until(() => d.stderr.includes("differs from what this daemon last wrote"), 3000, () => d.stderr, 100);
 
     // Removing our service from the config deletes it; the foreign one stays.
     rmSync(join(dir, "services/web"), { recursive: true });
@@ -211,13 +212,13 @@ describe("end to end with traffic", () => {
     d = new Daemon([...args, "-metrics-listen=127.0.0.1:9112"], {}, ["ip", "netns", "exec", "cf-lb"]);
     children.push(d.proc);
     await d.waitFor((t) => t.length === 6, 20_000, "table after restart");
-    await until(() => /IPVS: applied kind=full writes=0/.test(d.stderr), 3000, () => d.stderr);
+    await until(() => /IPVS: applied kind=full writes=0/.test(d.stderr), 3000, () => d.stderr, 100);
 
     // b2 leaves the echo service's config altogether while a connection is on it: the kernel
     // would drop that connection's packets once the destination is deleted, so it stays at
     // weight 0 until the connection ends (-ipvs-drain-removed), then goes.
     rmSync(join(dir, "services/echo/backends/b2"));
-    await until(() => d.stderr.includes("still has active connections; weight 0 until they end"), 10_000, () => d.stderr);
+    await until(() => d.stderr.includes("still has active connections; weight 0 until they end"), 10_000, () => d.stderr, 100);
     await Bun.sleep(1500); // a few drain checks: the connection is still there
     expect(kernelTable("cf-lb")).toContain("TCP 192.0.2.1:9000 rr\n-> 198.51.100.2:9000 Masq 1 1 0\n-> 198.51.100.6:9000 Masq 0 1 0");
     expect(must("ip netns exec cf-lb curl -s http://127.0.0.1:9112/metrics")).toContain("\nclusterf_ipvs_draining_destinations 1\n");

@@ -5,7 +5,8 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { afterOneResync, blocks, kernelScratch, kernelTable, must, scrape, until, writeTree } from "../support/kernel.ts";
+import { afterOneResync, blocks, kernelScratch, kernelTable, must, scrape, writeTree } from "../support/kernel.ts";
+import { until } from "../support/until.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const { tmp, children, netns } = kernelScratch("faults");
@@ -38,11 +39,11 @@ describe("a refused service and drift, seen in the metrics", () => {
     const metric = (sample: string) => scrape(ns, 9112, sample);
     const good = "TCP 192.0.2.10:80 wlc\n-> 198.51.100.1:80 Masq 10 0 0\n-> 198.51.100.2:80 Masq 5 0 0";
     const other = "UDP 192.0.2.11:53 rr\n-> 198.51.100.3:53 Masq 10 0 0";
-    await until(() => kernelTable(ns).join() === [good, other].join(), 20_000, () => `good and other programmed:\n${kernelTable(ns).join("\n")}\n${d.stderr}`);
+    await until(() => kernelTable(ns).join() === [good, other].join(), 20_000, () => `good and other programmed:\n${kernelTable(ns).join("\n")}\n${d.stderr}`, 100);
 
     // Reported: a gauge naming the config service, one error line however many retries, and
     // /healthz stays 200 (a bad service is the config's problem, not the daemon's).
-    await until(() => metric('clusterf_ipvs_service_failing{service="bad",vip="inet+tcp://192.0.2.12:443"}') === 1, 10_000, () => curl("/metrics"));
+    await until(() => metric('clusterf_ipvs_service_failing{service="bad",vip="inet+tcp://192.0.2.12:443"}') === 1, 10_000, () => curl("/metrics"), 100);
     await Bun.sleep(3500); // retries and a periodic resync meet the same refusal
     const refusals = d.stderr.split("\n").filter((l) => l.startsWith("ERROR") && l.includes("192.0.2.12:443"));
     expect(refusals).toHaveLength(1);
@@ -74,9 +75,9 @@ describe("a refused service and drift, seen in the metrics", () => {
     // The config fixed: programmed at once, no longer reported.
     writeTree(dir, { "services/bad/frontend": { ipv4: "192.0.2.12", tcp: 443, scheduler: "sh" } });
     const bad = "TCP 192.0.2.12:443 sh\n-> 198.51.100.4:443 Masq 10 0 0";
-    await until(() => kernelTable(ns).includes(bad), 5000, () => kernelTable(ns).join("\n"));
+    await until(() => kernelTable(ns).includes(bad), 5000, () => kernelTable(ns).join("\n"), 100);
     expect(curl("/metrics")).not.toContain("clusterf_ipvs_service_failing{");
-    await until(() => d.stderr.includes("IPVS: service programmed after earlier failures service=inet+tcp://192.0.2.12:443"), 3000, () => d.stderr);
+    await until(() => d.stderr.includes("IPVS: service programmed after earlier failures service=inet+tcp://192.0.2.12:443"), 3000, () => d.stderr, 100);
     expect(await d.stop("SIGTERM")).toBe(0);
     expect(kernelTable(ns)).toEqual([good, bad, foreign, other]);
   });
@@ -104,7 +105,7 @@ describe("retries back off", () => {
         .split("\n")
         .filter((l) => l.includes("New service inet+tcp://192.0.2.12:443 nosuch failed"))
         .map((l) => Date.parse(JSON.parse(l).time));
-    await until(() => attempts().length >= 4, 20_000, () => `four attempts:\n${d.stderr.slice(-3000)}`);
+    await until(() => attempts().length >= 4, 20_000, () => `four attempts:\n${d.stderr.slice(-3000)}`, 100);
     await Bun.sleep(1000); // an attempt that a storm would add after the fourth
     const t = attempts();
     const gaps = t.slice(1).map((x, i) => x - t[i]!);
@@ -137,7 +138,7 @@ describe("SIGKILL during a large sync", () => {
     children.push(p);
     // /proc/PID/net is the daemon's own namespace: its IPVS table, read without a process spawn.
     const rows = () => readFileSync(`/proc/${p.pid}/net/ip_vs`, "utf8").split("\n").filter((l) => /^(TCP|UDP|SCTP|  ->)/.test(l)).length;
-    await until(() => rows() > 2000, 60_000, () => `sync under way (rows ${rows()})`);
+    await until(() => rows() > 2000, 60_000, () => `sync under way (rows ${rows()})`, 100);
     p.kill("SIGKILL");
     await p.exited;
     const programmed = kernelTable(ns);

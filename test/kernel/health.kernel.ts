@@ -7,7 +7,8 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon } from "../support/proc.ts";
-import { kernelScratch, kernelTable, must, until } from "../support/kernel.ts";
+import { kernelScratch, kernelTable, must } from "../support/kernel.ts";
+import { until } from "../support/until.ts";
 
 const FIX = join(import.meta.dir, "fixtures");
 const { tmp, children, netns } = kernelScratch("health");
@@ -124,7 +125,7 @@ describe("active health checks in the kernel", () => {
       children.push(p);
       return p;
     });
-    await until(() => kernelTable(LB)[1]!.includes("-> 198.51.100.6:9000 Masq 1 1 0") && kernelTable(LB)[1]!.includes("-> 198.51.100.2:9000 Masq 1 1 0"), 5000, () => kernelTable(LB).join("\n"));
+    await until(() => kernelTable(LB)[1]!.includes("-> 198.51.100.6:9000 Masq 1 1 0") && kernelTable(LB)[1]!.includes("-> 198.51.100.2:9000 Masq 1 1 0"), 5000, () => kernelTable(LB).join("\n"), 100);
 
     // b2's /health answers 503: both its destinations go to weight 0 within fall × interval + timeout.
     writeFileSync(join(tmp, "b2.status"), "503");
@@ -142,7 +143,7 @@ describe("active health checks in the kernel", () => {
     expect(outputs.map((o) => o.code)).toEqual([0, 0]);
     expect(outputs.flatMap((o) => o.out.trim().split("\n")).sort()).toEqual(["b1:1", "b1:2", "b2:1", "b2:2"]);
     // One log line per service and backend, with the reason.
-    await until(() => (d.stderr.match(/backend down/g) ?? []).length === 2, 3000, () => d.stderr);
+    await until(() => (d.stderr.match(/backend down/g) ?? []).length === 2, 3000, () => d.stderr, 100);
     expect(d.stderr).toContain('service=echo backend=b2 target=198.51.100.6:80 check=http reason="status 503"');
     expect(d.stderr).toContain('service=http backend=b2 target=198.51.100.6:80 check=http reason="status 503"');
     // -print: the note after the columns.
@@ -165,7 +166,7 @@ describe("active health checks in the kernel", () => {
     expect(refused.ms).toBeLessThanOrEqual(FALL * INTERVAL + TIMEOUT + PIPELINE);
     expect(kernelWeight(9000, "198.51.100.2:9000")).toBe(0);
     expect(count(curl(4), "b2")).toBe(4);
-    await until(() => d.stderr.includes("service=http backend=b1 target=198.51.100.2:80 check=http reason=refused"), 3000, () => d.stderr);
+    await until(() => d.stderr.includes("service=http backend=b1 target=198.51.100.2:80 check=http reason=refused"), 3000, () => d.stderr, 100);
 
     // b1 starts again: its weight comes back.
     b1 = startBackend("b1");

@@ -4,7 +4,8 @@ import { beforeAll, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Daemon } from "../support/proc.ts";
-import { kernelScratch, kernelTable, must, until, writeTree } from "../support/kernel.ts";
+import { kernelScratch, kernelTable, must, writeTree } from "../support/kernel.ts";
+import { until } from "../support/until.ts";
 
 const { tmp, children, netns } = kernelScratch("sighup");
 
@@ -34,8 +35,8 @@ test("SIGHUP corrects drift at once and the daemon keeps running", async () => {
   expect(kernelTable(ns)).toEqual(drifted); // nothing corrects it without a resync
 
   d.proc.kill("SIGHUP");
-  await until(() => kernelTable(ns).join() === ours.join(), 3000, () => `not corrected: ${kernelTable(ns).join("\n")}\n${d.stderr}`);
-  await until(() => /IPVS: applied kind=resync writes=3 errors=0/.test(d.stderr), 3000, () => d.stderr);
+  await until(() => kernelTable(ns).join() === ours.join(), 3000, () => `not corrected: ${kernelTable(ns).join("\n")}\n${d.stderr}`, 100);
+  await until(() => /IPVS: applied kind=resync writes=3 errors=0/.test(d.stderr), 3000, () => d.stderr, 100);
   expect(d.stderr.match(/^INFO reload: SIGHUP/gm)).toHaveLength(1);
   expect(d.proc.exitCode).toBeNull();
   expect(await d.stop("SIGTERM")).toBe(0);

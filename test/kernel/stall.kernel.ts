@@ -2,7 +2,8 @@
 // advertises a route under a 2 s lease and serves /healthz gets 5000 services × 10 backends at
 // once from etcd (a few large transactions). While it reads and programs them, /healthz must answer within 0.5 s every time, and the advertised
 // route key must never be deleted (a lease whose keep-alives stall for 2 s expires). Then the
-// kernel holds every service. Each case has its own namespace (a fresh IPVS table).
+// kernel holds every service. Then /metrics is scraped twice (300,000 series of kernel counters)
+// under the same watch. Each case has its own namespace (a fresh IPVS table).
 // The same scenario with a tree moved into -config-path still stalls (the directory watcher's
 // start on thousands of new directories blocks for seconds): bench/stall.ts measures it, and
 // it is not claimed here until it holds.
@@ -14,7 +15,8 @@ import { closeSync, openSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Etcd3 } from "etcd3";
 import { BUN, ROOT } from "../support/proc.ts";
-import { kernelScratch, must, sh, until } from "../support/kernel.ts";
+import { kernelScratch, must, sh } from "../support/kernel.ts";
+import { until } from "../support/until.ts";
 
 const { tmp, children, netns } = kernelScratch("stall");
 const ETCD_ADDR = "203.0.113.254";
@@ -44,7 +46,7 @@ async function startEtcd() {
   children.push(p);
   await until(() => sh(`etcdctl --endpoints=${ETCD_URL} --command-timeout=1s endpoint health`).code === 0, 30_000, () => {
     return `etcd healthy: ${sh(`tail -20 ${join(tmp, "etcd.log")}`).out}`;
-  });
+  }, 100);
 }
 
 beforeAll(async () => {
@@ -98,12 +100,13 @@ async function programsWithoutStalling(ns: string, net: number, configPath: stri
   const healthz = `http://${d.lb}:9310/healthz`;
   const etcd = new Etcd3({ hosts: [ETCD_URL] });
   try {
-    await until(() => d.stderr.includes("route: advertised"), 60_000, () => `the route advertised; stderr:\n${d.stderr}`);
+    await until(() => d.stderr.includes("route: advertised"), 60_000, () => `the route advertised; stderr:\n${d.stderr}`, 100);
     const deletes: number[] = []; // a lease expiry is a delete
     const watcher = await etcd.watch().key(routeKey).create();
     watcher.on("delete", () => deletes.push(Date.now()));
 
-    const answers: { ms: number; status: number }[] = [];
+    const answers: { ms: number; status: number; at: number }[] = [];
+    const begin = Date.now();
     let done = false;
     const poller = (async () => {
       while (!done) {
@@ -115,27 +118,40 @@ async function programsWithoutStalling(ns: string, net: number, configPath: stri
           /* no answer within 10 s: status 0, and its time */
         }
         const ms = performance.now() - t0;
-        answers.push({ ms, status });
+        answers.push({ ms, status, at: Date.now() - begin - Math.round(ms) });
         await Bun.sleep(Math.max(0, 50 - ms));
       }
     })();
     const from = d.stderr.length;
     // The kernel writes since the feed, from the daemon's "applied" lines (one apply or several).
     const writes = () => [...d.stderr.slice(from).matchAll(/IPVS: applied .*?writes=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
-    const t0 = Date.now();
+    let syncMs = 0;
+    const scrapes: number[] = [];
+    const scrapeAt: number[] = [];
     try {
       await feed();
-      await until(() => writes() >= SERVICES * (BACKENDS + 1), 120_000, () => `the sync (${writes()} writes); stderr:\n${d.stderr.slice(-2000)}`);
+      await until(() => writes() >= SERVICES * (BACKENDS + 1), 120_000, () => `the sync (${writes()} writes); stderr:\n${d.stderr.slice(-2000)}`, 100);
+      syncMs = Date.now() - begin;
+      // Then /metrics of the whole table (300,000 series), twice: /healthz goes on meanwhile.
+      for (let i = 0; i < 2; i++) {
+        const s0 = performance.now();
+        scrapeAt.push(Date.now() - begin);
+        const text = await (await fetch(`http://${d.lb}:9310/metrics`, { signal: AbortSignal.timeout(60_000) })).text();
+        scrapes.push(performance.now() - s0);
+        expect(text.match(/^clusterf_ipvs_dest_connections_total\{/gm)?.length).toBe(SERVICES * BACKENDS);
+        await Bun.sleep(1200); // past the scrape's 1 s cache of the kernel's table
+      }
     } finally {
       done = true;
       await poller;
     }
-    const syncMs = Date.now() - t0;
     await Bun.sleep(500);
     watcher.cancel();
 
     const slowest = Math.max(...answers.map((a) => a.ms));
-    console.log(`${ns}: sync ${syncMs} ms; ${answers.length} /healthz answers, slowest ${slowest.toFixed(0)} ms; route deletes: ${deletes.length}`);
+    console.log(`${ns}: sync ${syncMs} ms; /metrics ${scrapes.map((ms) => ms.toFixed(0)).join(", ")} ms (from ${scrapeAt.join(", ")} ms); ${answers.length} /healthz answers, slowest ${slowest.toFixed(0)} ms; route deletes: ${deletes.length}`);
+    // When each slow answer was asked (ms since the feed began): during the sync or a scrape.
+    for (const a of answers.filter((a) => a.ms > 250)) console.log(`  /healthz asked at ${a.at} ms: ${a.ms.toFixed(0)} ms`);
     expect(answers.length).toBeGreaterThan(syncMs / 1000); // it was asked throughout
     expect(answers.filter((a) => a.ms > 500)).toEqual([]);
     expect(answers.filter((a) => a.status !== 200)).toEqual([]);
@@ -151,7 +167,7 @@ async function programsWithoutStalling(ns: string, net: number, configPath: stri
   }
 }
 
-test("5000 × 10 services put into etcd at once: /healthz answers within 0.5 s throughout, the advertised route is never deleted", async () => {
+test("5000 × 10 services put into etcd at once, then /metrics scraped: /healthz answers within 0.5 s throughout, the advertised route is never deleted", async () => {
   const prefix = `${PREFIX}/stall-etcd`;
   // Put by another process as fast as etcd takes them: transactions of 128 keys (etcd's default
   // --max-txn-ops), 8 in flight.

@@ -19,7 +19,8 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { openSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, tableLines } from "../support/proc.ts";
-import { kernelScratch, must, sh, until, writeTree } from "../support/kernel.ts";
+import { kernelScratch, must, sh, writeTree } from "../support/kernel.ts";
+import { until } from "../support/until.ts";
 import { etcdctl as etcdctlAt } from "../support/etcd.ts";
 
 const FIX = join(import.meta.dir, "fixtures");
@@ -289,7 +290,7 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
   /** Back to a frontend without a check; every check listener stopped. */
   const dropChecks = async () => {
     etcdctl("put", "/clusterf/services/web/frontend", JSON.stringify({ ipv4: VIP, tcp: PORT, scheduler: "wrr" }));
-    await until(() => same(kernelShape("mid1"), expectedMid("mid1")), 15_000, () => kernelShape("mid1").join("\n"));
+    await until(() => same(kernelShape("mid1"), expectedMid("mid1")), 15_000, () => kernelShape("mid1").join("\n"), 100);
     for (const p of Object.values(listeners)) p.kill("SIGKILL");
   };
 
@@ -348,7 +349,7 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     for (const b of behindMid1) await unlisten(b);
     const t0 = Date.now();
     const down = [SERVICE_LINE, `-> ${MIDS.mid1.lan}:${PORT} Route 0`, `-> ${MIDS.mid2.lan}:${PORT} Route ${midSum("mid2")}`];
-    await until(() => same(kernelShape("front"), down), 15_000, () => kernelShape("front").join("\n"));
+    await until(() => same(kernelShape("front"), down), 15_000, () => kernelShape("front").join("\n"), 100);
     console.log(`every backend behind mid1 down: the frontend's weight for mid1 was 0 ${Date.now() - t0} ms later`);
     // The records, one per backend, under mid1's route lease.
     const lease = (key: string) => /"Lease" : (\d+)/.exec(etcdctl("get", "-w", "fields", key))?.[1] ?? "";
@@ -362,8 +363,8 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     expect(got).toEqual({ b11: 0, b12: 0, b21: 6 });
 
     await Promise.all(behindMid1.map(listen));
-    await until(() => same(kernelShape("front"), expectedFront(all)), 15_000, () => kernelShape("front").join("\n"));
-    await until(() => etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").trim() === "", 5000, () => "records left");
+    await until(() => same(kernelShape("front"), expectedFront(all)), 15_000, () => kernelShape("front").join("\n"), 100);
+    await until(() => etcdctl("get", "--prefix", "--keys-only", "/clusterf/health/").trim() === "", 5000, () => "records left", 100);
     expect(await curlCounts(24)).toEqual(expectedCounts(24, all));
 
     await dropChecks();
@@ -376,7 +377,7 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     const b21 = BACKENDS.find((b) => b.name === "b21")!;
     await unlisten(b21);
     const mid2Down = [SERVICE_LINE, `-> ${MIDS.mid1.lan}:${PORT} Route ${midSum("mid1")}`, `-> ${MIDS.mid2.lan}:${PORT} Route 0`];
-    await until(() => same(kernelShape("front"), mid2Down), 15_000, () => kernelShape("front").join("\n"));
+    await until(() => same(kernelShape("front"), mid2Down), 15_000, () => kernelShape("front").join("\n"), 100);
     expect(healthKeys()).toEqual(["/clusterf/health/mid2/web/b21"]);
 
     const mid2Table = kernelShape("mid2");
@@ -413,7 +414,7 @@ describe("two tiers in the kernel: frontend droute → intermediate masq → bac
     await front.waitFor((t) => same(shape(t), expectedFront(all)), 30_000, "frontend: mid2 back");
     // Soft restart: its table was still right but for b21, which its check had put at weight 0
     // before the kill and which now has no check: one write (the log line may trail the table).
-    await until(() => /IPVS: applied kind=full writes=1 /.test(mids.mid2!.stderr), 3000, () => mids.mid2!.stderr);
+    await until(() => /IPVS: applied kind=full writes=1 /.test(mids.mid2!.stderr), 3000, () => mids.mid2!.stderr, 100);
     expect(await curlCounts(24)).toEqual(expectedCounts(24, all));
 
     expect(await mids.mid2.stop("SIGTERM")).toBe(0);

@@ -1,4 +1,5 @@
-// Helpers for the -config-path source tests: a recording sink, tree edits, seeds, convergence.
+// Helpers for the -config-path source tests: sources started on temporary trees, tree edits,
+// seeds, convergence.
 
 import { expect, test } from "bun:test";
 import * as fs from "node:fs";
@@ -6,55 +7,17 @@ import * as os from "node:os";
 import * as path from "node:path";
 import fc from "fast-check";
 import { DirSource, readConfigDir, type DirSourceOptions } from "../../src/config/dir-source.ts";
-import type { KeyEvent, RawValue, SourceName, SourceSink } from "../../src/config/source.ts";
+import type { RawValue } from "../../src/config/source.ts";
 import { configureLog } from "../../src/util/log.ts";
-
-/**
- * Records what the source hands over. The source calls the sink inside its own try/catch (a
- * throwing sink is only logged), so broken rules are collected here and asserted by the test
- * body (`Harness.check`), never thrown from the callback.
- */
-export class Recorder implements SourceSink {
-  map = new Map<string, RawValue>();
-  snapshots = 0;
-  updates: KeyEvent[][] = [];
-  statuses: Array<[boolean, string | undefined]> = [];
-  violations: string[] = [];
-  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
-    if (source !== "local") this.violations.push(`snapshot from source ${source}`);
-    this.snapshots++;
-    this.map = new Map(entries);
-  }
-  update(source: SourceName, events: KeyEvent[]): void {
-    if (source !== "local") this.violations.push(`update from source ${source}`);
-    if (this.snapshots === 0) this.violations.push("update before the first snapshot");
-    if (events.length === 0) this.violations.push("empty update");
-    this.updates.push(events);
-    for (const e of events) {
-      // only real changes are emitted
-      const cur = this.map.get(e.key);
-      if (e.value && cur && cur.text === e.value.text && cur.format === e.value.format && cur.origin === e.value.origin) {
-        this.violations.push(`unchanged value sent again: ${e.key}`);
-      }
-      if (!e.value && !cur) this.violations.push(`deletion of an absent key: ${e.key}`);
-      if (e.value) this.map.set(e.key, e.value);
-      else this.map.delete(e.key);
-    }
-  }
-  status(_source: SourceName, up: boolean, detail?: string): void {
-    this.statuses.push([up, detail]);
-  }
-  texts(): Record<string, string> {
-    return Object.fromEntries([...this.map].sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => [k, v.text]));
-  }
-}
+import { RecordingSink } from "./recording-sink.ts";
+import { until } from "./until.ts";
 
 /** Temporary trees, and the sources started on them (stopped by `cleanup`, meant for afterEach). */
 export class Harness {
   readonly base = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-dir-"));
   private counter = 0;
   private sources: DirSource[] = [];
-  private recorders: Recorder[] = [];
+  private recorders: RecordingSink[] = [];
 
   newRoot(): string {
     const d = path.join(this.base, `t${++this.counter}`);
@@ -67,10 +30,10 @@ export class Harness {
     return path.join(this.base, `${name}-${++this.counter}`);
   }
 
-  async start(root: string, opts: Partial<DirSourceOptions> = {}): Promise<{ src: DirSource; rec: Recorder }> {
+  async start(root: string, opts: Partial<DirSourceOptions> = {}): Promise<{ src: DirSource; rec: RecordingSink }> {
     const src = new DirSource({ root, debounceMs: 20, ...opts });
     this.sources.push(src);
-    const rec = new Recorder();
+    const rec = new RecordingSink("local");
     this.recorders.push(rec);
     await src.start(rec);
     return { src, rec };
@@ -110,14 +73,6 @@ export function plain(m: Map<string, RawValue>): Array<[string, string, string, 
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function until(pred: () => boolean | Promise<boolean>, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await pred())) {
-    if (Date.now() > end) throw new Error("condition not reached in time");
-    await sleep(10);
-  }
-}
-
 export function write(root: string, rel: string, text: string): void {
   const p = path.join(root, rel);
   fs.mkdirSync(path.dirname(p), { recursive: true });
@@ -125,7 +80,7 @@ export function write(root: string, rel: string, text: string): void {
 }
 
 /** The accumulated map equals a fresh read of the tree (waiting up to `timeoutMs` for it). */
-export async function converged(root: string, rec: Recorder, timeoutMs = 3000): Promise<void> {
+export async function converged(root: string, rec: RecordingSink, timeoutMs = 3000): Promise<void> {
   let fresh: Map<string, RawValue> = new Map();
   try {
     await until(async () => {

@@ -1,4 +1,5 @@
 import { spawnServer } from "./reaper.ts";
+import { until } from "./until.ts";
 // Test harness: a private Docker engine (Debian's dockerd, package docker.io) in a temp dir.
 //
 //   const why = dockerUnavailable();          // undefined, or why dockerd cannot run here
@@ -255,14 +256,12 @@ class Engine implements DockerEngine {
       join(this.dir, "daemon.json"),
     ];
     this.proc = spawnServer(args, this.logFile);
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline) {
+    const answers = async () => {
       if (!this.pid) throw new Error(`dockerd exited while starting: ${readFileSync(this.logFile, "utf8").split("\n").slice(-8).join("\n")}`);
       const r = await this.tryRun(["version", "--format", "{{.Server.Version}}"]).catch(() => undefined);
-      if (r?.code === 0) return;
-      await Bun.sleep(100);
-    }
-    throw new Error(`dockerd did not answer within 30 s, see ${this.logFile}`);
+      return r?.code === 0;
+    };
+    await until(answers, 30_000, `dockerd to answer, see ${this.logFile}`, 100);
   }
 
   private async signal(sig: "SIGTERM" | "SIGKILL", timeoutMs: number): Promise<void> {
@@ -286,8 +285,9 @@ class Engine implements DockerEngine {
     const pidFile = join(this.dir, "exec", "containerd", "containerd.pid");
     try {
       const pid = Number(readFileSync(pidFile, "utf8").trim());
-      const deadline = Date.now() + 5000;
-      while (pid > 0 && existsSync(`/proc/${pid}`) && Date.now() < deadline) await Bun.sleep(20);
+      await until(() => !(pid > 0 && existsSync(`/proc/${pid}`)), 5000, "the old containerd gone", 20).catch(() => {
+        /* still there: the new dockerd reports it */
+      });
     } catch {
       /* no pidfile */
     }

@@ -1,4 +1,5 @@
 import { spawnServer } from "./reaper.ts";
+import { until } from "./until.ts";
 // Test harness: real etcd processes (the Debian etcd-server binary) on loopback, in temp dirs.
 //
 //   const e = await startEtcd();            // one member, e.clientUrl = "http://127.0.0.1:<port>"
@@ -235,39 +236,40 @@ class Member implements EtcdMember {
 
   /** Waits until the member answers on its client URL (a /version GET). */
   async waitAnswering(timeoutMs = 15000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
     let last = "";
-    while (Date.now() < deadline) {
-      if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
+    const answers = async () => {
+      this.throwIfExited();
       try {
         const r = await fetch(`${this.clientUrl}/version`, { signal: AbortSignal.timeout(500), ...this.fetchTls() });
-        if (r.ok) return;
         last = `HTTP ${r.status}`;
+        return r.ok;
       } catch (e) {
         last = String(e);
+        return false;
       }
-      await Bun.sleep(50);
-    }
-    throw new Error(`etcd ${this.name} did not answer within ${timeoutMs} ms (${last}), see ${this.logFile}`);
+    };
+    await until(answers, timeoutMs, () => `etcd ${this.name} to answer (${last}), see ${this.logFile}`, 50);
+  }
+
+  private throwIfExited(): void {
+    if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
   }
 
   /** Waits until /health says true: the member is up and sees a leader. */
   async waitHealthy(timeoutMs = 15000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
     let last = "";
-    while (Date.now() < deadline) {
-      if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
+    const healthy = async () => {
+      this.throwIfExited();
       try {
         const r = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000), ...this.fetchTls() });
-        const body = await r.text();
-        if (r.ok && /"health":\s*"true"/.test(body)) return;
-        last = body;
+        last = await r.text();
+        return r.ok && /"health":\s*"true"/.test(last);
       } catch (e) {
         last = String(e);
+        return false;
       }
-      await Bun.sleep(50);
-    }
-    throw new Error(`etcd ${this.name} not healthy within ${timeoutMs} ms (${last}), see ${this.logFile}`);
+    };
+    await until(healthy, timeoutMs, () => `etcd ${this.name} healthy (${last}), see ${this.logFile}`, 50);
   }
 }
 
@@ -375,16 +377,11 @@ export async function startEtcdCluster(n = 3): Promise<EtcdCluster> {
   }
 
   const leader = async (timeoutMs = 10000): Promise<EtcdMember> => {
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
+    const elected = async () => {
       const st = await Promise.all(members.map(memberStatus));
-      for (let i = 0; i < members.length; i++) {
-        const s = st[i];
-        if (s && s.memberId === s.leader) return members[i]!;
-      }
-      await Bun.sleep(50);
-    }
-    throw new Error(`no etcd leader within ${timeoutMs} ms`);
+      return members.find((_, i) => st[i] && st[i]!.memberId === st[i]!.leader);
+    };
+    return await until(elected, timeoutMs, "an etcd leader", 50);
   };
 
   return {

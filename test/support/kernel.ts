@@ -5,6 +5,7 @@ import { afterAll } from "bun:test";
 import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { tableLines } from "./proc.ts";
+import { until } from "./until.ts";
 
 export function sh(cmd: string): { code: number; out: string; err: string } {
   const p = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
@@ -35,15 +36,6 @@ export function writeTree(root: string, files: Record<string, unknown>, atomic =
     renameSync(aside, file);
   }
   return root;
-}
-
-/** Polls `pred` every 100 ms; throws with `what()` after `timeoutMs`. */
-export async function until(pred: () => boolean, timeoutMs: number, what: () => string): Promise<void> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out: ${what()}`);
-    await Bun.sleep(100);
-  }
 }
 
 /** The table as blocks (a service line and its destination lines), sorted: ipvsadm lists in hash order. */
@@ -106,19 +98,19 @@ export async function afterOneResync(ns: string, port: number, cmd: string, corr
   const drift = () => scrape(ns, port, "clusterf_ipvs_drift_corrections_total") ?? 0;
   for (let attempt = 1; ; attempt++) {
     const r0 = resyncs();
-    await until(() => resyncs() > r0, timeoutMs, () => `a resync (count ${r0})`);
+    await until(() => resyncs() > r0, timeoutMs, () => `a resync (count ${r0})`, 100);
     const r1 = resyncs();
     const d1 = drift();
     must(cmd);
     await Bun.sleep(300); // a resync that began while the edits landed has ended by now
     if (resyncs() === r1) {
-      await until(() => resyncs() > r1, timeoutMs, () => `the resync after the edits (count ${r1})`);
+      await until(() => resyncs() > r1, timeoutMs, () => `the resync after the edits (count ${r1})`, 100);
       const table = kernelTable(ns);
       const d2 = drift();
       if (resyncs() === r1 + 1) return { table, drift: d2 - d1 };
     }
     if (attempt === 3) throw new Error("three times another resync came too close to the edits: cannot tell one resync from two");
     console.log(`attempt ${attempt}: another resync came too close to the hand edits; again`);
-    await until(() => kernelTable(ns).join("\n") === corrected.join("\n"), timeoutMs, () => `the table corrected before another attempt:\n${kernelTable(ns).join("\n")}`);
+    await until(() => kernelTable(ns).join("\n") === corrected.join("\n"), timeoutMs, () => `the table corrected before another attempt:\n${kernelTable(ns).join("\n")}`, 100);
   }
 }
