@@ -103,15 +103,20 @@ describe("table exposition", () => {
     };
     setImmediate(tick);
     const seen: number[] = [];
+    const sizes: number[] = [];
     let text = "";
     for await (const chunk of inSlices(lines, 0)) {
       seen.push(turns);
+      sizes.push(chunk.length);
       text += chunk;
     }
     running = false;
     expect(text).toBe(lines.join(""));
-    // with a 0 ms slice, a chunk every 256 lines, and the loop turned before each next one
-    expect(seen.length).toBe(Math.ceil(100_000 / 256));
+    // chunks of 64 KiB (the line that reaches it included), the loop turned before each next one
+    // (with a 0 ms slice)
+    expect(sizes.length).toBeGreaterThan(20);
+    for (const n of sizes.slice(0, -1)) expect(n).toBeGreaterThanOrEqual(64 * 1024), expect(n).toBeLessThan(64 * 1024 + 20);
+    expect(sizes.at(-1)!).toBeLessThan(64 * 1024 + 20);
     for (let i = 1; i < seen.length; i++) expect(seen[i]!).toBeGreaterThan(seen[i - 1]!);
   });
 });
