@@ -2,7 +2,7 @@
 // etcd (publisher, one lease). Warnings about a container's labels are logged once per change.
 
 import type { Etcd3 } from "etcd3";
-import { describeContainer, desiredKeys, type BackendOptions } from "./labels.ts";
+import { LABEL_SERVICE, describeContainer, desiredKeys, type BackendOptions } from "./labels.ts";
 import { Publisher } from "./publisher.ts";
 import { DockerWatcher, type DockerState } from "./watcher.ts";
 import * as log from "../util/log.ts";
@@ -70,7 +70,7 @@ export class DockerDaemon {
     // One line per labelled container whose state changed, for the operator.
     const seen = new Set<string>();
     for (const c of state.containers.values()) {
-      if (!c.Config?.Labels?.["net.qmsk.clusterf.service"]) continue;
+      if (!c.Config?.Labels?.[LABEL_SERVICE]) continue;
       seen.add(c.Id);
       const st = c.State ?? {};
       const text = `${st.Status ?? "?"}${st.Health?.Status ? `/${st.Health.Status}` : ""}${state.draining.has(c.Id) ? "/stopping" : ""}`;

@@ -87,6 +87,39 @@ export function isLabelled(c: ContainerInspect): boolean {
 
 type Proto = "tcp" | "udp";
 
+/** What the steps below share: the container's labels, its name for messages, and the warnings so far. */
+interface LabelContext {
+  who: string;
+  labels: Record<string, string>;
+  exposed: Record<string, unknown>;
+  warnings: string[];
+}
+
+/** The addresses a container's backends get (at least one). */
+interface BackendAddress {
+  ipv4?: string;
+  ipv6?: string;
+  /** -backend-published: the host's addresses, with the host ports the container's ports are published on. */
+  published: boolean;
+  bindings: Record<string, { HostIp?: string; HostPort?: string }[] | null>;
+}
+
+/** A service's ports, and the families that can carry them all. */
+interface ServicePorts {
+  ports: Partial<Record<Proto, number>>;
+  v4: boolean;
+  v6: boolean;
+}
+
+const genericLabel = (what: string) => `${LABEL_PREFIX}.${what}`;
+const serviceLabel = (service: string, what: string) => `${LABEL_PREFIX}:${service}.${what}`;
+
+/** The label that sets `what` for a service: its own, else the generic one, else none. */
+function labelFor(labels: Record<string, string>, service: string, what: string): string | undefined {
+  if (labels[serviceLabel(service, what)] !== undefined) return serviceLabel(service, what);
+  return labels[genericLabel(what)] !== undefined ? genericLabel(what) : undefined;
+}
+
 /**
  * The backends a container stands for now. A container that is not running has none (its keys
  * are removed); a running one that is paused, unhealthy, still starting its health check, or
@@ -94,168 +127,167 @@ type Proto = "tcp" | "udp";
  */
 export function containerBackends(c: ContainerInspect, opts: BackendOptions = {}): ContainerBackends {
   const backends = new Map<string, Backend>();
-  const warnings: string[] = [];
   const labels = c.Config?.Labels ?? {};
-  const who = describeContainer(c);
-  const names = serviceNames(labels);
-  if (names.length === 0) return { backends, warnings };
+  const ctx: LabelContext = { who: describeContainer(c), labels, exposed: c.Config?.ExposedPorts ?? {}, warnings: [] };
   const state = c.State ?? {};
-  if (!state.Running || state.Restarting) return { backends, warnings };
-
-  const services: string[] = [];
-  for (const name of names) {
-    // The readers' own rule for a key name (clusterf-ipvs would skip the key otherwise).
-    if (nameProblem(name) === undefined) services.push(name);
-    else warnings.push(`${who}: label ${LABEL_SERVICE}: service name ${JSON.stringify(name)} is not a valid key name; skipped`);
-  }
-  if (services.length === 0) return { backends, warnings };
-
-  // The address: the container's own on its network, or the host's in published mode.
-  let ipv4: string | undefined;
-  let ipv6: string | undefined;
-  const published = opts.published;
-  if (published) {
-    ipv4 = published.ipv4 || undefined;
-    ipv6 = published.ipv6 || undefined;
-  } else {
-    const networks = c.NetworkSettings?.Networks ?? {};
-    const netNames = Object.keys(networks).sort();
-    let net: string | undefined;
-    if (opts.network) {
-      if (networks[opts.network]) net = opts.network;
-      else {
-        warnings.push(`${who}: not on the network ${JSON.stringify(opts.network)} (-docker-network); on ${netNames.length ? netNames.join(", ") : "no network"}: not published`);
-        return { backends, warnings };
-      }
-    } else if (netNames.length === 0) {
-      warnings.push(`${who}: on no network: not published`);
-      return { backends, warnings };
-    } else {
-      net = netNames[0];
-      if (netNames.length > 1) {
-        warnings.push(`${who}: on several networks (${netNames.join(", ")}); publishing its address on ${net}; choose with -docker-network`);
-      }
-    }
-    const settings = networks[net!] ?? {};
-    try {
-      ipv4 = parseIPv4(settings.IPAddress ?? "", "IPAddress");
-    } catch {
-      warnings.push(`${who}: network ${net}: IPv4 address ${JSON.stringify(settings.IPAddress)} is not valid; ignored`);
-    }
-    try {
-      ipv6 = parseIPv6(settings.GlobalIPv6Address ?? "", "GlobalIPv6Address");
-    } catch {
-      warnings.push(`${who}: network ${net}: IPv6 address ${JSON.stringify(settings.GlobalIPv6Address)} is not valid; ignored`);
-    }
-    if (!ipv4 && !ipv6) {
-      warnings.push(`${who}: no IP address on network ${net}: not published`);
-      return { backends, warnings };
-    }
-  }
-
-  const exposed = c.Config?.ExposedPorts ?? {};
-  const portBindings = c.NetworkSettings?.Ports ?? {};
-
-  // Weight 0 (drain) for a container that is up but should get no new connections.
-  const health = state.Health?.Status;
-  const drained = state.Paused
-    ? "paused"
-    : opts.draining
-      ? "stopping"
-      : health === "unhealthy"
-        ? "unhealthy"
-        : health === "starting"
-          ? "health check starting"
-          : undefined;
-
-  const generic = (what: string) => `${LABEL_PREFIX}.${what}`;
-  const specific = (service: string, what: string) => `${LABEL_PREFIX}:${service}.${what}`;
-
-  /** The port a label gives, checked; undefined (with a warning) when it is bad. */
-  const labelPort = (service: string, label: string, proto: Proto): number | undefined => {
-    const text = labels[label]!;
-    const port = decimal(text, 1, 65535);
-    if (port === undefined) {
-      warnings.push(`${who}: label ${label}=${JSON.stringify(text)}: not a port number (1-65535); service ${service} has no ${proto} port`);
-      return undefined;
-    }
-    const dockerPort = `${port}/${proto}`;
-    if (!Object.hasOwn(exposed, dockerPort)) {
-      warnings.push(`${who}: label ${label}=${text}: port ${dockerPort} is not exposed by the container; service ${service} has no ${proto} port`);
-      return undefined;
-    }
-    return port;
-  };
-
-  /** In published mode: the host port of a container port, per address family. */
-  const hostPort = (service: string, label: string, port: number, proto: Proto): { v4?: number; v6?: number } | undefined => {
-    const bindings = portBindings[`${port}/${proto}`] ?? [];
-    const find = (accept: string[]) => {
-      for (const b of bindings) {
-        const hp = decimal(b.HostPort ?? "", 1, 65535);
-        if (hp !== undefined && accept.includes(b.HostIp ?? "")) return hp;
-      }
-      return undefined;
-    };
-    const v4 = ipv4 ? find(["", "0.0.0.0", ipv4]) : undefined;
-    const v6 = ipv6 ? find(["", "::", ipv6]) : undefined;
-    if (v4 === undefined && v6 === undefined) {
-      const on = [ipv4, ipv6].filter(Boolean).join(" or ");
-      warnings.push(`${who}: label ${label}=${port}: port ${port}/${proto} is not published on the host address ${on}; service ${service} has no ${proto} port`);
-      return undefined;
-    }
-    return { v4, v6 };
-  };
-
+  const services = !state.Running || state.Restarting ? [] : validServices(labels, ctx);
+  const address = services.length === 0 ? undefined : backendAddress(c, opts, ctx);
+  if (!address) return { backends, warnings: ctx.warnings };
+  const drained = drainReason(state, opts.draining);
   for (const service of services) {
-    const ports: Partial<Record<Proto, number>> = {};
-    let v4ok = !!ipv4;
-    let v6ok = !!ipv6;
-    for (const proto of ["tcp", "udp"] as const) {
-      const label = labels[specific(service, proto)] !== undefined ? specific(service, proto) : labels[generic(proto)] !== undefined ? generic(proto) : undefined;
-      if (!label) continue;
-      const port = labelPort(service, label, proto);
-      if (port === undefined) continue;
-      if (!published) {
-        ports[proto] = port;
-        continue;
-      }
-      const hp = hostPort(service, label, port, proto);
-      if (!hp) continue;
-      // One backend has one port per protocol for both families: the IPv4 binding decides,
-      // and an IPv6 binding to another host port leaves IPv6 out.
-      const chosen = hp.v4 ?? hp.v6!;
-      if (ipv4 && hp.v4 === undefined) v4ok = false;
-      if (ipv6 && hp.v6 !== chosen) {
-        if (hp.v6 !== undefined) warnings.push(`${who}: port ${port}/${proto} is published on different host ports for IPv4 and IPv6; service ${service} is published on IPv4 only`);
-        v6ok = false;
-      }
-      ports[proto] = chosen;
-    }
-    if (ports.tcp === undefined && ports.udp === undefined) {
-      if (labels[specific(service, "tcp")] === undefined && labels[generic("tcp")] === undefined && labels[specific(service, "udp")] === undefined && labels[generic("udp")] === undefined) {
-        warnings.push(`${who}: service ${service}: no port label (${generic("tcp")}, ${specific(service, "tcp")} or the udp ones); skipped`);
-      }
-      continue;
-    }
-
-    let weight = DEFAULT_WEIGHT;
-    const wLabel = labels[specific(service, "weight")] !== undefined ? specific(service, "weight") : labels[generic("weight")] !== undefined ? generic("weight") : undefined;
-    if (wLabel) {
-      const w = decimal(labels[wLabel]!, 0, MAX_WEIGHT);
-      if (w === undefined) warnings.push(`${who}: label ${wLabel}=${JSON.stringify(labels[wLabel])}: not a weight (0-${MAX_WEIGHT}); service ${service} gets the default weight ${DEFAULT_WEIGHT}`);
-      else weight = w;
-    }
-
+    const ports = servicePorts(service, address, ctx);
+    if (!ports) continue;
+    const weight = labelWeight(service, ctx);
     const b: Backend = { weight: drained ? 0 : weight };
-    if (v4ok) b.ipv4 = ipv4;
-    if (v6ok) b.ipv6 = ipv6;
-    if (!b.ipv4 && !b.ipv6) continue; // warned above
-    if (ports.tcp !== undefined) b.tcp = ports.tcp;
-    if (ports.udp !== undefined) b.udp = ports.udp;
+    if (ports.v4) b.ipv4 = address.ipv4;
+    if (ports.v6) b.ipv6 = address.ipv6;
+    if (!b.ipv4 && !b.ipv6) continue; // warned by servicePorts
+    if (ports.ports.tcp !== undefined) b.tcp = ports.ports.tcp;
+    if (ports.ports.udp !== undefined) b.udp = ports.ports.udp;
     backends.set(service, b);
   }
-  return { backends, warnings, drained: backends.size ? drained : undefined };
+  return { backends, warnings: ctx.warnings, drained: backends.size ? drained : undefined };
+}
+
+/** The services the labels name that clusterf-ipvs accepts as key names (the others are warned about). */
+function validServices(labels: Record<string, string>, ctx: LabelContext): string[] {
+  const services: string[] = [];
+  for (const name of serviceNames(labels)) {
+    // The readers' own rule for a key name (clusterf-ipvs would skip the key otherwise).
+    if (nameProblem(name) === undefined) services.push(name);
+    else ctx.warnings.push(`${ctx.who}: label ${LABEL_SERVICE}: service name ${JSON.stringify(name)} is not a valid key name; skipped`);
+  }
+  return services;
+}
+
+/** The address: the container's own on its network, or the host's in published mode; undefined (warned): none. */
+function backendAddress(c: ContainerInspect, opts: BackendOptions, ctx: LabelContext): BackendAddress | undefined {
+  const bindings = c.NetworkSettings?.Ports ?? {};
+  if (opts.published) return { ipv4: opts.published.ipv4 || undefined, ipv6: opts.published.ipv6 || undefined, published: true, bindings };
+  const networks = c.NetworkSettings?.Networks ?? {};
+  const net = chooseNetwork(networks, opts.network, ctx);
+  if (net === undefined) return undefined;
+  const settings = networks[net] ?? {};
+  const address: BackendAddress = { published: false, bindings };
+  try {
+    address.ipv4 = parseIPv4(settings.IPAddress ?? "", "IPAddress");
+  } catch {
+    ctx.warnings.push(`${ctx.who}: network ${net}: IPv4 address ${JSON.stringify(settings.IPAddress)} is not valid; ignored`);
+  }
+  try {
+    address.ipv6 = parseIPv6(settings.GlobalIPv6Address ?? "", "GlobalIPv6Address");
+  } catch {
+    ctx.warnings.push(`${ctx.who}: network ${net}: IPv6 address ${JSON.stringify(settings.GlobalIPv6Address)} is not valid; ignored`);
+  }
+  if (!address.ipv4 && !address.ipv6) {
+    ctx.warnings.push(`${ctx.who}: no IP address on network ${net}: not published`);
+    return undefined;
+  }
+  return address;
+}
+
+/** The network whose address is published: -docker-network, or the first by name (warned when there are several). */
+function chooseNetwork(networks: Record<string, unknown>, wanted: string | undefined, ctx: LabelContext): string | undefined {
+  const netNames = Object.keys(networks).sort();
+  if (wanted) {
+    if (networks[wanted]) return wanted;
+    ctx.warnings.push(`${ctx.who}: not on the network ${JSON.stringify(wanted)} (-docker-network); on ${netNames.length ? netNames.join(", ") : "no network"}: not published`);
+    return undefined;
+  }
+  if (netNames.length === 0) {
+    ctx.warnings.push(`${ctx.who}: on no network: not published`);
+    return undefined;
+  }
+  const net = netNames[0]!;
+  if (netNames.length > 1) {
+    ctx.warnings.push(`${ctx.who}: on several networks (${netNames.join(", ")}); publishing its address on ${net}; choose with -docker-network`);
+  }
+  return net;
+}
+
+/** Weight 0 (drain) for a container that is up but should get no new connections: why, or undefined. */
+function drainReason(state: NonNullable<ContainerInspect["State"]>, stopping: boolean | undefined): string | undefined {
+  const health = state.Health?.Status;
+  if (state.Paused) return "paused";
+  if (stopping) return "stopping";
+  if (health === "unhealthy") return "unhealthy";
+  if (health === "starting") return "health check starting";
+  return undefined;
+}
+
+/** A service's tcp and udp ports from the labels; undefined (warned where it should be) when it has none. */
+function servicePorts(service: string, address: BackendAddress, ctx: LabelContext): ServicePorts | undefined {
+  const out: ServicePorts = { ports: {}, v4: !!address.ipv4, v6: !!address.ipv6 };
+  for (const proto of ["tcp", "udp"] as const) {
+    const label = labelFor(ctx.labels, service, proto);
+    if (!label) continue;
+    const port = labelPort(service, label, proto, ctx);
+    if (port === undefined) continue;
+    if (address.published) publishedPort(service, label, port, proto, address, out, ctx);
+    else out.ports[proto] = port;
+  }
+  if (out.ports.tcp !== undefined || out.ports.udp !== undefined) return out;
+  if (!labelFor(ctx.labels, service, "tcp") && !labelFor(ctx.labels, service, "udp")) {
+    ctx.warnings.push(`${ctx.who}: service ${service}: no port label (${genericLabel("tcp")}, ${serviceLabel(service, "tcp")} or the udp ones); skipped`);
+  }
+  return undefined;
+}
+
+/** The port a label gives, checked; undefined (with a warning) when it is bad. */
+function labelPort(service: string, label: string, proto: Proto, ctx: LabelContext): number | undefined {
+  const text = ctx.labels[label]!;
+  const port = decimal(text, 1, 65535);
+  if (port === undefined) {
+    ctx.warnings.push(`${ctx.who}: label ${label}=${JSON.stringify(text)}: not a port number (1-65535); service ${service} has no ${proto} port`);
+    return undefined;
+  }
+  const dockerPort = `${port}/${proto}`;
+  if (!Object.hasOwn(ctx.exposed, dockerPort)) {
+    ctx.warnings.push(`${ctx.who}: label ${label}=${text}: port ${dockerPort} is not exposed by the container; service ${service} has no ${proto} port`);
+    return undefined;
+  }
+  return port;
+}
+
+/**
+ * In published mode: the host port of a container port goes into `out`. One backend has one port
+ * per protocol for both families: the IPv4 binding decides, and an IPv6 binding to another host
+ * port leaves IPv6 out.
+ */
+function publishedPort(service: string, label: string, port: number, proto: Proto, address: BackendAddress, out: ServicePorts, ctx: LabelContext): void {
+  const bindings = address.bindings[`${port}/${proto}`] ?? [];
+  const find = (accept: string[]) => {
+    for (const b of bindings) {
+      const hp = decimal(b.HostPort ?? "", 1, 65535);
+      if (hp !== undefined && accept.includes(b.HostIp ?? "")) return hp;
+    }
+    return undefined;
+  };
+  const { ipv4, ipv6 } = address;
+  const v4 = ipv4 ? find(["", "0.0.0.0", ipv4]) : undefined;
+  const v6 = ipv6 ? find(["", "::", ipv6]) : undefined;
+  if (v4 === undefined && v6 === undefined) {
+    const on = [ipv4, ipv6].filter(Boolean).join(" or ");
+    ctx.warnings.push(`${ctx.who}: label ${label}=${port}: port ${port}/${proto} is not published on the host address ${on}; service ${service} has no ${proto} port`);
+    return;
+  }
+  const chosen = v4 ?? v6!;
+  if (ipv4 && v4 === undefined) out.v4 = false;
+  if (ipv6 && v6 !== chosen) {
+    if (v6 !== undefined) ctx.warnings.push(`${ctx.who}: port ${port}/${proto} is published on different host ports for IPv4 and IPv6; service ${service} is published on IPv4 only`);
+    out.v6 = false;
+  }
+  out.ports[proto] = chosen;
+}
+
+/** The weight the labels give a service (the default, with a warning, when the label is bad). */
+function labelWeight(service: string, ctx: LabelContext): number {
+  const label = labelFor(ctx.labels, service, "weight");
+  if (!label) return DEFAULT_WEIGHT;
+  const w = decimal(ctx.labels[label]!, 0, MAX_WEIGHT);
+  if (w !== undefined) return w;
+  ctx.warnings.push(`${ctx.who}: label ${label}=${JSON.stringify(ctx.labels[label])}: not a weight (0-${MAX_WEIGHT}); service ${service} gets the default weight ${DEFAULT_WEIGHT}`);
+  return DEFAULT_WEIGHT;
 }
 
 /** The JSON text written to etcd for a backend: fixed key order, absent fields left out. */
