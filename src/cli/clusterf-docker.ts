@@ -2,7 +2,7 @@
 // (docs/config.md §6), all under one etcd lease that this daemon keeps alive.
 
 import { join } from "node:path";
-import type { IOptions } from "etcd3";
+import type { Etcd3, IOptions } from "etcd3";
 import { makeEtcdClient } from "../etcd/client.ts";
 import { passThroughFaultHandling } from "../etcd/faults.ts";
 import { parseIPv4, parseIPv6 } from "../config/values.ts";
@@ -57,7 +57,7 @@ function checkCombination(flags: FlagValues): void {
 }
 
 /** An etcd client that leaves retries to the daemon (no circuit breaker holding a single endpoint back). */
-function etcdClient(flags: FlagValues) {
+function etcdClient(flags: FlagValues): Etcd3 {
   const extra: Partial<IOptions> = {
     ...passThroughFaultHandling(),
     grpcOptions: { "grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 3000 },
@@ -65,50 +65,28 @@ function etcdClient(flags: FlagValues) {
   return makeEtcdClient(etcdClientOptions(flags), extra);
 }
 
-export async function main(argv: string[]): Promise<number> {
-  const flags = parseOrExit("clusterf-docker", "Publishes this Docker host's labelled containers as clusterf backends in etcd.", argv, DOCKER_FLAGS);
-  try {
-    checkCombination(flags);
-  } catch (e) {
-    process.stderr.write(`clusterf-docker: ${(e as Error).message}\n`);
-    return 2;
-  }
-  log.configureLog({ level: flags.debug ? "debug" : undefined, json: flags["log-format"] === "json" });
-  let client;
-  try {
-    client = etcdClient(flags);
-  } catch (e) {
-    log.error(`etcd: ${(e as Error).message}`);
-    return 1;
-  }
+/** The daemon from the flags (not started). */
+function dockerDaemon(flags: FlagValues, client: Etcd3): DockerDaemon {
   const stateDir = flags["state-dir"] as string;
-  const prefix = etcdPrefix(flags);
-  const ttlSeconds = etcdTtlSeconds(flags);
-  const daemon = new DockerDaemon(client, {
+  return new DockerDaemon(client, {
     dockerEndpoint: flags["docker-endpoint"] as string,
     network: (flags["docker-network"] as string) || undefined,
     published: flags["backend-published"]
       ? { ipv4: parseIPv4(flags["host-ipv4"] as string, "host-ipv4"), ipv6: parseIPv6(flags["host-ipv6"] as string, "host-ipv6") }
       : undefined,
-    prefix,
-    ttlSeconds,
+    prefix: etcdPrefix(flags),
+    ttlSeconds: etcdTtlSeconds(flags),
     stateFile: stateDir ? join(stateDir, STATE_FILE) : undefined,
     etcdEndpoints: etcdEndpoints(flags),
   });
-  log.info("clusterf-docker: starting", {
-    docker: flags["docker-endpoint"] as string,
-    etcd: flags["etcd-machines"] as string,
-    prefix,
-    ttl: ttlSeconds,
-  });
-  const metrics = startMetrics(flags["metrics-listen"] as string, () => dockerMetrics(daemon), () => dockerHealth(daemon));
-  if (metrics === null) {
-    client.close();
-    return 1;
-  }
-  daemon.start();
+}
 
-  return await new Promise<number>((resolve) => {
+/**
+ * Runs until SIGTERM or SIGINT (a second one exits at once), then stops the daemon (revoking
+ * the lease with -exit-revoke); SIGHUP resyncs meanwhile. The exit status.
+ */
+function untilStopped(flags: FlagValues, daemon: DockerDaemon, client: Etcd3, metrics: ReturnType<typeof startMetrics>): Promise<number> {
+  return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) {
@@ -141,6 +119,38 @@ export async function main(argv: string[]): Promise<number> {
       daemon.resync().catch((e) => log.error(`resync: ${(e as Error).message}`));
     });
   });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const flags = parseOrExit("clusterf-docker", "Publishes this Docker host's labelled containers as clusterf backends in etcd.", argv, DOCKER_FLAGS);
+  try {
+    checkCombination(flags);
+  } catch (e) {
+    process.stderr.write(`clusterf-docker: ${(e as Error).message}\n`);
+    return 2;
+  }
+  log.configureLog({ level: flags.debug ? "debug" : undefined, json: flags["log-format"] === "json" });
+  let client: Etcd3;
+  try {
+    client = etcdClient(flags);
+  } catch (e) {
+    log.error(`etcd: ${(e as Error).message}`);
+    return 1;
+  }
+  const daemon = dockerDaemon(flags, client);
+  log.info("clusterf-docker: starting", {
+    docker: flags["docker-endpoint"] as string,
+    etcd: flags["etcd-machines"] as string,
+    prefix: etcdPrefix(flags),
+    ttl: etcdTtlSeconds(flags),
+  });
+  const metrics = startMetrics(flags["metrics-listen"] as string, () => dockerMetrics(daemon), () => dockerHealth(daemon));
+  if (metrics === null) {
+    client.close();
+    return 1;
+  }
+  daemon.start();
+  return await untilStopped(flags, daemon, client, metrics);
 }
 
 if (import.meta.main) {

@@ -2,7 +2,7 @@
 
 import { statSync } from "node:fs";
 import type { ConfigSource } from "../config/source.ts";
-import { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
+import { IpvsDaemon, type IpvsDaemonOptions } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
@@ -70,8 +70,16 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "advertise-route-ipvs-method", type: "string", default: "", help: "IpvsMethod of the advertised route: masq, droute, tunnel or filter" },
 ];
 
+/** The advertised route's key and value, its name and the etcd prefix. */
+interface AdvertisedRouteFlags {
+  key: string;
+  value: string;
+  name: string;
+  prefix: string;
+}
+
 /** The advertised route from the flags, checked as readers will check it; undefined when not asked for. */
-function advertisedRoute(flags: FlagValues): { key: string; value: string; name: string; prefix: string } | undefined {
+function advertisedRoute(flags: FlagValues): AdvertisedRouteFlags | undefined {
   const name = flags["advertise-route-name"] as string;
   if (!name) return undefined;
   if (!/^[^/\s]+$/.test(name)) throw new FlagError(`invalid value ${JSON.stringify(name)} for flag -advertise-route-name: not a key name`);
@@ -112,26 +120,12 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   return sources;
 }
 
-export async function main(argv: string[]): Promise<number> {
-  const flags = parseOrExit("clusterf-ipvs", "Keeps the kernel's IPVS table equal to the clusterf config.", argv, IPVS_FLAGS);
-  let advertise: ReturnType<typeof advertisedRoute>;
-  try {
-    advertise = advertisedRoute(flags);
-  } catch (e) {
-    process.stderr.write(`clusterf-ipvs: ${(e as Error).message}\n`);
-    return 2;
-  }
-  log.configureLog({ level: flags["ipvs-debug"] ? "debug" : undefined, json: flags["log-format"] === "json" });
-  let ipvs: IpvsTable;
-  try {
-    ipvs = await openIpvs(flags);
-  } catch (e) {
-    log.error(`IPVS: ${(e as Error).message}`);
-    return 1;
-  }
-  const sources = await openSources(flags);
-  if (sources.length === 0) log.warn("config: no sources (-config-path and -etcd-machines are both empty): the table will be empty");
-  const daemon = new IpvsDaemon(ipvs, sources, {
+/** The metrics server once started: undefined when -metrics-listen is empty. */
+type Metrics = Exclude<ReturnType<typeof startMetrics>, null>;
+
+/** The daemon's options from the flags. */
+function daemonOptions(flags: FlagValues): IpvsDaemonOptions {
+  return {
     desired: {
       defaultMethod: flags["ipvs-fwd-method"] as "masq" | "droute" | "tunnel",
       scheduler: flags["ipvs-sched-name"] as string,
@@ -149,7 +143,94 @@ export async function main(argv: string[]): Promise<number> {
     health: flags.once ? undefined : new Checker(),
     // -once serves nothing while it works: it may pause to collect the parse's garbage.
     collectAfterLargeSteps: flags.once as boolean,
+  };
+}
+
+/** -metrics-listen: prom-client only when metrics are asked for (13 MiB of a start-up without them). */
+async function startIpvsMetrics(flags: FlagValues, daemon: IpvsDaemon): Promise<ReturnType<typeof startMetrics>> {
+  const listen = flags["metrics-listen"] as string;
+  const m = listen ? await import("../metrics/ipvs-metrics.ts") : undefined;
+  return startMetrics(listen, () => m!.ipvsMetrics(daemon), () => m!.ipvsHealth(daemon));
+}
+
+/** -once: waits for the first apply (at most -once-timeout), stops; the exit status. */
+async function runOnce(flags: FlagValues, daemon: IpvsDaemon, firstApply: ReturnType<IpvsDaemon["nextApply"]>, metrics: Metrics): Promise<number> {
+  const timeout = flags["once-timeout"] as number;
+  const result = await Promise.race([firstApply, Bun.sleep(timeout).then(() => undefined)]);
+  await daemon.stop();
+  metrics?.stop();
+  if (!result) {
+    log.error("once: the config sources did not deliver a first read in time", { timeoutMs: timeout });
+    return 1;
+  }
+  if (!daemon.desired.checkTargets().next().done) log.info("once: health checks do not run with -once; the configured weights were programmed");
+  return result.errors === 0 ? 0 : 1;
+}
+
+/** What advertising a route runs: the advertiser, its etcd client and the health records under its lease. */
+interface Advertising {
+  advertiser: RouteAdvertiser;
+  etcdClient: Etcd3;
+  publisher?: HealthPublisher;
+}
+
+/** -advertise-route-*: the route goes into etcd after the first apply, the backends' health with it. */
+async function startAdvertising(flags: FlagValues, route: AdvertisedRouteFlags, daemon: IpvsDaemon, firstApply: Promise<unknown>): Promise<Advertising> {
+  const { makeEtcdClient } = await import("../etcd/client.ts");
+  const { passThroughFaultHandling } = await import("../etcd/faults.ts");
+  const etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
+  const advertiser = new RouteAdvertiser(etcdClient, route.key, route.value, etcdTtlSeconds(flags));
+  firstApply.then(() => advertiser.start());
+  // The health of the backends behind the route, under its lease, for the frontend tier.
+  const health = daemon.health;
+  if (!health) return { advertiser, etcdClient };
+  const publisher = new HealthPublisher(advertiser, () => daemon.healthRecords(), route.prefix, route.name);
+  health.listen({ change: () => publisher.update() });
+  daemon.onSync(() => publisher.update());
+  return { advertiser, etcdClient, publisher };
+}
+
+/** Runs until SIGTERM or SIGINT, then stops everything; the exit status. */
+function untilStopped(daemon: IpvsDaemon, advertising: Advertising | undefined, metrics: Metrics): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const stop = (signal: string) => {
+      log.info("exit", { signal });
+      advertising?.publisher?.stop();
+      Promise.all([advertising?.advertiser.stop(), daemon.stop()])
+        .finally(() => {
+          advertising?.etcdClient.close();
+          metrics?.stop();
+        })
+        .then(
+          () => resolve(0),
+          () => resolve(1),
+        );
+    };
+    process.once("SIGTERM", () => stop("SIGTERM"));
+    process.once("SIGINT", () => stop("SIGINT"));
   });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const flags = parseOrExit("clusterf-ipvs", "Keeps the kernel's IPVS table equal to the clusterf config.", argv, IPVS_FLAGS);
+  let advertise: AdvertisedRouteFlags | undefined;
+  try {
+    advertise = advertisedRoute(flags);
+  } catch (e) {
+    process.stderr.write(`clusterf-ipvs: ${(e as Error).message}\n`);
+    return 2;
+  }
+  log.configureLog({ level: flags["ipvs-debug"] ? "debug" : undefined, json: flags["log-format"] === "json" });
+  let ipvs: IpvsTable;
+  try {
+    ipvs = await openIpvs(flags);
+  } catch (e) {
+    log.error(`IPVS: ${(e as Error).message}`);
+    return 1;
+  }
+  const sources = await openSources(flags);
+  if (sources.length === 0) log.warn("config: no sources (-config-path and -etcd-machines are both empty): the table will be empty");
+  const daemon = new IpvsDaemon(ipvs, sources, daemonOptions(flags));
 
   // SIGHUP reloads (its default action would kill the daemon, leaving an advertised route to its TTL).
   process.on("SIGHUP", () => {
@@ -158,10 +239,7 @@ export async function main(argv: string[]): Promise<number> {
   });
 
   const firstApply = daemon.nextApply();
-  // prom-client only when metrics are asked for: 13 MiB of a start-up without them.
-  const listen = flags["metrics-listen"] as string;
-  const m = listen ? await import("../metrics/ipvs-metrics.ts") : undefined;
-  const metrics = startMetrics(listen, () => m!.ipvsMetrics(daemon), () => m!.ipvsHealth(daemon));
+  const metrics = await startIpvsMetrics(flags, daemon);
   if (metrics === null) return 1;
   try {
     await daemon.start();
@@ -170,55 +248,9 @@ export async function main(argv: string[]): Promise<number> {
     await daemon.stop().catch(() => {});
     return 1;
   }
-
-  if (flags.once) {
-    const timeout = flags["once-timeout"] as number;
-    const result = await Promise.race([firstApply, Bun.sleep(timeout).then(() => undefined)]);
-    await daemon.stop();
-    metrics?.stop();
-    if (!result) {
-      log.error("once: the config sources did not deliver a first read in time", { timeoutMs: timeout });
-      return 1;
-    }
-    if (!daemon.desired.checkTargets().next().done) log.info("once: health checks do not run with -once; the configured weights were programmed");
-    return result.errors === 0 ? 0 : 1;
-  }
-
-  let advertiser: RouteAdvertiser | undefined;
-  let etcdClient: Etcd3 | undefined;
-  let publisher: HealthPublisher | undefined;
-  if (advertise) {
-    const { makeEtcdClient } = await import("../etcd/client.ts");
-    const { passThroughFaultHandling } = await import("../etcd/faults.ts");
-    etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
-    advertiser = new RouteAdvertiser(etcdClient, advertise.key, advertise.value, etcdTtlSeconds(flags));
-    firstApply.then(() => advertiser!.start());
-    // The health of the backends behind the route, under its lease, for the frontend tier.
-    const health = daemon.health;
-    if (health) {
-      publisher = new HealthPublisher(advertiser, () => daemon.healthRecords(), advertise.prefix, advertise.name);
-      health.listen({ change: () => publisher!.update() });
-      daemon.onSync(() => publisher!.update());
-    }
-  }
-
-  return await new Promise<number>((resolve) => {
-    const stop = (signal: string) => {
-      log.info("exit", { signal });
-      publisher?.stop();
-      Promise.all([advertiser?.stop(), daemon.stop()])
-        .finally(() => {
-          etcdClient?.close();
-          metrics?.stop();
-        })
-        .then(
-        () => resolve(0),
-        () => resolve(1),
-      );
-    };
-    process.once("SIGTERM", () => stop("SIGTERM"));
-    process.once("SIGINT", () => stop("SIGINT"));
-  });
+  if (flags.once) return await runOnce(flags, daemon, firstApply, metrics);
+  const advertising = advertise ? await startAdvertising(flags, advertise, daemon, firstApply) : undefined;
+  return await untilStopped(daemon, advertising, metrics);
 }
 
 if (import.meta.main) {

@@ -71,6 +71,20 @@ function isCompactedError(e: unknown): boolean {
 /** How a watch stream ended without an error: a full re-read is due ("compacted", "resync"), or stop(). */
 type WatchOutcome = "compacted" | "resync" | "stopped";
 
+/** A watch stream being read (watchFrom), for its response handlers. */
+interface ActiveWatch {
+  host: string;
+  /** The revision it started from. */
+  from: number;
+  /** etcd confirmed it; `done`: it has ended. */
+  created: boolean;
+  done: boolean;
+  /** Abandons a watch that is not confirmed in time. */
+  createTimer: ReturnType<typeof setTimeout>;
+  /** Ends it: rejected with `err`, or resolved with `outcome`. */
+  finish(err: Error | null, outcome?: WatchOutcome): void;
+}
+
 /**
  * Config from etcd. start() resolves as soon as the first attempt is over: after the initial
  * snapshot, or (etcd unreachable) after reporting status down; it never waits for etcd to come
@@ -355,75 +369,34 @@ export class EtcdSource implements ConfigSource {
   private async watchFrom(startRev: number): Promise<WatchOutcome> {
     const { stream, host } = await openWatchStream(this.client);
     return new Promise<WatchOutcome>((resolve, reject) => {
-      let done = false;
-      let created = false;
-      const finish = (err: Error | null, outcome?: WatchOutcome) => {
-        if (done) return;
-        done = true;
-        clearTimeout(createTimer);
-        this.cancelWatch = null;
-        this.watchHost = null;
-        try {
-          stream.cancel();
-        } catch {
-          /* already closed */
-        }
-        if (err) {
-          const cast = castGrpcError(err);
-          if (cast instanceof EtcdInvalidAuthTokenError) this.invalidateToken();
-          if (!(cast instanceof SkipHost)) this.hostHealth.failed(host);
-          reject(new Error(`${host}: ${describe(cast)}`));
-        } else resolve(outcome!);
+      const watch: ActiveWatch = {
+        host,
+        from: startRev,
+        created: false,
+        done: false,
+        createTimer: setTimeout(() => watch.finish(new Error(`watch not created within ${this.createTimeout} ms`)), this.createTimeout),
+        finish: (err, outcome) => {
+          if (watch.done) return;
+          watch.done = true;
+          clearTimeout(watch.createTimer);
+          this.cancelWatch = null;
+          this.watchHost = null;
+          try {
+            stream.cancel();
+          } catch {
+            /* already closed */
+          }
+          if (err) reject(this.watchError(err, host));
+          else resolve(outcome!);
+        },
       };
-      const createTimer = setTimeout(
-        () => finish(new Error(`watch not created within ${this.createTimeout} ms`)),
-        this.createTimeout,
-      );
-      this.cancelWatch = (outcome) => finish(null, outcome);
-
+      this.cancelWatch = (outcome) => watch.finish(null, outcome);
       stream.on("data", (res: any) => {
-        if (done) return;
-        try {
-          if (res.canceled) {
-            const compact = Number(res.compact_revision);
-            if (compact > 0) {
-              info("etcd revision compacted, re-reading everything", {
-                prefix: this.prefix,
-                had: this.rev ?? undefined,
-                compacted: compact,
-              });
-              finish(null, "compacted");
-            } else {
-              // etcd 3.4 answers a watch with an expired or unknown token by "permission denied":
-              // get a new token for the next attempt.
-              if (/permission denied|auth token/i.test(res.cancel_reason ?? "")) this.invalidateToken();
-              finish(new Error(`watch canceled by etcd: ${res.cancel_reason || "no reason given"}`));
-            }
-            return;
-          }
-          if (res.created) {
-            created = true;
-            clearTimeout(createTimer);
-            this.hostHealth.ok(host);
-            this.watchHost = host;
-            this.backoff.reset();
-            this.setStatus(true);
-            debug("etcd watch created", { host, from: startRev });
-            this.endFirstAttempt();
-          }
-          if (res.events.length > 0) this.deliver(res.events);
-          else if (created && !res.created) {
-            // A progress notification: every change up to the header revision has been sent.
-            const r = Number(res.header.revision);
-            if (this.rev === null || r > this.rev) this.rev = r;
-          }
-        } catch (e) {
-          logError("etcd watch response failed", { err: describe(e) });
-        }
+        if (!watch.done) this.onWatchResponse(res, watch);
       });
-      stream.on("error", (err: Error) => finish(err));
-      stream.on("end", () => finish(new Error("watch stream ended")));
-      if (this.resyncWanted) return finish(null, "resync"); // asked for while the stream was being opened
+      stream.on("error", (err: Error) => watch.finish(err));
+      stream.on("end", () => watch.finish(new Error("watch stream ended")));
+      if (this.resyncWanted) return watch.finish(null, "resync"); // asked for while the stream was being opened
       stream.write({
         create_request: {
           key: this.base,
@@ -433,6 +406,54 @@ export class EtcdSource implements ConfigSource {
         },
       });
     });
+  }
+
+  /** What a broken watch rejects with; a refused token is dropped, and the host counts as failed. */
+  private watchError(err: Error, host: string): Error {
+    const cast = castGrpcError(err);
+    if (cast instanceof EtcdInvalidAuthTokenError) this.invalidateToken();
+    if (!(cast instanceof SkipHost)) this.hostHealth.failed(host);
+    return new Error(`${host}: ${describe(cast)}`);
+  }
+
+  /** One response on the watch stream: canceled, created, events, or a progress notification. */
+  private onWatchResponse(res: any, watch: ActiveWatch): void {
+    try {
+      if (res.canceled) return this.onWatchCanceled(res, watch);
+      if (res.created) this.onWatchCreated(watch);
+      if (res.events.length > 0) this.deliver(res.events);
+      else if (watch.created && !res.created) {
+        // A progress notification: every change up to the header revision has been sent.
+        const r = Number(res.header.revision);
+        if (this.rev === null || r > this.rev) this.rev = r;
+      }
+    } catch (e) {
+      logError("etcd watch response failed", { err: describe(e) });
+    }
+  }
+
+  private onWatchCreated(watch: ActiveWatch): void {
+    watch.created = true;
+    clearTimeout(watch.createTimer);
+    this.hostHealth.ok(watch.host);
+    this.watchHost = watch.host;
+    this.backoff.reset();
+    this.setStatus(true);
+    debug("etcd watch created", { host: watch.host, from: watch.from });
+    this.endFirstAttempt();
+  }
+
+  /** etcd canceled the watch: its revision was compacted (a full re-read is due), or an error. */
+  private onWatchCanceled(res: any, watch: ActiveWatch): void {
+    const compact = Number(res.compact_revision);
+    if (compact > 0) {
+      info("etcd revision compacted, re-reading everything", { prefix: this.prefix, had: this.rev ?? undefined, compacted: compact });
+      return watch.finish(null, "compacted");
+    }
+    // etcd 3.4 answers a watch with an expired or unknown token by "permission denied": get a new
+    // token for the next attempt.
+    if (/permission denied|auth token/i.test(res.cancel_reason ?? "")) this.invalidateToken();
+    watch.finish(new Error(`watch canceled by etcd: ${res.cancel_reason || "no reason given"}`));
   }
 
   private invalidateToken(): void {
