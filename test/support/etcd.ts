@@ -235,41 +235,31 @@ class Member implements EtcdMember {
   }
 
   /** Waits until the member answers on its client URL (a /version GET). */
-  async waitAnswering(timeoutMs = 15000): Promise<void> {
-    let last = "";
-    const answers = async () => {
-      this.throwIfExited();
-      try {
-        const r = await fetch(`${this.clientUrl}/version`, { signal: AbortSignal.timeout(500), ...this.fetchTls() });
-        last = `HTTP ${r.status}`;
-        return r.ok;
-      } catch (e) {
-        last = String(e);
-        return false;
-      }
-    };
-    await until(answers, timeoutMs, () => `etcd ${this.name} to answer (${last}), see ${this.logFile}`, 50);
-  }
-
-  private throwIfExited(): void {
-    if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
+  waitAnswering(timeoutMs = 15000): Promise<void> {
+    return this.poll("/version", 500, (r) => r.ok, "to answer", timeoutMs);
   }
 
   /** Waits until /health says true: the member is up and sees a leader. */
-  async waitHealthy(timeoutMs = 15000): Promise<void> {
+  waitHealthy(timeoutMs = 15000): Promise<void> {
+    return this.poll("/health", 1000, (r, body) => r.ok && /"health":\s*"true"/.test(body), "healthy", timeoutMs);
+  }
+
+  /** GETs `path` until `ok`; throws at once when the member has exited. */
+  private async poll(path: string, requestMs: number, ok: (r: Response, body: string) => boolean, what: string, timeoutMs: number): Promise<void> {
     let last = "";
-    const healthy = async () => {
-      this.throwIfExited();
+    const answered = async () => {
+      if (!this.running) throw new Error(`etcd ${this.name} exited while starting, see ${this.logFile}`);
       try {
-        const r = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000), ...this.fetchTls() });
-        last = await r.text();
-        return r.ok && /"health":\s*"true"/.test(last);
+        const r = await fetch(`${this.clientUrl}${path}`, { signal: AbortSignal.timeout(requestMs), ...this.fetchTls() });
+        const body = await r.text();
+        last = `HTTP ${r.status} ${body}`;
+        return ok(r, body);
       } catch (e) {
         last = String(e);
         return false;
       }
     };
-    await until(healthy, timeoutMs, () => `etcd ${this.name} healthy (${last}), see ${this.logFile}`, 50);
+    await until(answered, timeoutMs, () => `etcd ${this.name} ${what} (${last}), see ${this.logFile}`, 50);
   }
 }
 
