@@ -2,10 +2,11 @@
 // created or that the config describes. Which ones it created is kept in
 // <-state-dir>/ipvs-owned.json, so that a restart still knows them.
 
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Op } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
+import { writeJsonAtomic } from "../util/state-file.ts";
 
 const OWNED_FILE = "ipvs-owned.json";
 
@@ -48,9 +49,7 @@ export class Ownership {
     if (!this.dirty || !this.stateDir || this.noop) return;
     const file = join(this.stateDir, OWNED_FILE);
     try {
-      mkdirSync(this.stateDir, { recursive: true });
-      writeFileSync(file + ".tmp", JSON.stringify({ services: [...this.owned].sort() }) + "\n");
-      renameSync(file + ".tmp", file);
+      writeJsonAtomic(file, { services: [...this.owned].sort() });
       this.dirty = false;
     } catch (e) {
       log.warn("state: cannot save the list of services this daemon created", { file, error: (e as Error).message });
