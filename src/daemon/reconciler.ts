@@ -296,7 +296,8 @@ export class Reconciler {
 export function* listSteps(ipvs: IpvsTable): Steps<ObservedService[]> {
   if (!ipvs.listServices) return ipvs.list();
   const out: ObservedService[] = [];
-  for (const s of ipvs.listServices()) {
+  const services = ipvs.listServicesSteps ? yield* ipvs.listServicesSteps() : ipvs.listServices();
+  for (const s of services) {
     yield;
     try {
       s.dests.push(...ipvs.listDests(s));

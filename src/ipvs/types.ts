@@ -6,6 +6,7 @@
 // each keeping a copy of every destination.
 
 import ipaddr from "ipaddr.js";
+import type { Steps } from "../util/slices.ts";
 
 export type Family = "inet" | "inet6";
 export type Protocol = "tcp" | "udp" | "sctp";
@@ -128,6 +129,13 @@ export interface IpvsTable {
    * pausing in between (docs/config.md §4).
    */
   listServices?(): ObservedService[];
+  /** listServices() with pauses (yields) between the parts of its answer. */
+  listServicesSteps?(): Steps<ObservedService[]>;
+  /**
+   * A handle on the same table for a reader that runs beside the syncs, in slices of its own
+   * (/metrics): the kernel's has its own socket; absent: this one.
+   */
+  reader?(): IpvsTable;
   /** One service's destinations with their connection counts (one small dump). */
   listDests(service: ServiceKey): ObservedDest[];
   addService(service: Service): void;

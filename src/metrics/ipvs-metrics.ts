@@ -3,7 +3,7 @@
 
 import client from "prom-client";
 import type { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
-import type { ObservedService } from "../ipvs/types.ts";
+import type { IpvsTable, ObservedService } from "../ipvs/types.ts";
 import { listSteps } from "../daemon/reconciler.ts";
 import { runSliced } from "../util/slices.ts";
 import { scrapedMetric, type Exposition, type Health } from "./server.ts";
@@ -20,10 +20,14 @@ const LIST_CACHE_MS = 1000;
 export function ipvsMetrics(daemon: IpvsDaemon): Exposition {
   const registry = daemonRegistry(daemon);
   let cache: { at: number; services: Promise<ObservedService[]> } | undefined;
+  // Its own handle on the table: its read pauses between slices while the daemon syncs.
+  let table: IpvsTable | undefined;
   // One read of the kernel for the scrapes of the same second, one service at a time.
   const listed = (): Promise<ObservedService[]> => {
     if (!cache || Date.now() - cache.at > LIST_CACHE_MS) {
-      const services = runSliced(listSteps(daemon.reconciler.ipvs)).then(
+      const ipvs = daemon.reconciler.ipvs;
+      table ??= ipvs.reader?.() ?? ipvs;
+      const services = runSliced(listSteps(table)).then(
         (s) => s ?? [],
         () => [],
       );

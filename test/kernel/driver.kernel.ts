@@ -489,6 +489,33 @@ describe("kernel IPVS driver", () => {
     expect(got.reduce((n, s) => n + s.dests.length, 0)).toBe(10000);
     expect(configOnly(got)).toEqual(configOnly(want as ObservedService[]));
     expect(ipvsadmLn()).toEqual(asIpvsadm(want));
+
+    // The services' dump a datagram at a time: the same services, with pauses in between.
+    const steps = t.listServicesSteps();
+    let pauses = 0;
+    let r = steps.next();
+    for (; !r.done; r = steps.next()) pauses++;
+    console.log(`listServicesSteps() of 1000 services: ${pauses} pauses`);
+    expect(pauses).toBeGreaterThan(2);
+    expect(r.value.map(key)).toEqual(t.listServices().map(key));
+    // A reader has its own socket: its dump, paused half-way, does not disturb this handle's
+    // requests, then ends with everything.
+    const reader = t.reader();
+    const half = reader.listServicesSteps();
+    half.next();
+    half.next();
+    expect(t.listServices().length).toBe(1000);
+    t.editDest(want[0]!, { ...want[0]!.dests[0]!, weight: 77 });
+    for (r = half.next(); !r.done; r = half.next());
+    expect(r.value.length).toBe(1000);
+    // Abandoned half-way, the reader's next request still gets its own answer (socket reopened).
+    const abandoned = reader.listServicesSteps();
+    abandoned.next();
+    abandoned.next();
+    abandoned.return([]);
+    expect(reader.listDests(want[0]!).find((d) => d.port === want[0]!.dests[0]!.port && d.address === want[0]!.dests[0]!.address)?.weight).toBe(77);
+    expect(reader.listServices().length).toBe(1000);
+    reader.close();
   });
 
   test("flush", () => {

@@ -38,6 +38,7 @@ import {
   type DecodedService,
   type Request,
 } from "./codec.ts";
+import { runSync, type Steps } from "../../util/slices.ts";
 import { ERRNO, GenlSocket, strerror } from "./libnl.ts";
 
 export const IPVS_MISSING = "IPVS is not available in this kernel: load ip_vs";
@@ -105,7 +106,7 @@ export class KernelIpvsTable implements IpvsTable {
   private readonly timeoutMs: number;
   readonly batchSize: number;
 
-  constructor(opts: KernelIpvsOptions = {}) {
+  constructor(private readonly opts: KernelIpvsOptions = {}) {
     this.debug = opts.debug;
     this.timeoutMs = opts.timeoutMs ?? 5000;
     this.batchSize = Math.max(1, opts.batchSize ?? 64);
@@ -152,6 +153,11 @@ export class KernelIpvsTable implements IpvsTable {
    * the answer messages until the ACK. onMessage gets each message of the family.
    */
   private exec(req: Request, onMessage?: OnMessage): void {
+    runSync(this.execSteps(req, onMessage));
+  }
+
+  /** exec() with a pause after each datagram of the answer (a dump's parts come a datagram at a time). */
+  private *execSteps(req: Request, onMessage?: OnMessage): Steps<void> {
     const sock = this.open();
     const w = this.w;
     w.reset();
@@ -159,7 +165,7 @@ export class KernelIpvsTable implements IpvsTable {
     encodeRequest(w, { familyId: this.familyId, seq, pid: sock.port }, req);
     if (this.debug) this.debug(`> ${describeRequest(req)} seq=${seq} ${toHex(w.bytes())}`);
     this.send(sock, req);
-    const err = this.receive(seq, seq, isDump(req), onMessage, null);
+    const err = yield* this.receiveSteps(seq, seq, isDump(req), onMessage, null);
     if (err) throw this.error(req, err);
   }
 
@@ -188,10 +194,30 @@ export class KernelIpvsTable implements IpvsTable {
     onMessage: OnMessage | undefined,
     errs: Int32Array | null,
   ): number {
+    return runSync(this.receiveSteps(first, last, dump, onMessage, errs));
+  }
+
+  /** receive() with a pause after each datagram. */
+  private *receiveSteps(
+    first: number,
+    last: number,
+    dump: boolean,
+    onMessage: OnMessage | undefined,
+    errs: Int32Array | null,
+  ): Steps<number> {
     const span = ((last - first) >>> 0) + 1;
     const awaited: Awaited = { first, last, span, dump, onMessage, errs, pending: span, result: 0 };
-    while (awaited.pending > 0) this.readMessages(this.recvDatagram(awaited), awaited);
-    return awaited.result;
+    try {
+      for (;;) {
+        this.readMessages(this.recvDatagram(awaited), awaited);
+        if (awaited.pending === 0) return awaited.result;
+        yield;
+      }
+    } finally {
+      // Abandoned between datagrams (the caller stopped): the rest of the answer would meet the
+      // next request, so the socket is reopened instead.
+      if (awaited.pending > 0) this.reset();
+    }
   }
 
   /** Reads one datagram into rbuf; returns its length. No answer in time, or a socket error: the socket is reopened and an IpvsError thrown. */
@@ -270,8 +296,17 @@ export class KernelIpvsTable implements IpvsTable {
   }
 
   listServices(): ObservedService[] {
+    return runSync(this.listServicesSteps());
+  }
+
+  /**
+   * listServices() a datagram of the dump at a time (5000 services took 0.3 s at once in a slow
+   * guest). Between two pauses nothing else may use this table's socket: a reader beside the
+   * syncs takes its own (reader()).
+   */
+  *listServicesSteps(): Steps<ObservedService[]> {
     const services: ObservedService[] = [];
-    this.exec({ type: "list-services" }, (buf, dv, off, end) => {
+    yield* this.execSteps({ type: "list-services" }, (buf, dv, off, end) => {
       const a = findAttr(dv, off, end, CMD_ATTR_SERVICE);
       if (!a) return;
       const svc = decodeService(buf, dv, a[0], a[0] + a[1]);
@@ -279,6 +314,11 @@ export class KernelIpvsTable implements IpvsTable {
       else this.debug?.(`list: skipping ${svc.fwmark !== undefined ? `fwmark service ${svc.fwmark}` : `service of family ${svc.family}, protocol ${svc.protocol}`}`);
     });
     return services;
+  }
+
+  /** A second handle on the kernel's table, with its own socket: for a reader that runs beside the syncs (/metrics). */
+  reader(): KernelIpvsTable {
+    return new KernelIpvsTable(this.opts);
   }
 
   listDests(service: ServiceKey): ObservedDest[] {
