@@ -336,7 +336,7 @@ describe("DirSource", () => {
     const root = newRoot();
     const { src, rec } = await startSource(root, { debounceMs: 5000 });
     write(root, "routes/r1", "{}");
-    await until(() => (src as unknown as { timer: unknown }).timer !== null);
+    await until(() => src.flushPending);
     await src.settle();
     expect(rec.map.has("routes/r1")).toBe(true);
   });

@@ -10,6 +10,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync,
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { startEtcd, type Etcd } from "./support/etcd.ts";
+import { until, withStderr } from "./support/until.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version.replace("-", "~");
@@ -373,6 +374,36 @@ describe("installed", () => {
     if (r.code !== 0) expect(r.stderr).toContain("IPVS is not available in this kernel");
     expect(r.stderr).not.toMatch(/Cannot find module|dlopen|no kernel IPVS driver/i);
   });
+
+  test("the installed clusterf-ipvs follows -config-path live: its watcher thread is in the binary", async () => {
+    if (!debRoot && !rpmRoot) throw new Error("needs the install tests");
+    const root = rpmRoot || debRoot;
+    const tree = join(work, "live-tree");
+    mkdirSync(join(tree, "services/web/backends"), { recursive: true });
+    writeFileSync(join(tree, "services/web/frontend.json"), '{"ipv4":"192.0.2.7","tcp":80}');
+    const cmd = [bin(root, "clusterf-ipvs"), "-ipvs-mock", "-print", "-etcd-machines=", `-config-path=${tree}`, `-state-dir=${join(work, "live-state")}`];
+    const hidden = IS_ROOT && run(["unshare", "-m", "true"]).code === 0;
+    const p = Bun.spawn(hidden ? ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$1" && shift && exec "$@"', "sh", ROOT, ...cmd] : cmd, {
+      cwd: "/",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const d = { stdout: "", stderr: "" };
+    const collect = async (s: ReadableStream<Uint8Array>, k: "stdout" | "stderr") => {
+      for await (const c of s) d[k] += new TextDecoder().decode(c);
+    };
+    void collect(p.stdout, "stdout");
+    void collect(p.stderr, "stderr");
+    try {
+      await until(() => d.stderr.includes("applied kind=full"), 20_000, withStderr("the first apply", d));
+      writeFileSync(join(tree, "services/web/backends/b1.json"), '{"ipv4":"198.51.100.7","tcp":8080}');
+      await until(() => d.stdout.includes("198.51.100.7:8080"), 20_000, withStderr("the new backend printed", d));
+      expect(d.stderr).not.toMatch(/^ERROR/m);
+    } finally {
+      p.kill();
+      await p.exited;
+    }
+  }, 60_000);
 
   // The compiled binary must not reach back into the build tree: etcd3 reads its gRPC schema
   // from files next to its code, which packaging/build.ts inlines. Run the installed binary

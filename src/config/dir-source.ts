@@ -12,8 +12,10 @@
 // saves, renames, `rm -r`, bursts). A slow periodic full re-read (`rescanMs`) is a safety net for
 // notifications the kernel drops (inotify queue overflow, watch limits).
 //
-// Watching: chokidar 6 (one inotify watch per directory, symlinked files watched through their
-// target's directory, replaced directories watched again). Its events are used only as hints,
+// Watching: chokidar 6 on a thread of its own (dir-watch.ts; one inotify watch per directory,
+// symlinked files watched through their target's directory, replaced directories watched again).
+// chokidar reports a new directory before it watches it, so every re-read path is read once more
+// when the watcher has been quiet for a while (again while that finds changes). Its events are used only as hints,
 // never applied as such: under Bun, chokidar 4 and 5 dropped a second change of a file within
 // 50 ms and went blind on a directory replaced under the same name, and even chokidar 6's events
 // taken literally missed directory swaps (a parent's unlinkDir can come after a child's change).
@@ -39,11 +41,12 @@
 
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { watch as chokidarWatch, type FSWatcher } from "chokidar";
+import { WatcherThread, isUnwatched, type Hint } from "./dir-watch.ts";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
-import { debug, info, warn } from "../util/log.ts";
+import { debug, debugEnabled, info, warn } from "../util/log.ts";
 import { MAX_VALUE_BYTES } from "./values.ts";
-import { SLICE_MS, turn } from "../util/slices.ts";
+import { Pacer, sortSteps } from "../util/slices.ts";
+import { Debounce } from "../util/debounce.ts";
 
 export interface DirSourceOptions {
   /** The -config-path directory. */
@@ -63,6 +66,8 @@ export interface DirSourceOptions {
 }
 
 const SOURCE = "local" as const;
+/** Quiet time of the watcher before a second look at new directories (ms; at least 2 × the debounce). */
+const SECOND_LOOK_QUIET_MS = 100;
 const MAX_DEPTH = 32;
 
 const EXTENSIONS: ReadonlyArray<[string, ValueFormat]> = [
@@ -181,7 +186,8 @@ class TreeReader {
   private problems = new Map<string, string>();
   /** Skipped entries as last reported, by relative path. */
   private reported = new Map<string, string>();
-  private sliceStart = performance.now();
+  /** The slice runs on across scans: a flush of thousands of paths is many scans in a row. */
+  readonly pacer = new Pacer();
   /** One read buffer for every file (reads are synchronous, one at a time). */
   private buf: Buffer | undefined;
 
@@ -198,13 +204,6 @@ class TreeReader {
 
   abs(rel: string): string {
     return rel === "" ? this.root : path.join(this.root, rel);
-  }
-
-  /** The slice runs on across scans: a flush of thousands of paths is many scans in a row. */
-  private async yieldIfDue(): Promise<void> {
-    if (performance.now() - this.sliceStart < SLICE_MS) return;
-    await turn();
-    this.sliceStart = performance.now();
   }
 
   /**
@@ -279,7 +278,7 @@ class TreeReader {
   private async scanDir(relDir: string, onlyStems: Set<string> | null, res: ScanResult, seen: Set<string>, depth: number, known?: Set<string>): Promise<void> {
     const absDir = this.abs(relDir);
     let entries: fs.Dirent[];
-    await this.yieldIfDue();
+    await this.pacer.due();
     try {
       if (onlyStems === null) {
         const st = fs.statSync(absDir);
@@ -369,7 +368,7 @@ class TreeReader {
       this.noteConflict(key, relDir, cands.map((c) => c.name));
       const first = cands[0]!;
       this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
-      await this.yieldIfDue();
+      await this.pacer.due();
     }
     if (onlyStems !== null) {
       for (const stem of onlyStems) if (!groups.has(stem)) this.noteConflict(joinRel(relDir, stem), relDir, []);
@@ -490,16 +489,25 @@ export class DirSource implements ConfigSource {
   private dirty = new Set<string>();
   /** A flush is due even with no dirty path (an event about a symlinked file's target). */
   private linksDirty = false;
-  private timer: ReturnType<typeof setTimeout> | null = null;
-  private firstDirtyAt = 0;
+  /** The flush after a burst of hints (one timer: a tree moved in brings tens of thousands at once). */
+  private readonly debounce: Debounce;
+  private lastHintAt = 0;
   private rescanTimer: ReturnType<typeof setInterval> | null = null;
   private pollTimer: ReturnType<typeof setInterval> | null = null;
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
-  private watcher: FSWatcher | null = null;
-  private endReadyWait: (() => void) | null = null;
-  /** The directories of the tree as last listed (relative paths). */
-  private listedDirs = new Set<string>();
+  private watcher: WatcherThread | null = null;
+  /** The directories of the tree as last listed (relative paths), with their identity. */
+  private listedDirs = new Map<string, string>();
+  /**
+   * The paths re-read since the watcher last went quiet: read once more then. chokidar reports a
+   * new directory before it watches it (on its own thread, later than our read of it may be), so
+   * what changes there in between has no event of its own.
+   */
+  private fresh = new Set<string>();
+  /** The paths the pending second look marked dirty (not looked at again unless it found changes). */
+  private lookingAgain = new Set<string>();
+  private secondLookTimer: ReturnType<typeof setTimeout> | null = null;
   /** Symlinked files (relative paths): re-read at every flush. */
   private links = new Set<string>();
   /** Serialises the initial read and the flushes. */
@@ -516,6 +524,7 @@ export class DirSource implements ConfigSource {
     this.rootPollMs = opts.rootPollMs ?? 1000;
     this.watch = opts.watch ?? true;
     this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES);
+    this.debounce = new Debounce(() => void this.serial(() => this.flush()), this.debounceMs, this.maxDelayMs);
   }
 
   async start(sink: SourceSink): Promise<void> {
@@ -550,18 +559,19 @@ export class DirSource implements ConfigSource {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.debounce.cancel();
+    if (this.secondLookTimer) clearTimeout(this.secondLookTimer);
     if (this.rescanTimer) clearInterval(this.rescanTimer);
     if (this.pollTimer) clearInterval(this.pollTimer);
-    this.timer = this.rescanTimer = this.pollTimer = null;
-    this.firstDirtyAt = 0;
+    this.rescanTimer = this.pollTimer = this.secondLookTimer = null;
     await this.chain.catch(() => {});
     const watcher = this.watcher;
     this.watcher = null;
-    this.endReadyWait?.();
-    await watcher?.close();
+    await watcher?.close(); // ends a start() still waiting for it too
     this.links.clear();
     this.listedDirs.clear();
+    this.fresh.clear();
+    this.lookingAgain.clear();
     this.dirty.clear();
     this.linksDirty = false;
     this.sink = null;
@@ -589,7 +599,8 @@ export class DirSource implements ConfigSource {
     this.rootId = this.rootIdentity();
     const res = await this.reader.scanTree("");
     if (this.stopped) return;
-    this.syncDirs([...this.listedDirs], res);
+    // The first read's directories were watched before it listed them: nothing fresh there.
+    this.syncDirs([...this.listedDirs.keys()], res);
     this.syncLinks("", res);
     if (first && this.rootId === null) {
       warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
@@ -604,7 +615,7 @@ export class DirSource implements ConfigSource {
       const changes = new Map<string, RawValue | null>();
       for (const k of this.known.keys()) if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
       for (const [k, v] of res.values) if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
-      this.handOver(changes);
+      await this.handOver(changes, this.reader.pacer);
       info("config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size, changed: changes.size });
     }
     sink.status(SOURCE, true, this.rootId === null ? `${this.root} does not exist` : undefined);
@@ -612,81 +623,56 @@ export class DirSource implements ConfigSource {
 
   /** Resolves once every change noticed so far has been read and handed to the sink (for tests and -once). */
   async settle(): Promise<void> {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-      this.firstDirtyAt = 0;
+    if (this.debounce.pending) {
+      this.debounce.cancel();
       void this.serial(() => this.flush());
     }
     await this.chain;
   }
 
+  /** A flush is scheduled (hints came and their debounce runs). */
+  get flushPending(): boolean {
+    return this.debounce.pending;
+  }
+
   // --- watching ---
 
-  /** Starts chokidar on the root and waits for its initial scan (every directory watched). */
+  /** Starts chokidar (on its own thread) and waits for its initial scan: every directory watched. */
   private async startWatcher(): Promise<void> {
-    const watcher = chokidarWatch(this.root, {
-      ignoreInitial: true,
-      followSymlinks: true,
-      depth: MAX_DEPTH,
-      atomic: false, // every event is only a hint: no need to hold an unlink back
-      ignored: (p: string) => this.notWatched(p),
+    const watcher = new WatcherThread(this.root, MAX_DEPTH, {
+      hints: (hints) => this.hints(hints),
+      // inotify limits and the like: what goes unseen is read at the next periodic re-read
+      error: (message) => warn("config-path: watcher error (changes may wait for the next periodic re-read)", { source: SOURCE, path: this.root, error: message }),
     });
     this.watcher = watcher;
-    watcher.on("all", (_event: string, p: string) => this.hint(p));
-    // The backend's own notifications too: chokidar coalesces what it reports per path (under Bun,
-    // a symlinked file's target saved twice within 50 ms gave one event), a hint must not be lost.
-    watcher.on("raw", (_event: string, name: unknown, details: unknown) => this.rawHint(name, details));
-    watcher.on("error", (e: unknown) => {
-      // inotify limits and the like: what goes unseen is read at the next periodic re-read
-      warn("config-path: watcher error (changes may wait for the next periodic re-read)", { source: SOURCE, path: this.root, error: String((e as Error)?.message ?? e) });
-    });
-    // stop() meanwhile ends the wait too (a closed watcher never becomes ready)
-    await new Promise<void>((resolve) => {
-      this.endReadyWait = resolve;
-      watcher.once("ready", () => resolve());
-    });
-    this.endReadyWait = null;
+    await watcher.start();
   }
 
-  /** Path relative to the root ("" for the root), or null outside it. */
-  private relOf(p: string): string | null {
-    const rel = path.relative(this.root, path.resolve(this.root, p));
-    if (rel === "") return "";
-    if (rel === ".." || rel.startsWith("../") || path.isAbsolute(rel)) return null;
-    return rel;
+  /** What the watcher reported: each path is re-read after the debounce. */
+  private hints(hints: Hint[]): void {
+    for (const h of hints) {
+      if (!Array.isArray(h)) this.hint(h);
+      else {
+        // A backend notification: `name` changed in the watched directory, or the watched file changed.
+        const [name, watched] = h;
+        this.hint(watched !== null && name !== "" && this.listedDirs.has(watched) ? joinRel(watched, name) : watched);
+      }
+    }
   }
 
-  /** Hidden names are not watched, except ConfigMap internals (`..data`, `..<timestamp>`). */
-  private notWatched(p: string): boolean {
-    const rel = this.relOf(p);
-    if (!rel) return false;
-    return rel.split("/").some((n) => n.startsWith(".") && !n.startsWith(".."));
-  }
-
-  /** A watcher event: the path is re-read after the debounce. */
-  private hint(p: string): void {
-    const rel = this.relOf(p);
+  /** A path to re-read (relative; null: outside the root, a symlinked file's target). */
+  private hint(rel: string | null): void {
     if (rel === null) {
-      // a symlinked file's target: symlinked files are re-read at every flush
+      // symlinked files are re-read at every flush
       this.linksDirty = true;
       this.schedule();
       return;
     }
-    if (this.notWatched(p)) return;
+    if (isUnwatched(rel)) return;
     // Below a ConfigMap internal (`..data/…`): the directory holding it, whose files link through it.
     const parts = rel === "" ? [] : rel.split("/");
     const internal = parts.findIndex((n) => n.startsWith(".."));
     this.markDirty(internal < 0 ? rel : parts.slice(0, internal).join("/"));
-  }
-
-  /** A backend notification: `name` changed in the watched directory, or the watched file changed. */
-  private rawHint(name: unknown, details: unknown): void {
-    const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
-    if (typeof watched !== "string") return;
-    const rel = this.relOf(watched);
-    if (rel !== null && typeof name === "string" && name !== "" && this.listedDirs.has(rel)) this.hint(path.join(watched, name));
-    else this.hint(watched);
   }
 
   /** After a re-read of a subtree: note the directories listed (`before`: those listed in it until now). */
@@ -694,7 +680,7 @@ export class DirSource implements ConfigSource {
     for (const rel of before) {
       if (!res.dirs.has(rel) && !res.keepPrefixes.some((p) => isUnder(rel, p))) this.listedDirs.delete(rel);
     }
-    for (const rel of res.dirs.keys()) this.listedDirs.add(rel);
+    for (const [rel, id] of res.dirs) this.listedDirs.set(rel, id);
   }
 
   /** After a re-read: note the symlinked files in scope (a subtree, or a set of file paths). */
@@ -710,17 +696,11 @@ export class DirSource implements ConfigSource {
     this.schedule();
   }
 
+  /** A flush once no hint came for debounceMs, or maxDelayMs after the first one. */
   private schedule(): void {
     if (this.stopped || !this.watch) return;
-    const now = Date.now();
-    if (!this.firstDirtyAt) this.firstDirtyAt = now;
-    const wait = Math.max(0, Math.min(this.debounceMs, this.firstDirtyAt + this.maxDelayMs - now));
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.firstDirtyAt = 0;
-      void this.serial(() => this.flush());
-    }, wait);
+    this.lastHintAt = Date.now();
+    this.debounce.trigger();
   }
 
   private serial(fn: () => Promise<void>): Promise<void> {
@@ -756,62 +736,102 @@ export class DirSource implements ConfigSource {
 
   // --- re-reading ---
 
+  /**
+   * Re-reads the dirty paths and hands over what changed. Every step gives the event loop a turn
+   * whenever a slice has run (a tree moved in is tens of thousands of dirty paths).
+   */
   private async flush(): Promise<void> {
     if (this.stopped || !this.sink) return;
     if (!this.dirty.size && !this.linksDirty) return;
+    const pacer = this.reader.pacer;
+    const top = await this.topPaths(pacer);
+    const lookedAgain = this.lookingAgain;
+    this.lookingAgain = new Set();
+    const changes = new Map<string, RawValue | null>();
+    if (!(await this.rescanSubtrees(top, changes, pacer))) return;
+    if (!(await this.rescanKeys(top, changes, pacer))) return;
+    if (changes.size) info("config-path: changes", { source: SOURCE, keys: changes.size });
+    await this.handOver(changes, pacer);
+    // A second look finds nothing new unless an event went missing: then once more. The periodic
+    // re-read of everything ("") is a safety net of its own: looked at again only if it found changes.
+    for (const p of top) if (changes.size || (!lookedAgain.has(p) && p !== "")) this.fresh.add(p);
+    this.planSecondLook();
+  }
+
+  /** The dirty paths that no other dirty path is above (its subtree re-read covers them). */
+  private async topPaths(pacer: Pacer): Promise<string[]> {
     this.linksDirty = false;
     // Symlinked files (and dangling symlinks) are looked at on every re-read: what they point to can
     // change through other paths (a dangling link's target created, a directory on the way
     // re-pointed) without any event on the link itself. Their number is small, and unchanged
     // values are not emitted.
     for (const l of this.links) this.dirty.add(l);
-    const paths = [...this.dirty].sort();
-    this.dirty.clear();
-
-    // A path strictly below another dirty path is covered by that one's subtree re-read.
-    const topSet = new Set<string>();
-    for (const p of paths) {
-      let covered = topSet.has("") && p !== "";
-      for (let d = dirOf(p); !covered && d !== ""; d = dirOf(d)) covered = topSet.has(d);
-      if (!covered) topSet.add(p);
+    const dirty = this.dirty;
+    this.dirty = new Set(); // hints during the flush are for the next one
+    const top = new Set<string>();
+    let n = 0;
+    for (const p of dirty) {
+      let covered = p !== "" && dirty.has("");
+      for (let d = dirOf(p); !covered && d !== ""; d = dirOf(d)) covered = dirty.has(d);
+      if (!covered) top.add(p);
+      if ((++n & 1023) === 0) await pacer.due();
     }
     // A known key on the way to a path is a file that became a directory: its key is looked at too.
-    for (const p of [...topSet]) {
-      for (let d = dirOf(p); d !== ""; d = dirOf(d)) if (this.known.has(d)) topSet.add(d);
+    for (const p of [...top]) {
+      for (let d = dirOf(p); d !== ""; d = dirOf(d)) if (this.known.has(d)) top.add(d);
+      if ((++n & 1023) === 0) await pacer.due();
     }
-    const top = [...topSet];
+    return [...top];
+  }
 
-    const changes = new Map<string, RawValue | null>();
-    // The known keys below each path, found in one pass over the keys (not one per path: a tree
-    // moved in brings thousands of new directories in one flush).
-    const topSetAll = new Set(top);
-    const below = new Map<string, string[]>();
-    for (const k of this.known.keys()) {
-      if (topSetAll.has("")) push(below, "", k);
-      for (let d = dirOf(k); d !== ""; d = dirOf(d)) if (topSetAll.has(d)) push(below, d, k);
-    }
-    // The same for the directories listed so far, each path's own included.
-    const dirsUnder = new Map<string, string[]>();
-    for (const rel of this.listedDirs) {
-      if (topSetAll.has("")) push(dirsUnder, "", rel);
-      for (let d = rel; d !== ""; d = dirOf(d)) if (topSetAll.has(d)) push(dirsUnder, d, rel);
-    }
-    // 1. The subtree below each path, if it is (or was) a directory (the reader yields every slice,
-    //    across scans).
+  /**
+   * Step 1: the subtree below each path, if it is (or was) a directory. Adds to `changes`; false
+   * when stopped meanwhile.
+   */
+  private async rescanSubtrees(top: string[], changes: Map<string, RawValue | null>, pacer: Pacer): Promise<boolean> {
+    // The known keys and listed directories below each path, in one pass over each (not one per
+    // path: a tree moved in brings thousands of new directories in one flush).
+    const tops = new Set(top);
+    const below = await this.groupBelow(this.known.keys(), tops, pacer, false);
+    const dirsUnder = await this.groupBelow(this.listedDirs.keys(), tops, pacer, true);
     for (const p of top) {
       const wasDir = p === "" || this.listedDirs.has(p);
       const res = await this.reader.scanTree(p);
-      if (this.stopped) return;
+      if (this.stopped) return false;
       if (!wasDir && !res.dirs.size && !res.keepPrefixes.length) continue; // a plain file (or nothing): step 2
       this.syncDirs(dirsUnder.get(p) ?? [], res);
       this.syncLinks(p, res);
-      for (const [k, v] of res.values) if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
+      let n = 0;
+      for (const [k, v] of res.values) {
+        if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
+        if ((++n & 1023) === 0) await pacer.due();
+      }
       for (const k of below.get(p) ?? []) {
         if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
+        if ((++n & 1023) === 0) await pacer.due();
       }
     }
-    // 2. The key each path's name maps to, as a file in its directory, and that directory's listing
-    //    diffed against the keys known in it: one listing per directory.
+    return true;
+  }
+
+  /** Each path of `rels` under the paths of `tops` it is below (or is, with `self`). */
+  private async groupBelow(rels: Iterable<string>, tops: Set<string>, pacer: Pacer, self: boolean): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    const all = tops.has("");
+    let n = 0;
+    for (const rel of rels) {
+      if (all) push(out, "", rel);
+      for (let d = self ? rel : dirOf(rel); d !== ""; d = dirOf(d)) if (tops.has(d)) push(out, d, rel);
+      if ((++n & 1023) === 0) await pacer.due();
+    }
+    return out;
+  }
+
+  /**
+   * Step 2: the key each path's name maps to, as a file in its directory, and that directory's
+   * listing diffed against the keys known in it: one listing per directory. False when stopped.
+   */
+  private async rescanKeys(top: string[], changes: Map<string, RawValue | null>, pacer: Pacer): Promise<boolean> {
     const byDir = new Map<string, { stems: Set<string>; files: Set<string>; known: Set<string> }>();
     for (const p of top) {
       if (p === "" || p.split("/").some(isIgnoredName)) continue;
@@ -822,14 +842,16 @@ export class DirSource implements ConfigSource {
       g.files.add(p);
     }
     if (byDir.size) {
+      let n = 0;
       for (const k of this.known.keys()) {
         const d = dirOf(k);
         byDir.get(d)?.known.add(d === "" ? k : k.slice(d.length + 1));
+        if ((++n & 1023) === 0) await pacer.due();
       }
     }
     for (const [d, g] of byDir) {
       const res = await this.reader.scanKeys(d, g.stems, g.known);
-      if (this.stopped) return;
+      if (this.stopped) return false;
       for (const f of res.files) g.files.add(f);
       this.syncLinks(g.files, res);
       if (res.keepPrefixes.length) continue;
@@ -842,20 +864,37 @@ export class DirSource implements ConfigSource {
         } else if (this.known.has(key)) changes.set(key, null);
       }
     }
+    return true;
+  }
 
-    if (changes.size) info("config-path: changes", { source: SOURCE, keys: changes.size });
-    this.handOver(changes);
+  /** Once no hint has come for a while, the fresh directories are read again (as for a hint). */
+  private planSecondLook(): void {
+    if (this.stopped || !this.fresh.size || this.secondLookTimer) return;
+    const quiet = Math.max(SECOND_LOOK_QUIET_MS, 2 * this.debounceMs);
+    this.secondLookTimer = setTimeout(() => {
+      this.secondLookTimer = null;
+      if (Date.now() < this.lastHintAt + quiet) return this.planSecondLook();
+      for (const d of this.fresh) this.dirty.add(d);
+      this.lookingAgain = this.fresh;
+      this.fresh = new Set();
+      this.schedule();
+    }, Math.max(0, this.lastHintAt + quiet - Date.now()));
   }
 
   /** Hands changed keys (null: deleted) to the sink as one update, in key order, and remembers them. */
-  private handOver(changes: Map<string, RawValue | null>): void {
+  private async handOver(changes: Map<string, RawValue | null>, pacer: Pacer): Promise<void> {
     if (!changes.size || !this.sink) return;
-    const events: KeyEvent[] = [...changes.keys()].sort().map((key) => ({ key, value: changes.get(key)! }));
-    for (const ev of events) {
-      if (ev.value) this.known.set(ev.key, fingerprint(ev.value));
-      else this.known.delete(ev.key);
-      debug("config-path: key " + (ev.value ? "set" : "deleted"), { source: SOURCE, key: ev.key, path: ev.value?.origin });
+    const keys = await pacer.run(sortSteps([...changes.keys()]));
+    const events: KeyEvent[] = [];
+    const logEach = debugEnabled();
+    for (const key of keys) {
+      const value = changes.get(key)!;
+      events.push({ key, value });
+      if (value) this.known.set(key, fingerprint(value));
+      else this.known.delete(key);
+      if (logEach) debug("config-path: key " + (value ? "set" : "deleted"), { source: SOURCE, key, path: value?.origin });
+      if ((events.length & 1023) === 0) await pacer.due();
     }
-    this.sink.update(SOURCE, events);
+    this.sink?.update(SOURCE, events);
   }
 }

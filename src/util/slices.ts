@@ -53,3 +53,63 @@ export function* chunks<T>(items: Iterable<T>, n: number): Generator<T[], void, 
   }
   if (chunk.length) yield chunk;
 }
+
+/**
+ * The same pacing for async work that cannot be one generator (it awaits I/O in between): call
+ * `due()` often; it gives the event loop a turn once a slice has run SLICE_MS. One pacer can be
+ * shared by several pieces of work in a row, so that the slice runs on across them.
+ */
+export class Pacer {
+  private start = performance.now();
+
+  constructor(private readonly sliceMs = SLICE_MS) {}
+
+  /** A turn of the event loop if the slice has run out (cheap to call: a clock read). */
+  async due(): Promise<void> {
+    if (performance.now() - this.start < this.sliceMs) return;
+    await turn();
+    this.start = performance.now();
+  }
+
+  /** Runs generator steps, pausing as due() does. */
+  async run<T>(steps: Steps<T>): Promise<T> {
+    for (;;) {
+      const r = steps.next();
+      if (r.done) return r.value;
+      await this.due();
+    }
+  }
+}
+
+/**
+ * The strings in code-unit order (as Array.prototype.sort without a comparator), a merge sort that
+ * yields every few thousand steps: sorting 55,000 keys at once took 19 ms on a fast machine.
+ */
+export function* sortSteps(items: readonly string[]): Steps<string[]> {
+  let a = [...items];
+  const RUN = 1024;
+  for (let i = 0; i < a.length; i += RUN) {
+    const run = a.slice(i, i + RUN).sort();
+    for (let j = 0; j < run.length; j++) a[i + j] = run[j]!;
+    yield;
+  }
+  let b: string[] = new Array(a.length);
+  for (let width = RUN; width < a.length; width *= 2) {
+    let steps = 0;
+    for (let lo = 0; lo < a.length; lo += 2 * width) {
+      const mid = Math.min(lo + width, a.length);
+      const hi = Math.min(lo + 2 * width, a.length);
+      let i = lo;
+      let j = mid;
+      for (let k = lo; k < hi; k++) {
+        b[k] = i < mid && (j >= hi || a[i]! <= a[j]!) ? a[i++]! : a[j++]!;
+        if (++steps === 4096) {
+          steps = 0;
+          yield;
+        }
+      }
+    }
+    [a, b] = [b, a];
+  }
+  return a;
+}
