@@ -2,6 +2,7 @@
 // the yardstick here) and the pacer that gives the event loop its turns.
 
 import { describe, expect, test } from "bun:test";
+import { countTurns } from "./support/turns.ts";
 import fc from "fast-check";
 import { Pacer, runSync, sortSteps } from "../src/util/slices.ts";
 import { seeds } from "./support/seed.ts";
@@ -34,22 +35,16 @@ describe("sortSteps", () => {
 
 describe("Pacer", () => {
   test("gives the event loop a turn once a slice has run, not before", async () => {
-    let turns = 0;
-    let running = true;
-    const tick = () => {
-      turns++;
-      if (running) setImmediate(tick);
-    };
-    setImmediate(tick);
+    const turns = countTurns();
     const zero = new Pacer(0);
-    const before = turns;
+    const before = turns.count;
     await zero.due();
-    expect(turns).toBeGreaterThan(before); // a 0 ms slice is always over
+    expect(turns.count).toBeGreaterThan(before); // a 0 ms slice is always over
     const long = new Pacer(60_000);
-    const mid = turns;
+    const mid = turns.count;
     for (let i = 0; i < 100; i++) await long.due();
-    expect(turns).toBe(mid); // within the slice: no turn
-    running = false;
+    expect(turns.count).toBe(mid); // within the slice: no turn
+    turns.stop();
   });
 
   test("run() takes generator steps to their value", async () => {

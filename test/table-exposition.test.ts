@@ -3,6 +3,7 @@
 // event loop's turns between chunks.
 
 import { describe, expect, test } from "bun:test";
+import { countTurns } from "./support/turns.ts";
 import client from "prom-client";
 import { STAT_FIELDS, inSlices, labelValue, tableLines, type TableNames } from "../src/metrics/table-exposition.ts";
 import type { ObservedDest, ObservedService, Stats } from "../src/ipvs/types.ts";
@@ -95,22 +96,16 @@ describe("table exposition", () => {
 
   test("a large table comes in many chunks, with turns of the event loop in between", async () => {
     const lines = Array.from({ length: 100_000 }, (_, i) => `m{i="${i}"} ${i}\n`);
-    let turns = 0;
-    let running = true;
-    const tick = () => {
-      turns++;
-      if (running) setImmediate(tick);
-    };
-    setImmediate(tick);
+    const turns = countTurns();
     const seen: number[] = [];
     const sizes: number[] = [];
     let text = "";
     for await (const chunk of inSlices(lines, 0)) {
-      seen.push(turns);
+      seen.push(turns.count);
       sizes.push(chunk.length);
       text += chunk;
     }
-    running = false;
+    turns.stop();
     expect(text).toBe(lines.join(""));
     // chunks of 64 KiB (the line that reaches it included), the loop turned before each next one
     // (with a 0 ms slice)
