@@ -58,6 +58,29 @@ export interface DaemonCounters {
   lastSyncAt: number;
 }
 
+/**
+ * What /metrics and /healthz read of the daemon, as of the call: a narrow view, so that they never
+ * reach into its parts (the reconciler, the desired table).
+ */
+export interface IpvsDaemonStatus {
+  /** The first sync is done. */
+  ready: boolean;
+  sourceUp: Partial<Record<SourceName, boolean>>;
+  configErrors: Record<SourceName, number>;
+  /** When the table was last brought to the desired state (ms since the epoch; 0: not yet). */
+  lastSyncAt: number;
+  /** IPVS writes made, by kind. */
+  writes: Readonly<Record<string, number>>;
+  netlinkErrors: number;
+  driftCorrections: number;
+  /** IPVS services in the desired table. */
+  services: number;
+  /** The services (serviceKeyString) whose last write the kernel refused. */
+  failing: string[];
+  /** Destinations left at weight 0 until their connections end. */
+  draining: number;
+}
+
 export class IpvsDaemon implements SourceSink {
   readonly store: ConfigStore;
   readonly desired: DesiredTable;
@@ -165,6 +188,40 @@ export class IpvsDaemon implements SourceSink {
 
   get ready(): boolean {
     return this.started;
+  }
+
+  statusView(): IpvsDaemonStatus {
+    const r = this.reconciler;
+    let draining = 0;
+    for (const dests of r.draining.values()) for (const d of dests.values()) if (!d.released) draining++;
+    return {
+      ready: this.started && this.counters.lastSyncAt > 0,
+      sourceUp: { ...this.sourceUp },
+      configErrors: { ...this.counters.configErrors },
+      lastSyncAt: this.counters.lastSyncAt,
+      writes: { ...r.counters.writes },
+      netlinkErrors: r.counters.netlinkErrors,
+      driftCorrections: r.counters.driftCorrections,
+      services: this.desired.table.size,
+      failing: [...r.failing.keys()],
+      draining,
+    };
+  }
+
+  /** The config service that owns an IPVS service ("" when not in the config). */
+  ownerOf(serviceKey: string): string {
+    return this.desired.table.get(serviceKey)?.owner ?? "";
+  }
+
+  /** The config backends merged into each destination of an IPVS service. */
+  backendsOf(serviceKey: string): Map<string, string[]> | undefined {
+    return this.desired.backendsByDest(serviceKey);
+  }
+
+  /** A handle on the IPVS table for a reader beside the syncs (its own socket where it matters). */
+  tableReader(): IpvsTable {
+    const ipvs = this.reconciler.ipvs;
+    return ipvs.reader?.() ?? ipvs;
   }
 
   // SourceSink

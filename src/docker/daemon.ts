@@ -3,7 +3,7 @@
 
 import type { Etcd3 } from "etcd3";
 import { LABEL_SERVICE, describeContainer, desiredKeys, type BackendOptions } from "./labels.ts";
-import { Publisher } from "./publisher.ts";
+import { Publisher, type PublisherStats } from "./publisher.ts";
 import { DockerWatcher, type DockerState } from "./watcher.ts";
 import * as log from "../util/log.ts";
 
@@ -16,6 +16,20 @@ export interface DockerDaemonOptions {
   stateFile?: string;
   etcdEndpoints: string[];
   debounceMs?: number;
+}
+
+/** What /metrics and /healthz read of clusterf-docker, as of the call. */
+export interface DockerDaemonStatus {
+  /** The first full Docker state has been handed to the publisher. */
+  synced: boolean;
+  /** The Docker engine answers. */
+  connected: boolean;
+  /** Backend keys this host publishes, and the containers behind them. */
+  published: number;
+  publishedContainers: number;
+  keepaliveFailing: boolean;
+  /** The publisher's counters: etcd writes, resyncs, lease grants and keep-alive failures. */
+  writes: Readonly<PublisherStats>;
 }
 
 export class DockerDaemon {
@@ -45,6 +59,17 @@ export class DockerDaemon {
       debounceMs: opts.debounceMs,
       onState: (state, full) => this.onState(state, full),
     });
+  }
+
+  statusView(): DockerDaemonStatus {
+    return {
+      synced: this.synced,
+      connected: this.watcher.isConnected,
+      published: this.published,
+      publishedContainers: this.publishedContainers,
+      keepaliveFailing: this.publisher.keepaliveFailing,
+      writes: { ...this.publisher.stats },
+    };
   }
 
   start(): void {

@@ -2,7 +2,7 @@
 // the config's service and backend names, and the daemon's own health counters.
 
 import client from "prom-client";
-import type { IpvsDaemon } from "../daemon/ipvs-daemon.ts";
+import type { IpvsDaemon, IpvsDaemonStatus } from "../daemon/ipvs-daemon.ts";
 import type { IpvsTable, ObservedService } from "../ipvs/types.ts";
 import { listSteps } from "../daemon/reconciler.ts";
 import { runSliced } from "../util/slices.ts";
@@ -25,8 +25,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): Exposition {
   // One read of the kernel for the scrapes of the same second, one service at a time.
   const listed = (): Promise<ObservedService[]> => {
     if (!cache || Date.now() - cache.at > LIST_CACHE_MS) {
-      const ipvs = daemon.reconciler.ipvs;
-      table ??= ipvs.reader?.() ?? ipvs;
+      table ??= daemon.tableReader();
       const services = runSliced(listSteps(table)).then(
         (s) => s ?? [],
         () => [],
@@ -35,10 +34,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): Exposition {
     }
     return cache.services;
   };
-  const names: TableNames = {
-    owner: (vip) => daemon.desired.table.get(vip)?.owner ?? "",
-    backends: (vip) => daemon.desired.backendsByDest(vip),
-  };
+  const names: TableNames = { owner: (vip) => daemon.ownerOf(vip), backends: (vip) => daemon.backendsOf(vip) };
   return {
     contentType: registry.contentType,
     async *chunks() {
@@ -48,7 +44,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): Exposition {
   };
 }
 
-/** The daemon's own metrics. */
+/** The daemon's own metrics, read from its status view at each scrape. */
 function daemonRegistry(daemon: IpvsDaemon): client.Registry {
   const registry = new client.Registry();
   const syncDuration = new client.Histogram({
@@ -59,30 +55,26 @@ function daemonRegistry(daemon: IpvsDaemon): client.Registry {
     registers: [registry],
   });
   daemon.onSync((kind, ms) => syncDuration.observe({ kind }, ms / 1000));
-
-  new client.Counter({
-    name: "clusterf_ipvs_operations_total",
-    help: "IPVS writes made, by kind",
-    labelNames: ["op"],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [op, n] of Object.entries(daemon.reconciler.counters.writes)) this.inc({ op }, n);
-    },
-  });
+  /** A counter with one label, its values read at each scrape. */
+  const labelled = (name: string, help: string, label: string, values: () => Iterable<[string, number]>) =>
+    new client.Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [v, n] of values()) this.inc({ [label]: v }, n);
+      },
+    });
+  labelled("clusterf_ipvs_operations_total", "IPVS writes made, by kind", "op", () => Object.entries(daemon.statusView().writes));
   if (daemon.health) healthMetrics(registry, daemon.health);
-  const simple = (name: string, help: string, value: () => number, type: "counter" | "gauge" = "counter") =>
-    scrapedMetric(registry, type, name, help, value);
-  new client.Counter({
-    name: "clusterf_config_errors_total",
-    help: "bad config values refused (the last good value stayed in force), by source",
-    labelNames: ["source"],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [source, n] of Object.entries(daemon.counters.configErrors)) this.inc({ source }, n);
-    },
-  });
+  labelled(
+    "clusterf_config_errors_total",
+    "bad config values refused (the last good value stayed in force), by source",
+    "source",
+    () => Object.entries(daemon.statusView().configErrors),
+  );
   new client.Gauge({
     name: "clusterf_ipvs_service_failing",
     help: "1 for each service whose last write the kernel refused (for example an unknown scheduler); the others are programmed",
@@ -90,18 +82,20 @@ function daemonRegistry(daemon: IpvsDaemon): client.Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const vip of daemon.reconciler.failing.keys()) this.set({ service: daemon.desired.table.get(vip)?.owner ?? "", vip }, 1);
+      for (const vip of daemon.statusView().failing) this.set({ service: daemon.ownerOf(vip), vip }, 1);
     },
   });
-  simple("clusterf_ipvs_netlink_errors_total", "IPVS writes that the kernel refused or that timed out", () => daemon.reconciler.counters.netlinkErrors);
-  simple("clusterf_ipvs_drift_corrections_total", "differences between the kernel and the last written table found by a resync", () => daemon.reconciler.counters.driftCorrections);
-  simple("clusterf_etcd_connected", "1 when the etcd source is connected (0 when down or not configured)", () => (daemon.sourceUp.etcd ? 1 : 0), "gauge");
-  simple("clusterf_ipvs_last_sync_timestamp_seconds", "when the table was last brought to the desired state (services the kernel keeps refusing aside: see clusterf_ipvs_service_failing)", () => daemon.counters.lastSyncAt / 1000, "gauge");
-  simple("clusterf_ipvs_services", "IPVS services in the desired table", () => daemon.desired.table.size, "gauge");
+  const simple = (name: string, help: string, value: (s: IpvsDaemonStatus) => number, type: "counter" | "gauge" = "counter") =>
+    scrapedMetric(registry, type, name, help, () => value(daemon.statusView()));
+  simple("clusterf_ipvs_netlink_errors_total", "IPVS writes that the kernel refused or that timed out", (s) => s.netlinkErrors);
+  simple("clusterf_ipvs_drift_corrections_total", "differences between the kernel and the last written table found by a resync", (s) => s.driftCorrections);
+  simple("clusterf_etcd_connected", "1 when the etcd source is connected (0 when down or not configured)", (s) => (s.sourceUp.etcd ? 1 : 0), "gauge");
+  simple("clusterf_ipvs_last_sync_timestamp_seconds", "when the table was last brought to the desired state (services the kernel keeps refusing aside: see clusterf_ipvs_service_failing)", (s) => s.lastSyncAt / 1000, "gauge");
+  simple("clusterf_ipvs_services", "IPVS services in the desired table", (s) => s.services, "gauge");
   simple(
     "clusterf_ipvs_draining_destinations",
     "destinations that left the config but stay at weight 0 until their active connections end (-ipvs-drain-removed)",
-    () => [...daemon.reconciler.draining.values()].reduce((n, m) => n + [...m.values()].filter((d) => !d.released).length, 0),
+    (s) => s.draining,
     "gauge",
   );
   return registry;
@@ -109,15 +103,15 @@ function daemonRegistry(daemon: IpvsDaemon): client.Registry {
 
 /** Healthy once the first sync is done and every source is up. */
 export function ipvsHealth(daemon: IpvsDaemon): Health {
-  const down = Object.entries(daemon.sourceUp).filter(([, up]) => !up).map(([s]) => s);
-  if (!daemon.ready || daemon.counters.lastSyncAt === 0) {
+  const s = daemon.statusView();
+  const down = Object.entries(s.sourceUp).filter(([, up]) => !up).map(([name]) => name);
+  if (!s.ready) {
     // The first sync waits for every source's first read: name the ones that are down.
     return { ok: false, detail: `waiting for the first sync${down.length ? `; config source down: ${down.join(", ")}` : ""}` };
   }
   if (down.length) return { ok: false, detail: `config source down: ${down.join(", ")} (the last known config stays in force)` };
-  const failing = daemon.reconciler.failing.size;
   // A service the kernel refuses is the config's problem, not the daemon's: reported, still 200.
-  const named = [...daemon.reconciler.failing.keys()].map((vip) => `${daemon.desired.table.get(vip)?.owner ?? "?"} (${vip})`);
-  const note = failing ? `; ${failing} service(s) refused by the kernel: ${named.join(", ")}` : "";
-  return { ok: true, detail: `ok: last sync ${new Date(daemon.counters.lastSyncAt).toISOString()}${note}` };
+  const named = s.failing.map((vip) => `${daemon.ownerOf(vip) || "?"} (${vip})`);
+  const note = named.length ? `; ${named.length} service(s) refused by the kernel: ${named.join(", ")}` : "";
+  return { ok: true, detail: `ok: last sync ${new Date(s.lastSyncAt).toISOString()}${note}` };
 }
