@@ -4,6 +4,7 @@
 // list: ownership.ts); destinations that leave with active connections drain first (drain.ts).
 
 import { applyOp, describeOp, diffTables } from "../ipvs/diff.ts";
+import { listSteps } from "../ipvs/list.ts";
 import {
   IpvsError,
   SVC_F_HASHED,
@@ -286,29 +287,6 @@ export class Reconciler {
       throw e;
     }
   }
-}
-
-/**
- * IpvsTable.list() in slices where the table reads each service's destinations with a request of
- * its own (the kernel): one service at a time, for runSliced (the table's readers: resyncs, and
- * a /metrics scrape could too).
- */
-export function* listSteps(ipvs: IpvsTable): Steps<ObservedService[]> {
-  if (!ipvs.listServices) return ipvs.list();
-  const out: ObservedService[] = [];
-  const services = ipvs.listServicesSteps ? yield* ipvs.listServicesSteps() : ipvs.listServices();
-  for (const s of services) {
-    yield;
-    try {
-      s.dests.push(...ipvs.listDests(s));
-    } catch (e) {
-      // Deleted (by hand) since the list: gone, like a service the list did not show.
-      if (e instanceof IpvsError && (e.code === "ESRCH" || e.code === "ENOENT")) continue;
-      throw e;
-    }
-    out.push(s);
-  }
-  return out;
 }
 
 /** The kernel answered this write with an error (rather than not answering at all). */

@@ -4,7 +4,7 @@
 import client from "prom-client";
 import type { IpvsDaemon, IpvsDaemonStatus } from "../daemon/ipvs-daemon.ts";
 import type { IpvsTable, ObservedService } from "../ipvs/types.ts";
-import { listSteps } from "../daemon/reconciler.ts";
+import { listSteps } from "../ipvs/list.ts";
 import { runSliced } from "../util/slices.ts";
 import { scrapedMetric, type Exposition, type Health } from "./server.ts";
 import { inSlices, tableLines, type TableNames } from "./table-exposition.ts";

@@ -1,0 +1,29 @@
+// Reading a whole IPVS table in slices (docs/config.md §4): for the daemon's resyncs and for
+// /metrics, which read it beside the syncs.
+
+import { IpvsError, type IpvsTable, type ObservedService } from "./types.ts";
+import type { Steps } from "../util/slices.ts";
+
+/**
+ * IpvsTable.list() in slices where the table reads each service's destinations with a request of
+ * its own (the kernel): one service at a time, for runSliced (the table's readers: resyncs and
+ * /metrics scrapes).
+ */
+export function* listSteps(ipvs: IpvsTable): Steps<ObservedService[]> {
+  if (!ipvs.listServices) return ipvs.list();
+  const out: ObservedService[] = [];
+  const services = ipvs.listServicesSteps ? yield* ipvs.listServicesSteps() : ipvs.listServices();
+  for (const s of services) {
+    yield;
+    try {
+      s.dests.push(...ipvs.listDests(s));
+    } catch (e) {
+      // Deleted (by hand) since the list: gone, like a service the list did not show.
+      if (e instanceof IpvsError && (e.code === "ESRCH" || e.code === "ENOENT")) continue;
+      throw e;
+    }
+    out.push(s);
+  }
+  return out;
+}
+
