@@ -153,6 +153,23 @@ interface Note {
 /** Notes about directories (loops, depth) are made by the parent's full listing only. */
 const DIR_NOTE = "dir:";
 
+/** A file that may hold a key's value (one of several with the same stem competes). */
+interface Candidate {
+  name: string;
+  link: boolean;
+}
+
+/**
+ * A listing's key stems against the keys known in that directory: a name that is not a known key,
+ * and a known key without a file, are added to `onlyStems` (both must be looked at).
+ */
+function diffListing(entries: fs.Dirent[], known: Set<string>, onlyStems: Set<string>): void {
+  const present = new Set<string>();
+  for (const ent of entries) if (!isIgnoredName(ent.name)) present.add(parseFileName(ent.name).stem);
+  for (const stem of present) if (!known.has(stem)) onlyStems.add(stem);
+  for (const stem of known) if (!present.has(stem)) onlyStems.add(stem);
+}
+
 /** What a scan found. */
 interface ScanResult {
   values: Map<string, RawValue>;
@@ -276,76 +293,66 @@ class TreeReader {
    * added to `onlyStems`); otherwise subdirectories are scanned recursively.
    */
   private async scanDir(relDir: string, onlyStems: Set<string> | null, res: ScanResult, seen: Set<string>, depth: number, known?: Set<string>): Promise<void> {
-    const absDir = this.abs(relDir);
-    let entries: fs.Dirent[];
     await this.pacer.due();
+    const listed = this.listDir(relDir, onlyStems === null ? seen : null, res);
+    if (!listed) return;
+    if (onlyStems !== null && known) diffListing(listed.entries, known, onlyStems);
+    const { groups, subdirs } = this.sortEntries(relDir, listed.entries, onlyStems, res);
+    for (const [stem, cands] of groups) {
+      this.readKey(relDir, stem, cands, res);
+      await this.pacer.due();
+    }
+    if (onlyStems !== null) {
+      for (const stem of onlyStems) if (!groups.has(stem)) this.noteConflict(joinRel(relDir, stem), relDir, []);
+      return;
+    }
+    if (depth >= MAX_DEPTH) {
+      for (const d of subdirs) res.notes.set(joinRel(relDir, d), { sig: `${DIR_NOTE}deep`, level: "warn", msg: `config-path: deeper than ${MAX_DEPTH} levels, not descending`, fields: {} });
+      return;
+    }
+    for (const d of subdirs) await this.scanDir(joinRel(relDir, d), null, res, listed.seen, depth + 1);
+  }
+
+  /**
+   * One directory's entries. With `seen` (a full scan), the directory itself is checked first
+   * (a directory, not one met on the way down: a symlink loop) and noted in `res.dirs`; `seen` is
+   * returned with it. null: nothing to list (gone, a loop, or unlistable: its keys are kept).
+   */
+  private listDir(relDir: string, seen: Set<string> | null, res: ScanResult): { entries: fs.Dirent[]; seen: Set<string> } | null {
+    const absDir = this.abs(relDir);
     try {
-      if (onlyStems === null) {
+      if (seen !== null) {
         const st = fs.statSync(absDir);
-        if (!st.isDirectory()) return;
+        if (!st.isDirectory()) return null;
         const id = dirIdentity(st);
         if (seen.has(id)) {
           res.notes.set(relDir, { sig: `${DIR_NOTE}loop`, level: "warn", msg: "config-path: directory symlink loop, not descending", fields: {} });
-          return;
+          return null;
         }
         seen = new Set(seen).add(id);
         res.dirs.set(relDir, id);
       }
-      entries = fs.readdirSync(absDir, { withFileTypes: true });
+      return { entries: fs.readdirSync(absDir, { withFileTypes: true }), seen: seen ?? new Set() };
     } catch (e) {
-      if (GONE.has(errCode(e))) return;
+      if (GONE.has(errCode(e))) return null;
       warn("config-path: cannot list directory, keeping its previous keys", { source: SOURCE, path: absDir, error: errCode(e) });
       res.keepPrefixes.push(relDir);
-      return;
+      return null;
     }
+  }
 
-    if (onlyStems !== null && known) {
-      const present = new Set<string>();
-      for (const ent of entries) if (!isIgnoredName(ent.name)) present.add(parseFileName(ent.name).stem);
-      for (const stem of present) if (!known.has(stem)) onlyStems.add(stem);
-      for (const stem of known) if (!present.has(stem)) onlyStems.add(stem);
-    }
-
-    // Candidate files per key stem, and subdirectories.
-    const groups = new Map<string, Array<{ name: string; link: boolean }>>();
+  /**
+   * The candidate files per key stem and the subdirectories of one listing (with `onlyStems`,
+   * only the files of those keys and no subdirectory); what is skipped gets a note.
+   */
+  private sortEntries(relDir: string, entries: fs.Dirent[], onlyStems: Set<string> | null, res: ScanResult): { groups: Map<string, Candidate[]>; subdirs: string[] } {
+    const groups = new Map<string, Candidate[]>();
     const subdirs: string[] = [];
-    const note = (name: string, n: Note) => res.notes.set(joinRel(relDir, name), n);
     for (const ent of entries) {
       const name = ent.name;
       if (onlyStems !== null && !onlyStems.has(parseFileName(name).stem)) continue;
-      if (name.startsWith(".")) continue; // hidden: a convention, not worth a word
-      if (isIgnoredName(name)) {
-        // said once, so that a backend named like one (`4913`, `x.tmp`) does not vanish silently
-        note(name, { sig: "leftover", level: "info", msg: "config-path: ignored as an editor or package-manager leftover", fields: {} });
-        continue;
-      }
-      const abs = absDir + "/" + name;
-      if (name.includes("\uFFFD") && !existsNoFollow(abs)) {
-        // not valid UTF-8: the decoded name is not the file's name, and no key can hold it
-        note(name, { sig: "name", level: "warn", msg: "config-path: file name is not valid UTF-8, skipped", fields: {} });
-        continue;
-      }
-      let kind: "file" | "dir" | "dangling" | "other";
-      const link = ent.isSymbolicLink();
-      let st: fs.Stats | undefined;
-      if (ent.isFile()) kind = "file";
-      else if (ent.isDirectory()) kind = "dir";
-      else {
-        try {
-          st = fs.statSync(abs);
-          kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
-        } catch (e) {
-          const code = errCode(e);
-          if (!link) continue; // gone since the listing
-          kind = "dangling";
-          note(name, { sig: `dangling:${code}`, level: "warn", msg: code === "ELOOP" ? "config-path: symlink loop, skipped" : "config-path: dangling symlink, skipped", fields: { error: code } });
-        }
-      }
-      if (kind === "other") {
-        const what = st!.isFIFO() ? "fifo" : st!.isSocket() ? "socket" : st!.isCharacterDevice() || st!.isBlockDevice() ? "device" : "special file";
-        note(name, { sig: `other:${what}:${st!.ino}`, level: "warn", msg: `config-path: not a regular file or directory (${what}), skipped`, fields: {} });
-        continue;
-      }
+      const kind = this.entryKind(relDir, ent, res);
+      if (kind === "skip") continue;
       if (kind === "dir") {
         if (onlyStems === null) subdirs.push(name);
         continue;
@@ -359,26 +366,52 @@ class TreeReader {
       }
       let g = groups.get(stem);
       if (!g) groups.set(stem, (g = []));
-      g.push({ name, link });
+      g.push({ name, link: ent.isSymbolicLink() });
     }
+    return { groups, subdirs };
+  }
 
-    for (const [stem, cands] of groups) {
-      cands.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      const key = joinRel(relDir, stem);
-      this.noteConflict(key, relDir, cands.map((c) => c.name));
-      const first = cands[0]!;
-      this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
-      await this.pacer.due();
+  /** What a listed entry is to the tree: a file, a directory, a dangling link, or skipped (with a note where it deserves one). */
+  private entryKind(relDir: string, ent: fs.Dirent, res: ScanResult): "file" | "dir" | "dangling" | "skip" {
+    const name = ent.name;
+    const note = (n: Note) => res.notes.set(joinRel(relDir, name), n);
+    if (name.startsWith(".")) return "skip"; // hidden: a convention, not worth a word
+    if (isIgnoredName(name)) {
+      // said once, so that a backend named like one (`4913`, `x.tmp`) does not vanish silently
+      note({ sig: "leftover", level: "info", msg: "config-path: ignored as an editor or package-manager leftover", fields: {} });
+      return "skip";
     }
-    if (onlyStems !== null) {
-      for (const stem of onlyStems) if (!groups.has(stem)) this.noteConflict(joinRel(relDir, stem), relDir, []);
-      return;
+    const abs = this.abs(relDir) + "/" + name;
+    if (name.includes("\uFFFD") && !existsNoFollow(abs)) {
+      // not valid UTF-8: the decoded name is not the file's name, and no key can hold it
+      note({ sig: "name", level: "warn", msg: "config-path: file name is not valid UTF-8, skipped", fields: {} });
+      return "skip";
     }
-    if (depth >= MAX_DEPTH) {
-      for (const d of subdirs) note(d, { sig: `${DIR_NOTE}deep`, level: "warn", msg: `config-path: deeper than ${MAX_DEPTH} levels, not descending`, fields: {} });
-      return;
+    if (ent.isFile()) return "file";
+    if (ent.isDirectory()) return "dir";
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(abs);
+    } catch (e) {
+      if (!ent.isSymbolicLink()) return "skip"; // gone since the listing
+      const code = errCode(e);
+      note({ sig: `dangling:${code}`, level: "warn", msg: code === "ELOOP" ? "config-path: symlink loop, skipped" : "config-path: dangling symlink, skipped", fields: { error: code } });
+      return "dangling";
     }
-    for (const d of subdirs) await this.scanDir(joinRel(relDir, d), null, res, seen, depth + 1);
+    if (st.isFile()) return "file";
+    if (st.isDirectory()) return "dir";
+    const what = st.isFIFO() ? "fifo" : st.isSocket() ? "socket" : st.isCharacterDevice() || st.isBlockDevice() ? "device" : "special file";
+    note({ sig: `other:${what}:${st.ino}`, level: "warn", msg: `config-path: not a regular file or directory (${what}), skipped`, fields: {} });
+    return "skip";
+  }
+
+  /** The key of one stem: its first file by name is read, a conflict with the others noted. */
+  private readKey(relDir: string, stem: string, cands: Candidate[], res: ScanResult): void {
+    cands.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const key = joinRel(relDir, stem);
+    this.noteConflict(key, relDir, cands.map((c) => c.name));
+    const first = cands[0]!;
+    this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
   }
 
   private noteConflict(key: string, relDir: string, names: string[]): void {
