@@ -522,7 +522,9 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
     const { prefix, stateDir } = fresh();
     const stay = await run(["-l", `${S}=keep`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
     const gone = await run(["-l", `${S}=keep`, "-l", `${B}.tcp=80`, "--expose", "80", docker.image]);
-    const cd1 = new ClusterfDocker(prefix, stateDir);
+    // A 5 s lease: the restart (after a `docker rm` meanwhile) must fit in its TTL on a loaded machine too.
+    const ttl = ["-etcd-ttl=5s"];
+    const cd1 = new ClusterfDocker(prefix, stateDir, ttl);
     await waitKeys(prefix, (k) => k.size === 2, "two backends", 10_000, cd1);
     const stayKey = `${prefix}/services/${bk("keep", stay)}`;
     const before = (await client.get(stayKey).exec()).kvs[0]!;
@@ -535,11 +537,11 @@ describe("clusterf-docker on a real Docker engine and etcd", () => {
       // While it is down, one container goes away (its die/destroy events are missed).
       await docker.run(["rm", "-f", gone]);
       const t0 = Date.now();
-      const cd2 = new ClusterfDocker(prefix, stateDir);
+      const cd2 = new ClusterfDocker(prefix, stateDir, ttl);
       await cd2.waitLog(/took over the lease of the previous run/, 5000);
       console.log(`restart → lease taken over after ${Date.now() - t0} ms`);
       await waitKeys(prefix, (k) => k.size === 1 && k.has(bk("keep", stay)), "the stale key removed by the resync", 5000, cd2);
-      await Bun.sleep(2500); // longer than the TTL: the old lease would have expired by now
+      await Bun.sleep(5500); // longer than the TTL: the old lease would have expired by now
       const after = (await client.get(stayKey).exec()).kvs[0];
       expect(after).toBeDefined();
       // Never deleted, never even rewritten: the same create and mod revisions, the same lease.
