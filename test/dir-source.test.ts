@@ -341,6 +341,19 @@ describe("DirSource", () => {
     expect(rec.map.has("routes/r1")).toBe(true);
   });
 
+  dirTest("a byte order mark is not part of the value: saving the same value with or without one is no change", async () => {
+    const root = newRoot();
+    write(root, "routes/r1", '\uFEFF{"Prefix4":"192.0.2.0/24"}');
+    const { src, rec } = await startSource(root, { debounceMs: 5000 });
+    expect(rec.texts()).toEqual({ "routes/r1": '{"Prefix4":"192.0.2.0/24"}' });
+    write(root, "routes/r1", '{"Prefix4":"192.0.2.0/24"}');
+    await src.resync();
+    expect(rec.updates).toEqual([]);
+    write(root, "routes/r1", '\uFEFF{"Prefix4":"198.51.100.0/24"}');
+    await src.resync();
+    expect(rec.updates.map((u) => u.map((e) => [e.key, e.value?.text]))).toEqual([[["routes/r1", '{"Prefix4":"198.51.100.0/24"}']]]);
+  });
+
   dirTest("resync() re-reads the whole tree and hands over what differs as one update; unreadable files keep their value", async () => {
     const root = newRoot();
     write(root, "services/web/frontend", '{"tcp":80}');

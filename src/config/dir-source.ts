@@ -172,6 +172,9 @@ function diffListing(entries: fs.Dirent[], known: Set<string>, onlyStems: Set<st
 
 /** What a scan found. */
 interface ScanResult {
+  /** The fingerprint of every key read (changed or not). */
+  fps: Map<string, number>;
+  /** The values of the keys read that the source did not know as they are (see TreeReader.isKnown). */
   values: Map<string, RawValue>;
   /** Keys whose previous value must be kept (unreadable, too large). */
   keepKeys: Set<string>;
@@ -188,7 +191,7 @@ interface ScanResult {
 }
 
 function newScan(): ScanResult {
-  return { values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
+  return { fps: new Map(), values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
 }
 
 /**
@@ -217,6 +220,8 @@ class TreeReader {
   constructor(
     readonly root: string,
     private readonly maxBytes: number,
+    /** Whether the source already has this value for the key (then the reader makes no text of it). */
+    private readonly isKnown?: (key: string, fp: number) => boolean,
   ) {}
 
   abs(rel: string): string {
@@ -450,9 +455,14 @@ class TreeReader {
       for (let n; len < buf.length && (n = fs.readSync(fd, buf, len, buf.length - len, null)) > 0; ) len += n;
       if (len > this.maxBytes) return tooLarge(len);
       this.problems.delete(file);
-      let text = buf.toString("utf8", 0, len);
-      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1); // byte order mark from some editors
-      res.values.set(key, { text, format, origin: file });
+      // A byte order mark from some editors is not part of the value.
+      const start = len >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf ? 3 : 0;
+      const fp = fingerprint(buf.subarray(start, len), rel, format);
+      res.fps.set(key, fp);
+      if (this.isKnown?.(key, fp)) return; // unchanged: no text made (a periodic re-read of a big tree)
+      const value: RawValue = { text: buf.toString("utf8", start, len), format, origin: file };
+      FINGERPRINT.set(value, fp);
+      res.values.set(key, value);
     } catch (e) {
       const code = errCode(e);
       if (GONE.has(code)) {
@@ -493,17 +503,20 @@ function isKept(key: string, res: ScanResult): boolean {
 }
 
 /**
- * What the source remembers of a value it handed over: 52 bits of a hash of its text, format and
+ * What the source remembers of a value it handed over: 52 bits of a hash of its bytes, format and
  * file, not the text itself (a 110,000-file tree's texts and paths were a quarter of the daemon's
  * heap). Only a key's old and new value are ever compared: a change that keeps the hash equal
- * goes unseen with a chance of 2^-52.
+ * goes unseen with a chance of 2^-52. Made from the bytes, so that an unchanged file is never
+ * decoded into text.
  */
-function fingerprint(v: RawValue): number {
-  // Two 32-bit hashes of the text (the file and format seed one), without allocating: 110,000 of
-  // them run in the first read.
-  const seed = Bun.hash.murmur32v3(v.origin, v.format === "json" ? 1 : 2);
-  return Bun.hash.murmur32v3(v.text, seed) * 2 ** 20 + (Bun.hash.crc32(v.text) >>> 12);
+function fingerprint(bytes: Uint8Array, rel: string, format: ValueFormat): number {
+  // Two 32-bit hashes of the bytes (the file and format seed one), without allocating.
+  const seed = Bun.hash.murmur32v3(rel, format === "json" ? 1 : 2);
+  return Bun.hash.murmur32v3(bytes, seed) * 2 ** 20 + (Bun.hash.crc32(bytes) >>> 12);
 }
+
+/** The fingerprint of each value the reader made (for the hand-over, which has only the value). */
+const FINGERPRINT = new WeakMap<RawValue, number>();
 
 export class DirSource implements ConfigSource {
   readonly name = SOURCE;
@@ -556,7 +569,7 @@ export class DirSource implements ConfigSource {
     this.rescanMs = opts.rescanMs ?? 60_000;
     this.rootPollMs = opts.rootPollMs ?? 1000;
     this.watch = opts.watch ?? true;
-    this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES);
+    this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES, (key, fp) => this.known.get(key) === fp);
     this.debounce = new Debounce(() => void this.serial(() => this.flush()), this.debounceMs, this.maxDelayMs);
   }
 
@@ -629,6 +642,7 @@ export class DirSource implements ConfigSource {
   private async readAll(sink: SourceSink): Promise<void> {
     const first = this.rootId === undefined;
     const snapshot = !this.handedOver;
+    if (snapshot) this.known = new Map(); // the reader makes the text of every value for a snapshot
     this.rootId = this.rootIdentity();
     const res = await this.reader.scanTree("");
     if (this.stopped) return;
@@ -639,15 +653,14 @@ export class DirSource implements ConfigSource {
       warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
     }
     if (snapshot) {
-      this.known = new Map();
-      for (const [k, v] of res.values) this.known.set(k, fingerprint(v));
+      this.known = res.fps;
       this.handedOver = true;
       info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size });
       sink.snapshot(SOURCE, res.values);
     } else {
       const changes = new Map<string, RawValue | null>();
-      for (const k of this.known.keys()) if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
-      for (const [k, v] of res.values) if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
+      for (const k of this.known.keys()) if (!res.fps.has(k) && !isKept(k, res)) changes.set(k, null);
+      for (const [k, v] of res.values) changes.set(k, v);
       await this.handOver(changes, this.reader.pacer);
       info("config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size, changed: changes.size });
     }
@@ -836,11 +849,11 @@ export class DirSource implements ConfigSource {
       this.syncLinks(p, res);
       let n = 0;
       for (const [k, v] of res.values) {
-        if (this.known.get(k) !== fingerprint(v)) changes.set(k, v);
+        changes.set(k, v);
         if ((++n & 1023) === 0) await pacer.due();
       }
       for (const k of below.get(p) ?? []) {
-        if (!res.values.has(k) && !isKept(k, res)) changes.set(k, null);
+        if (!res.fps.has(k) && !isKept(k, res)) changes.set(k, null);
         if ((++n & 1023) === 0) await pacer.due();
       }
     }
@@ -892,9 +905,8 @@ export class DirSource implements ConfigSource {
         const key = joinRel(d, stem);
         if (res.keepKeys.has(key)) continue;
         const v = res.values.get(key);
-        if (v) {
-          if (this.known.get(key) !== fingerprint(v)) changes.set(key, v);
-        } else if (this.known.has(key)) changes.set(key, null);
+        if (v) changes.set(key, v);
+        else if (!res.fps.has(key) && this.known.has(key)) changes.set(key, null);
       }
     }
     return true;
@@ -923,7 +935,7 @@ export class DirSource implements ConfigSource {
     for (const key of keys) {
       const value = changes.get(key)!;
       events.push({ key, value });
-      if (value) this.known.set(key, fingerprint(value));
+      if (value) this.known.set(key, FINGERPRINT.get(value)!);
       else this.known.delete(key);
       if (logEach) debug("config-path: key " + (value ? "set" : "deleted"), { source: SOURCE, key, path: value?.origin });
       if ((events.length & 1023) === 0) await pacer.due();
