@@ -442,18 +442,20 @@ class TreeReader {
     try {
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
       fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-      const st = fs.fstatSync(fd);
-      if (!st.isFile()) return; // not a regular file (any more): no value
-      const tooLarge = (size: number) => {
-        this.problem(file, `size:${size}:${st.mtimeMs}`, "config-path: file too large, not read (previous value kept)", { key, size, limit: this.maxBytes });
-        res.keepKeys.add(key);
-      };
-      if (st.size > this.maxBytes) return tooLarge(st.size);
-      // Up to one byte more than allowed: a file that grew since the stat is seen as too large.
+      // Up to one byte more than allowed: more is too large. No stat first (one system call less
+      // per file): only an empty read or a file too large is looked at more closely.
       const buf = (this.buf ??= Buffer.allocUnsafe(this.maxBytes + 1));
       let len = 0;
       for (let n; len < buf.length && (n = fs.readSync(fd, buf, len, buf.length - len, null)) > 0; ) len += n;
-      if (len > this.maxBytes) return tooLarge(len);
+      if (len === 0 || len > this.maxBytes) {
+        const st = fs.fstatSync(fd);
+        if (!st.isFile()) return; // not a regular file (any more, e.g. a fifo): no value
+        if (len > this.maxBytes) {
+          this.problem(file, `size:${st.size}:${st.mtimeMs}`, "config-path: file too large, not read (previous value kept)", { key, size: st.size, limit: this.maxBytes });
+          res.keepKeys.add(key);
+          return;
+        }
+      }
       this.problems.delete(file);
       // A byte order mark from some editors is not part of the value.
       const start = len >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf ? 3 : 0;
