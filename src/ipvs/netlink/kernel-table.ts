@@ -169,7 +169,8 @@ export class KernelIpvsTable implements IpvsTable {
     if (err) throw this.error(req, err);
   }
 
-  private send(sock: GenlSocket, req: Request): void {
+  /** One send() of the encoded request(s); protected so that a test can make a request go unanswered. */
+  protected send(sock: GenlSocket, req: Request): void {
     try {
       sock.send(this.w.buf, this.w.pos);
     } catch (e) {
