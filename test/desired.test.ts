@@ -245,6 +245,25 @@ describe("incremental updates", () => {
     expect(t.table.get("inet+tcp://192.0.2.1:80")!.dests.size).toBe(2);
   });
 
+  test("a route change's services are found a few at a time: the same as at once, with pauses", () => {
+    const s = new ConfigStore();
+    const config: Record<string, unknown> = {};
+    for (let i = 0; i < 1000; i++) {
+      config[`services/s${i}/frontend`] = { ipv4: `192.0.2.${1 + (i % 250)}`, tcp: 1 + Math.floor(i / 250) };
+      config[`services/s${i}/backends/b`] = { ipv4: i % 2 ? "10.0.0.1" : "198.51.100.1", tcp: 80 };
+    }
+    s.snapshot("etcd", entries(config));
+    const t = new DesiredTable(DEFAULT_DESIRED_OPTIONS);
+    t.rebuild(s.services, s.routes);
+    const c = s.apply("etcd", put("routes/r", { Prefix4: "10.0.0.0/8", Gateway4: "192.0.2.50", IpvsMethod: "droute" }))!;
+    const steps = t.routesChangedSteps([c as never], s.services, s.routes);
+    let pauses = 0;
+    let r = steps.next();
+    for (; !r.done; r = steps.next()) pauses++;
+    expect(pauses).toBe(Math.floor(1000 / 256));
+    expect(r.value).toEqual(Array.from({ length: 500 }, (_, k) => `s${2 * k + 1}`));
+  });
+
   test("deleting a frontend removes its IPVS services", () => {
     const { s, t } = setup();
     s.apply("etcd", del("services/web/frontend"));

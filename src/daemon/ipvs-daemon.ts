@@ -363,7 +363,8 @@ export class IpvsDaemon implements SourceSink {
       yield* this.compile(this.store.services.keys(), keys);
     } else {
       if (routeChanges.length) {
-        for (const k of this.desired.updateRoutes(routeChanges, this.store.services, this.store.routes)) keys.add(k);
+        // A route change may touch every service: found, then recompiled, a few at a time.
+        yield* this.compile(yield* this.desired.routesChangedSteps(routeChanges, this.store.services, this.store.routes), keys);
       }
       yield* this.compile(dirty, keys);
     }

@@ -25,6 +25,7 @@ import {
   type TableEntry,
 } from "../ipvs/types.ts";
 import { RouteIndex, routeCovers } from "./routes.ts";
+import { runSync, type Steps } from "../util/slices.ts";
 
 export interface DesiredEntry extends TableEntry {
   /** The config service that describes it. */
@@ -306,25 +307,33 @@ export class DesiredTable {
     services: Map<string, MergedService>,
     routes: Map<string, Route>,
   ): Set<string> {
+    return this.updateServices(runSync(this.routesChangedSteps(changes, services, routes)), services);
+  }
+
+  /**
+   * Takes the new route table and finds the config services a route change touches (a backend
+   * the old or the new route covers), a few services at a time: the caller recompiles them (in
+   * slices too, with updateServices).
+   */
+  *routesChangedSteps(
+    changes: { before?: Route; after?: Route }[],
+    services: Map<string, MergedService>,
+    routes: Map<string, Route>,
+  ): Steps<string[]> {
     this.routes = new RouteIndex(routes);
     this.services = services;
     const touched = changes.flatMap((c) => [c.before, c.after]).filter((r): r is Route => !!r);
     const affected: string[] = [];
+    let n = 0;
     for (const [name, svc] of services) {
+      if ((++n & 255) === 0) yield;
       if (!svc.frontend) continue;
-      let hit = false;
-      for (const b of svc.backends.values()) {
-        for (const r of touched) {
-          if ((b.ipv4 && routeCovers(r, "inet", b.ipv4)) || (b.ipv6 && routeCovers(r, "inet6", b.ipv6))) {
-            hit = true;
-            break;
-          }
-        }
-        if (hit) break;
-      }
+      const hit = [...svc.backends.values()].some((b) =>
+        touched.some((r) => (b.ipv4 && routeCovers(r, "inet", b.ipv4)) || (b.ipv6 && routeCovers(r, "inet6", b.ipv6))),
+      );
       if (hit) affected.push(name);
     }
-    return this.updateServices(affected, services);
+    return affected;
   }
 
   /**
