@@ -120,9 +120,7 @@ const outfile = join(outDir, "clusterf");
 const target = process.env.CLUSTERF_BUN_TARGET || undefined;
 const started = performance.now();
 const result = await Bun.build({
-  // The directory watcher's thread is an entry point of its own (a compiled binary finds a
-  // Worker's module only among them).
-  entrypoints: [join(ROOT, "packaging/clusterf.ts"), join(ROOT, "src/config/dir-watch-worker.ts")],
+  entrypoints: [join(ROOT, "packaging/clusterf.ts")],
   target: "bun",
   sourcemap: "linked",
   compile: {

@@ -44,22 +44,6 @@ const SAVES: Record<string, Save> = {
 };
 
 describe("DirSource watcher", () => {
-  watchTest("the watcher runs on a thread of its own, at nice 10 (below the daemon's main thread)", async () => {
-    const threads = () =>
-      fs.readdirSync("/proc/self/task").map((t) => {
-        const st = fs.readFileSync(`/proc/self/task/${t}/stat`, "utf8");
-        return { tid: t, name: st.slice(st.indexOf("(") + 1, st.lastIndexOf(")")), nice: Number(st.slice(st.lastIndexOf(")") + 2).split(" ")[16]) };
-      });
-    const before = new Set(threads().map((t) => t.tid));
-    const root = h.newRoot();
-    write(root, "routes/r1", "{}");
-    await h.start(root, {});
-    const added = threads().filter((t) => !before.has(t.tid));
-    // Bun names a worker's thread "Worker" (its helper threads inherit the nice value)
-    expect(added.filter((t) => t.name === "Worker").map((t) => t.nice)).toEqual([10]);
-    expect(threads().find((t) => t.tid === String(process.pid))?.nice).toBe(0);
-  });
-
   watchTest("watch: false (-once) reads once and starts no watcher", async () => {
     const root = h.newRoot();
     write(root, "routes/r1", "{}");

@@ -375,7 +375,7 @@ describe("installed", () => {
     expect(r.stderr).not.toMatch(/Cannot find module|dlopen|no kernel IPVS driver/i);
   });
 
-  test("the installed clusterf-ipvs follows -config-path live: its watcher thread is in the binary", async () => {
+  test("the installed clusterf-ipvs follows -config-path live", async () => {
     if (!debRoot && !rpmRoot) throw new Error("needs the install tests");
     const root = rpmRoot || debRoot;
     const tree = join(work, "live-tree");

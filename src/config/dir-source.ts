@@ -12,8 +12,8 @@
 // saves, renames, `rm -r`, bursts). A slow periodic full re-read (`rescanMs`) is a safety net for
 // notifications the kernel drops (inotify queue overflow, watch limits).
 //
-// Watching: chokidar 6 on a thread of its own (dir-watch.ts; one inotify watch per directory,
-// symlinked files watched through their target's directory, replaced directories watched again).
+// Watching: chokidar 6 (dir-watch.ts; one inotify watch per directory, symlinked files watched
+// through their target's directory, replaced directories watched again).
 // chokidar reports a new directory before it watches it, so every re-read path is read once more
 // when the watcher has been quiet for a while (again while that finds changes). Its events are used only as hints,
 // never applied as such: under Bun, chokidar 4 and 5 dropped a second change of a file within
@@ -41,7 +41,7 @@
 
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { WatcherThread, isUnwatched, type Hint } from "./dir-watch.ts";
+import { TreeWatcher, isUnwatched, type Hint } from "./dir-watch.ts";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
 import { debug, debugEnabled, info, warn } from "../util/log.ts";
 import { MAX_VALUE_BYTES } from "./values.ts";
@@ -544,7 +544,7 @@ export class DirSource implements ConfigSource {
   private pollTimer: ReturnType<typeof setInterval> | null = null;
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
-  private watcher: WatcherThread | null = null;
+  private watcher: TreeWatcher | null = null;
   /** The directories of the tree as last listed (relative paths), with their identity. */
   private listedDirs = new Map<string, string>();
   /**
@@ -685,9 +685,9 @@ export class DirSource implements ConfigSource {
 
   // --- watching ---
 
-  /** Starts chokidar (on its own thread) and waits for its initial scan: every directory watched. */
+  /** Starts chokidar and waits for its initial scan: every directory watched. */
   private async startWatcher(): Promise<void> {
-    const watcher = new WatcherThread(this.root, MAX_DEPTH, {
+    const watcher = new TreeWatcher(this.root, MAX_DEPTH, {
       hints: (hints) => this.hints(hints),
       // inotify limits and the like: what goes unseen is read at the next periodic re-read
       error: (message) => warn("config-path: watcher error (changes may wait for the next periodic re-read)", { source: SOURCE, path: this.root, error: message }),

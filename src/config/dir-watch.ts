@@ -1,11 +1,10 @@
-// The directory source's watcher runs chokidar on a thread of its own (dir-watch-worker.ts).
-// chokidar's start, and its pick-up of a tree moved in at once (an lstat, a readdir and an inotify
-// watch for each of thousands of new directories), are hundreds of milliseconds of JavaScript
-// (seconds on a slow machine) that blocked the daemon's event loop: /healthz went unanswered and
-// an advertised route's lease keep-alives waited (docs/config.md §4). The thread only forwards
-// what chokidar reports, as paths relative to the root; every decision stays with the directory
-// source on the main thread.
+// The directory source's watcher: chokidar 6 on the -config-path root, its events and its
+// backend's raw notifications handed on as paths relative to the root (hints); every decision
+// stays with the directory source. (Running it on a thread of its own took its start off the
+// event loop, but made chokidar set up the watch on a new directory later than the source read
+// it, and a kernel churn test then missed a change: it runs here, on the daemon's thread.)
 
+import { watch, type FSWatcher } from "chokidar";
 import * as path from "node:path";
 
 /** Path relative to the root ("" for the root), or null outside it (a symlinked file's target). */
@@ -25,84 +24,58 @@ export function isUnwatched(rel: string | null): boolean {
 }
 
 /**
- * What the thread reports: a path chokidar named (relative; null outside the root), or a
+ * What the watcher reports: a path chokidar named (relative; null outside the root), or a
  * notification of its backend: `name` changed in the watched directory (or the watched file
  * itself changed), as [name, watched directory or file].
  */
 export type Hint = string | null | [name: string, watched: string | null];
-
-export type FromWatcher =
-  | { type: "ready" }
-  | { type: "hints"; hints: Hint[] }
-  | { type: "error"; message: string }
-  | { type: "closed" };
-
-export type ToWatcher = { type: "start"; root: string; depth: number } | { type: "close" };
 
 export interface WatchHandlers {
   hints(hints: Hint[]): void;
   error(message: string): void;
 }
 
-/**
- * The worker's module: next to this one in the source tree; in a `bun build --compile` binary, an
- * entry point of the build (packaging/build.ts adds it), named by its path below the entry
- * points' common folder, the repository.
- */
-function workerModule(): string {
-  if (import.meta.url.includes("/$bunfs/")) return "./src/config/dir-watch-worker.ts";
-  return new URL("./dir-watch-worker.ts", import.meta.url).href;
-}
-
-/** chokidar on its own thread: started by start(), which resolves once every directory is watched. */
-export class WatcherThread {
-  private readonly worker: Worker;
+/** chokidar on the tree: start() resolves once every directory is watched. */
+export class TreeWatcher {
+  private watcher: FSWatcher | null = null;
   private endWait: (() => void) | null = null;
-  private closed: Promise<void> | null = null;
 
   constructor(
     private readonly root: string,
     private readonly depth: number,
     private readonly handlers: WatchHandlers,
-  ) {
-    this.worker = new Worker(workerModule());
-  }
+  ) {}
 
-  /** Resolves when chokidar is ready (or close() was called meanwhile); rejects if the thread fails. */
+  /** Resolves when chokidar is ready (or close() was called meanwhile). */
   start(): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
+    const root = this.root;
+    const w = watch(root, {
+      ignoreInitial: true,
+      followSymlinks: true,
+      depth: this.depth,
+      atomic: false, // every event is only a hint: no need to hold an unlink back
+      ignored: (p: string) => isUnwatched(relativeTo(root, p)),
+    });
+    this.watcher = w;
+    w.on("all", (_event: string, p: string) => this.handlers.hints([relativeTo(root, p)]));
+    // The backend's own notifications too: chokidar coalesces what it reports per path (under
+    // Bun, a symlinked file's target saved twice within 50 ms gave one event), a hint must not be lost.
+    w.on("raw", (_event: string, name: unknown, details: unknown) => {
+      const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
+      if (typeof watched === "string") this.handlers.hints([[typeof name === "string" ? name : "", relativeTo(root, watched)]]);
+    });
+    w.on("error", (e: unknown) => this.handlers.error(String((e as Error)?.message ?? e)));
+    return new Promise<void>((resolve) => {
       this.endWait = resolve;
-      this.worker.onerror = (e) => reject(new Error(`directory watcher thread: ${e.message}`));
-      this.worker.onmessage = (ev: MessageEvent<FromWatcher>) => {
-        const m = ev.data;
-        if (m.type === "ready") resolve();
-        else if (m.type === "hints") this.handlers.hints(m.hints);
-        else if (m.type === "error") this.handlers.error(m.message);
-      };
-      this.post({ type: "start", root: this.root, depth: this.depth });
+      w.once("ready", () => resolve());
     });
   }
 
-  /** Closes chokidar (its inotify watches) and ends the thread. */
-  close(): Promise<void> {
+  /** Closes chokidar (its inotify watches); a start() still waiting ends too. */
+  async close(): Promise<void> {
     this.endWait?.();
-    this.closed ??= new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.worker.terminate();
-        resolve();
-      };
-      // A thread that does not answer (it failed to start) is ended anyway.
-      const timer = setTimeout(done, 2000);
-      this.worker.onmessage = (ev: MessageEvent<FromWatcher>) => {
-        if (ev.data.type === "closed") done();
-      };
-      this.post({ type: "close" });
-    });
-    return this.closed;
-  }
-
-  private post(m: ToWatcher): void {
-    this.worker.postMessage(m);
+    const w = this.watcher;
+    this.watcher = null;
+    await w?.close();
   }
 }
