@@ -15,6 +15,7 @@ import type { IpvsTable } from "../ipvs/types.ts";
 import { Reconciler, type SyncResult } from "./reconciler.ts";
 import * as log from "../util/log.ts";
 import { chunks, runSliced, runSync, type Steps } from "../util/slices.ts";
+import { Backoff } from "../util/backoff.ts";
 
 /** Source events taken into the store, and config services compiled, between two chances to pause. */
 const EVENT_SLICE = 256;
@@ -107,7 +108,8 @@ export class IpvsDaemon implements SourceSink {
   private resyncTimer?: ReturnType<typeof setInterval>;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private drainTimer?: ReturnType<typeof setTimeout>;
-  private retries = 0;
+  /** Retries of failed writes back off: 1 s, 2 s, 4 s… up to 30 s while the failures go on. */
+  private readonly retryBackoff: Backoff;
   private applyListeners: ((r: SyncResult) => void)[] = [];
   private syncListeners: ((kind: SyncKind, ms: number, r: SyncResult) => void)[] = [];
 
@@ -137,6 +139,8 @@ export class IpvsDaemon implements SourceSink {
         this.scheduleApply();
       },
     });
+    const retryMs = opts.retryMs ?? 1000;
+    this.retryBackoff = new Backoff(retryMs, Math.max(retryMs, 30_000));
     this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs });
     for (const s of sources) this.waiting.add(s.name);
   }
@@ -437,16 +441,13 @@ export class IpvsDaemon implements SourceSink {
       log.info("IPVS: applied", { kind, writes: result.ops, errors: result.errors, ms: Math.round(ms * 100) / 100 });
     }
     if (result.errors > 0 && !this.retryTimer) {
-      // Retries back off (1 s, 2 s, 4 s… up to 30 s) while the failures go on.
-      const base = this.opts.retryMs ?? 1000;
-      const delay = Math.min(base * 2 ** this.retries, Math.max(base, 30_000));
-      this.retries++;
+      const delay = this.retryBackoff.next();
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
         void this.sliced(() => this.resyncSteps());
       }, delay);
     } else if (result.errors === 0) {
-      this.retries = 0;
+      this.retryBackoff.reset();
     }
     this.scheduleDrainCheck();
     for (const l of this.syncListeners) l(kind, ms, result);
