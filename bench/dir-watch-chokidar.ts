@@ -11,7 +11,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { BACKENDS, lagMeter, makeTree, procStatusMiB } from "./support.ts";
+import { BACKENDS, lagMeter, machineLine, makeTree, procStatusMiB } from "./support.ts";
 
 
 
@@ -86,7 +86,7 @@ const kinds = ["fs.watch", "chokidar", "chokidar, files ignored"];
 const base = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-bench-chokidar-"));
 const f = (n: number) => n.toFixed(0);
 const misses: string[] = [];
-console.log(`${os.cpus().length} CPUs, load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} at start; ${rounds} rounds, medians, each run a fresh process`);
+console.log(`${machineLine()}; ${rounds} rounds, medians, each run a fresh process`);
 console.log("");
 console.log("| tree | watching | ready | longest event-loop block | RSS / peak | JS heap after GC | heap objects per directory | per file |");
 console.log("|---|---|---|---|---|---|---|---|");

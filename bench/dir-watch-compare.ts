@@ -16,7 +16,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { inotifyWatches } from "../test/support/proc.ts";
-import { BACKENDS, lagMeter, makeTree, procStatusMiB } from "./support.ts";
+import { BACKENDS, lagMeter, machineLine, makeTree, procStatusMiB } from "./support.ts";
 
 const REPO = path.resolve(import.meta.dir, "..");
 const OLD_COMMIT = "f820a4a^";
@@ -130,7 +130,7 @@ const sources: Array<[string, string]> = [
   ["chokidar 6 (today)", path.join(REPO, "src/config/dir-source.ts")],
 ];
 if (process.env.VARIANT) sources.push([`variant ${path.basename(process.env.VARIANT)}`, path.resolve(process.env.VARIANT)]);
-console.log(`${os.cpus().length} CPUs, load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} at start; ${rounds} rounds, each figure a median, each run a fresh process; idle CPU over ${idleMs / 1000} s`);
+console.log(`${machineLine()}; ${rounds} rounds, each figure a median, each run a fresh process; idle CPU over ${idleMs / 1000} s`);
 console.log("");
 console.log("| tree | watcher | ready (first read + watches) | peak RSS (VmHWM) | RSS after ready | idle CPU | inotify watches | longest event-loop block in start | save → update |");
 console.log("|---|---|---|---|---|---|---|---|---|");

@@ -1,5 +1,6 @@
 // Pieces the benchmarks share: the generated config tree, /proc readings and an event-loop lag meter.
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 
 export const BACKENDS = 10;
@@ -42,3 +43,9 @@ export function lagMeter(): { stop(): number } {
     },
   };
 }
+
+/** The machine a bench ran on, for its first line: CPUs and the load average at start. */
+export function machineLine(): string {
+  return `${os.cpus().length} CPUs, load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} at start`;
+}
+

@@ -5,7 +5,6 @@ import { describe, expect, test } from "bun:test";
 import { IpvsDaemon } from "../src/daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
 import { ipvsMetrics } from "../src/metrics/ipvs-metrics.ts";
-import { expositionText } from "../src/metrics/server.ts";
 import { ConfigStore } from "../src/config/store.ts";
 import { DEFAULT_DESIRED_OPTIONS, compileAll } from "../src/model/desired.ts";
 import { configureLog } from "../src/util/log.ts";
@@ -55,7 +54,8 @@ describe("backend names per destination", () => {
     const d = daemon();
     d.update("etcd", [del("services/other/frontend")]);
     d.apply();
-    const text = await expositionText(ipvsMetrics(d));
+    let text = "";
+    for await (const chunk of ipvsMetrics(d).chunks()) text += chunk;
     const labels = text.split("\n").filter((l) => l.startsWith("clusterf_ipvs_dest_connections_total{")).map((l) => /backend="([^"]*)",dest="([^"]*)"/.exec(l)!.slice(1).join(" "));
     expect(labels.sort()).toEqual(["a 198.51.100.1:8080", "b 198.51.100.2:8080", "c,d 192.0.2.254:80"]);
   });

@@ -41,7 +41,7 @@
 
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { TreeWatcher, isUnwatched, type Hint } from "./dir-watch.ts";
+import { TreeWatcher, isUnwatched } from "./dir-watch.ts";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink, ValueFormat } from "./source.ts";
 import { debug, debugEnabled, info, warn } from "../util/log.ts";
 import { MAX_VALUE_BYTES } from "./values.ts";
@@ -688,7 +688,8 @@ export class DirSource implements ConfigSource {
   /** Starts chokidar and waits for its initial scan: every directory watched. */
   private async startWatcher(): Promise<void> {
     const watcher = new TreeWatcher(this.root, MAX_DEPTH, {
-      hints: (hints) => this.hints(hints),
+      path: (rel) => this.hint(rel),
+      raw: (name, watched) => this.rawHint(name, watched),
       // inotify limits and the like: what goes unseen is read at the next periodic re-read
       error: (message) => warn("config-path: watcher error (changes may wait for the next periodic re-read)", { source: SOURCE, path: this.root, error: message }),
     });
@@ -696,16 +697,9 @@ export class DirSource implements ConfigSource {
     await watcher.start();
   }
 
-  /** What the watcher reported: each path is re-read after the debounce. */
-  private hints(hints: Hint[]): void {
-    for (const h of hints) {
-      if (!Array.isArray(h)) this.hint(h);
-      else {
-        // A backend notification: `name` changed in the watched directory, or the watched file changed.
-        const [name, watched] = h;
-        this.hint(watched !== null && name !== "" && this.listedDirs.has(watched) ? joinRel(watched, name) : watched);
-      }
-    }
+  /** A backend notification: `name` changed in the watched directory, or the watched file changed. */
+  private rawHint(name: string, watched: string | null): void {
+    this.hint(watched !== null && name !== "" && this.listedDirs.has(watched) ? joinRel(watched, name) : watched);
   }
 
   /** A path to re-read (relative; null: outside the root, a symlinked file's target). */

@@ -1,8 +1,8 @@
 // The directory source's watcher: chokidar 6 on the -config-path root, its events and its
 // backend's raw notifications handed on as paths relative to the root (hints); every decision
-// stays with the directory source. (Running it on a thread of its own took its start off the
-// event loop, but made chokidar set up the watch on a new directory later than the source read
-// it, and a kernel churn test then missed a change: it runs here, on the daemon's thread.)
+// stays with the directory source. It runs on the daemon's thread: on a thread of its own,
+// chokidar set up the watch on a new directory later than the source read it, and a kernel
+// churn test missed a change made in between (README, benchmarks).
 
 import { watch, type FSWatcher } from "chokidar";
 import * as path from "node:path";
@@ -23,15 +23,12 @@ export function isUnwatched(rel: string | null): boolean {
   return rel.split("/").some((n) => n.startsWith(".") && !n.startsWith(".."));
 }
 
-/**
- * What the watcher reports: a path chokidar named (relative; null outside the root), or a
- * notification of its backend: `name` changed in the watched directory (or the watched file
- * itself changed), as [name, watched directory or file].
- */
-export type Hint = string | null | [name: string, watched: string | null];
-
+/** What the watcher reports, as paths relative to the root (null: outside it, a symlinked file's target). */
 export interface WatchHandlers {
-  hints(hints: Hint[]): void;
+  /** A path chokidar named. */
+  path(rel: string | null): void;
+  /** A notification of its backend: `name` changed in the watched directory, or the watched file itself. */
+  raw(name: string, watched: string | null): void;
   error(message: string): void;
 }
 
@@ -57,12 +54,12 @@ export class TreeWatcher {
       ignored: (p: string) => isUnwatched(relativeTo(root, p)),
     });
     this.watcher = w;
-    w.on("all", (_event: string, p: string) => this.handlers.hints([relativeTo(root, p)]));
+    w.on("all", (_event: string, p: string) => this.handlers.path(relativeTo(root, p)));
     // The backend's own notifications too: chokidar coalesces what it reports per path (under
     // Bun, a symlinked file's target saved twice within 50 ms gave one event), a hint must not be lost.
     w.on("raw", (_event: string, name: unknown, details: unknown) => {
       const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
-      if (typeof watched === "string") this.handlers.hints([[typeof name === "string" ? name : "", relativeTo(root, watched)]]);
+      if (typeof watched === "string") this.handlers.raw(typeof name === "string" ? name : "", relativeTo(root, watched));
     });
     w.on("error", (e: unknown) => this.handlers.error(String((e as Error)?.message ?? e)));
     return new Promise<void>((resolve) => {

@@ -17,20 +17,13 @@ export interface Exposition {
 }
 
 /** A prom-client registry as an exposition of one part. */
-export function registryExposition(registry: Registry): Exposition {
+function registryExposition(registry: Registry): Exposition {
   return {
     contentType: registry.contentType,
     async *chunks() {
       yield await registry.metrics();
     },
   };
-}
-
-/** The whole text of an exposition (tests, tools). */
-export async function expositionText(e: Exposition): Promise<string> {
-  let text = "";
-  for await (const chunk of e.chunks()) text += chunk;
-  return text;
 }
 
 export interface MetricsServer {

@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
-import { afterOneResync, blocks, kernelScratch, kernelTable, must, writeTree } from "../support/kernel.ts";
+import { afterOneResync, answersFrom, blocks, curlFrom, kernelScratch, kernelTable, linkToLb, must, writeTree } from "../support/kernel.ts";
 import { until } from "../support/until.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
@@ -124,20 +124,9 @@ describe("ownership and drift", () => {
 
 describe("end to end with traffic", () => {
   // cli (203.0.113.2) → lb (VIP 192.0.2.1 on lo) → b1 (198.51.100.2), b2 (198.51.100.6), masq.
-  const link = (ns: string, peerAddr: string, lbAddr: string, prefix: number) =>
-    must(
-      [
-        `ip link add v-${ns} netns cf-lb type veth peer name eth0 netns ${ns}`,
-        `ip -n cf-lb addr add ${lbAddr}/${prefix} dev v-${ns}`,
-        `ip -n cf-lb link set v-${ns} up`,
-        `ip -n ${ns} addr add ${peerAddr}/${prefix} dev eth0`,
-        `ip -n ${ns} link set eth0 up`,
-        `ip -n ${ns} route add default via ${lbAddr}`,
-      ].join(" && "),
-    );
-  const curl = (n: number) =>
-    must(`for i in $(seq ${n}); do ip netns exec cf-cli curl --noproxy '*' -s -m 2 http://192.0.2.1/ || echo FAIL; done`).trim().split("\n");
-  const count = (lines: string[], who: string) => lines.filter((l) => l === `hello from ${who}`).length;
+  const link = (ns: string, peerAddr: string, lbAddr: string, prefix: number) => linkToLb("cf-lb", ns, peerAddr, lbAddr, prefix);
+  const curl = (n: number) => curlFrom("cf-cli", "http://192.0.2.1/", n);
+  const count = answersFrom;
 
   test("balanced by weight, drained by weight 0, and a long-lived connection survives drain, restart and removal", async () => {
     for (const n of ["cf-lb", "cf-cli", "cf-b1", "cf-b2"]) netns(n);

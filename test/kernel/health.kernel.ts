@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, Daemon } from "../support/proc.ts";
-import { kernelScratch, kernelTable, must } from "../support/kernel.ts";
+import { answersFrom, curlFrom, kernelScratch, kernelTable, linkToLb, must } from "../support/kernel.ts";
 import { until } from "../support/until.ts";
 
 const FIX = join(import.meta.dir, "fixtures");
@@ -28,20 +28,9 @@ const SLOW_START = 3000;
 const PIPELINE = 600;
 
 // cli (203.0.113.2) → lb (VIP 192.0.2.1 on lo) → b1 (198.51.100.2), b2 (198.51.100.6), masq.
-const link = (ns: string, peerAddr: string, lbAddr: string, prefix: number) =>
-  must(
-    [
-      `ip link add v-${ns} netns ${LB} type veth peer name eth0 netns ${ns}`,
-      `ip -n ${LB} addr add ${lbAddr}/${prefix} dev v-${ns}`,
-      `ip -n ${LB} link set v-${ns} up`,
-      `ip -n ${ns} addr add ${peerAddr}/${prefix} dev eth0`,
-      `ip -n ${ns} link set eth0 up`,
-      `ip -n ${ns} route add default via ${lbAddr}`,
-    ].join(" && "),
-  );
-const curl = (n: number) =>
-  must(`for i in $(seq ${n}); do ip netns exec cf-hcli curl --noproxy '*' -s -m 2 http://192.0.2.1/ || echo FAIL; done`).trim().split("\n");
-const count = (lines: string[], who: string) => lines.filter((l) => l === `hello from ${who}`).length;
+const link = (ns: string, peerAddr: string, lbAddr: string, prefix: number) => linkToLb(LB, ns, peerAddr, lbAddr, prefix);
+const curl = (n: number) => curlFrom("cf-hcli", "http://192.0.2.1/", n);
+const count = answersFrom;
 
 /** The weight of a destination in the kernel's table (ipvsadm -Ln), undefined when it is not there. */
 function kernelWeight(vipPort: number, dest: string): number | undefined {

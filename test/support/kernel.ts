@@ -114,3 +114,28 @@ export async function afterOneResync(ns: string, port: number, cmd: string, corr
     await until(() => kernelTable(ns).join("\n") === corrected.join("\n"), timeoutMs, () => `the table corrected before another attempt:\n${kernelTable(ns).join("\n")}`, 100);
   }
 }
+
+/**
+ * A veth pair from the load balancer's namespace `lb` into `ns` (its end is `eth0`): `peerAddr` in
+ * `ns`, `lbAddr` on the lb side, and `ns`'s default route through the lb.
+ */
+export function linkToLb(lb: string, ns: string, peerAddr: string, lbAddr: string, prefix: number): void {
+  must(
+    [
+      `ip link add v-${ns} netns ${lb} type veth peer name eth0 netns ${ns}`,
+      `ip -n ${lb} addr add ${lbAddr}/${prefix} dev v-${ns}`,
+      `ip -n ${lb} link set v-${ns} up`,
+      `ip -n ${ns} addr add ${peerAddr}/${prefix} dev eth0`,
+      `ip -n ${ns} link set eth0 up`,
+      `ip -n ${ns} route add default via ${lbAddr}`,
+    ].join(" && "),
+  );
+}
+
+/** `n` HTTP requests from namespace `client` to `url`, one answer (or FAIL) a line. */
+export const curlFrom = (client: string, url: string, n: number): string[] =>
+  must(`for i in $(seq ${n}); do ip netns exec ${client} curl --noproxy '*' -s -m 2 ${url} || echo FAIL; done`).trim().split("\n");
+
+/** How many answers came from the backend `who` (the test servers answer "hello from NAME"). */
+export const answersFrom = (lines: string[], who: string): number => lines.filter((l) => l === `hello from ${who}`).length;
+
