@@ -31,7 +31,7 @@ import * as path from "node:path";
 import { Etcd3 } from "etcd3";
 import { startEtcdCluster, type EtcdCluster } from "../test/support/etcd.ts";
 import { killAtExit } from "../test/support/reaper.ts";
-import { procStatusMiB } from "./support.ts";
+import { loadEtcd, procStatusMiB } from "./support.ts";
 
 const ROOT = path.join(import.meta.dir, "..");
 const CLI = path.join(ROOT, "bin", "clusterf-ipvs");
@@ -66,25 +66,6 @@ function* config(): Generator<[string, string]> {
 function backendValue(s: number, b: number, weight: number) {
   const i = s * BACKENDS + b;
   return { ipv4: `198.51.100.${1 + (i % 254)}`, tcp: 1024 + Math.floor(i / 254), weight };
-}
-
-/** Bulk load through the v3 JSON gateway: 128 puts per txn (etcd's default limit), 8 in flight. */
-async function loadEtcd(url: string): Promise<void> {
-  const b64 = (s: string) => Buffer.from(s).toString("base64");
-  const batches: { key: string; value: string }[][] = [[]];
-  for (const [key, value] of config()) {
-    if (batches.at(-1)!.length === 128) batches.push([]);
-    batches.at(-1)!.push({ key: b64(`${PREFIX}/${key}`), value: b64(value) });
-  }
-  let next = 0;
-  const worker = async () => {
-    while (next < batches.length) {
-      const batch = batches[next++]!;
-      const r = await fetch(`${url}/v3/kv/txn`, { method: "POST", body: JSON.stringify({ success: batch.map((p) => ({ request_put: p })) }) });
-      if (!r.ok) throw new Error(`etcd txn: HTTP ${r.status} ${await r.text()}`);
-    }
-  };
-  await Promise.all(Array.from({ length: 8 }, worker));
 }
 
 // ---- daemons
@@ -245,7 +226,7 @@ try {
   const urls = cluster.clientUrls;
   const leader = await cluster.leader();
   const tLoad = performance.now();
-  await loadEtcd(leader.clientUrl);
+  await loadEtcd(leader.clientUrl, PREFIX, config());
   console.error(`fleet: etcd up, ${SERVICES} × ${BACKENDS} loaded in ${f0(performance.now() - tLoad)} ms`);
   client = new Etcd3({ hosts: urls });
   await client.get(`${PREFIX}/routes/local`).string(); // connect before timing

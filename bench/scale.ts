@@ -20,6 +20,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { startEtcd, type Etcd } from "../test/support/etcd.ts";
+import { loadEtcd } from "./support.ts";
 
 const ROOT = path.join(import.meta.dir, "..");
 const CLI = path.join(ROOT, "bin", "clusterf-ipvs");
@@ -59,32 +60,6 @@ function writeTree(root: string, z: Size): void {
     if (!made.has(dir)) fs.mkdirSync(dir, { recursive: true }), made.add(dir);
     fs.writeFileSync(file, value);
   }
-}
-
-/** Bulk load through the v3 JSON gateway: 128 puts per txn (etcd's default limit), 8 in flight. */
-async function loadEtcd(etcd: Etcd, prefix: string, z: Size): Promise<void> {
-  const b64 = (s: string) => Buffer.from(s).toString("base64");
-  await fetch(`${etcd.clientUrl}/v3/kv/deleterange`, {
-    method: "POST",
-    body: JSON.stringify({ key: b64("\0"), range_end: b64("\0") }),
-  });
-  const batches: { key: string; value: string }[][] = [[]];
-  for (const [key, value] of config(z)) {
-    if (batches.at(-1)!.length === 128) batches.push([]);
-    batches.at(-1)!.push({ key: b64(`${prefix}/${key}`), value: b64(value) });
-  }
-  let next = 0;
-  const worker = async () => {
-    while (next < batches.length) {
-      const batch = batches[next++]!;
-      const r = await fetch(`${etcd.clientUrl}/v3/kv/txn`, {
-        method: "POST",
-        body: JSON.stringify({ success: batch.map((p) => ({ request_put: p })) }),
-      });
-      if (!r.ok) throw new Error(`etcd txn: HTTP ${r.status} ${await r.text()}`);
-    }
-  };
-  await Promise.all(Array.from({ length: 8 }, worker));
 }
 
 // ---- measured processes
@@ -257,7 +232,7 @@ try {
     const label = `${z.services} × ${z.backends}`;
     const tree = path.join(base, `tree-${z.services}x${z.backends}`);
     writeTree(tree, z);
-    await loadEtcd(etcd, "/clusterf", z);
+    await loadEtcd(etcd.clientUrl, "/clusterf", config(z), true);
     const yard: Run[] = [];
     const files: Run[] = [];
     const fromEtcd: Run[] = [];

@@ -49,3 +49,26 @@ export function machineLine(): string {
   return `${os.cpus().length} CPUs, load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} at start`;
 }
 
+/**
+ * Bulk load of `kvs` (keys relative to `prefix`) through etcd's v3 JSON gateway at `url`: 128 puts
+ * per txn (etcd's default limit), 8 in flight. With `clear`, every key is deleted first.
+ */
+export async function loadEtcd(url: string, prefix: string, kvs: Iterable<[string, string]>, clear = false): Promise<void> {
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  if (clear) await fetch(`${url}/v3/kv/deleterange`, { method: "POST", body: JSON.stringify({ key: b64("\0"), range_end: b64("\0") }) });
+  const batches: { key: string; value: string }[][] = [[]];
+  for (const [key, value] of kvs) {
+    if (batches.at(-1)!.length === 128) batches.push([]);
+    batches.at(-1)!.push({ key: b64(`${prefix}/${key}`), value: b64(value) });
+  }
+  let next = 0;
+  const worker = async () => {
+    while (next < batches.length) {
+      const batch = batches[next++]!;
+      const r = await fetch(`${url}/v3/kv/txn`, { method: "POST", body: JSON.stringify({ success: batch.map((p) => ({ request_put: p })) }) });
+      if (!r.ok) throw new Error(`etcd txn: HTTP ${r.status} ${await r.text()}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+}
+
