@@ -18,10 +18,14 @@
 // - An entry point that is not in the tree yet (src/cli/clusterf-docker.ts, the kernel driver
 //   src/ipvs/netlink/kernel-table.ts) becomes a stub that fails with a clear message when used,
 //   and the build says so; the daemon names that made it in are listed in OUTDIR/commands.
+// - chokidar's and readdirp's file-system calls are paced (src/config/watcher-pacing.ts): in a
+//   bundle no run-time plugin sees their modules, so the rewrite happens here; the build fails if
+//   the paced module did not make it into the bundle.
 
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { BunPlugin } from "bun";
+import { watcherPacing } from "../src/config/watcher-pacing.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const outDir = resolve(process.argv[2] ?? join(ROOT, "dist", "build"));
@@ -130,11 +134,16 @@ const result = await Bun.build({
     autoloadDotenv: false,
     autoloadBunfig: false,
   },
-  plugins: [missingModules, etcd3Protos],
+  plugins: [missingModules, etcd3Protos, watcherPacing],
   metafile: true,
 });
 if (!result.success) {
   for (const l of result.logs) console.error(l);
+  process.exit(1);
+}
+const inputs = Object.keys((typeof result.metafile === "string" ? JSON.parse(result.metafile) : result.metafile)?.inputs ?? {});
+if (!inputs.some((i) => /src[\\/]config[\\/]watcher-fs\.ts$/.test(i))) {
+  console.error("build: chokidar's file-system calls are not paced in the bundle (src/config/watcher-fs.ts missing): chokidar's imports changed? see src/config/watcher-pacing.ts");
   process.exit(1);
 }
 writeFileSync(join(outDir, "commands"), present.map((d) => d.name).join("\n") + "\n");

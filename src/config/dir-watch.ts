@@ -2,10 +2,12 @@
 // backend's raw notifications handed on as paths relative to the root (hints); every decision
 // stays with the directory source. It runs on the daemon's thread: on a thread of its own,
 // chokidar set up the watch on a new directory later than the source read it, and a kernel
-// churn test missed a change made in between (README, benchmarks).
+// churn test missed a change made in between (README, benchmarks). Its file-system calls are
+// paced instead (watcher-fs.ts), so that its start on a new subtree does not block the loop.
 
-import { watch, type FSWatcher } from "chokidar";
+import type { FSWatcher } from "chokidar";
 import * as path from "node:path";
+import { loadChokidar } from "./watcher-pacing.ts";
 
 /** Path relative to the root ("" for the root), or null outside it (a symlinked file's target). */
 export function relativeTo(root: string, p: string): string | null {
@@ -36,6 +38,7 @@ export interface WatchHandlers {
 export class TreeWatcher {
   private watcher: FSWatcher | null = null;
   private endWait: (() => void) | null = null;
+  private closed = false;
 
   constructor(
     private readonly root: string,
@@ -44,8 +47,10 @@ export class TreeWatcher {
   ) {}
 
   /** Resolves when chokidar is ready (or close() was called meanwhile). */
-  start(): Promise<void> {
+  async start(): Promise<void> {
     const root = this.root;
+    const { watch } = await loadChokidar();
+    if (this.closed) return;
     const w = watch(root, {
       ignoreInitial: true,
       followSymlinks: true,
@@ -70,6 +75,7 @@ export class TreeWatcher {
 
   /** Closes chokidar (its inotify watches); a start() still waiting ends too. */
   async close(): Promise<void> {
+    this.closed = true;
     this.endWait?.();
     const w = this.watcher;
     this.watcher = null;
