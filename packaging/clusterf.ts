@@ -5,6 +5,7 @@
 // packaging/build.ts replaces a daemon whose entry point is not in the tree by a stub.
 
 import { basename } from "node:path";
+import { exitWhenWritten } from "../src/cli/exit.ts";
 
 type Main = (argv: string[]) => Promise<number>;
 
@@ -40,7 +41,7 @@ async function run(): Promise<number> {
 }
 
 run().then(
-  (code) => process.exit(code),
+  (code) => exitWhenWritten(code),
   (e) => {
     process.stderr.write(`${(e as Error)?.stack ?? e}\n`);
     process.exit(1);

@@ -190,6 +190,25 @@ describe("clusterf-ipvs binary", () => {
     expect(await runCliWithin("clusterf-ipvs", argv as string[], 10_000)).toEqual({ code: 2, stdout: "", stderr: `clusterf-ipvs: ${message}\n` });
   });
 
+  test("-once -print into a pipe read late: every line arrives before the exit", async () => {
+    const dir = mkdtempSync("/tmp/clusterf-print-");
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+    const N = 300;
+    for (let s = 0; s < N; s++) {
+      mkdirSync(join(dir, `services/s${s}/backends`), { recursive: true });
+      writeFileSync(join(dir, `services/s${s}/frontend`), JSON.stringify({ ipv4: "192.0.2.1", tcp: 1 + s }));
+      for (let b = 0; b < 10; b++) writeFileSync(join(dir, `services/s${s}/backends/b${b}`), JSON.stringify({ ipv4: `198.51.100.${b + 1}`, tcp: 80 }));
+    }
+    // A shell pipe to a reader that starts a second late: the table (about 200 kB) fills the pipe
+    // long before (this process's own pipes are read eagerly by Bun, they never fill).
+    const cmd = [process.execPath, join(ROOT, "src/cli/clusterf-ipvs.ts"), "-ipvs-mock", "-once", "-print", "-etcd-machines=", `-config-path=${dir}`, `-state-dir=${join(dir, "state")}`];
+    const p = Bun.spawn(["bash", "-c", 'set -o pipefail; "$@" 2>/dev/null | (sleep 1; wc -l)', "bash", ...cmd], { stdout: "pipe", stderr: "inherit" });
+    const out = await new Response(p.stdout).text();
+    expect(await p.exited).toBe(0);
+    // 3 header lines, then a line per service and per destination
+    expect(Number(out.trim())).toBe(3 + N * 11);
+  });
+
   test("-help lists every flag with its default", () => {
     const r = runCli("clusterf-ipvs", ["-help"]);
     expect(r.code).toBe(0);

@@ -14,6 +14,7 @@ import { startMetrics } from "../metrics/server.ts";
 import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
 import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdMachinesFlag, etcdPrefix, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, checkWith, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
+import { exitWhenWritten } from "./exit.ts";
 
 const ipv4Check = checkWith((v) => parseIPv4(v, ""), "not an IPv4 address");
 const ipv6Check = checkWith((v) => parseIPv6(v, ""), "not an IPv6 address");
@@ -154,5 +155,5 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  main(process.argv.slice(2)).then((code) => process.exit(code));
+  main(process.argv.slice(2)).then(exitWhenWritten);
 }

@@ -14,6 +14,7 @@ import { startMetrics } from "../metrics/server.ts";
 import { Checker } from "../health/checker.ts";
 import { HealthPublisher } from "../health/publish.ts";
 import { absoluteKey, routeKey } from "../config/keys.ts";
+import { exitWhenWritten } from "./exit.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -254,5 +255,5 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  main(process.argv.slice(2)).then((code) => process.exit(code));
+  main(process.argv.slice(2)).then(exitWhenWritten);
 }
