@@ -43,8 +43,10 @@ test("at most `limit` calls in flight; the next starts when one ends, in the ord
   const held = heldCalls();
   const limiter = callLimiter(3, new Pacer(1_000_000));
   const wrapped = limiter.wrap(held.call);
+  expect(limiter.idle()).toBe(true);
   const results = Array.from({ length: 10 }, (_, i) => wrapped(i));
   await settle();
+  expect(limiter.idle()).toBe(false);
   expect(held.inFlight()).toBe(3);
   expect(limiter.started()).toBe(3);
   held.releases[1]!();
@@ -61,6 +63,7 @@ test("at most `limit` calls in flight; the next starts when one ends, in the ord
   }
   expect(await Promise.all(results)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   expect(held.most()).toBe(3);
+  expect(limiter.idle()).toBe(true); // what the second look of the directory source waits for
 });
 
 test("a failed call frees its place", async () => {

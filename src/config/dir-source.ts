@@ -68,6 +68,8 @@ export interface DirSourceOptions {
 const SOURCE = "local" as const;
 /** Quiet time of the watcher before a second look at new directories (ms; at least 2 × the debounce). */
 const SECOND_LOOK_QUIET_MS = 100;
+/** How often a second look waiting for a busy watcher checks again. */
+const WATCHER_BUSY_RECHECK_MS = 20;
 const MAX_DEPTH = 32;
 
 const EXTENSIONS: ReadonlyArray<[string, ValueFormat]> = [
@@ -549,8 +551,8 @@ export class DirSource implements ConfigSource {
   private listedDirs = new Map<string, string>();
   /**
    * The paths re-read since the watcher last went quiet: read once more then. chokidar reports a
-   * new directory before it watches it (on its own thread, later than our read of it may be), so
-   * what changes there in between has no event of its own.
+   * new directory before it watches it (its calls are paced: later than our read of it may be),
+   * so what changes there in between has no event of its own.
    */
   private fresh = new Set<string>();
   /** The paths the pending second look marked dirty (not looked at again unless it found changes). */
@@ -908,18 +910,27 @@ export class DirSource implements ConfigSource {
     return true;
   }
 
-  /** Once no hint has come for a while, the fresh directories are read again (as for a hint). */
+  /**
+   * Once no hint has come for a while and chokidar has no file-system work under way (the watch of
+   * a directory read in this burst may still be to come until then), the fresh paths are read
+   * again (as for a hint).
+   */
   private planSecondLook(): void {
     if (this.stopped || !this.fresh.size || this.secondLookTimer) return;
     const quiet = Math.max(SECOND_LOOK_QUIET_MS, 2 * this.debounceMs);
-    this.secondLookTimer = setTimeout(() => {
+    const wait = (ms: number) => (this.secondLookTimer = setTimeout(check, Math.max(0, ms)));
+    const check = () => {
       this.secondLookTimer = null;
-      if (Date.now() < this.lastHintAt + quiet) return this.planSecondLook();
+      if (this.stopped) return;
+      const left = this.lastHintAt + quiet - Date.now();
+      if (left > 0) return void wait(left);
+      if (this.watcher?.busy()) return void wait(WATCHER_BUSY_RECHECK_MS);
       for (const d of this.fresh) this.dirty.add(d);
       this.lookingAgain = this.fresh;
       this.fresh = new Set();
       this.schedule();
-    }, Math.max(0, this.lastHintAt + quiet - Date.now()));
+    };
+    wait(this.lastHintAt + quiet - Date.now());
   }
 
   /** Hands changed keys (null: deleted) to the sink as one update, in key order, and remembers them. */

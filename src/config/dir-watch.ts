@@ -7,6 +7,7 @@
 
 import type { FSWatcher } from "chokidar";
 import * as path from "node:path";
+import { watcherBusy } from "./watcher-fs.ts";
 import { loadChokidar } from "./watcher-pacing.ts";
 
 /** Path relative to the root ("" for the root), or null outside it (a symlinked file's target). */
@@ -71,6 +72,11 @@ export class TreeWatcher {
       this.endWait = resolve;
       w.once("ready", () => resolve());
     });
+  }
+
+  /** chokidar is still at work (file-system calls in flight or waiting): a new directory may not be watched yet. */
+  busy(): boolean {
+    return this.watcher !== null && watcherBusy();
   }
 
   /** Closes chokidar (its inotify watches); a start() still waiting ends too. */

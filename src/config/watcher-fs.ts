@@ -34,6 +34,8 @@ export function callLimiter(limit: number, pacer = new Pacer()) {
   return {
     /** How many calls have started. */
     started: () => started,
+    /** No call in flight or waiting. */
+    idle: () => inFlight === 0 && waiting.length === 0,
     wrap<A extends unknown[], R>(call: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
       return async (...args: A) => {
         if (inFlight < limit) inFlight++;
@@ -54,6 +56,12 @@ const limiter = callLimiter(IN_FLIGHT);
 
 /** How many calls went through here (a test checks that chokidar's calls do). */
 export const pacedCalls = limiter.started;
+
+/**
+ * Whether chokidar has file-system work under way: a new directory's watch is set up between two
+ * of its calls, so while any is in flight or waiting, a directory may be listed but not watched.
+ */
+export const watcherBusy = (): boolean => !limiter.idle();
 
 // Every function chokidar 6 and readdirp 4 import from node:fs/promises (one they start to import
 // and this file lacks fails the build and the watcher's test). No `export *` of the rest: Bun's
