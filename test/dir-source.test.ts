@@ -3,9 +3,10 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
+import * as os from "node:os";
 import * as path from "node:path";
 import fc from "fast-check";
-import { DirSource, isIgnoredName, parseFileName, readConfigDir } from "../src/config/dir-source.ts";
+import { DirSource, entriesSignature, isIgnoredName, parseFileName, readConfigDir } from "../src/config/dir-source.ts";
 import { configureLog } from "../src/util/log.ts";
 import { applyEdit, captureLogs, converged, editArb, Harness, plain, seeds, sleep, withSeed, write } from "./support/dir-tree.ts";
 import { RecordingSink } from "./support/recording-sink.ts";
@@ -495,4 +496,35 @@ describe("DirSource", () => {
         );
       }), 600_000);
   }
+});
+
+describe("entriesSignature (the poll of a directory whose watch may be stale)", () => {
+  test("changes with a new, removed, renamed or rewritten entry; stays for an untouched directory; null when gone", () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-sig-"));
+    try {
+      fs.writeFileSync(path.join(d, "frontend"), '{"ipv4":"192.0.2.1"}');
+      fs.mkdirSync(path.join(d, "backends"));
+      const a = entriesSignature(d);
+      expect(a).not.toBeNull();
+      expect(entriesSignature(d)).toBe(a);
+      fs.writeFileSync(path.join(d, "b"), "x");
+      const b = entriesSignature(d);
+      expect(b).not.toBe(a);
+      fs.renameSync(path.join(d, "b"), path.join(d, "c"));
+      const c = entriesSignature(d);
+      expect(c).not.toBe(b);
+      // same size, new content: a new modification time
+      fs.utimesSync(path.join(d, "frontend"), new Date(1), new Date(1));
+      const before = entriesSignature(d);
+      fs.writeFileSync(path.join(d, "frontend"), '{"ipv4":"192.0.2.2"}');
+      expect(entriesSignature(d)).not.toBe(before);
+      fs.rmSync(path.join(d, "backends"), { recursive: true });
+      fs.writeFileSync(path.join(d, "backends"), "");
+      expect(entriesSignature(d)).not.toBe(c);
+      fs.rmSync(d, { recursive: true });
+      expect(entriesSignature(d)).toBeNull();
+    } finally {
+      fs.rmSync(d, { recursive: true, force: true });
+    }
+  });
 });

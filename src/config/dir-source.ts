@@ -68,6 +68,14 @@ export interface DirSourceOptions {
 const SOURCE = "local" as const;
 /** Quiet time of the watcher before a second look at new directories (ms; at least 2 × the debounce). */
 const SECOND_LOOK_QUIET_MS = 100;
+/**
+ * A watched directory removed or renamed (its own name in its own notification) is polled this
+ * often, for SUSPECT_MS, once it exists again: when it is replaced under the same name, chokidar
+ * may keep the removed directory's watch for the new one (a kernel churn test saw a file written
+ * into a re-created service directory go without any event).
+ */
+const SUSPECT_POLL_MS = 250;
+const SUSPECT_MS = 60_000;
 /** How often a second look waiting for a busy watcher checks again. */
 const WATCHER_BUSY_RECHECK_MS = 20;
 const MAX_DEPTH = 32;
@@ -519,6 +527,31 @@ function fingerprint(bytes: Uint8Array, rel: string, format: ValueFormat): numbe
   return Bun.hash.murmur32v3(bytes, seed) * 2 ** 20 + (Bun.hash.crc32(bytes) >>> 12);
 }
 
+/**
+ * A directory's entries as a string: names and kinds, and for files their inode, size and
+ * modification time (nothing is read); null when it cannot be listed (gone).
+ */
+export function entriesSignature(abs: string): string | null {
+  try {
+    const parts: string[] = [];
+    for (const e of fs.readdirSync(abs, { withFileTypes: true })) {
+      if (!e.isFile()) {
+        parts.push(`${e.name}/${e.isDirectory() ? "d" : "o"}`);
+        continue;
+      }
+      try {
+        const st = fs.statSync(abs + "/" + e.name);
+        parts.push(`${e.name}/${st.ino}:${st.size}:${st.mtimeMs}`);
+      } catch {
+        parts.push(`${e.name}/gone`);
+      }
+    }
+    return parts.sort().join("\0");
+  } catch {
+    return null;
+  }
+}
+
 /** The fingerprint of each value the reader made (for the hand-over, which has only the value). */
 const FINGERPRINT = new WeakMap<RawValue, number>();
 
@@ -558,6 +591,9 @@ export class DirSource implements ConfigSource {
   /** The paths the pending second look marked dirty (not looked at again unless it found changes). */
   private lookingAgain = new Set<string>();
   private secondLookTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Directories whose watch may be stale (see SUSPECT_POLL_MS): until when, and their last look. */
+  private suspects = new Map<string, { until: number; signature: string | null }>();
+  private suspectTimer: ReturnType<typeof setInterval> | null = null;
   /** Symlinked files (relative paths): re-read at every flush. */
   private links = new Set<string>();
   /** Serialises the initial read and the flushes. */
@@ -613,7 +649,9 @@ export class DirSource implements ConfigSource {
     if (this.secondLookTimer) clearTimeout(this.secondLookTimer);
     if (this.rescanTimer) clearInterval(this.rescanTimer);
     if (this.pollTimer) clearInterval(this.pollTimer);
-    this.rescanTimer = this.pollTimer = this.secondLookTimer = null;
+    if (this.suspectTimer) clearInterval(this.suspectTimer);
+    this.rescanTimer = this.pollTimer = this.secondLookTimer = this.suspectTimer = null;
+    this.suspects.clear();
     await this.chain.catch(() => {});
     const watcher = this.watcher;
     this.watcher = null;
@@ -701,7 +739,36 @@ export class DirSource implements ConfigSource {
 
   /** A backend notification: `name` changed in the watched directory, or the watched file changed. */
   private rawHint(name: string, watched: string | null): void {
+    if (watched && name === watched.slice(watched.lastIndexOf("/") + 1)) this.suspect(watched);
     this.hint(watched !== null && name !== "" && this.listedDirs.has(watched) ? joinRel(watched, name) : watched);
+  }
+
+  /** Polls a directory whose own watch may be stale (see SUSPECT_POLL_MS). */
+  private suspect(dir: string): void {
+    if (this.stopped || !this.watch) return;
+    this.suspects.set(dir, { until: Date.now() + SUSPECT_MS, signature: null });
+    this.suspectTimer ??= setInterval(() => this.pollSuspects(), SUSPECT_POLL_MS);
+  }
+
+  /** A suspect directory whose entries changed since the last look is re-read (as for a hint). */
+  private pollSuspects(): void {
+    const now = Date.now();
+    for (const [dir, s] of this.suspects) {
+      if (now > s.until) {
+        this.suspects.delete(dir);
+        continue;
+      }
+      const signature = entriesSignature(this.reader.abs(dir));
+      if (signature !== s.signature) {
+        // the first look too: what changed between the removal and now is not known
+        if (signature !== null) this.markDirty(dir);
+        s.signature = signature;
+      }
+    }
+    if (!this.suspects.size && this.suspectTimer) {
+      clearInterval(this.suspectTimer);
+      this.suspectTimer = null;
+    }
   }
 
   /** A path to re-read (relative; null: outside the root, a symlinked file's target). */
