@@ -574,17 +574,21 @@ describe("EtcdSource, three members", () => {
     expect(mine).toBeDefined();
     const downs = sink.statuses.filter((st) => !st.up).length;
     await mine.kill();
-    await until(() => sink.statuses.filter((st) => !st.up).length > downs, 10000, "down", 20);
-    await progress("writes after the source's member was killed");
-    await until(() => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 10000, "reconnected elsewhere", 20);
-    await progress("writes after the source reconnected");
-    const writes = await w.stop();
-    expect(writes).toBeGreaterThan(80);
+    try {
+      await until(() => sink.statuses.filter((st) => !st.up).length > downs, 10000, "down", 20);
+      await progress("writes after the source's member was killed");
+      await until(() => src.endpoint !== null && !mine.clientUrl.endsWith(src.endpoint), 10000, "reconnected elsewhere", 20);
+      await progress("writes after the source reconnected");
+      // at least 20 in each of the 4 phases (on a slow machine, exactly that)
+      const writes = await w.stop();
+      expect(writes).toBeGreaterThanOrEqual(80);
 
-    const truth = await etcdState(c);
-    await until(() => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000, "converged", 20);
-    expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
-    await cluster.restartMember(mine);
+      const truth = await etcdState(c);
+      await until(() => JSON.stringify(sink.texts()) === JSON.stringify(truth), 10000, "converged", 20);
+      expect(sink.snapshots.every((s) => s.size > 0)).toBe(true);
+    } finally {
+      await cluster.restartMember(mine); // the next test needs all three, whatever happened here
+    }
     expectFaithful();
   }, 40000);
 
