@@ -527,15 +527,20 @@ function fingerprint(bytes: Uint8Array, rel: string, format: ValueFormat): numbe
   return Bun.hash.murmur32v3(bytes, seed) * 2 ** 20 + (Bun.hash.crc32(bytes) >>> 12);
 }
 
+/** Files of one directory whose stat goes into its signature at most (a poll stays short). */
+const SIGNATURE_MAX_STATS = 1000;
+
 /**
  * A directory's entries as a string: names and kinds, and for files their inode, size and
- * modification time (nothing is read); null when it cannot be listed (gone).
+ * modification time (nothing is read; names only past SIGNATURE_MAX_STATS files); null when it
+ * cannot be listed (gone).
  */
 export function entriesSignature(abs: string): string | null {
   try {
     const parts: string[] = [];
+    let stats = 0;
     for (const e of fs.readdirSync(abs, { withFileTypes: true })) {
-      if (!e.isFile()) {
+      if (!e.isFile() || ++stats > SIGNATURE_MAX_STATS) {
         parts.push(`${e.name}/${e.isDirectory() ? "d" : "o"}`);
         continue;
       }
