@@ -41,7 +41,7 @@ async function run(): Promise<number> {
 }
 
 run().then(
-  (code) => exitWhenWritten(code),
+  exitWhenWritten,
   (e) => {
     process.stderr.write(`${(e as Error)?.stack ?? e}\n`);
     process.exit(1);

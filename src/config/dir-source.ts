@@ -13,9 +13,10 @@
 // notifications the kernel drops (inotify queue overflow, watch limits).
 //
 // Watching: chokidar 6 (dir-watch.ts; one inotify watch per directory, symlinked files watched
-// through their target's directory, replaced directories watched again).
-// chokidar reports a new directory before it watches it, so every re-read path is read once more
-// when the watcher has been quiet for a while (again while that finds changes). Its events are used only as hints,
+// through their target's directory, a replaced directory polled for a while in case its watch went
+// stale). chokidar reports a new directory before it watches it, so every re-read path is read
+// once more when the watcher has been quiet for a while and has no file-system call under way
+// (again while that finds changes). Its events are used only as hints,
 // never applied as such: under Bun, chokidar 4 and 5 dropped a second change of a file within
 // 50 ms and went blind on a directory replaced under the same name, and even chokidar 6's events
 // taken literally missed directory swaps (a parent's unlinkDir can come after a child's change).
@@ -68,14 +69,6 @@ export interface DirSourceOptions {
 const SOURCE = "local" as const;
 /** Quiet time of the watcher before a second look at new directories (ms; at least 2 × the debounce). */
 const SECOND_LOOK_QUIET_MS = 100;
-/**
- * A watched directory removed or renamed (its own name in its own notification) is polled this
- * often, for SUSPECT_MS, once it exists again: when it is replaced under the same name, chokidar
- * may keep the removed directory's watch for the new one (a kernel churn test saw a file written
- * into a re-created service directory go without any event).
- */
-const SUSPECT_POLL_MS = 250;
-const SUSPECT_MS = 60_000;
 /** How often a second look waiting for a busy watcher checks again. */
 const WATCHER_BUSY_RECHECK_MS = 20;
 const MAX_DEPTH = 32;
@@ -527,36 +520,6 @@ function fingerprint(bytes: Uint8Array, rel: string, format: ValueFormat): numbe
   return Bun.hash.murmur32v3(bytes, seed) * 2 ** 20 + (Bun.hash.crc32(bytes) >>> 12);
 }
 
-/** Files of one directory whose stat goes into its signature at most (a poll stays short). */
-const SIGNATURE_MAX_STATS = 1000;
-
-/**
- * A directory's entries as a string: names and kinds, and for files their inode, size and
- * modification time (nothing is read; names only past SIGNATURE_MAX_STATS files); null when it
- * cannot be listed (gone).
- */
-export function entriesSignature(abs: string): string | null {
-  try {
-    const parts: string[] = [];
-    let stats = 0;
-    for (const e of fs.readdirSync(abs, { withFileTypes: true })) {
-      if (!e.isFile() || ++stats > SIGNATURE_MAX_STATS) {
-        parts.push(`${e.name}/${e.isDirectory() ? "d" : "o"}`);
-        continue;
-      }
-      try {
-        const st = fs.statSync(abs + "/" + e.name);
-        parts.push(`${e.name}/${st.ino}:${st.size}:${st.mtimeMs}`);
-      } catch {
-        parts.push(`${e.name}/gone`);
-      }
-    }
-    return parts.sort().join("\0");
-  } catch {
-    return null;
-  }
-}
-
 /** The fingerprint of each value the reader made (for the hand-over, which has only the value). */
 const FINGERPRINT = new WeakMap<RawValue, number>();
 
@@ -585,8 +548,8 @@ export class DirSource implements ConfigSource {
   /** The root directory's identity, null while it does not exist, undefined before the first read. */
   private rootId: string | null | undefined = undefined;
   private watcher: TreeWatcher | null = null;
-  /** The directories of the tree as last listed (relative paths), with their identity. */
-  private listedDirs = new Map<string, string>();
+  /** The directories of the tree as last listed (relative paths). */
+  private listedDirs = new Set<string>();
   /**
    * The paths re-read since the watcher last went quiet: read once more then. chokidar reports a
    * new directory before it watches it (its calls are paced: later than our read of it may be),
@@ -596,9 +559,6 @@ export class DirSource implements ConfigSource {
   /** The paths the pending second look marked dirty (not looked at again unless it found changes). */
   private lookingAgain = new Set<string>();
   private secondLookTimer: ReturnType<typeof setTimeout> | null = null;
-  /** Directories whose watch may be stale (see SUSPECT_POLL_MS): until when, and their last look. */
-  private suspects = new Map<string, { until: number; signature: string | null }>();
-  private suspectTimer: ReturnType<typeof setInterval> | null = null;
   /** Symlinked files (relative paths): re-read at every flush. */
   private links = new Set<string>();
   /** Serialises the initial read and the flushes. */
@@ -654,9 +614,7 @@ export class DirSource implements ConfigSource {
     if (this.secondLookTimer) clearTimeout(this.secondLookTimer);
     if (this.rescanTimer) clearInterval(this.rescanTimer);
     if (this.pollTimer) clearInterval(this.pollTimer);
-    if (this.suspectTimer) clearInterval(this.suspectTimer);
-    this.rescanTimer = this.pollTimer = this.secondLookTimer = this.suspectTimer = null;
-    this.suspects.clear();
+    this.rescanTimer = this.pollTimer = this.secondLookTimer = null;
     await this.chain.catch(() => {});
     const watcher = this.watcher;
     this.watcher = null;
@@ -694,7 +652,7 @@ export class DirSource implements ConfigSource {
     const res = await this.reader.scanTree("");
     if (this.stopped) return;
     // The first read's directories were watched before it listed them: nothing fresh there.
-    this.syncDirs([...this.listedDirs.keys()], res);
+    this.syncDirs([...this.listedDirs], res);
     this.syncLinks("", res);
     if (first && this.rootId === null) {
       warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
@@ -744,36 +702,7 @@ export class DirSource implements ConfigSource {
 
   /** A backend notification: `name` changed in the watched directory, or the watched file changed. */
   private rawHint(name: string, watched: string | null): void {
-    if (watched && name === watched.slice(watched.lastIndexOf("/") + 1)) this.suspect(watched);
     this.hint(watched !== null && name !== "" && this.listedDirs.has(watched) ? joinRel(watched, name) : watched);
-  }
-
-  /** Polls a directory whose own watch may be stale (see SUSPECT_POLL_MS). */
-  private suspect(dir: string): void {
-    if (this.stopped || !this.watch) return;
-    this.suspects.set(dir, { until: Date.now() + SUSPECT_MS, signature: null });
-    this.suspectTimer ??= setInterval(() => this.pollSuspects(), SUSPECT_POLL_MS);
-  }
-
-  /** A suspect directory whose entries changed since the last look is re-read (as for a hint). */
-  private pollSuspects(): void {
-    const now = Date.now();
-    for (const [dir, s] of this.suspects) {
-      if (now > s.until) {
-        this.suspects.delete(dir);
-        continue;
-      }
-      const signature = entriesSignature(this.reader.abs(dir));
-      if (signature !== s.signature) {
-        // the first look too: what changed between the removal and now is not known
-        if (signature !== null) this.markDirty(dir);
-        s.signature = signature;
-      }
-    }
-    if (!this.suspects.size && this.suspectTimer) {
-      clearInterval(this.suspectTimer);
-      this.suspectTimer = null;
-    }
   }
 
   /** A path to re-read (relative; null: outside the root, a symlinked file's target). */
@@ -796,7 +725,7 @@ export class DirSource implements ConfigSource {
     for (const rel of before) {
       if (!res.dirs.has(rel) && !res.keepPrefixes.some((p) => isUnder(rel, p))) this.listedDirs.delete(rel);
     }
-    for (const [rel, id] of res.dirs) this.listedDirs.set(rel, id);
+    for (const rel of res.dirs.keys()) this.listedDirs.add(rel);
   }
 
   /** After a re-read: note the symlinked files in scope (a subtree, or a set of file paths). */
@@ -909,7 +838,7 @@ export class DirSource implements ConfigSource {
     // path: a tree moved in brings thousands of new directories in one flush).
     const tops = new Set(top);
     const below = await this.groupBelow(this.known.keys(), tops, pacer, false);
-    const dirsUnder = await this.groupBelow(this.listedDirs.keys(), tops, pacer, true);
+    const dirsUnder = await this.groupBelow(this.listedDirs, tops, pacer, true);
     for (const p of top) {
       const wasDir = p === "" || this.listedDirs.has(p);
       const res = await this.reader.scanTree(p);

@@ -4,8 +4,10 @@
 // chokidar set up the watch on a new directory later than the source read it, and a kernel
 // churn test missed a change made in between (README, benchmarks). Its file-system calls are
 // paced instead (watcher-fs.ts), so that its start on a new subtree does not block the loop.
+// A watched directory that reports its own removal is polled for a while (see STALE_POLL_MS).
 
 import type { FSWatcher } from "chokidar";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { watcherBusy } from "./watcher-fs.ts";
 import { loadChokidar } from "./watcher-pacing.ts";
@@ -35,11 +37,53 @@ export interface WatchHandlers {
   error(message: string): void;
 }
 
+/**
+ * A watched directory removed or renamed (its own name in its own notification) is polled this
+ * often, for STALE_WATCH_MS, once it exists again, and a change is reported as a hint for it:
+ * replaced under the same name, chokidar at times kept the removed directory's watch for the new
+ * one (a kernel churn test saw a file written into a re-created service directory go without any
+ * event, in 2 of 8 runs).
+ */
+const STALE_POLL_MS = 250;
+const STALE_WATCH_MS = 60_000;
+/** Files of one directory whose stat goes into its signature at most (a poll stays short). */
+const SIGNATURE_MAX_STATS = 1000;
+
+/**
+ * A directory's entries as a string: names and kinds, and for files their inode, size and
+ * modification time (nothing is read; names only past SIGNATURE_MAX_STATS files); null when it
+ * cannot be listed (gone).
+ */
+export function entriesSignature(abs: string): string | null {
+  try {
+    const parts: string[] = [];
+    let stats = 0;
+    for (const e of fs.readdirSync(abs, { withFileTypes: true })) {
+      if (!e.isFile() || ++stats > SIGNATURE_MAX_STATS) {
+        parts.push(`${e.name}/${e.isDirectory() ? "d" : "o"}`);
+        continue;
+      }
+      try {
+        const st = fs.statSync(abs + "/" + e.name);
+        parts.push(`${e.name}/${st.ino}:${st.size}:${st.mtimeMs}`);
+      } catch {
+        parts.push(`${e.name}/gone`);
+      }
+    }
+    return parts.sort().join("\0");
+  } catch {
+    return null;
+  }
+}
+
 /** chokidar on the tree: start() resolves once every directory is watched. */
 export class TreeWatcher {
   private watcher: FSWatcher | null = null;
   private endWait: (() => void) | null = null;
   private closed = false;
+  /** Directories whose watch may be stale (absolute paths): until when, and their last signature. */
+  private stale = new Map<string, { until: number; signature: string | null }>();
+  private staleTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(
     private readonly root: string,
@@ -65,7 +109,9 @@ export class TreeWatcher {
     // Bun, a symlinked file's target saved twice within 50 ms gave one event), a hint must not be lost.
     w.on("raw", (_event: string, name: unknown, details: unknown) => {
       const watched = (details as { watchedPath?: unknown } | undefined)?.watchedPath;
-      if (typeof watched === "string") this.handlers.raw(typeof name === "string" ? name : "", relativeTo(root, watched));
+      if (typeof watched !== "string") return;
+      if (watched !== root && name === path.basename(watched)) this.pollStale(watched);
+      this.handlers.raw(typeof name === "string" ? name : "", relativeTo(root, watched));
     });
     w.on("error", (e: unknown) => this.handlers.error(String((e as Error)?.message ?? e)));
     return new Promise<void>((resolve) => {
@@ -79,9 +125,40 @@ export class TreeWatcher {
     return this.watcher !== null && watcherBusy();
   }
 
+  /** Polls a directory whose own watch may be stale (see STALE_POLL_MS). */
+  private pollStale(abs: string): void {
+    if (this.closed) return;
+    this.stale.set(abs, { until: Date.now() + STALE_WATCH_MS, signature: null });
+    this.staleTimer ??= setInterval(() => this.pollStaleNow(), STALE_POLL_MS);
+  }
+
+  /** A polled directory whose entries changed since the last look is reported (a hint for it). */
+  private pollStaleNow(): void {
+    const now = Date.now();
+    for (const [abs, s] of this.stale) {
+      if (now > s.until) {
+        this.stale.delete(abs);
+        continue;
+      }
+      const signature = entriesSignature(abs);
+      if (signature === s.signature) continue;
+      // the first look too: what changed between the removal and now is not known
+      if (signature !== null) this.handlers.path(relativeTo(this.root, abs));
+      s.signature = signature;
+    }
+    if (!this.stale.size) this.stopStalePoll();
+  }
+
+  private stopStalePoll(): void {
+    if (this.staleTimer) clearInterval(this.staleTimer);
+    this.staleTimer = null;
+    this.stale.clear();
+  }
+
   /** Closes chokidar (its inotify watches); a start() still waiting ends too. */
   async close(): Promise<void> {
     this.closed = true;
+    this.stopStalePoll();
     this.endWait?.();
     const w = this.watcher;
     this.watcher = null;

@@ -65,7 +65,7 @@ export const watcherBusy = (): boolean => !limiter.idle();
 
 // Every function chokidar 6 and readdirp 4 import from node:fs/promises (one they start to import
 // and this file lacks fails the build and the watcher's test). No `export *` of the rest: Bun's
-// bundler turned it into a reference to an undefined \`promises\` in the packaged binary.
+// bundler turned it into a reference to an undefined `promises` in the packaged binary.
 export const lstat = limiter.wrap(fsp.lstat) as typeof fsp.lstat;
 export const stat = limiter.wrap(fsp.stat) as typeof fsp.stat;
 export const readdir = limiter.wrap(fsp.readdir) as typeof fsp.readdir;

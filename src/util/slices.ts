@@ -20,20 +20,8 @@ export function runSync<T>(steps: Steps<T>): T {
  * Runs the steps, giving the event loop a turn whenever a slice has run sliceMs. When `stop`
  * says so at a turn, the steps are abandoned there (their finally blocks run): undefined.
  */
-export async function runSliced<T>(steps: Steps<T>, stop?: () => boolean, sliceMs = SLICE_MS): Promise<T | undefined> {
-  let start = performance.now();
-  for (;;) {
-    const r = steps.next();
-    if (r.done) return r.value;
-    if (performance.now() - start >= sliceMs) {
-      await turn();
-      if (stop?.()) {
-        steps.return(undefined as T);
-        return undefined;
-      }
-      start = performance.now();
-    }
-  }
+export function runSliced<T>(steps: Steps<T>, stop?: () => boolean, sliceMs = SLICE_MS): Promise<T | undefined> {
+  return new Pacer(sliceMs).run(steps, stop);
 }
 
 /** One turn of the event loop: pending timers and I/O run before it resolves. */
@@ -64,20 +52,39 @@ export class Pacer {
 
   constructor(private readonly sliceMs = SLICE_MS) {}
 
-  /** A turn of the event loop if the slice has run out (cheap to call: a clock read). */
-  async due(): Promise<void> {
-    if (performance.now() - this.start < this.sliceMs) return;
-    await turn();
-    this.start = performance.now();
+  /** The slice has run out (a clock read). */
+  overdue(): boolean {
+    return performance.now() - this.start >= this.sliceMs;
   }
 
-  /** Runs generator steps, pausing as due() does. */
-  async run<T>(steps: Steps<T>): Promise<T> {
+  /** A turn of the event loop if the slice has run out. */
+  async due(): Promise<void> {
+    if (this.overdue()) await this.pause();
+  }
+
+  /**
+   * Runs generator steps, pausing as due() does (the clock is read after each step, nothing is
+   * awaited unless the slice has run out). When `stop` says so at a pause, the steps are abandoned
+   * there (their finally blocks run): undefined.
+   */
+  run<T>(steps: Steps<T>): Promise<T>;
+  run<T>(steps: Steps<T>, stop?: () => boolean): Promise<T | undefined>;
+  async run<T>(steps: Steps<T>, stop?: () => boolean): Promise<T | undefined> {
     for (;;) {
       const r = steps.next();
       if (r.done) return r.value;
-      await this.due();
+      if (!this.overdue()) continue;
+      await this.pause();
+      if (stop?.()) {
+        steps.return(undefined as T);
+        return undefined;
+      }
     }
+  }
+
+  private async pause(): Promise<void> {
+    await turn();
+    this.start = performance.now();
   }
 }
 
