@@ -1,6 +1,6 @@
 // The shared timing pieces of src/util: doubling backoff, the interruptible sleep, the debounce
 // with a maximum delay.
-import { expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { Backoff, Sleeper } from "../src/util/backoff.ts";
 import { Debounce } from "../src/util/debounce.ts";
 
@@ -52,4 +52,16 @@ test("Debounce: one run after a quiet time, at most the maximum delay after a bu
   await Bun.sleep(60);
   expect(runs.length).toBe(1);
   expect(d.pending).toBe(false);
+});
+
+describe("oncePerScrape", () => {
+  test("one read for the metrics of one scrape (one turn of the event loop), a fresh one for the next", async () => {
+    const { oncePerScrape } = await import("../src/metrics/server.ts");
+    let reads = 0;
+    const view = oncePerScrape(() => ({ n: ++reads }));
+    expect([view().n, view().n, view().n]).toEqual([1, 1, 1]);
+    await new Promise((r) => setImmediate(r));
+    expect([view().n, view().n]).toEqual([2, 2]);
+    expect(reads).toBe(2);
+  });
 });

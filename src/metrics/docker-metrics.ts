@@ -1,11 +1,11 @@
 // clusterf-docker metrics (docs/config.md §8): backends published, etcd writes, lease keep-alive failures.
 import client from "prom-client";
 import type { DockerDaemon } from "../docker/daemon.ts";
-import { scrapedMetric, type Health } from "./server.ts";
+import { oncePerScrape, scrapedMetric, type Health } from "./server.ts";
 
 export function dockerMetrics(daemon: DockerDaemon): client.Registry {
   const registry = new client.Registry();
-  const view = () => daemon.statusView();
+  const view = oncePerScrape(() => daemon.statusView());
   const counter = (name: string, help: string, value: () => number) => scrapedMetric(registry, "counter", name, help, value);
   const gauge = (name: string, help: string, value: () => number) => scrapedMetric(registry, "gauge", name, help, value);
   gauge("clusterf_docker_containers_published", "labelled containers this host publishes", () => view().publishedContainers);

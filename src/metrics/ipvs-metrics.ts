@@ -6,7 +6,7 @@ import type { IpvsDaemon, IpvsDaemonStatus } from "../daemon/ipvs-daemon.ts";
 import type { IpvsTable, ObservedService } from "../ipvs/types.ts";
 import { listSteps } from "../ipvs/list.ts";
 import { runSliced } from "../util/slices.ts";
-import { scrapedMetric, type Exposition, type Health } from "./server.ts";
+import { oncePerScrape, scrapedMetric, type Exposition, type Health } from "./server.ts";
 import { inSlices, tableLines, type TableNames } from "./table-exposition.ts";
 import { healthMetrics } from "../health/metrics.ts";
 
@@ -47,6 +47,7 @@ export function ipvsMetrics(daemon: IpvsDaemon): Exposition {
 /** The daemon's own metrics, read from its status view at each scrape. */
 function daemonRegistry(daemon: IpvsDaemon): client.Registry {
   const registry = new client.Registry();
+  const status = oncePerScrape(() => daemon.statusView());
   const syncDuration = new client.Histogram({
     name: "clusterf_ipvs_sync_duration_seconds",
     help: "time to bring the IPVS table to the desired state (full: first apply; incremental: after config changes; resync: periodic re-read)",
@@ -67,13 +68,13 @@ function daemonRegistry(daemon: IpvsDaemon): client.Registry {
         for (const [v, n] of values()) this.inc({ [label]: v }, n);
       },
     });
-  labelled("clusterf_ipvs_operations_total", "IPVS writes made, by kind", "op", () => Object.entries(daemon.statusView().writes));
+  labelled("clusterf_ipvs_operations_total", "IPVS writes made, by kind", "op", () => Object.entries(status().writes));
   if (daemon.health) healthMetrics(registry, daemon.health);
   labelled(
     "clusterf_config_errors_total",
     "bad config values refused (the last good value stayed in force), by source",
     "source",
-    () => Object.entries(daemon.statusView().configErrors),
+    () => Object.entries(status().configErrors),
   );
   new client.Gauge({
     name: "clusterf_ipvs_service_failing",
@@ -82,11 +83,11 @@ function daemonRegistry(daemon: IpvsDaemon): client.Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const vip of daemon.statusView().failing) this.set({ service: daemon.ownerOf(vip), vip }, 1);
+      for (const vip of status().failing) this.set({ service: daemon.ownerOf(vip), vip }, 1);
     },
   });
   const simple = (name: string, help: string, value: (s: IpvsDaemonStatus) => number, type: "counter" | "gauge" = "counter") =>
-    scrapedMetric(registry, type, name, help, () => value(daemon.statusView()));
+    scrapedMetric(registry, type, name, help, () => value(status()));
   simple("clusterf_ipvs_netlink_errors_total", "IPVS writes that the kernel refused or that timed out", (s) => s.netlinkErrors);
   simple("clusterf_ipvs_drift_corrections_total", "differences between the kernel and the last written table found by a resync", (s) => s.driftCorrections);
   simple("clusterf_etcd_connected", "1 when the etcd source is connected (0 when down or not configured)", (s) => (s.sourceUp.etcd ? 1 : 0), "gauge");

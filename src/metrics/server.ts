@@ -81,6 +81,21 @@ export function startMetrics(listen: string, metrics: () => Registry | Expositio
 }
 
 /** A counter or gauge without labels whose value is read from the daemon at each scrape. */
+/**
+ * `read()` once per scrape: the metrics of one scrape, collected one after the other in the same
+ * turn of the event loop, share one status view instead of making one each.
+ */
+export function oncePerScrape<T>(read: () => T): () => T {
+  let view: T | undefined;
+  return () => {
+    if (view === undefined) {
+      view = read();
+      setImmediate(() => (view = undefined));
+    }
+    return view;
+  };
+}
+
 export function scrapedMetric(registry: Registry, type: "counter" | "gauge", name: string, help: string, value: () => number): void {
   // Loaded here, not at start-up: a daemon without -metrics-listen never needs prom-client.
   const client = require("prom-client") as typeof PromClient;
