@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { Etcd3 } from "etcd3";
 import { EtcdSource, type EtcdSourceOptions } from "../src/config/etcd-source.ts";
-import { makeEtcdClient } from "../src/etcd/client.ts";
+import { makeEtcdClient, poolOf } from "../src/etcd/client.ts";
 import { passThroughFaultHandling } from "../src/etcd/faults.ts";
 import type { RawValue } from "../src/config/source.ts";
 import { configureLog } from "../src/util/log.ts";
@@ -324,14 +324,16 @@ describe("EtcdSource, one member", () => {
    * (from 0) has answered, before the source sees the answer: "between two pages".
    */
   function spyPages(src: EtcdSource, after: (n: number) => Promise<void> | void = () => {}) {
-    const kv = src.etcd.kv;
-    const range = kv.range.bind(kv);
+    // The source's range requests go through the client's pool (src/etcd/client.ts rangePage).
+    const pool = poolOf(src.etcd);
+    const exec = pool.exec.bind(pool);
     const calls: { key: string; limit: number; revision: number; ok?: boolean }[] = [];
-    kv.range = async (req, options) => {
+    pool.exec = async (service: string, method: string, req: any, options: unknown) => {
+      if (service !== "KV") return exec(service, method, req, options);
       const call = { key: req.key!.toString(), limit: Number(req.limit ?? 0), revision: Number(req.revision ?? 0) };
       calls.push(call);
       const n = calls.length - 1;
-      const res = await range(req, options).catch((e) => {
+      const res = await exec(service, method, req, options).catch((e: unknown) => {
         call.ok = false;
         throw e;
       });

@@ -20,7 +20,7 @@
 import { EtcdInvalidAuthTokenError, castGrpcError, type Etcd3 } from "etcd3";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
 import { DEFAULT_PREFIX, trimPrefix } from "./keys.ts";
-import { invalidateAuthToken, makeEtcdClient, openWatchStream, type EtcdClientOptions } from "../etcd/client.ts";
+import { invalidateAuthToken, makeEtcdClient, openWatchStream, rangePage, type EtcdClientOptions } from "../etcd/client.ts";
 import { HostHealth, SkipHost } from "../etcd/faults.ts";
 import { prefixEnd } from "../etcd/range.ts";
 import { Backoff, Sleeper } from "../util/backoff.ts";
@@ -319,23 +319,21 @@ export class EtcdSource implements ConfigSource {
       let limit = this.pageSize;
       try {
         for (;;) {
-          const res = await this.client.kv.range(
-            { key: from, range_end: this.rangeEnd, limit, revision: rev },
-            { deadline: new Date(Date.now() + this.requestTimeout) },
-          );
+          const page = await rangePage(this.client, { key: from, range_end: this.rangeEnd, limit, revision: rev }, { deadline: new Date(Date.now() + this.requestTimeout) });
           if (this.stopped) return null;
-          if (rev === 0) rev = Number(res.header.revision);
+          if (rev === 0) rev = page.revision;
           pages++;
-          const kvs = res.kvs;
-          for (const kv of kvs) {
-            const k = this.relKey(kv.key);
-            if (k !== null) entries.set(k, this.rawValue(k, kv.value));
+          const { buf, spans } = page;
+          for (let i = 0; i < spans.length; i += 4) {
+            const k = this.relKey(buf, spans[i]!, spans[i + 1]!);
+            if (k !== null) entries.set(k, this.rawValue(k, buf.toString("utf8", spans[i + 2], spans[i + 3])));
           }
-          if (!res.more || kvs.length === 0) return { entries, rev, pages };
+          const keys = spans.length / 4;
+          if (!page.more || keys === 0) return { entries, rev, pages };
           // The next page starts at the smallest key after the last one (a copy: the key is a
           // slice of the whole response's buffer).
-          from = Buffer.concat([kvs[kvs.length - 1]!.key, ZERO_BYTE]);
-          const remaining = Number(res.count) - kvs.length;
+          from = Buffer.concat([buf.subarray(spans[spans.length - 4], spans[spans.length - 3]), ZERO_BYTE]);
+          const remaining = page.count - keys;
           limit = Math.max(this.pageSize, Math.min(MAX_PAGE, Math.ceil(remaining / PAGE_FRACTION)));
         }
       } catch (e) {
@@ -349,17 +347,19 @@ export class EtcdSource implements ConfigSource {
     }
   }
 
-  private relKey(key: Buffer): string | null {
-    if (key.length <= this.base.length || !key.subarray(0, this.base.length).equals(this.base)) return null;
-    return key.subarray(this.base.length).toString("utf8");
+  /** The key in `buf` from `start` to `end`, relative to the prefix (null: not under it). */
+  private relKey(buf: Buffer, start = 0, end = buf.length): string | null {
+    const base = this.base;
+    if (end - start <= base.length || buf.compare(base, 0, base.length, start, start + base.length) !== 0) return null;
+    return buf.toString("utf8", start + base.length, end);
   }
 
   /**
    * The value of the key `rel` (relative to the prefix). Its origin, the full key, is the prefix
    * and `rel` joined, not a string of its own: it is only read for error messages.
    */
-  private rawValue(rel: string, value: Buffer): RawValue {
-    return { text: value.toString("utf8"), format: "json", origin: this.baseText + rel };
+  private rawValue(rel: string, text: string): RawValue {
+    return { text, format: "json", origin: this.baseText + rel };
   }
 
   /**
@@ -470,7 +470,7 @@ export class EtcdSource implements ConfigSource {
       const k = this.relKey(ev.kv.key);
       if (k === null) continue;
       byKey.delete(k); // keep the order of last occurrence
-      byKey.set(k, { key: k, value: ev.type === "Delete" ? null : this.rawValue(k, ev.kv.value) });
+      byKey.set(k, { key: k, value: ev.type === "Delete" ? null : this.rawValue(k, ev.kv.value.toString("utf8")) });
     }
     this.rev = maxRev;
     if (byKey.size === 0) return;

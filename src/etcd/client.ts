@@ -4,6 +4,7 @@
 
 import { readFileSync } from "node:fs";
 import { Etcd3, type IOptions } from "etcd3";
+import { decodeRangePage, type RangePage } from "./range.ts";
 import { fixTlsIpHosts, type TlsFiles } from "./tls-ip.ts";
 
 export interface EtcdClientOptions {
@@ -70,4 +71,31 @@ export async function openWatchStream(client: Etcd3): Promise<{ stream: any; hos
     return client.watch(md, {});
   });
   return { stream, host };
+}
+
+/** The KV client's method that decodes a Range response with decodeRangePage. */
+const RANGE_PAGE = "clusterfRangePage";
+
+/**
+ * One Range request through etcd3's pool (its host choice, retries, auth token and error types,
+ * as for `client.kv.range`), its response decoded by decodeRangePage instead of the library's
+ * generic decoding: for full reads of a large prefix (range.ts says why).
+ */
+export async function rangePage(
+  client: Etcd3,
+  req: { key: Buffer; range_end: Buffer; limit: number; revision: number },
+  options: { deadline: Date },
+): Promise<RangePage> {
+  const pool = poolOf(client);
+  // The pool calls `client[method](req, metadata, options, callback)`: the KV client class gets
+  // one method more, the library's own Range with another response decoder.
+  await pool.withConnection("KV", ({ client: kv }: any) => {
+    const proto = Object.getPrototypeOf(kv);
+    if (proto[RANGE_PAGE]) return;
+    const range = proto.Range;
+    proto[RANGE_PAGE] = function (this: any, ...args: unknown[]) {
+      return this.makeUnaryRequest(range.path, range.requestSerialize, decodeRangePage, ...args);
+    };
+  });
+  return pool.exec("KV", RANGE_PAGE, req, options);
 }
