@@ -38,7 +38,7 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
   /**
    * Keys per range request of a full read (default 2000): the read goes through the prefix in
    * pages, so that no single response holds the whole tree. This is the first page's size and
-   * the smallest; while more than 8 such pages remain, a page takes an eighth of what remains
+   * the smallest; while more than 2 such pages remain, a page takes half of what remains
    * (see readPages()).
    */
   pageSize?: number;
@@ -56,9 +56,12 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
 const ZERO_BYTE = Buffer.from([0]);
 
 /** A page of a full read takes this fraction (1/N) of the keys that remain, at least pageSize… */
-const PAGE_FRACTION = 8;
-/** …and at most this many keys (a response is decoded in one go: 13,000 keys blocked for 160+ ms). */
-const MAX_PAGE = 5000;
+const PAGE_FRACTION = 2;
+/**
+ * …and at most this many keys: a page is decoded and taken in at once (20,000 keys of the bench's
+ * config: a block of about 40 ms, bench/stall.ts; with etcd3's own decoding, 13,000 took 160+ ms).
+ */
+const MAX_PAGE = 20000;
 
 /** How many times in a row a full read starts over at once when its revision gets compacted. */
 const MAX_READ_RESTARTS = 3;
@@ -305,10 +308,11 @@ export class EtcdSource implements ConfigSource {
    *
    * Page sizes: etcd (3.4) walks its index over every key from a request's first key to the
    * range end, to count them, so N keys in pages of P cost about N²/2P steps (110,000 keys in
-   * pages of 2000: 3 million, over a second). A page therefore takes an eighth of the keys that
-   * remain (each response's count says how many), never fewer than pageSize and never more than
-   * MAX_PAGE (110,000 keys: 30 pages, 1.3 million steps). The big pages come first, while the
-   * snapshot is still small; the last ones, when it is whole, are pageSize.
+   * pages of 2000: 3 million, over a second). A page therefore takes half of the keys that remain
+   * (each response's count says how many), never fewer than pageSize and never more than MAX_PAGE
+   * (110,000 keys: 10 pages, about half a million steps; in eighths of at most 5000 keys, 30
+   * pages took 620-740 ms of requests against 350 ms). The big pages come first, while the
+   * snapshot is still small; the last ones, when it is whole, are small.
    */
   private async readPages(): Promise<{ entries: Map<string, RawValue>; rev: number; pages: number } | null> {
     for (let restarts = 0; ; restarts++) {
