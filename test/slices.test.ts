@@ -47,6 +47,67 @@ describe("Pacer", () => {
     turns.stop();
   });
 
+  /** performance.now() counted while `f` runs. */
+  function clockReads(f: () => void): number {
+    const now = performance.now.bind(performance);
+    let reads = 0;
+    performance.now = () => (reads++, now());
+    try {
+      f();
+    } finally {
+      performance.now = now;
+    }
+    return reads;
+  }
+
+  const busy = (ms: number) => {
+    for (const end = Bun.nanoseconds() + ms * 1e6; Bun.nanoseconds() < end; );
+  };
+
+  test("tiny steps: the clock is read once per 16 calls at most, once the slice has shown they are tiny; the slice still ends on time", () => {
+    let calls = 0;
+    let late = -1; // the call at which the slice had run out by the test's own clock
+    const reads = clockReads(() => {
+      const t0 = Bun.nanoseconds(); // before the pacer's start: the test's slice runs out first
+      const pacer = new Pacer(15);
+      while (!pacer.overdue()) {
+        calls++;
+        if (late < 0 && Bun.nanoseconds() - t0 >= 15e6) late = calls;
+      }
+    });
+    expect(calls).toBeGreaterThan(10_000); // a call without a clock read is far under 1.5 µs
+    expect(reads).toBeLessThan(calls / 15);
+    expect(late).toBeGreaterThan(0);
+    expect(calls - late).toBeLessThanOrEqual(17); // 16 calls past the end at most (one more: the test's clock started first)
+  });
+
+  test("tiny steps that turn slow: at most 16 slow steps go by without a clock read", () => {
+    let slowCalls = 0;
+    let late = -1;
+    const t0 = Bun.nanoseconds(); // before the pacer's start: the test's slice runs out first
+    const pacer = new Pacer(15);
+    while (Bun.nanoseconds() - t0 < 10e6) if (pacer.overdue()) throw new Error("overdue before 10 ms of a 15 ms slice");
+    // 1 ms steps from here on: the slice runs out during them
+    while (!pacer.overdue()) {
+      busy(1);
+      slowCalls++;
+      if (late < 0 && Bun.nanoseconds() - t0 >= 15e6) late = slowCalls;
+    }
+    expect(late).toBeGreaterThan(0);
+    expect(slowCalls - late).toBeLessThanOrEqual(16);
+  });
+
+  test("slow steps (a thousandth of the slice or more): the clock is read at every call", () => {
+    const reads = clockReads(() => {
+      const pacer = new Pacer(15);
+      for (let i = 0; i < 5; i++) {
+        busy(0.1);
+        expect(pacer.overdue()).toBe(false);
+      }
+    });
+    expect(reads).toBe(1 + 5); // the slice's start, then each call
+  });
+
   test("run() takes generator steps to their value", async () => {
     function* steps() {
       let n = 0;
