@@ -467,7 +467,6 @@ class TreeReader {
       res.fps.set(key, fp);
       if (this.isKnown?.(key, fp)) return; // unchanged: no text made (a periodic re-read of a big tree)
       const value: RawValue = { text: buf.toString("utf8", start, len), format, origin: file };
-      FINGERPRINT.set(value, fp);
       res.values.set(key, value);
     } catch (e) {
       const code = errCode(e);
@@ -521,8 +520,14 @@ function fingerprint(bytes: Uint8Array, rel: string, format: ValueFormat): numbe
   return Bun.hash.murmur32v3(bytes, seed) * 2 ** 20 + (Bun.hash.crc32(bytes) >>> 12);
 }
 
-/** The fingerprint of each value the reader made (for the hand-over, which has only the value). */
-const FINGERPRINT = new WeakMap<RawValue, number>();
+/**
+ * A changed key as read (null: deleted), with the fingerprint the source remembers once it is
+ * handed over. (A WeakMap from each value the reader made to its fingerprint cost a tenth of a
+ * large tree's read.)
+ */
+type ReadChange = { value: RawValue; fp: number } | null;
+
+const changeOf = (res: ScanResult, key: string, value: RawValue): ReadChange => ({ value, fp: res.fps.get(key)! });
 
 export class DirSource implements ConfigSource {
   readonly name = SOURCE;
@@ -664,9 +669,9 @@ export class DirSource implements ConfigSource {
       info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size });
       sink.snapshot(SOURCE, res.values);
     } else {
-      const changes = new Map<string, RawValue | null>();
+      const changes = new Map<string, ReadChange>();
       for (const k of this.known.keys()) if (!res.fps.has(k) && !isKept(k, res)) changes.set(k, null);
-      for (const [k, v] of res.values) changes.set(k, v);
+      for (const [k, v] of res.values) changes.set(k, changeOf(res, k, v));
       await this.handOver(changes, this.reader.pacer);
       info("config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size, changed: changes.size });
     }
@@ -793,7 +798,7 @@ export class DirSource implements ConfigSource {
     const top = await this.topPaths(pacer);
     const lookedAgain = this.lookingAgain;
     this.lookingAgain = new Set();
-    const changes = new Map<string, RawValue | null>();
+    const changes = new Map<string, ReadChange>();
     if (!(await this.rescanSubtrees(top, changes, pacer))) return;
     if (!(await this.rescanKeys(top, changes, pacer))) return;
     if (changes.size) info("config-path: changes", { source: SOURCE, keys: changes.size });
@@ -834,7 +839,7 @@ export class DirSource implements ConfigSource {
    * Step 1: the subtree below each path, if it is (or was) a directory. Adds to `changes`; false
    * when stopped meanwhile.
    */
-  private async rescanSubtrees(top: string[], changes: Map<string, RawValue | null>, pacer: Pacer): Promise<boolean> {
+  private async rescanSubtrees(top: string[], changes: Map<string, ReadChange>, pacer: Pacer): Promise<boolean> {
     // The known keys and listed directories below each path, in one pass over each (not one per
     // path: a tree moved in brings thousands of new directories in one flush).
     const tops = new Set(top);
@@ -849,7 +854,7 @@ export class DirSource implements ConfigSource {
       this.syncLinks(p, res);
       let n = 0;
       for (const [k, v] of res.values) {
-        changes.set(k, v);
+        changes.set(k, changeOf(res, k, v));
         if ((++n & 1023) === 0) await pacer.due();
       }
       for (const k of below.get(p) ?? []) {
@@ -877,7 +882,7 @@ export class DirSource implements ConfigSource {
    * Step 2: the key each path's name maps to, as a file in its directory, and that directory's
    * listing diffed against the keys known in it: one listing per directory. False when stopped.
    */
-  private async rescanKeys(top: string[], changes: Map<string, RawValue | null>, pacer: Pacer): Promise<boolean> {
+  private async rescanKeys(top: string[], changes: Map<string, ReadChange>, pacer: Pacer): Promise<boolean> {
     const byDir = new Map<string, { stems: Set<string>; files: Set<string>; known: Set<string> }>();
     for (const p of top) {
       if (p === "" || p.split("/").some(isIgnoredName)) continue;
@@ -905,7 +910,7 @@ export class DirSource implements ConfigSource {
         const key = joinRel(d, stem);
         if (res.keepKeys.has(key)) continue;
         const v = res.values.get(key);
-        if (v) changes.set(key, v);
+        if (v) changes.set(key, changeOf(res, key, v));
         else if (!res.fps.has(key) && this.known.has(key)) changes.set(key, null);
       }
     }
@@ -936,15 +941,16 @@ export class DirSource implements ConfigSource {
   }
 
   /** Hands changed keys (null: deleted) to the sink as one update, in key order, and remembers them. */
-  private async handOver(changes: Map<string, RawValue | null>, pacer: Pacer): Promise<void> {
+  private async handOver(changes: Map<string, ReadChange>, pacer: Pacer): Promise<void> {
     if (!changes.size || !this.sink) return;
     const keys = await pacer.run(sortSteps([...changes.keys()]));
     const events: KeyEvent[] = [];
     const logEach = debugEnabled();
     for (const key of keys) {
-      const value = changes.get(key)!;
+      const change = changes.get(key)!;
+      const value = change?.value ?? null;
       events.push({ key, value });
-      if (value) this.known.set(key, FINGERPRINT.get(value)!);
+      if (change) this.known.set(key, change.fp);
       else this.known.delete(key);
       if (logEach) debug("config-path: key " + (value ? "set" : "deleted"), { source: SOURCE, key, path: value?.origin });
       if ((events.length & 1023) === 0) await pacer.due();
