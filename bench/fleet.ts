@@ -73,8 +73,9 @@ function backendValue(s: number, b: number, weight: number) {
 interface Daemon {
   n: number;
   proc: ReturnType<typeof Bun.spawn>;
-  /** Arrival times (performance.now()) of "applied kind=incremental" lines. */
+  /** Arrival times (performance.now()) of "applied kind=incremental" lines, and the apply's own ms from each. */
   applies: number[];
+  applyMs: number[];
   fullAt?: number;
   tail: string[];
   exited: boolean;
@@ -91,7 +92,7 @@ function startDaemon(n: number, urls: string[], base: string): Daemon {
     { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
   );
   killAtExit({ pid: proc.pid, exited: proc.exited });
-  const d: Daemon = { n, proc, applies: [], tail: [], exited: false };
+  const d: Daemon = { n, proc, applies: [], applyMs: [], tail: [], exited: false };
   daemons.push(d);
   proc.exited.then(() => {
     d.exited = true;
@@ -110,7 +111,10 @@ function startDaemon(n: number, urls: string[], base: string): Daemon {
         d.tail.push(line);
         if (d.tail.length > 30) d.tail.shift();
         if (line.includes("IPVS: applied")) {
-          if (/kind[=:"\s]+incremental/.test(line)) d.applies.push(at);
+          if (/kind[=:"\s]+incremental/.test(line)) {
+            d.applies.push(at);
+            d.applyMs.push(Number(/ms[=:"\s]+([\d.]+)/.exec(line)?.[1] ?? NaN));
+          }
           else if (d.fullAt === undefined && /kind[=:"\s]+full/.test(line)) d.fullAt = at;
         }
       }
@@ -166,6 +170,10 @@ function cpuSeconds(pid: number): number {
 interface Sample {
   fromStart: number;
   fromReturn: number;
+  /** Which daemon and which change, and the daemon's own time for that apply (its log line). */
+  daemon: number;
+  change: number;
+  applyMs: number;
 }
 
 /**
@@ -189,7 +197,7 @@ async function changes(client: Etcd3, ds: Daemon[], count: number, first: number
     missed += late.length;
     for (let i = 0; i < ds.length; i++) {
       const at = ds[i]!.applies[seen[i]!];
-      if (at !== undefined) samples.push({ fromStart: at - t0, fromReturn: at - t1 });
+      if (at !== undefined) samples.push({ fromStart: at - t0, fromReturn: at - t1, daemon: ds[i]!.n, change: c, applyMs: ds[i]!.applyMs[seen[i]!]! });
     }
     // Later applies of the same change (none expected) must not count for the next one.
     await Bun.sleep(GAP_MS);
@@ -284,6 +292,16 @@ try {
   );
   console.log(`| ${daemons.length} daemons, together | ${fleetCpu.toFixed(2)} s (${f1((100 * fleetCpu) / phaseS)} % of a CPU) | ${f0(dRss.reduce((a, b) => a + b, 0))} MiB | |`);
   console.log(`| one daemon, median / max | | ${f0(pct(dRss, 50))} / ${f0(Math.max(...dRss))} MiB | ${f0(pct(dHwm, 50))} / ${f0(Math.max(...dHwm))} MiB |`);
+
+  // Where the slowest samples' time went: the daemon's own apply, and whether the other daemons
+  // were slow on the same change (etcd or the machine) or this one alone (the daemon itself).
+  console.log("");
+  console.log("| slowest samples: write→apply (from before the put) | daemon | change | its own apply | the put's round trip | daemons over 100 ms on that change |");
+  console.log("|---|---|---|---|---|---|");
+  for (const x of [...run.samples].sort((a, b) => b.fromStart - a.fromStart).slice(0, 5)) {
+    const sameChange = run.samples.filter((y) => y.change === x.change && y.fromStart > 100).length;
+    console.log(`| ${f1(x.fromStart)} ms | d${x.daemon} | ${x.change} | ${f1(x.applyMs)} ms | ${f1(run.puts[x.change]!)} ms | ${sameChange} of ${daemons.length} |`);
+  }
 
   const misses: string[] = [];
   if (!(p99 < GOAL_MS)) misses.push(`write→apply p99 ${f1(p99)} ms ≥ ${GOAL_MS} ms`);
