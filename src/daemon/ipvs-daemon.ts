@@ -50,6 +50,14 @@ export interface IpvsDaemonOptions {
 /** Key events in one apply from which -once collects garbage after taking them in and after compiling. */
 const LARGE_EVENTS = 20_000;
 
+/**
+ * The periodic resync gives way to a config change that comes while it reads the kernel (at
+ * 10k × 10 the read takes about a second of sliced work, and an apply queued behind it waited
+ * that long), this many times in a row at most: then it runs through, so that drift is still
+ * corrected under a steady stream of changes.
+ */
+const RESYNC_GIVE_WAYS = 3;
+
 export type SyncKind = "full" | "incremental" | "resync";
 
 export interface DaemonCounters {
@@ -102,6 +110,12 @@ export class IpvsDaemon implements SourceSink {
   private checksVersion = -1;
   private routeChanges: Extract<Change, { kind: "route" }>[] = [];
   private applyTimer?: ReturnType<typeof setTimeout>;
+  /** An apply is in the queue of sliced work (its timer has fired; it has not started yet). */
+  private applyQueued = false;
+  /** How many more times the periodic resync may give way to an apply before it runs through. */
+  private resyncGiveWays = RESYNC_GIVE_WAYS;
+  /** The periodic resync gave way to an apply whose timer has not fired yet: it follows that apply. */
+  private resyncAfterApply = false;
   private sourcesStarted = false;
   private stopping = false;
   private reloading: Promise<void> = Promise.resolve();
@@ -154,7 +168,7 @@ export class IpvsDaemon implements SourceSink {
     for (const s of this.sources) await s.start(this);
     this.sourcesStarted = true;
     if (this.sources.length === 0) this.scheduleApply();
-    if (this.opts.resyncMs > 0) this.resyncTimer = setInterval(() => void this.sliced(() => this.resyncSteps()), this.opts.resyncMs);
+    if (this.opts.resyncMs > 0) this.resyncTimer = setInterval(() => this.periodicResync(), this.opts.resyncMs);
   }
 
   async stop(): Promise<void> {
@@ -304,8 +318,19 @@ export class IpvsDaemon implements SourceSink {
     // A macrotask, so that a burst of source callbacks in the same tick becomes one apply.
     this.applyTimer = setTimeout(() => {
       this.applyTimer = undefined;
+      this.applyQueued = true;
       void this.sliced(() => this.applySteps());
+      if (this.resyncAfterApply) {
+        this.resyncAfterApply = false;
+        this.periodicResync();
+      }
     }, 0);
+  }
+
+  /** The periodic resync, which gives way to applies (RESYNC_GIVE_WAYS says how). */
+  private periodicResync(): void {
+    const giveWay = () => this.resyncGiveWays > 0 && (this.applyQueued || this.applyTimer !== undefined);
+    void this.sliced(() => this.resyncSteps(giveWay));
   }
 
   /**
@@ -333,6 +358,7 @@ export class IpvsDaemon implements SourceSink {
     const due = this.applyTimer !== undefined;
     clearTimeout(this.applyTimer);
     this.applyTimer = undefined;
+    this.resyncAfterApply = false; // the reload resyncs anyway
     await this.sliced(() => this.reloadSteps(due));
   }
 
@@ -351,6 +377,7 @@ export class IpvsDaemon implements SourceSink {
   }
 
   private *applySteps(): Steps<SyncResult> {
+    this.applyQueued = false;
     const t0 = performance.now();
     const taken = yield* this.takeIn();
     this.collectIfLarge(taken);
@@ -417,16 +444,27 @@ export class IpvsDaemon implements SourceSink {
     return runSync(this.resyncSteps());
   }
 
-  private *resyncSteps(): Steps<SyncResult | undefined> {
+  /** `giveWay`: see Reconciler.resyncSteps; a resync that gives way runs again after the apply. */
+  private *resyncSteps(giveWay?: () => boolean): Steps<SyncResult | undefined> {
     if (!this.started) return undefined;
     const t0 = performance.now();
     let result: SyncResult;
     try {
-      result = yield* this.reconciler.resyncSteps(this.desired.table);
+      const r = yield* this.reconciler.resyncSteps(this.desired.table, giveWay);
+      if (r === undefined) {
+        this.resyncGiveWays--;
+        log.debug("IPVS: the periodic resync gives way to a config change; it runs again after it");
+        // After the apply: queued now if the apply is queued already, else when its timer fires.
+        if (this.applyQueued) this.periodicResync();
+        else this.resyncAfterApply = true;
+        return undefined;
+      }
+      result = r;
     } catch (e) {
       log.error("IPVS: cannot read the kernel table", { error: (e as Error).message });
       result = { ops: 0, errors: 1, failed: new Set(["*"]), newFailures: 1 };
     }
+    this.resyncGiveWays = RESYNC_GIVE_WAYS;
     this.finish("resync", result, performance.now() - t0);
     return result;
   }

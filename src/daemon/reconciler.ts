@@ -101,16 +101,23 @@ export class Reconciler {
     runSync(this.readActualSteps());
   }
 
-  /** readActual() in slices: one service's destinations at a time, the cache replaced at the end. */
-  *readActualSteps(): Steps<void> {
+  /**
+   * readActual() in slices: one service's destinations at a time, the cache replaced at the end.
+   * `giveWay`, asked after each service, abandons the read when it says so (false; the cache is
+   * then as it was).
+   */
+  *readActualSteps(giveWay: () => boolean = () => false): Steps<boolean> {
+    const services = yield* listSteps(this.ipvs, giveWay);
+    if (services === null) return false;
     const fresh: Table = new Map();
-    for (const s of yield* listSteps(this.ipvs)) {
+    for (const s of services) {
       const entry = normalise(s);
       fresh.set(serviceKeyString(entry.service), entry);
       yield;
     }
     this.actual.clear();
     for (const [k, e] of fresh) this.actual.set(k, e);
+    return true;
   }
 
   flush(): void {
@@ -251,17 +258,21 @@ export class Reconciler {
 
   /** Re-reads the kernel and corrects every difference (drift); returns what it did. */
   resync(desired: Table): SyncResult {
-    return runSync(this.resyncSteps(desired));
+    return runSync(this.resyncSteps(desired))!;
   }
 
-  /** resync() in slices. */
-  *resyncSteps(desired: Table): Steps<SyncResult> {
+  /**
+   * resync() in slices. `giveWay`, asked at each step until the kernel has been read (before
+   * anything changes), abandons the resync when it says so: undefined.
+   */
+  *resyncSteps(desired: Table, giveWay?: () => boolean): Steps<SyncResult | undefined> {
     const snapshot: Table = new Map();
     for (const [k, e] of this.actual) {
       snapshot.set(k, { service: e.service, dests: new Map(e.dests) });
       yield;
+      if (giveWay?.()) return undefined;
     }
-    yield* this.readActualSteps();
+    if (!(yield* this.readActualSteps(giveWay))) return undefined;
     // Only what this daemon manages counts: a foreign service added by hand is not drift, nor a
     // service whose write failed (its cache was dropped on purpose, to be re-read now).
     const drift = yield* countDrift(snapshot, this.actual, (k) => (this.ownership.has(k) || desired.has(k)) && !this.failing.has(k));

@@ -7,14 +7,17 @@ import type { Steps } from "../util/slices.ts";
 /**
  * IpvsTable.list() in slices where the table reads each service's destinations with a request of
  * its own (the kernel): one service at a time, for runSliced (the table's readers: resyncs and
- * /metrics scrapes).
+ * /metrics scrapes). `giveWay`, asked after each service, abandons the read when it says so: null.
  */
-export function* listSteps(ipvs: IpvsTable): Steps<ObservedService[]> {
+export function listSteps(ipvs: IpvsTable): Steps<ObservedService[]>;
+export function listSteps(ipvs: IpvsTable, giveWay: () => boolean): Steps<ObservedService[] | null>;
+export function* listSteps(ipvs: IpvsTable, giveWay?: () => boolean): Steps<ObservedService[] | null> {
   if (!ipvs.listServices) return ipvs.list();
   const out: ObservedService[] = [];
   const services = ipvs.listServicesSteps ? yield* ipvs.listServicesSteps() : ipvs.listServices();
   for (const s of services) {
     yield;
+    if (giveWay?.()) return null;
     try {
       s.dests.push(...ipvs.listDests(s));
     } catch (e) {
@@ -26,4 +29,3 @@ export function* listSteps(ipvs: IpvsTable): Steps<ObservedService[]> {
   }
   return out;
 }
-
