@@ -327,7 +327,7 @@ describe("EtcdSource, one member", () => {
     // The source's range requests go through the client's pool (src/etcd/client.ts rangePage).
     const pool = poolOf(src.etcd);
     const exec = pool.exec.bind(pool);
-    const calls: { key: string; limit: number; revision: number; ok?: boolean }[] = [];
+    const calls: { key: string; limit: number; revision: number; ok?: boolean; bytes?: number }[] = [];
     pool.exec = async (service: string, method: string, req: any, options: unknown) => {
       if (service !== "KV") return exec(service, method, req, options);
       const call = { key: req.key!.toString(), limit: Number(req.limit ?? 0), revision: Number(req.revision ?? 0) };
@@ -338,6 +338,7 @@ describe("EtcdSource, one member", () => {
         throw e;
       });
       call.ok = true;
+      call.bytes = res.buf.length;
       await after(n);
       return res;
     };
@@ -384,6 +385,29 @@ describe("EtcdSource, one member", () => {
     await until(() => sink.map.has("routes/after"), 10000, "after", 20);
     expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
     expect(sink.snapshots.length).toBe(1);
+    expectFaithful();
+  });
+
+  test("large values: fewer keys a page, each page about pageBytes at most", async () => {
+    const c = client([etcd.clientUrl]);
+    await c.delete().prefix("/big");
+    const value = (i: number) => JSON.stringify({ n: i, pad: "x".repeat(400) }); // about 440 bytes a key
+    for (let i = 0; i < 100; i += 20) {
+      await Promise.all(Array.from({ length: 20 }, (_, j) => c.put(`/big/services/s${String(i + j).padStart(3, "0")}/frontend`).value(value(i + j))));
+    }
+    const sink = recordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], prefix: "/big", pageSize: 5, pageBytes: 4000 });
+    const calls = spyPages(src);
+    await src.start(sink);
+    expect(snapshotTexts(sink.snapshots[0]!)).toEqual(await etcdState(c, "/big/"));
+    // The first page is pageSize keys; the others are at most 4000 bytes' worth (about 9 keys),
+    // not half of what remains (47, 24, …).
+    expect(calls[0]!.limit).toBe(5);
+    for (const call of calls.slice(1)) {
+      expect(call.limit).toBeLessThanOrEqual(9);
+      expect(call.bytes!).toBeLessThanOrEqual(4000);
+    }
+    expect(calls.length).toBeGreaterThanOrEqual(11);
     expectFaithful();
   });
 

@@ -42,6 +42,11 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
    * (see readPages()).
    */
   pageSize?: number;
+  /**
+   * About how many bytes a page of a full read may take (default 16 MiB): after the first page,
+   * a page asks for no more keys than this many bytes hold at the size of the keys read so far.
+   */
+  pageBytes?: number;
   /** A watch that etcd has not confirmed within this many ms is abandoned (default 5000). */
   watchCreateTimeoutMs?: number;
   /**
@@ -127,6 +132,7 @@ export class EtcdSource implements ConfigSource {
   private readonly requestTimeout: number;
   private readonly createTimeout: number;
   private readonly pageSize: number;
+  private readonly pageBytes: number;
 
   constructor(private opts: EtcdSourceOptions) {
     const p = trimPrefix(opts.prefix ?? DEFAULT_PREFIX);
@@ -139,6 +145,7 @@ export class EtcdSource implements ConfigSource {
     this.requestTimeout = opts.requestTimeoutMs ?? 5000;
     this.createTimeout = opts.watchCreateTimeoutMs ?? 5000;
     this.pageSize = Math.max(1, Math.floor(opts.pageSize ?? 2000));
+    this.pageBytes = Math.max(1, opts.pageBytes ?? 16 * 2 ** 20);
     const hosts = opts.endpoints.map((e) => e.trim().replace(/^https?:\/\//, "")).filter((e) => e !== "");
     this.hostHealth = new HostHealth(hosts, Math.max(2000, backoffMax));
     this.client = makeEtcdClient(opts, {
@@ -312,7 +319,8 @@ export class EtcdSource implements ConfigSource {
    * (each response's count says how many), never fewer than pageSize and never more than MAX_PAGE
    * (110,000 keys: 10 pages, about half a million steps; in eighths of at most 5000 keys, 30
    * pages took 620-740 ms of requests against 350 ms). The big pages come first, while the
-   * snapshot is still small; the last ones, when it is whole, are small.
+   * snapshot is still small; the last ones, when it is whole, are small. Large values make for
+   * fewer keys a page: no more than pageBytes hold at the size of the keys read so far.
    */
   private async readPages(): Promise<{ entries: Map<string, RawValue>; rev: number; pages: number } | null> {
     for (let restarts = 0; ; restarts++) {
@@ -321,6 +329,8 @@ export class EtcdSource implements ConfigSource {
       let pages = 0;
       let from = this.base;
       let limit = this.pageSize;
+      let bytes = 0; // of the responses so far, and their keys
+      let read = 0;
       try {
         for (;;) {
           const page = await rangePage(this.client, { key: from, range_end: this.rangeEnd, limit, revision: rev }, { deadline: new Date(Date.now() + this.requestTimeout) });
@@ -338,7 +348,10 @@ export class EtcdSource implements ConfigSource {
           // slice of the whole response's buffer).
           from = Buffer.concat([buf.subarray(spans[spans.length - 4], spans[spans.length - 3]), ZERO_BYTE]);
           const remaining = page.count - keys;
-          limit = Math.max(this.pageSize, Math.min(MAX_PAGE, Math.ceil(remaining / PAGE_FRACTION)));
+          bytes += buf.length;
+          read += keys;
+          const byBytes = Math.max(1, Math.floor(this.pageBytes / (bytes / read)));
+          limit = Math.min(byBytes, Math.max(this.pageSize, Math.min(MAX_PAGE, Math.ceil(remaining / PAGE_FRACTION))));
         }
       } catch (e) {
         if (rev === 0 || !isCompactedError(e) || restarts >= MAX_READ_RESTARTS) throw e;
