@@ -91,7 +91,9 @@ export function scrape(ns: string, port: number, sample: string): number | undef
  * retry), waits for the next one, and returns the kernel's table as that single resync left it,
  * with the drift corrections it counted. A resync could see the edits half made, or a second one
  * could run before the table is read: then the attempt does not count, and once the table is
- * back to `corrected` the edits are made again (three attempts at most).
+ * back to `corrected` the edits are made again (six attempts at most: with periodic resyncs every
+ * 3 s and the retries of a refused service between them, an attempt failed about one time in
+ * four in the user-mode kernel, and two in a row were seen).
  */
 export async function afterOneResync(ns: string, port: number, cmd: string, corrected: string[], timeoutMs: number): Promise<{ table: string[]; drift: number }> {
   const resyncs = () => scrape(ns, port, 'clusterf_ipvs_sync_duration_seconds_count{kind="resync"}') ?? 0;
@@ -109,7 +111,7 @@ export async function afterOneResync(ns: string, port: number, cmd: string, corr
       const d2 = drift();
       if (resyncs() === r1 + 1) return { table, drift: d2 - d1 };
     }
-    if (attempt === 3) throw new Error("three times another resync came too close to the edits: cannot tell one resync from two");
+    if (attempt === 6) throw new Error("six times another resync came too close to the edits: cannot tell one resync from two");
     console.log(`attempt ${attempt}: another resync came too close to the hand edits; again`);
     await until(() => kernelTable(ns).join("\n") === corrected.join("\n"), timeoutMs, () => `the table corrected before another attempt:\n${kernelTable(ns).join("\n")}`, 100);
   }
