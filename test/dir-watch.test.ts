@@ -55,9 +55,15 @@ describe("DirSource watcher", () => {
     await sleep(200);
     expect(rec.updates).toEqual([]);
     expect(rec.snapshots.length).toBe(1);
-    // a resync still reads the tree
+    // a resync still reads the tree, handed over as a snapshot (no fingerprints are kept without
+    // watching): deletions too
     await src.resync();
     expect(rec.texts()).toEqual({ "routes/r1": "{}", "routes/r2": "{}" });
+    fs.rmSync(path.join(root, "routes/r1"));
+    await src.resync();
+    expect(rec.texts()).toEqual({ "routes/r2": "{}" });
+    expect(rec.snapshots.length).toBe(3);
+    expect(rec.updates).toEqual([]);
     // a watching source on the same tree holds inotify watches (the count above can see them)
     await h.start(root, {});
     expect(inotifyWatches()).toBeGreaterThan(before);

@@ -664,9 +664,11 @@ export class DirSource implements ConfigSource {
       warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
     }
     if (snapshot) {
-      this.known = res.fps;
-      this.handedOver = true;
-      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: this.known.size });
+      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: res.fps.size });
+      // Without watching (-once) nothing is read again but at a resync, which then hands over a
+      // snapshot as well: the fingerprints are not kept (110,000 keys: about 10 MiB).
+      this.known = this.watch ? res.fps : new Map();
+      this.handedOver = this.watch;
       sink.snapshot(SOURCE, res.values);
     } else {
       const changes = new Map<string, ReadChange>();
