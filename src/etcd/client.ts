@@ -75,6 +75,7 @@ export async function openWatchStream(client: Etcd3): Promise<{ stream: any; hos
 
 /** The KV client's method that decodes a Range response with decodeRangePage. */
 const RANGE_PAGE = "clusterfRangePage";
+let rangePageAdded = false;
 
 /**
  * One Range request through etcd3's pool (its host choice, retries, auth token and error types,
@@ -87,15 +88,18 @@ export async function rangePage(
   options: { deadline: Date },
 ): Promise<RangePage> {
   const pool = poolOf(client);
-  // The pool calls `client[method](req, metadata, options, callback)`: the KV client class gets
-  // one method more, the library's own Range with another response decoder.
-  await pool.withConnection("KV", ({ client: kv }: any) => {
-    const proto = Object.getPrototypeOf(kv);
-    if (proto[RANGE_PAGE]) return;
-    const range = proto.Range;
-    proto[RANGE_PAGE] = function (this: any, ...args: unknown[]) {
-      return this.makeUnaryRequest(range.path, range.requestSerialize, decodeRangePage, ...args);
-    };
-  });
+  // The pool calls `client[method](req, metadata, options, callback)`: the KV client class (one
+  // for every pool of the process) gets one method more, the library's own Range with another
+  // response decoder. Reached once through a connection, which makes no request.
+  if (!rangePageAdded) {
+    await pool.withConnection("KV", ({ client: kv }: any) => {
+      const proto = Object.getPrototypeOf(kv);
+      const range = proto.Range;
+      proto[RANGE_PAGE] ??= function (this: any, ...args: unknown[]) {
+        return this.makeUnaryRequest(range.path, range.requestSerialize, decodeRangePage, ...args);
+      };
+    });
+    rangePageAdded = true;
+  }
   return pool.exec("KV", RANGE_PAGE, req, options);
 }
