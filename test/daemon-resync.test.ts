@@ -35,17 +35,17 @@ afterEach(async () => {
 });
 
 /** A started daemon with the config applied; its syncs are recorded with the table's read count at their end. */
-async function started() {
+async function started(resyncMs = 400) {
   const table = new SlowReadTable();
-  const d = (daemon = new IpvsDaemon(table, [], { desired: DEFAULT_DESIRED_OPTIONS, filterEtcdRoutes: false, flush: false, noop: false, resyncMs: 400 }));
+  const d = (daemon = new IpvsDaemon(table, [], { desired: DEFAULT_DESIRED_OPTIONS, filterEtcdRoutes: false, flush: false, noop: false, resyncMs }));
   const config: Record<string, unknown> = {};
   for (let s = 0; s < SERVICES; s++) {
     config[`services/s${s}/frontend`] = { ipv4: `192.0.2.${1 + (s % 250)}`, tcp: 1 + s };
     config[`services/s${s}/backends/b`] = backend(s, 10);
   }
   d.snapshot("etcd", entries(config));
-  const syncs: { kind: string; writes: number; reads: number }[] = [];
-  d.onSync((kind, _ms, r) => syncs.push({ kind, writes: r.ops, reads: table.reads }));
+  const syncs: { kind: string; writes: number; reads: number; at: number }[] = [];
+  d.onSync((kind, _ms, r) => syncs.push({ kind, writes: r.ops, reads: table.reads, at: performance.now() }));
   await d.start();
   await until(() => syncs.some((x) => x.kind === "full"), 10_000);
   return { d, table, syncs };
@@ -53,7 +53,8 @@ async function started() {
 
 describe("periodic resync and config changes", () => {
   test("a change during the resync's read is applied before the read ends; the resync then runs through after it", async () => {
-    const { d, table, syncs } = await started();
+    // Resyncs 1.5 s apart: the one after the change is the abandoned one run again, not the next period's.
+    const { d, table, syncs } = await started(1500);
     // Into the second resync's read (the first shows how many reads a whole one takes).
     await until(() => syncs.some((x) => x.kind === "resync"), 10_000);
     const readsBefore = table.reads;
@@ -69,6 +70,8 @@ describe("periodic resync and config changes", () => {
     // The resync that follows reads the whole table again.
     const resync = after.find((x) => x.kind === "resync")!;
     expect(resync.reads - after[0]!.reads).toBeGreaterThanOrEqual(SERVICES);
+    // Right after the change (a whole read takes about 0.3 s), not at the next period (1.5 s).
+    expect(resync.at - after[0]!.at).toBeLessThan(900);
   });
 
   test("changes that keep coming: the resync gives way 3 times in a row at most, then runs through", async () => {

@@ -114,8 +114,6 @@ export class IpvsDaemon implements SourceSink {
   private applyQueued = false;
   /** How many more times the periodic resync may give way to an apply before it runs through. */
   private resyncGiveWays = RESYNC_GIVE_WAYS;
-  /** The periodic resync gave way to an apply whose timer has not fired yet: it follows that apply. */
-  private resyncAfterApply = false;
   private sourcesStarted = false;
   private stopping = false;
   private reloading: Promise<void> = Promise.resolve();
@@ -320,10 +318,6 @@ export class IpvsDaemon implements SourceSink {
       this.applyTimer = undefined;
       this.applyQueued = true;
       void this.sliced(() => this.applySteps());
-      if (this.resyncAfterApply) {
-        this.resyncAfterApply = false;
-        this.periodicResync();
-      }
     }, 0);
   }
 
@@ -358,7 +352,6 @@ export class IpvsDaemon implements SourceSink {
     const due = this.applyTimer !== undefined;
     clearTimeout(this.applyTimer);
     this.applyTimer = undefined;
-    this.resyncAfterApply = false; // the reload resyncs anyway
     await this.sliced(() => this.reloadSteps(due));
   }
 
@@ -454,9 +447,8 @@ export class IpvsDaemon implements SourceSink {
       if (r === undefined) {
         this.resyncGiveWays--;
         log.debug("IPVS: the periodic resync gives way to a config change; it runs again after it");
-        // After the apply: queued now if the apply is queued already, else when its timer fires.
-        if (this.applyQueued) this.periodicResync();
-        else this.resyncAfterApply = true;
+        // After the apply: a timer set now fires after the apply's (queued already, or its timer set before).
+        setTimeout(() => this.periodicResync(), 0);
         return undefined;
       }
       result = r;

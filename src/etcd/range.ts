@@ -47,7 +47,7 @@ export function decodeRangePage(buf: Buffer): RangePage {
       while (r.pos < end) {
         const t = r.varint();
         if (t === (3 << 3)) page.revision = r.varint();
-        else r.skip(t & 7);
+        else r.skipField(t & 7);
       }
       r.endAt(end);
     } else if (field === 2 && wire === 2) {
@@ -63,13 +63,13 @@ export function decodeRangePage(buf: Buffer): RangePage {
           val1 = r.lengthEnd();
           val0 = r.pos;
           r.pos = val1;
-        } else r.skip(t & 7);
+        } else r.skipField(t & 7);
       }
       r.endAt(end);
       page.spans.push(key0, key1, val0, val1);
     } else if (field === 3 && wire === 0) page.more = r.varint() !== 0;
     else if (field === 4 && wire === 0) page.count = r.varint();
-    else r.skip(wire);
+    else r.skipField(wire);
   }
   r.endAt(buf.length);
   return page;
@@ -106,7 +106,7 @@ class WireReader {
     if (this.pos !== end) throw new Error("etcd: malformed RangeResponse");
   }
 
-  skip(wire: number): void {
+  skipField(wire: number): void {
     if (wire === 0) this.varint();
     else if (wire === 1) this.pos += 8;
     else if (wire === 2) this.pos = this.lengthEnd();
