@@ -229,7 +229,9 @@ describe("merging sources", () => {
         for (const src of ["etcd", "local"] as SourceName[]) {
           for (const [k, n] of final[src]) b.apply(src, put(k, valueFor(k, n)));
         }
-        expect(b.services).toEqual(a.services);
+        // Backends in name order (a service's backends keep their insertion order, as a Map does).
+        const view = (m: typeof a.services) => new Map([...m].map(([name, svc]) => [name, { frontend: svc.frontend, backends: [...svc.backends].sort(([x], [y]) => (x < y ? -1 : 1)) }]));
+        expect(view(b.services)).toEqual(view(a.services));
         expect(b.routes).toEqual(a.routes);
         // Precedence: where local has a key, the merged value is local's.
         for (const [k, n] of final.local) {

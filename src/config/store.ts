@@ -10,6 +10,7 @@ import type { KeyEvent, RawValue, SourceName } from "./source.ts";
 import { parseHealthRecord } from "../health/publish.ts";
 import { HEALTH, LAYOUT_HINT, ROUTES, SERVICES, backendKey, frontendKey, healthKey, nameProblem, parseKeyPath, routeKey, topLevelName, type KeyPath } from "./keys.ts";
 import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
+import { CompactMap } from "../util/compact-map.ts";
 
 /** A parsed value; its kind is its key path's. */
 type Value = Frontend | Backend | Route;
@@ -246,7 +247,7 @@ export class ConfigStore {
     let svc = services.get(path.service);
     if (!svc) {
       if (!value) return;
-      services.set(path.service, (svc = { backends: new Map() }));
+      services.set(path.service, (svc = { backends: new CompactMap() }));
     }
     if (path.kind === "frontend") svc.frontend = value as Frontend | undefined;
     else if (value) svc.backends.set(path.backend, value as Backend);
@@ -283,7 +284,7 @@ export class ConfigStore {
       return;
     }
     // Both sources have it now: a merged object of its own.
-    const m: MergedService = { frontend: local.frontend ?? etcd.frontend, backends: new Map(etcd.backends) };
+    const m: MergedService = { frontend: local.frontend ?? etcd.frontend, backends: new CompactMap(etcd.backends) };
     for (const [name, b] of local.backends) m.backends.set(name, b);
     this.services.set(path.service, m);
   }

@@ -8,6 +8,7 @@
 import { destKeyString, type Dest, type IpvsTable, type ObservedDest, type Table } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
 import type { Steps } from "../util/slices.ts";
+import { CompactMap } from "../util/compact-map.ts";
 
 /** A destination kept at weight 0 after it left the config, until its connections end. */
 export interface DrainingDest {
@@ -53,7 +54,7 @@ export class Drains {
     for (const [key, dests] of this.draining) {
       const e = desired.get(key);
       if (!e) continue;
-      const merged = new Map(e.dests);
+      const merged = new CompactMap(e.dests);
       for (const [dk, d] of dests) if (!d.released) merged.set(dk, d.dest);
       t.set(key, { ...e, dests: merged });
     }

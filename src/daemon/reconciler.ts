@@ -21,6 +21,7 @@ import * as log from "../util/log.ts";
 import { chunks, runSync, type Steps } from "../util/slices.ts";
 import { Drains, type DrainingDest } from "./drain.ts";
 import { Ownership } from "./ownership.ts";
+import { CompactMap } from "../util/compact-map.ts";
 
 export interface ReconcilerOptions {
   /** Log the writes that would be made, make none. */
@@ -268,7 +269,7 @@ export class Reconciler {
   *resyncSteps(desired: Table, giveWay?: () => boolean): Steps<SyncResult | undefined> {
     const snapshot: Table = new Map();
     for (const [k, e] of this.actual) {
-      snapshot.set(k, { service: e.service, dests: new Map(e.dests) });
+      snapshot.set(k, { service: e.service, dests: new CompactMap(e.dests) });
       yield;
       if (giveWay?.()) return undefined;
     }
@@ -309,7 +310,7 @@ function isRefusal(e: Error): boolean {
 export function normalise(s: ObservedService): TableEntry {
   const { family, protocol, address, port, scheduler, timeout, netmask } = s;
   const flags = s.flags & ~SVC_F_HASHED;
-  const dests = new Map(
+  const dests = new CompactMap(
     s.dests.map((d) => [
       destKeyString(d),
       { address: d.address, port: d.port, method: d.method, weight: d.weight, upperThreshold: d.upperThreshold, lowerThreshold: d.lowerThreshold },

@@ -13,6 +13,7 @@ import {
   type Table,
   type TableEntry,
 } from "./types.ts";
+import { CompactMap } from "../util/compact-map.ts";
 
 /** Operations that turn `actual` into `desired` for one service key. */
 export function diffService(desired: TableEntry | undefined, actual: TableEntry | undefined, owned: boolean): Op[] {
@@ -70,7 +71,7 @@ export function applyOp(table: Table, op: Op): void {
   const key = serviceKeyString(op.service);
   switch (op.type) {
     case "add-service": {
-      const e: TableEntry = { service: op.service, dests: (op.dests ?? new Map()) as Map<string, Dest> };
+      const e: TableEntry = { service: op.service, dests: (op.dests ?? new CompactMap()) as Map<string, Dest> };
       if (op.dests) borrowed.add(e);
       table.set(key, e);
       return;
@@ -104,7 +105,7 @@ const borrowed = new WeakSet<TableEntry>();
 
 /** The entry's destination map, made its own first if it was borrowed. */
 function own(e: TableEntry): Map<string, Dest> {
-  if (borrowed.delete(e)) e.dests = new Map(e.dests);
+  if (borrowed.delete(e)) e.dests = new CompactMap(e.dests);
   return e.dests;
 }
 

@@ -19,6 +19,7 @@ import {
   writeEach,
   writeOne,
 } from "./types.ts";
+import { CompactMap } from "../util/compact-map.ts";
 
 interface Row {
   service: Service;
@@ -69,7 +70,7 @@ export class MemoryIpvsTable implements IpvsTable {
   addService(s: Service): void {
     const k = serviceKeyString(s);
     if (this.rows.has(k)) throw new IpvsError(`${k}: File exists`, "EEXIST", 17);
-    this.rows.set(k, { service: s, dests: new Map() });
+    this.rows.set(k, { service: s, dests: new CompactMap() });
   }
 
   editService(s: Service): void {

@@ -26,6 +26,7 @@ import {
 } from "../ipvs/types.ts";
 import { RouteIndex, routeCovers } from "./routes.ts";
 import { runSync, type Steps } from "../util/slices.ts";
+import { CompactMap } from "../util/compact-map.ts";
 
 export interface DesiredEntry extends TableEntry {
   /** The config service that describes it. */
@@ -142,7 +143,7 @@ interface ServiceContext {
 
 /** The service's entry: the destinations its backends give it, merged where they end on the same one. */
 function compileDests(ctx: ServiceContext, backends: [string, Backend][], withNames: boolean): CompiledEntry {
-  const entry: CompiledEntry = { service: ctx.service, dests: new Map(), owner: ctx.name };
+  const entry: CompiledEntry = { service: ctx.service, dests: new CompactMap(), owner: ctx.name };
   if (withNames) entry.backendsByDest = new Map();
   FIRST.clear();
   for (const [backendName, b] of backends) {

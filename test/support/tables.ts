@@ -33,4 +33,11 @@ export const arbTable: fc.Arbitrary<Table> = fc
   });
 
 /** What the table holds, as the reconciler compares it (no counters, no HASHED flag). */
-export const listedTable = (ipvs: IpvsTable): Table => new Map(ipvs.list().map((s) => { const e = normalise(s); return [serviceKeyString(e.service), e]; }));
+/** The table as listed, with plain Maps (the product's tables keep CompactMaps) to compare with toEqual. */
+export const listedTable = (ipvs: IpvsTable): Table =>
+  new Map(
+    ipvs.list().map((s) => {
+      const e = normalise(s);
+      return [serviceKeyString(e.service), { service: e.service, dests: new Map(e.dests) }];
+    }),
+  );
