@@ -191,7 +191,12 @@ interface ScanResult {
   files: Set<string>;
   /** Entries skipped, by relative path. */
   notes: Map<string, Note>;
+  /** Given `values` each time it holds PART_KEYS keys (then emptied): a snapshot in parts. */
+  part?: (values: Map<string, RawValue>) => void;
 }
+
+/** Keys per part of a first read's snapshot (SourceSink.snapshot's `more`). */
+const PART_KEYS = 4096;
 
 function newScan(): ScanResult {
   return { fps: new Map(), values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
@@ -257,8 +262,9 @@ class TreeReader {
   }
 
   /** Re-read the subtree at `relDir` ("" = everything), exactly as a fresh read of the tree would see it. */
-  async scanTree(relDir: string): Promise<ScanResult> {
+  async scanTree(relDir: string, part?: ScanResult["part"]): Promise<ScanResult> {
     const res = newScan();
+    res.part = part;
     const depth = relDir === "" ? 0 : relDir.split("/").length;
     const seen = relDir === "" ? new Set<string>() : this.ancestry(dirOf(relDir));
     if (seen !== null && depth <= MAX_DEPTH && !(relDir !== "" && isIgnoredName(relDir.slice(relDir.lastIndexOf("/") + 1)))) {
@@ -468,6 +474,10 @@ class TreeReader {
       if (this.isKnown?.(key, fp)) return; // unchanged: no text made (a periodic re-read of a big tree)
       const value: RawValue = { text: buf.toString("utf8", start, len), format, origin: file };
       res.values.set(key, value);
+      if (res.part && res.values.size >= PART_KEYS) {
+        res.part(res.values);
+        res.values = new Map();
+      }
     } catch (e) {
       const code = errCode(e);
       if (GONE.has(code)) {
@@ -655,7 +665,8 @@ export class DirSource implements ConfigSource {
     const snapshot = !this.handedOver;
     if (snapshot) this.known = new Map(); // the reader makes the text of every value for a snapshot
     this.rootId = this.rootIdentity();
-    const res = await this.reader.scanTree("");
+    // A snapshot goes to the sink in parts as it is read: the raw text of a large tree is never all held at once.
+    const res = await this.reader.scanTree("", snapshot ? (values) => sink.snapshot(SOURCE, values, true) : undefined);
     if (this.stopped) return;
     // The first read's directories were watched before it listed them: nothing fresh there.
     this.syncDirs([...this.listedDirs], res);

@@ -26,9 +26,12 @@ export interface KeyEvent {
 export interface SourceSink {
   /**
    * A complete snapshot (initial read, or a re-read after an etcd compaction): replaces all keys.
-   * The map is the sink's from then on (it may empty it once taken in).
+   * The map is the sink's from then on (it may empty it once taken in). `more`: this is a part of
+   * the snapshot, and the parts that follow, up to one without `more`, complete it (a large tree's
+   * first read comes in parts, so that its raw text need not be held all at once: the sink may
+   * take a part in before the rest comes, but applies nothing of it before the last part).
    */
-  snapshot(source: SourceName, entries: Map<string, RawValue>): void;
+  snapshot(source: SourceName, entries: Map<string, RawValue>, more?: boolean): void;
   /** Incremental changes, already coalesced by the source where it can. */
   update(source: SourceName, events: KeyEvent[]): void;
   /** Connection state, for logs, metrics and health ("source down" never means "empty config"). */

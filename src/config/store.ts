@@ -92,6 +92,8 @@ export class ConfigStore {
   private readonly warned: Record<SourceName, Map<string, string>> = { local: new Map(), etcd: new Map() };
 
   private lastChange?: Change & { kind: "service" };
+  /** Per source, during a snapshot in parts: the keys it had before, not given again by a part so far. */
+  private readonly unseen: Record<SourceName, Set<string> | undefined> = { local: undefined, etcd: undefined };
 
   constructor(private readonly opts: StoreOptions = {}) {}
 
@@ -209,11 +211,26 @@ export class ConfigStore {
 
   /**
    * A snapshot as the key events that apply it (deletions first), produced as they are applied:
-   * for a caller that applies a large one a slice at a time (docs/config.md §4).
+   * for a caller that applies a large one a slice at a time (docs/config.md §4). `final` false: a
+   * part of a snapshot (SourceSink.snapshot's `more`), taken in as puts; the part that ends it
+   * deletes the keys the source had before its first part and that no part has given again.
    */
-  *snapshotEvents(source: SourceName, entries: Map<string, RawValue>): Generator<KeyEvent, void, void> {
-    for (const key of this.keys(source)) if (!entries.has(key)) yield { key, value: null };
-    for (const [key, value] of entries) yield { key, value };
+  *snapshotEvents(source: SourceName, entries: Map<string, RawValue>, final = true): Generator<KeyEvent, void, void> {
+    let unseen = this.unseen[source];
+    if (final && !unseen) {
+      for (const key of this.keys(source)) if (!entries.has(key)) yield { key, value: null };
+      for (const [key, value] of entries) yield { key, value };
+      return;
+    }
+    // A source's first read has nothing to delete: no key is remembered then.
+    unseen ??= this.unseen[source] = new Set(this.keys(source));
+    for (const [key, value] of entries) {
+      if (unseen.size > 0) unseen.delete(key);
+      yield { key, value };
+    }
+    if (!final) return;
+    this.unseen[source] = undefined;
+    for (const key of unseen) yield { key, value: null };
   }
 
   /** Every key a source has a value for (made from the names: the full keys are not kept). */

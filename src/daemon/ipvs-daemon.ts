@@ -100,7 +100,14 @@ export class IpvsDaemon implements SourceSink {
   private readonly waiting = new Set<SourceName>();
   private started = false;
   /** Source events not yet taken into the store: the next apply takes them in, a slice at a time. */
-  private pending: { source: SourceName; events: Iterable<KeyEvent> | Map<string, RawValue> }[] = [];
+  private pending: { source: SourceName; events: Iterable<KeyEvent> | Map<string, RawValue>; final?: boolean }[] = [];
+  /** Parts of a snapshot that came after the first apply: held until its last part (nothing partial is applied). */
+  private readonly parts: Record<SourceName, Map<string, RawValue>[]> = { local: [], etcd: [] };
+  /** Keys of a first read in parts so far, for its log line. */
+  private readonly partKeys: Record<SourceName, number> = { local: 0, etcd: 0 };
+  /** Source events taken into the store since the last apply began (by it, or before the first apply as parts came). */
+  private taken = 0;
+  private takeInQueued = false;
   /** The sliced syncs (applies, resyncs, drain releases) run one after the other on this chain. */
   private work: Promise<unknown> = Promise.resolve();
   private dirtyServices = new Set<string>();
@@ -242,9 +249,29 @@ export class IpvsDaemon implements SourceSink {
 
   // SourceSink
 
-  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
+  snapshot(source: SourceName, entries: Map<string, RawValue>, more = false): void {
+    if (more) {
+      if (this.started) {
+        this.parts[source].push(entries);
+        return;
+      }
+      // Before the first apply a part is taken in at once: parsed, its raw text can go.
+      this.partKeys[source] += entries.size;
+      this.pending.push({ source, events: entries, final: false });
+      if (!this.takeInQueued) {
+        this.takeInQueued = true;
+        void this.sliced(() => {
+          this.takeInQueued = false;
+          return this.takeIn();
+        });
+      }
+      return;
+    }
+    for (const part of this.parts[source].splice(0)) this.pending.push({ source, events: part, final: false });
     this.pending.push({ source, events: entries });
-    if (this.waiting.delete(source)) log.info("config: first read done", { source, keys: entries.size });
+    const keys = this.partKeys[source] + entries.size;
+    this.partKeys[source] = 0;
+    if (this.waiting.delete(source)) log.info("config: first read done", { source, keys });
     this.scheduleApply();
   }
 
@@ -262,12 +289,11 @@ export class IpvsDaemon implements SourceSink {
 
   // Applying
 
-  /** Takes the pending source events into the store, a slice at a time (a snapshot as its events). */
-  /** Takes the pending source events into the store, a slice at a time; returns how many. */
-  private *takeIn(): Steps<number> {
+  /** Takes the pending source events into the store, a slice at a time (a snapshot as its events); counts them in `taken`. */
+  private *takeIn(): Steps<void> {
     let taken = 0;
     for (let p; (p = this.pending.shift()); ) {
-      const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events) : p.events;
+      const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events, p.final ?? true) : p.events;
       for (const slice of chunks(events, EVENT_SLICE)) {
         for (const e of slice) {
           const c = this.store.apply(p.source, e);
@@ -281,7 +307,7 @@ export class IpvsDaemon implements SourceSink {
       // conservatively) must not keep every value's text alive.
       if (p.events instanceof Map) p.events.clear();
     }
-    return taken;
+    this.taken += taken;
   }
 
   private collectIfLarge(events: number): void {
@@ -372,7 +398,9 @@ export class IpvsDaemon implements SourceSink {
   private *applySteps(): Steps<SyncResult> {
     this.applyQueued = false;
     const t0 = performance.now();
-    const taken = yield* this.takeIn();
+    yield* this.takeIn();
+    const taken = this.taken;
+    this.taken = 0;
     this.collectIfLarge(taken);
     const kind: SyncKind = this.started ? "incremental" : "full";
     const dirty = this.dirtyServices;

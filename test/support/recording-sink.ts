@@ -28,11 +28,26 @@ export class RecordingSink implements SourceSink {
     private readonly opts: RecordingSinkOptions = {},
   ) {}
 
-  snapshot(source: SourceName, entries: Map<string, RawValue>): void {
+  /** Sizes of the parts each snapshot came in (one entry per snapshot; [n] = not in parts). */
+  partSizes: number[][] = [];
+  private parts: Map<string, RawValue>[] = [];
+
+  snapshot(source: SourceName, entries: Map<string, RawValue>, more = false): void {
     this.checkSource("snapshot", source);
-    this.snapshots.push(new Map(entries));
-    this.map = new Map(entries);
-    for (const [k, v] of entries) this.remember(k, v.text);
+    this.parts.push(new Map(entries));
+    if (more) return;
+    const whole = new Map<string, RawValue>();
+    for (const part of this.parts) {
+      for (const [k, v] of part) {
+        if (whole.has(k)) this.violations.push(`key ${k} in two parts of one snapshot`);
+        whole.set(k, v);
+      }
+    }
+    this.partSizes.push(this.parts.map((p) => p.size));
+    this.parts = [];
+    this.snapshots.push(whole);
+    this.map = new Map(whole);
+    for (const [k, v] of whole) this.remember(k, v.text);
   }
 
   update(source: SourceName, events: KeyEvent[]): void {
