@@ -380,11 +380,17 @@ describe("EtcdSource, one member", () => {
     expect(calls[0]!.revision).toBe(0);
     expect(calls[1]!.key).toBe("/paged/services/s006/frontend\0");
     expect(new Set(calls.slice(1).map((x) => x.revision))).toEqual(new Set([src.revision!]));
+    // The first read went to the sink page by page (the last part marked as such).
+    expect(sink.partSizes).toEqual([[7, 47, 23, 12, 7, 4]]);
     // and it follows on from there
     await c.put("/paged/routes/after").value("{}");
     await until(() => sink.map.has("routes/after"), 10000, "after", 20);
     expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
     expect(sink.snapshots.length).toBe(1);
+    // A later full read is handed over whole.
+    await src.resync();
+    expect(sink.partSizes).toEqual([[7, 47, 23, 12, 7, 4], [101]]);
+    expect(sink.texts()).toEqual(await etcdState(c, "/paged/"));
     expectFaithful();
   });
 
@@ -473,6 +479,9 @@ describe("EtcdSource, one member", () => {
     expect(src.revision!).toBeGreaterThanOrEqual(compactedTo);
     expect(sink.snapshots.length).toBe(1);
     expect(snapshotTexts(sink.snapshots[0]!)).toEqual(fresh);
+    // The pages read before the compaction went as parts; the read that started over, whole
+    // (it replaces them).
+    expect(sink.partSizes).toEqual([[98]]);
     expect(fresh["services/s001/frontend"]).toBe('{"written":"before the compaction"}');
     expect(fresh["services/s002/frontend"]).toBeUndefined();
     expect(fresh["services/s080/frontend"]).toBeUndefined();

@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { DirSource, readConfigDir } from "../src/config/dir-source.ts";
-import type { ConfigSource } from "../src/config/source.ts";
+import type { ConfigSource, SnapshotPart } from "../src/config/source.ts";
 import { ConfigStore } from "../src/config/store.ts";
 import { IpvsDaemon } from "../src/daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../src/ipvs/memory-table.ts";
@@ -27,8 +27,8 @@ const frontend = (n: number) => ({ ipv4: `192.0.2.${n}`, tcp: 80 });
 const backend = (n: number) => ({ ipv4: `198.51.100.${n}`, tcp: 8080 });
 
 /** Applies a snapshot's events the way the daemon does. */
-function take(store: ConfigStore, config: Record<string, unknown>, final: boolean): void {
-  for (const e of store.snapshotEvents("etcd", entries(config), final)) store.apply("etcd", e);
+function take(store: ConfigStore, config: Record<string, unknown>, part?: SnapshotPart): void {
+  for (const e of store.snapshotEvents("etcd", entries(config), part)) store.apply("etcd", e);
 }
 
 const backendsOf = (store: ConfigStore, service: string) => [...(store.services.get(service)?.backends.keys() ?? [])].sort();
@@ -36,27 +36,34 @@ const backendsOf = (store: ConfigStore, service: string) => [...(store.services.
 describe("the store, a snapshot in parts", () => {
   test("a first read in parts: each part's keys are in as it comes, nothing is deleted", () => {
     const store = new ConfigStore();
-    take(store, { "services/a/frontend": frontend(1), "services/a/backends/x": backend(1) }, false);
+    take(store, { "services/a/frontend": frontend(1), "services/a/backends/x": backend(1) }, "more");
     expect(backendsOf(store, "a")).toEqual(["x"]);
-    take(store, { "services/a/backends/y": backend(2) }, false);
-    take(store, { "services/b/frontend": frontend(2) }, true);
+    take(store, { "services/a/backends/y": backend(2) }, "more");
+    take(store, { "services/b/frontend": frontend(2) }, "last");
     expect(backendsOf(store, "a")).toEqual(["x", "y"]);
     expect(store.services.get("b")?.frontend).toEqual({ ...frontend(2), persistent: 0 });
   });
 
   test("a later snapshot in parts deletes, at its last part, the keys no part gave again", () => {
     const store = new ConfigStore();
-    take(store, { "services/a/frontend": frontend(1), "services/a/backends/x": backend(1), "services/a/backends/y": backend(2), "routes/r": { Prefix4: "203.0.113.0/24" } }, true);
-    take(store, { "services/a/backends/y": backend(3), "services/a/backends/z": backend(4) }, false);
+    take(store, { "services/a/frontend": frontend(1), "services/a/backends/x": backend(1), "services/a/backends/y": backend(2), "routes/r": { Prefix4: "203.0.113.0/24" } });
+    take(store, { "services/a/backends/y": backend(3), "services/a/backends/z": backend(4) }, "more");
     // Not before the last part: x may still come.
     expect(backendsOf(store, "a")).toEqual(["x", "y", "z"]);
-    take(store, { "services/a/frontend": frontend(1) }, true);
+    take(store, { "services/a/frontend": frontend(1) }, "last");
     expect(backendsOf(store, "a")).toEqual(["y", "z"]);
     expect(store.services.get("a")?.backends.get("y")?.ipv4).toBe("198.51.100.3");
     expect(store.routes.size).toBe(0);
-    // The next snapshot in one piece starts afresh: it deletes what it does not name.
-    take(store, { "services/a/frontend": frontend(1), "services/a/backends/z": backend(4) }, true);
+    // A snapshot left unfinished, then a whole one: the whole one replaces everything, the
+    // unfinished one's keys included.
+    take(store, { "services/a/backends/w": backend(5) }, "more");
+    take(store, { "services/a/frontend": frontend(1), "services/a/backends/z": backend(4) });
     expect(backendsOf(store, "a")).toEqual(["z"]);
+    // And the next snapshot in parts starts from what the source has then (v came by an update).
+    store.apply("etcd", { key: "services/a/backends/v", value: { text: JSON.stringify(backend(6)), format: "json", origin: "test" } });
+    take(store, { "services/a/frontend": frontend(1) }, "more");
+    take(store, {}, "last");
+    expect(backendsOf(store, "a")).toEqual([]);
   });
 });
 
@@ -79,7 +86,7 @@ describe("the daemon, a snapshot in parts", () => {
   test("before the first apply: parts are taken in as they come, nothing is programmed before the last part", async () => {
     const { d, table } = newDaemon();
     const part = entries({ "services/a/frontend": frontend(1), "services/a/backends/x": backend(1) });
-    d.snapshot("etcd", part, true);
+    d.snapshot("etcd", part, "more");
     await d.start();
     // Taken in (parsed; the part's map emptied) while the source is still reading.
     await until(() => d.store.services.has("a"), 5000);
@@ -87,7 +94,7 @@ describe("the daemon, a snapshot in parts", () => {
     await Bun.sleep(50);
     expect(table.list()).toEqual([]);
     expect(d.ready).toBe(false);
-    d.snapshot("etcd", entries({ "services/a/backends/y": backend(2) }));
+    d.snapshot("etcd", entries({ "services/a/backends/y": backend(2) }), "last");
     await until(() => table.list().length === 1, 5000);
     expect(table.list()[0]!.dests.map((x) => x.address).sort()).toEqual(["198.51.100.1", "198.51.100.2"]);
   });
@@ -100,17 +107,24 @@ describe("the daemon, a snapshot in parts", () => {
     d.snapshot("etcd", entries({ "services/a/frontend": frontend(1), "services/a/backends/x": backend(1), "services/b/frontend": frontend(2), "services/b/backends/x": backend(3) }));
     await until(() => applies.length === 1, 5000);
     const dests = (vip: string) => table.list().find((s) => s.address === vip)?.dests.map((x) => x.address).sort();
-    d.snapshot("etcd", entries({ "services/a/frontend": frontend(1), "services/a/backends/x": backend(1), "services/a/backends/y": backend(2) }), true);
+    d.snapshot("etcd", entries({ "services/a/frontend": frontend(1), "services/a/backends/x": backend(1), "services/a/backends/y": backend(2) }), "more");
     // Another source's change makes an apply: the held part is not in it.
     d.update("local", [{ key: "services/c/frontend", value: { text: JSON.stringify(frontend(3)), format: "json", origin: "test" } }]);
     await until(() => applies.length === 2, 5000);
     expect(dests("192.0.2.1")).toEqual(["198.51.100.1"]);
     expect(dests("192.0.2.2")).toEqual(["198.51.100.3"]);
     // The last part: y comes in, and b, which no part gave, goes.
-    d.snapshot("etcd", entries({}));
+    d.snapshot("etcd", entries({}), "last");
     await until(() => applies.length === 3, 5000);
     expect(dests("192.0.2.1")).toEqual(["198.51.100.1", "198.51.100.2"]);
     expect(dests("192.0.2.2")).toBeUndefined();
+    // A part, then a whole snapshot instead of the rest (a read that failed and started over):
+    // the part is dropped, never applied.
+    d.snapshot("etcd", entries({ "services/d/frontend": frontend(4) }), "more");
+    d.snapshot("etcd", entries({ "services/a/frontend": frontend(1), "services/a/backends/x": backend(1) }));
+    await until(() => applies.length === 4, 5000);
+    expect(table.list().map((s) => s.address)).toEqual(["192.0.2.1", "192.0.2.3"]);
+    expect(dests("192.0.2.1")).toEqual(["198.51.100.1"]);
   });
 });
 
@@ -120,7 +134,7 @@ describe("the directory source, a large first read", () => {
     for (const r of roots.splice(0)) fs.rmSync(r, { recursive: true, force: true });
   });
 
-  test("goes to the sink in parts of 4096 keys, the last without `more`; their union is the tree", async () => {
+  test("goes to the sink in parts of 4096 keys, the last one marked so; their union is the tree", async () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), "clusterf-parts-"));
     roots.push(root);
     const services = 1000;

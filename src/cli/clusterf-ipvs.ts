@@ -143,7 +143,7 @@ function daemonOptions(flags: FlagValues): IpvsDaemonOptions {
     // -once runs no health checks: it programs the configured weights.
     health: flags.once ? undefined : new Checker(),
     // -once serves nothing while it works: it may pause to collect the parse's garbage.
-    collectAfterLargeSteps: flags.once as boolean,
+    collectAfterLargeSteps: flags.once ? "full" : "background",
   };
 }
 

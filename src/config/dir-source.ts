@@ -195,7 +195,7 @@ interface ScanResult {
   part?: (values: Map<string, RawValue>) => void;
 }
 
-/** Keys per part of a first read's snapshot (SourceSink.snapshot's `more`). */
+/** Keys per part of a snapshot read in full (SourceSink.snapshot's `part`). */
 const PART_KEYS = 4096;
 
 function newScan(): ScanResult {
@@ -666,7 +666,8 @@ export class DirSource implements ConfigSource {
     if (snapshot) this.known = new Map(); // the reader makes the text of every value for a snapshot
     this.rootId = this.rootIdentity();
     // A snapshot goes to the sink in parts as it is read: the raw text of a large tree is never all held at once.
-    const res = await this.reader.scanTree("", snapshot ? (values) => sink.snapshot(SOURCE, values, true) : undefined);
+    let parts = 0;
+    const res = await this.reader.scanTree("", snapshot ? (values) => (parts++, sink.snapshot(SOURCE, values, "more")) : undefined);
     if (this.stopped) return;
     // The first read's directories were watched before it listed them: nothing fresh there.
     this.syncDirs([...this.listedDirs], res);
@@ -680,7 +681,7 @@ export class DirSource implements ConfigSource {
       // snapshot as well: the fingerprints are not kept (110,000 keys: about 10 MiB).
       this.known = this.watch ? res.fps : new Map();
       this.handedOver = this.watch;
-      sink.snapshot(SOURCE, res.values);
+      sink.snapshot(SOURCE, res.values, parts > 0 ? "last" : undefined);
     } else {
       const changes = new Map<string, ReadChange>();
       for (const k of this.known.keys()) if (!res.fps.has(k) && !isKept(k, res)) changes.set(k, null);

@@ -114,6 +114,8 @@ export class EtcdSource implements ConfigSource {
   private running: Promise<void> | null = null;
   /** Highest revision whose changes have all been delivered; null = a full read is needed. */
   private rev: number | null = null;
+  /** The next full read may go to the sink in parts: only the first, unless one in parts failed (see readPages). */
+  private partsAllowed = true;
   private up: boolean | null = null;
   private downReason: string | undefined;
   private watchHost: string | null = null;
@@ -287,11 +289,12 @@ export class EtcdSource implements ConfigSource {
       throw e;
     }
     if (read === null || this.stopped) return this.settleResync(new Error("etcd source stopped before the re-read"), waiters);
-    const { entries, rev, pages } = read;
-    info("etcd snapshot", { prefix: this.prefix, keys: entries.size, revision: rev, pages });
+    const { entries, rev, pages, parts, keys } = read;
+    info("etcd snapshot", { prefix: this.prefix, keys, revision: rev, pages });
     this.rev = rev;
+    this.partsAllowed = false; // later reads (compaction, SIGHUP) are handed over whole
     try {
-      this.sink!.snapshot("etcd", entries);
+      this.sink!.snapshot("etcd", entries, parts > 0 ? "last" : undefined);
     } catch (e) {
       logError("etcd snapshot handler failed", { err: describe(e) });
     }
@@ -322,9 +325,11 @@ export class EtcdSource implements ConfigSource {
    * snapshot is still small; the last ones, when it is whole, are small. Large values make for
    * fewer keys a page: no more than pageBytes hold at the size of the keys read so far.
    */
-  private async readPages(): Promise<{ entries: Map<string, RawValue>; rev: number; pages: number } | null> {
+  private async readPages(): Promise<{ entries: Map<string, RawValue>; rev: number; pages: number; parts: number; keys: number } | null> {
     for (let restarts = 0; ; restarts++) {
-      const entries = new Map<string, RawValue>();
+      let entries = new Map<string, RawValue>();
+      let parts = 0; // pages handed over as parts of the snapshot (SourceSink.snapshot's `part`)
+      let handed = 0; // their keys
       let rev = 0; // the first page: at the newest revision
       let pages = 0;
       let from = this.base;
@@ -343,7 +348,14 @@ export class EtcdSource implements ConfigSource {
             if (k !== null) entries.set(k, this.rawValue(k, buf.toString("utf8", spans[i + 2], spans[i + 3])));
           }
           const keys = spans.length / 4;
-          if (!page.more || keys === 0) return { entries, rev, pages };
+          if (!page.more || keys === 0) return { entries, rev, pages, parts, keys: handed + entries.size };
+          if (this.partsAllowed) {
+            // The first read goes to the sink page by page: its raw text is never all held at once.
+            handed += entries.size;
+            this.sink!.snapshot("etcd", entries, "more");
+            entries = new Map();
+            parts++;
+          }
           // The next page starts at the smallest key after the last one (a copy: the key is a
           // slice of the whole response's buffer).
           from = Buffer.concat([buf.subarray(spans[spans.length - 4], spans[spans.length - 3]), ZERO_BYTE]);
@@ -354,6 +366,9 @@ export class EtcdSource implements ConfigSource {
           limit = Math.min(byBytes, Math.max(this.pageSize, Math.min(MAX_PAGE, Math.ceil(remaining / PAGE_FRACTION))));
         }
       } catch (e) {
+        // Parts handed over for a read that did not finish: the next read is handed over whole,
+        // which replaces them (a read in parts again could not say which of them to delete).
+        if (parts > 0) this.partsAllowed = false;
         if (rev === 0 || !isCompactedError(e) || restarts >= MAX_READ_RESTARTS) throw e;
         info("etcd revision compacted during the full read, starting over", {
           prefix: this.prefix,

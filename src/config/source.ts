@@ -23,15 +23,19 @@ export interface KeyEvent {
   value: RawValue | null;
 }
 
+/** A part of a snapshot (SourceSink.snapshot): one of several that follow ("more"), or the one that ends it. */
+export type SnapshotPart = "more" | "last";
+
 export interface SourceSink {
   /**
    * A complete snapshot (initial read, or a re-read after an etcd compaction): replaces all keys.
-   * The map is the sink's from then on (it may empty it once taken in). `more`: this is a part of
-   * the snapshot, and the parts that follow, up to one without `more`, complete it (a large tree's
-   * first read comes in parts, so that its raw text need not be held all at once: the sink may
-   * take a part in before the rest comes, but applies nothing of it before the last part).
+   * The map is the sink's from then on (it may empty it once taken in). `part`: the snapshot
+   * comes in parts, "more" for each but the last, "last" for the last (a large first read comes
+   * as it is read, so that its raw text need not be held all at once: the sink may take a part in
+   * before the rest comes, but applies nothing of it before the last part). A whole snapshot
+   * (no `part`) replaces everything, the parts of a snapshot left unfinished included.
    */
-  snapshot(source: SourceName, entries: Map<string, RawValue>, more?: boolean): void;
+  snapshot(source: SourceName, entries: Map<string, RawValue>, part?: SnapshotPart): void;
   /** Incremental changes, already coalesced by the source where it can. */
   update(source: SourceName, events: KeyEvent[]): void;
   /** Connection state, for logs, metrics and health ("source down" never means "empty config"). */

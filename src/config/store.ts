@@ -6,7 +6,7 @@
 // health/ROUTE/SERVICE/BACKEND (etcd only: an intermediate host's published backend health,
 // src/health/publish.ts) is kept apart from the config: a change is a change of that service.
 
-import type { KeyEvent, RawValue, SourceName } from "./source.ts";
+import type { KeyEvent, RawValue, SnapshotPart, SourceName } from "./source.ts";
 import { parseHealthRecord } from "../health/publish.ts";
 import { HEALTH, LAYOUT_HINT, ROUTES, SERVICES, backendKey, frontendKey, healthKey, nameProblem, parseKeyPath, routeKey, topLevelName, type KeyPath } from "./keys.ts";
 import { parseBackend, parseFrontend, parseRoute, type Backend, type Frontend, type Route } from "./values.ts";
@@ -211,13 +211,15 @@ export class ConfigStore {
 
   /**
    * A snapshot as the key events that apply it (deletions first), produced as they are applied:
-   * for a caller that applies a large one a slice at a time (docs/config.md §4). `final` false: a
-   * part of a snapshot (SourceSink.snapshot's `more`), taken in as puts; the part that ends it
-   * deletes the keys the source had before its first part and that no part has given again.
+   * for a caller that applies a large one a slice at a time (docs/config.md §4). A snapshot in
+   * parts (SourceSink.snapshot's `part`): each part's keys are puts; the last part deletes the
+   * keys the source had before the first part and that no part has given again.
    */
-  *snapshotEvents(source: SourceName, entries: Map<string, RawValue>, final = true): Generator<KeyEvent, void, void> {
+  *snapshotEvents(source: SourceName, entries: Map<string, RawValue>, part?: SnapshotPart): Generator<KeyEvent, void, void> {
+    const final = part !== "more";
+    if (part === undefined) this.unseen[source] = undefined; // a whole snapshot: parts left unfinished are replaced too
     let unseen = this.unseen[source];
-    if (final && !unseen) {
+    if (part === undefined) {
       for (const key of this.keys(source)) if (!entries.has(key)) yield { key, value: null };
       for (const [key, value] of entries) yield { key, value };
       return;

@@ -5,7 +5,7 @@
 // until then).
 
 import { ConfigStore, type Change, type ConfigProblem } from "../config/store.ts";
-import type { ConfigSource, KeyEvent, RawValue, SourceName, SourceSink } from "../config/source.ts";
+import type { ConfigSource, KeyEvent, RawValue, SnapshotPart, SourceName, SourceSink } from "../config/source.ts";
 import { DesiredTable, type DesiredOptions } from "../model/desired.ts";
 import { formatTable } from "../ipvs/print.ts";
 import type { Checker } from "../health/checker.ts";
@@ -40,14 +40,15 @@ export interface IpvsDaemonOptions {
   /** Health checks of the config's checked destinations (none: configured weights, nothing checked). */
   health?: Checker;
   /**
-   * A full garbage collection after taking in, and after compiling, a large config (-once: it
-   * serves nothing meanwhile, and the peak memory stays near what is kept instead of growing
-   * with the garbage of the parse; a live daemon never blocks its event loop that long).
+   * A garbage collection after taking in, and after compiling, a large config, so that the peak
+   * memory stays near what is kept instead of growing with the garbage of the parse: "full"
+   * (-once: it serves nothing meanwhile) waits for a full one; "background" (a live daemon, whose
+   * event loop never blocks that long) asks for one that runs beside it.
    */
-  collectAfterLargeSteps?: boolean;
+  collectAfterLargeSteps?: "full" | "background";
 }
 
-/** Key events in one apply from which -once collects garbage after taking them in and after compiling. */
+/** Key events in one apply from which garbage is collected after taking them in and after compiling (collectAfterLargeSteps). */
 const LARGE_EVENTS = 20_000;
 
 /**
@@ -100,7 +101,7 @@ export class IpvsDaemon implements SourceSink {
   private readonly waiting = new Set<SourceName>();
   private started = false;
   /** Source events not yet taken into the store: the next apply takes them in, a slice at a time. */
-  private pending: { source: SourceName; events: Iterable<KeyEvent> | Map<string, RawValue>; final?: boolean }[] = [];
+  private pending: { source: SourceName; events: Iterable<KeyEvent> | Map<string, RawValue>; part?: SnapshotPart }[] = [];
   /** Parts of a snapshot that came after the first apply: held until its last part (nothing partial is applied). */
   private readonly parts: Record<SourceName, Map<string, RawValue>[]> = { local: [], etcd: [] };
   /** Keys of a first read in parts so far, for its log line. */
@@ -249,15 +250,15 @@ export class IpvsDaemon implements SourceSink {
 
   // SourceSink
 
-  snapshot(source: SourceName, entries: Map<string, RawValue>, more = false): void {
-    if (more) {
+  snapshot(source: SourceName, entries: Map<string, RawValue>, part?: SnapshotPart): void {
+    if (part === "more") {
       if (this.started) {
         this.parts[source].push(entries);
         return;
       }
       // Before the first apply a part is taken in at once: parsed, its raw text can go.
       this.partKeys[source] += entries.size;
-      this.pending.push({ source, events: entries, final: false });
+      this.pending.push({ source, events: entries, part });
       if (!this.takeInQueued) {
         this.takeInQueued = true;
         void this.sliced(() => {
@@ -267,8 +268,9 @@ export class IpvsDaemon implements SourceSink {
       }
       return;
     }
-    for (const part of this.parts[source].splice(0)) this.pending.push({ source, events: part, final: false });
-    this.pending.push({ source, events: entries });
+    // The held parts go first (a whole snapshot after a snapshot left unfinished replaces its parts).
+    for (const p of this.parts[source].splice(0)) this.pending.push({ source, events: p, part: "more" });
+    this.pending.push({ source, events: entries, part });
     const keys = this.partKeys[source] + entries.size;
     this.partKeys[source] = 0;
     if (this.waiting.delete(source)) log.info("config: first read done", { source, keys });
@@ -293,7 +295,7 @@ export class IpvsDaemon implements SourceSink {
   private *takeIn(): Steps<void> {
     let taken = 0;
     for (let p; (p = this.pending.shift()); ) {
-      const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events, p.final ?? true) : p.events;
+      const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events, p.part) : p.events;
       for (const slice of chunks(events, EVENT_SLICE)) {
         for (const e of slice) {
           const c = this.store.apply(p.source, e);
@@ -311,7 +313,7 @@ export class IpvsDaemon implements SourceSink {
   }
 
   private collectIfLarge(events: number): void {
-    if (this.opts.collectAfterLargeSteps && events >= LARGE_EVENTS) Bun.gc(true);
+    if (this.opts.collectAfterLargeSteps && events >= LARGE_EVENTS) Bun.gc(this.opts.collectAfterLargeSteps === "full");
   }
 
   /** Recomputes the named config services a few at a time; adds the IPVS keys they change to `keys`. */

@@ -3,7 +3,7 @@
 // never asserts: what a faithful delivery cannot produce goes into `violations`, and each test
 // checks that list in its own body.
 
-import type { KeyEvent, RawValue, SourceName, SourceSink } from "../../src/config/source.ts";
+import type { KeyEvent, RawValue, SnapshotPart, SourceName, SourceSink } from "../../src/config/source.ts";
 
 export interface RecordingSinkOptions {
   /**
@@ -32,10 +32,12 @@ export class RecordingSink implements SourceSink {
   partSizes: number[][] = [];
   private parts: Map<string, RawValue>[] = [];
 
-  snapshot(source: SourceName, entries: Map<string, RawValue>, more = false): void {
+  snapshot(source: SourceName, entries: Map<string, RawValue>, part?: SnapshotPart): void {
     this.checkSource("snapshot", source);
+    if (part === "last" && this.parts.length === 0) this.violations.push("a last part without parts before it");
+    if (part === undefined) this.parts = [];
     this.parts.push(new Map(entries));
-    if (more) return;
+    if (part === "more") return;
     const whole = new Map<string, RawValue>();
     for (const part of this.parts) {
       for (const [k, v] of part) {
