@@ -182,6 +182,46 @@ describe("reconciler error mapping against the in-memory table", () => {
     }
   });
 
+  test("a daemon killed in the middle of a large sync: its successor removes what it created, the foreign service stays", () => {
+    const dir = mkdtempSync(join(tmpdir(), "clusterf-state-"));
+    try {
+      // 300 services: several slices of diff and writes; the process dies at the third batch.
+      const many: Table = new Map();
+      for (let i = 0; i < 300; i++) {
+        const s: Service = { ...svc, address: `198.51.100.${1 + (i % 250)}`, port: 1000 + i };
+        many.set(serviceKeyString(s), { service: s, dests: new Map([[destKeyString(d), d]]) });
+      }
+      class DyingTable extends MemoryIpvsTable {
+        batches = 0;
+        override writeBatch(ops: readonly Op[]): (Error | null)[] {
+          if (++this.batches === 3) throw new Error("killed");
+          return super.writeBatch(ops);
+        }
+      }
+      const ipvs = new DyingTable();
+      const foreign: Service = { ...svc, address: "203.0.113.99" };
+      ipvs.addService(foreign);
+      const r = new Reconciler(ipvs, { stateDir: dir });
+      r.readActual();
+      expect(() => r.sync(many)).toThrow("killed");
+      const created = ipvs.list().length - 1;
+      expect(created).toBeGreaterThan(0);
+      expect(created).toBeLessThan(300);
+      // The successor finds the same table (a fresh copy: the dead one's would throw again).
+      const table = new MemoryIpvsTable();
+      for (const s of ipvs.list()) {
+        table.addService(s);
+        for (const x of s.dests) table.addDest(s, x);
+      }
+      const r2 = new Reconciler(table, { stateDir: dir });
+      r2.readActual();
+      r2.sync(new Map());
+      expect(table.list().map((s) => s.address)).toEqual(["203.0.113.99"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("drift is corrected by a resync and counted", () => {
     const ipvs = new MemoryIpvsTable();
     const r = new Reconciler(ipvs);

@@ -32,10 +32,14 @@ export class Ownership {
   record(op: Op, key: string): void {
     if (op.type === "delete-service") {
       if (this.owned.delete(key)) this.dirty = true;
-    } else if (!this.owned.has(key)) {
-      this.owned.add(key);
-      this.dirty = true;
-    }
+    } else this.claim(key);
+  }
+
+  /** A service this daemon is about to create. */
+  claim(key: string): void {
+    if (this.owned.has(key)) return;
+    this.owned.add(key);
+    this.dirty = true;
   }
 
   /** The table was flushed: nothing is this daemon's any more. */

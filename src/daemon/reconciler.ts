@@ -138,71 +138,62 @@ export class Reconciler {
   }
 
   /**
-   * sync() in slices (the daemon runs it with runSliced): the diff a few services at a time, the
-   * writes WRITE_SLICE at a time. The caller must not change `desired` or start another sync
-   * until it is done.
+   * sync() in slices (the daemon runs it with runSliced): the diff a few services at a time, each
+   * slice's writes sent before the next slice is diffed (a full sync's 110,000 writes are never all
+   * held at once), WRITE_SLICE at a time. The drains start first (the destinations that would be
+   * deleted are known before the diff), so that one diff of the desired table with the draining
+   * destinations in it is enough. The caller must not change `desired` or start another sync until
+   * it is done.
    */
   *syncSteps(desired: Table, keys?: Iterable<string>): Steps<SyncResult> {
     const scope = keys ? new Set(keys) : undefined;
-    const ops = yield* this.plan(desired, scope);
-    let result: SyncResult;
-    if (this.opts.noop) {
-      for (const op of ops) log.info(`IPVS: ${describeOp(op)} (noop)`);
-      result = { ops: ops.length, errors: 0, failed: new Set(), newFailures: 0 };
-    } else {
-      result = yield* this.writeAll(ops);
+    this.drains.forget(desired, this.actual, scope);
+    yield* this.drains.start(desired, this.actual, scope);
+    const target = this.drains.include(desired);
+    const owned = (k: string) => this.ownership.has(k) || desired.has(k);
+    const services = scope ?? new Set([...target.keys(), ...this.actual.keys()]);
+    if (!this.opts.noop) yield* this.claim(target, services);
+    const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
+    const seen = new Set<Error>();
+    for (const slice of chunks(services, DIFF_SLICE)) {
+      const ops = diffTables(target, this.actual, owned, slice);
+      if (this.opts.noop) {
+        for (const op of ops) log.info(`IPVS: ${describeOp(op)} (noop)`);
+        result.ops += ops.length;
+      } else {
+        for (const chunk of chunks(ops, WRITE_SLICE)) {
+          this.writeChunk(chunk, result, seen);
+          yield;
+        }
+      }
+      yield;
     }
     this.settle(desired, scope, result);
     return result;
   }
 
   /**
-   * The writes that bring the scope to the desired table. The drains start first (the
-   * destinations that would be deleted are known before the diff), so that one diff of the
-   * desired table with the draining destinations in it is enough.
+   * Sends writes. The fast path sends them all at once (many to a netlink message); a write that
+   * fails there is tried again alone, in order, through the answer mapping (EEXIST on add → edit,
+   * ENOENT on delete → done…). A batch that got no answer at all is not tried again: the retry
+   * re-reads the kernel. The rest of a failed service is not sent: it waits for the retry.
    */
-  private *plan(desired: Table, scope: Set<string> | undefined): Steps<Op[]> {
-    this.drains.forget(desired, this.actual, scope);
-    yield* this.drains.start(desired, this.actual, scope);
-    const target = this.drains.include(desired);
-    const owned = (k: string) => this.ownership.has(k) || desired.has(k);
-    const ops: Op[] = [];
-    for (const keys of chunks(scope ?? new Set([...target.keys(), ...this.actual.keys()]), DIFF_SLICE)) {
-      for (const op of diffTables(target, this.actual, owned, keys)) ops.push(op);
-      yield;
-    }
-    return ops;
+  private writeChunk(chunk: Op[], result: SyncResult, seen: Set<Error>): void {
+    const slice = chunk.filter((op) => !result.failed.has(serviceKeyString(op.service)));
+    // Per write: undefined = not sent yet (a single write goes straight to the mapping),
+    // null = done, an error = what the batch got for it.
+    const batched: (Error | null | undefined)[] = slice.length > 1 ? this.ipvs.writeBatch(slice) : [undefined];
+    slice.forEach((op, i) => this.settleWrite(op, batched[i], result, seen));
   }
 
   /**
-   * Sends the writes. The fast path sends them all at once (many to a netlink message); a write
-   * that fails there is tried again alone, in order, through the answer mapping (EEXIST on add →
-   * edit, ENOENT on delete → done…). A batch that got no answer at all is not tried again: the
-   * retry re-reads the kernel. Sent WRITE_SLICE at a time, so that the event loop gets a turn
-   * between slices; the rest of a failed service is not sent: it waits for the retry.
+   * Ownership is saved before the services are created (those of the scope that the kernel does
+   * not have: the diff adds them): a daemon killed in the middle of a sync must not leave services
+   * that its successor takes for foreign ones.
    */
-  private *writeAll(ops: Op[]): Steps<SyncResult> {
-    yield* this.claim(ops);
-    const result: SyncResult = { ops: 0, errors: 0, failed: new Set(), newFailures: 0 };
-    const seen = new Set<Error>();
-    for (const chunk of chunks(ops, WRITE_SLICE)) {
-      const slice = chunk.filter((op) => !result.failed.has(serviceKeyString(op.service)));
-      // Per write: undefined = not sent yet (a single write goes straight to the mapping),
-      // null = done, an error = what the batch got for it.
-      const batched: (Error | null | undefined)[] = ops.length > 1 ? this.ipvs.writeBatch(slice) : [undefined];
-      slice.forEach((op, i) => this.settleWrite(op, batched[i], result, seen));
-      yield;
-    }
-    return result;
-  }
-
-  /**
-   * Ownership is saved before the services are created: a daemon killed in the middle of a sync
-   * must not leave services that its successor takes for foreign ones.
-   */
-  private *claim(ops: Op[]): Steps<void> {
-    for (const slice of chunks(ops, WRITE_SLICE)) {
-      for (const op of slice) if (op.type === "add-service") this.ownership.record(op, serviceKeyString(op.service));
+  private *claim(target: Table, services: Iterable<string>): Steps<void> {
+    for (const slice of chunks(services, WRITE_SLICE)) {
+      for (const key of slice) if (target.has(key) && !this.actual.has(key)) this.ownership.claim(key);
       yield;
     }
     this.ownership.save();
