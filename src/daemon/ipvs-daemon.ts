@@ -14,6 +14,7 @@ import { healthRecords } from "../health/publish.ts";
 import type { IpvsTable } from "../ipvs/types.ts";
 import { Reconciler, type SyncResult } from "./reconciler.ts";
 import * as log from "../util/log.ts";
+import { StepCollector } from "../util/collect.ts";
 import { chunks, runSliced, runSync, type Steps } from "../util/slices.ts";
 import { Backoff } from "../util/backoff.ts";
 
@@ -47,6 +48,9 @@ export interface IpvsDaemonOptions {
    */
   collectAfterLargeSteps?: "full" | "background";
 }
+
+/** A snapshot (or a part of one) of this many keys is followed by collections once taken in (StepCollector.dropped). */
+const SNAPSHOT_COLLECT_KEYS = 1024;
 
 /** Key events in one apply from which garbage is collected after taking them in and after compiling (collectAfterLargeSteps). */
 const LARGE_EVENTS = 20_000;
@@ -98,6 +102,8 @@ export class IpvsDaemon implements SourceSink {
   readonly counters: DaemonCounters = { configErrors: { local: 0, etcd: 0 }, applies: 0, lastApplyMs: 0, lastSyncAt: 0 };
   readonly sourceUp: Partial<Record<SourceName, boolean>> = {};
 
+  /** Young-generation collections while large steps make garbage (util/collect.ts). */
+  private readonly collector = new StepCollector();
   private readonly waiting = new Set<SourceName>();
   private started = false;
   /** Source events not yet taken into the store: the next apply takes them in, a slice at a time. */
@@ -161,7 +167,7 @@ export class IpvsDaemon implements SourceSink {
     });
     const retryMs = opts.retryMs ?? 1000;
     this.retryBackoff = new Backoff(retryMs, Math.max(retryMs, 30_000));
-    this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs });
+    this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs, collector: this.collector });
     for (const s of sources) this.waiting.add(s.name);
   }
 
@@ -306,8 +312,13 @@ export class IpvsDaemon implements SourceSink {
         yield;
       }
       // The raw text is parsed: a stale reference to the snapshot (the collector scans the stack
-      // conservatively) must not keep every value's text alive.
-      if (p.events instanceof Map) p.events.clear();
+      // conservatively) must not keep every value's text alive; a large one's text and the
+      // parse's garbage are collected at once.
+      if (p.events instanceof Map) {
+        const size = p.events.size;
+        p.events.clear();
+        if (size >= SNAPSHOT_COLLECT_KEYS) this.collector.dropped();
+      }
     }
     this.taken += taken;
   }
@@ -320,6 +331,8 @@ export class IpvsDaemon implements SourceSink {
   private *compile(names: Iterable<string>, keys: Set<string>, quiet = false): Steps<void> {
     for (const slice of chunks(names, COMPILE_SLICE)) {
       for (const k of this.desired.updateServices(slice, this.store.services, quiet)) keys.add(k);
+      // About one unit per config key compiled, as for the events taken in.
+      for (const name of slice) this.collector.add(1 + (this.store.services.get(name)?.backends.size ?? 0));
       yield;
     }
   }

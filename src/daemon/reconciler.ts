@@ -18,6 +18,7 @@ import {
   writeOne,
 } from "../ipvs/types.ts";
 import * as log from "../util/log.ts";
+import type { StepCollector } from "../util/collect.ts";
 import { chunks, runSync, type Steps } from "../util/slices.ts";
 import { Drains, type DrainingDest } from "./drain.ts";
 import { Ownership } from "./ownership.ts";
@@ -34,6 +35,8 @@ export interface ReconcilerOptions {
    * destination is deleted). 0 or undefined = delete at once.
    */
   drainMs?: number;
+  /** Told of every write sent (a large sync's operations are garbage soon after). */
+  collector?: StepCollector;
 }
 
 export interface SyncResult {
@@ -163,6 +166,7 @@ export class Reconciler {
       } else {
         for (const chunk of chunks(ops, WRITE_SLICE)) {
           this.writeChunk(chunk, result, seen);
+          this.opts.collector?.add(chunk.length);
           yield;
         }
       }
