@@ -12,6 +12,14 @@ import { IpvsError, destKeyString, serviceKeyString, writeOne, type Dest, type O
 import { seeds } from "./support/seed.ts";
 import { arbTable, listedTable } from "./support/tables.ts";
 
+/** A new daemon on the same table and state dir with an empty config: the addresses of the services it leaves. */
+function afterSuccessor(ipvs: MemoryIpvsTable, dir: string): string[] {
+  const r = new Reconciler(ipvs, { stateDir: dir });
+  r.readActual();
+  r.sync(new Map());
+  return ipvs.list().map((s) => s.address);
+}
+
 describe("reconciler", () => {
   for (const { seed, label } of seeds(4)) {
     test(`property: the real in-memory IPVS table ends equal to the desired table through the reconciler; ${label}`, () => {
@@ -173,10 +181,7 @@ describe("reconciler error mapping against the in-memory table", () => {
       r.sync(desired);
       expect(ipvs.list()).toHaveLength(2);
       // A new daemon with an empty config removes what the old one created, not the foreign one.
-      const r2 = new Reconciler(ipvs, { stateDir: dir });
-      r2.readActual();
-      r2.sync(new Map());
-      expect(ipvs.list().map((s) => s.address)).toEqual(["192.0.2.99"]);
+      expect(afterSuccessor(ipvs, dir)).toEqual(["192.0.2.99"]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -213,10 +218,7 @@ describe("reconciler error mapping against the in-memory table", () => {
         table.addService(s);
         for (const x of s.dests) table.addDest(s, x);
       }
-      const r2 = new Reconciler(table, { stateDir: dir });
-      r2.readActual();
-      r2.sync(new Map());
-      expect(table.list().map((s) => s.address)).toEqual(["203.0.113.99"]);
+      expect(afterSuccessor(table, dir)).toEqual(["203.0.113.99"]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
