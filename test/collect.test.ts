@@ -1,17 +1,19 @@
 // The collections of large steps: an eden collection once every `every` units of work (however
-// they come in), both kinds at once when a large batch was dropped. (What they save is measured
+// they come in); when a large batch was dropped, an eden collection at once and, with a CPU to
+// spare, a full one in the background. (What they save is measured
 // by bench/scale.ts: a test of a concurrent collection's effect would race JSC's own timer.)
 
 import { describe, expect, test } from "bun:test";
 import { StepCollector } from "../src/util/collect.ts";
 
 describe("StepCollector", () => {
-  test("an eden collection every `every` units, counted across calls; dropped() collects both ways and counts from zero", () => {
+  test("an eden collection every `every` units, counted across calls; dropped() collects at once, both ways", () => {
     const calls: string[] = [];
     const c = new StepCollector(
       100,
       () => calls.push("eden"),
       () => calls.push("background"),
+      2,
     );
     for (let i = 0; i < 9; i++) c.add(11); // 99 units
     expect(calls).toEqual([]);
@@ -20,11 +22,23 @@ describe("StepCollector", () => {
     c.add(250); // one collection for a large batch, not one per 100
     expect(calls).toEqual(["eden", "eden"]);
     c.add(99);
-    c.dropped();
+    c.dropped(); // both now (two CPUs), and the count starts from zero
     expect(calls).toEqual(["eden", "eden", "eden", "background"]);
-    c.add(99); // counted from zero again
+    c.add(99);
     expect(calls.length).toBe(4);
     c.add(1);
     expect(calls).toEqual(["eden", "eden", "eden", "background", "eden"]);
+  });
+
+  test("with one CPU, no collection in the background: it would take the event loop's CPU", () => {
+    const calls: string[] = [];
+    const c = new StepCollector(
+      100,
+      () => calls.push("eden"),
+      () => calls.push("background"),
+      1,
+    );
+    c.dropped();
+    expect(calls).toEqual(["eden"]);
   });
 });

@@ -44,7 +44,8 @@ export interface IpvsDaemonOptions {
    * A garbage collection after taking in, and after compiling, a large config, so that the peak
    * memory stays near what is kept instead of growing with the garbage of the parse: "full"
    * (-once: it serves nothing meanwhile) waits for a full one; "background" (a live daemon, whose
-   * event loop never blocks that long) asks for one that runs beside it.
+   * event loop never blocks that long) makes the collections of a dropped batch
+   * (StepCollector.dropped: eden now, a full one beside the event loop when there is a CPU for it).
    */
   collectAfterLargeSteps?: "full" | "background";
 }
@@ -324,7 +325,9 @@ export class IpvsDaemon implements SourceSink {
   }
 
   private collectIfLarge(events: number): void {
-    if (this.opts.collectAfterLargeSteps && events >= LARGE_EVENTS) Bun.gc(this.opts.collectAfterLargeSteps === "full");
+    if (!this.opts.collectAfterLargeSteps || events < LARGE_EVENTS) return;
+    if (this.opts.collectAfterLargeSteps === "full") Bun.gc(true);
+    else this.collector.dropped();
   }
 
   /** Recomputes the named config services a few at a time; adds the IPVS keys they change to `keys`. */
