@@ -79,6 +79,8 @@ async function child(kind: string, arg: string, services: number): Promise<void>
     flush: false,
     noop: false,
     resyncMs: 0,
+    // As clusterf-ipvs runs it (src/cli/clusterf-ipvs.ts): the collections of a live daemon.
+    collectAfterLargeSteps: "background",
   });
   const dests = () => {
     let n = 0;

@@ -41,4 +41,28 @@ describe("StepCollector", () => {
     c.dropped();
     expect(calls).toEqual(["eden"]);
   });
+
+  test("full(): a blocking full collection with two CPUs; with one, a dropped batch's (unless always)", () => {
+    const record = (cpus: number) => {
+      const calls: string[] = [];
+      const c = new StepCollector(
+        100,
+        () => calls.push("eden"),
+        () => calls.push("background"),
+        cpus,
+        () => calls.push("blocking"),
+      );
+      return { c, calls };
+    };
+    const two = record(2);
+    two.c.add(99);
+    two.c.full();
+    two.c.add(1); // counted from zero after it
+    expect(two.calls).toEqual(["blocking"]);
+    const one = record(1);
+    one.c.full();
+    expect(one.calls).toEqual(["eden"]);
+    one.c.full(true);
+    expect(one.calls).toEqual(["eden", "blocking"]);
+  });
 });

@@ -44,8 +44,9 @@ export interface IpvsDaemonOptions {
    * A garbage collection after taking in, and after compiling, a large config, so that the peak
    * memory stays near what is kept instead of growing with the garbage of the parse: "full"
    * (-once: it serves nothing meanwhile) waits for a full one; "background" (a live daemon, whose
-   * event loop never blocks that long) makes the collections of a dropped batch
-   * (StepCollector.dropped: eden now, a full one beside the event loop when there is a CPU for it).
+   * event loop never blocks long) does so at its first apply when it has two CPUs or more
+   * (StepCollector.full), and otherwise makes the collections of a dropped batch (eden now, a
+   * full one beside the event loop when there is a CPU for it).
    */
   collectAfterLargeSteps?: "full" | "background";
 }
@@ -324,9 +325,11 @@ export class IpvsDaemon implements SourceSink {
     this.taken += taken;
   }
 
-  private collectIfLarge(events: number): void {
-    if (!this.opts.collectAfterLargeSteps || events < LARGE_EVENTS) return;
-    if (this.opts.collectAfterLargeSteps === "full") Bun.gc(true);
+  /** `first`: in the first apply, which has served nothing yet either: a short pause is acceptable there. */
+  private collectIfLarge(events: number, first: boolean): void {
+    const mode = this.opts.collectAfterLargeSteps;
+    if (!mode || events < LARGE_EVENTS) return;
+    if (mode === "full" || first) this.collector.full(mode === "full");
     else this.collector.dropped();
   }
 
@@ -419,8 +422,8 @@ export class IpvsDaemon implements SourceSink {
     yield* this.takeIn();
     const taken = this.taken;
     this.taken = 0;
-    this.collectIfLarge(taken);
     const kind: SyncKind = this.started ? "incremental" : "full";
+    this.collectIfLarge(taken, kind === "full");
     const dirty = this.dirtyServices;
     const routeChanges = this.routeChanges;
     this.dirtyServices = new Set();
@@ -439,7 +442,7 @@ export class IpvsDaemon implements SourceSink {
       yield* this.compile(dirty, keys);
     }
     if (this.opts.health) yield* this.healthSteps(this.opts.health, keys);
-    this.collectIfLarge(taken);
+    this.collectIfLarge(taken, kind === "full");
     const result = yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
     this.finish(kind, result, performance.now() - t0);
     return result;
