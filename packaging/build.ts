@@ -13,8 +13,8 @@
 // Plugins, each for something a compiled binary cannot do at run time:
 // - etcd3 loads its gRPC schema from `${__dirname}/../proto/rpc.proto` when it is first
 //   imported, and __dirname is frozen to the build machine's node_modules; installed elsewhere,
-//   any etcd use would die with ENOENT. The schema is parsed here and inlined as JSON
-//   (@grpc/proto-loader's fromJSON, same options), so no file is read at run time.
+//   any etcd use would die with ENOENT. The schema parsed in advance (src/etcd/rpc-schema.json)
+//   is inlined (@grpc/proto-loader's fromJSON, same options), so no file is read at run time.
 // - An entry point that is not in the tree yet (src/cli/clusterf-docker.ts, the kernel driver
 //   src/ipvs/netlink/kernel-table.ts) becomes a stub that fails with a clear message when used,
 //   and the build says so; the daemon names that made it in are listed in OUTDIR/commands.
@@ -85,11 +85,11 @@ const etcd3Protos: BunPlugin = {
       const call = /\(0, proto_loader_1\.loadSync\)\(`\$\{__dirname\}\/\.\.\/proto\/rpc\.proto`, (\{[^}]*\})\)/;
       const m = call.exec(src);
       if (!m) throw new Error(`${args.path}: the rpc.proto loadSync call was not found (etcd3 changed?); update packaging/build.ts`);
-      // Parse with the options etcd3 passes (keepCase matters for the parse itself).
+      // The schema parsed in advance (src/etcd/schema.ts keeps it, parsed with keepCase as etcd3
+      // asks; test/etcd-schema.test.ts checks it against the installed rpc.proto).
       const options = new Function(`return (${m[1]});`)() as Record<string, unknown>;
-      const protobuf = (await import("protobufjs")).default;
-      const root = new protobuf.Root().loadSync(join(dirname(args.path), "../proto/rpc.proto"), { keepCase: !!options.keepCase });
-      const json = JSON.stringify(root.toJSON());
+      if (options.keepCase !== true) throw new Error(`${args.path}: rpc.proto is no longer loaded with keepCase (etcd3 changed?); update src/etcd/schema.ts`);
+      const json = readFileSync(join(ROOT, "src/etcd/rpc-schema.json"), "utf8").trim();
       const replaced = src.replace(call, () => `(0, proto_loader_1.fromJSON)(${json}, ${m[1]})`);
       return { loader: "js", contents: replaced };
     });

@@ -3,8 +3,7 @@
 
 import { join } from "node:path";
 import type { Etcd3, IOptions } from "etcd3";
-import { makeEtcdClient } from "../etcd/client.ts";
-import { passThroughFaultHandling } from "../etcd/faults.ts";
+import { importEtcd } from "../etcd/load.ts";
 import { parseIPv4, parseIPv6 } from "../config/values.ts";
 import { DockerDaemon } from "../docker/daemon.ts";
 import { STATE_FILE } from "../docker/publisher.ts";
@@ -58,7 +57,9 @@ function checkCombination(flags: FlagValues): void {
 }
 
 /** An etcd client that leaves retries to the daemon (no circuit breaker holding a single endpoint back). */
-function etcdClient(flags: FlagValues): Etcd3 {
+async function etcdClient(flags: FlagValues): Promise<Etcd3> {
+  const { makeEtcdClient } = await importEtcd(() => import("../etcd/client.ts"));
+  const { passThroughFaultHandling } = await importEtcd(() => import("../etcd/faults.ts"));
   const extra: Partial<IOptions> = {
     ...passThroughFaultHandling(),
     grpcOptions: { "grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 3000 },
@@ -133,7 +134,7 @@ export async function main(argv: string[]): Promise<number> {
   log.configureLog({ level: flags.debug ? "debug" : undefined, json: flags["log-format"] === "json" });
   let client: Etcd3;
   try {
-    client = etcdClient(flags);
+    client = await etcdClient(flags);
   } catch (e) {
     log.error(`etcd: ${(e as Error).message}`);
     return 1;

@@ -15,6 +15,7 @@ import { Checker } from "../health/checker.ts";
 import { HealthPublisher } from "../health/publish.ts";
 import { absoluteKey, routeKey } from "../config/keys.ts";
 import { exitWhenWritten } from "./exit.ts";
+import { importEtcd } from "../etcd/load.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -115,7 +116,7 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   }
   const etcd = etcdClientOptions(flags);
   if (etcd.endpoints.length) {
-    const { EtcdSource } = await import("../config/etcd-source.ts");
+    const { EtcdSource } = await importEtcd(() => import("../config/etcd-source.ts"));
     sources.push(new EtcdSource({ ...etcd, prefix: etcdPrefix(flags) }));
   }
   return sources;
@@ -177,8 +178,8 @@ interface Advertising {
 
 /** -advertise-route-*: the route goes into etcd after the first apply, the backends' health with it. */
 async function startAdvertising(flags: FlagValues, route: AdvertisedRouteFlags, daemon: IpvsDaemon, firstApply: Promise<unknown>): Promise<Advertising> {
-  const { makeEtcdClient } = await import("../etcd/client.ts");
-  const { passThroughFaultHandling } = await import("../etcd/faults.ts");
+  const { makeEtcdClient } = await importEtcd(() => import("../etcd/client.ts"));
+  const { passThroughFaultHandling } = await importEtcd(() => import("../etcd/faults.ts"));
   const etcdClient = makeEtcdClient(etcdClientOptions(flags), passThroughFaultHandling());
   const advertiser = new RouteAdvertiser(etcdClient, route.key, route.value, etcdTtlSeconds(flags));
   firstApply.then(() => advertiser.start());
