@@ -30,6 +30,25 @@ describe("StepCollector", () => {
     expect(calls).toEqual(["eden", "eden", "eden", "background", "eden"]);
   });
 
+  test("switched off: no collection of any kind", () => {
+    const calls: string[] = [];
+    const c = new StepCollector(
+      100,
+      () => calls.push("eden"),
+      () => calls.push("background"),
+      2,
+      () => calls.push("blocking"),
+    );
+    c.enabled = false;
+    c.add(1000);
+    c.dropped();
+    c.full(true);
+    expect(calls).toEqual([]);
+    c.enabled = true;
+    c.add(100);
+    expect(calls).toEqual(["eden"]);
+  });
+
   test("with one CPU, no collection in the background: it would take the event loop's CPU", () => {
     const calls: string[] = [];
     const c = new StepCollector(

@@ -42,11 +42,13 @@ export interface IpvsDaemonOptions {
   health?: Checker;
   /**
    * A garbage collection after taking in, and after compiling, a large config, so that the peak
-   * memory stays near what is kept instead of growing with the garbage of the parse: "full"
-   * (-once: it serves nothing meanwhile) waits for a full one; "background" (a live daemon, whose
-   * event loop never blocks long) does so at its first apply when it has two CPUs or more
-   * (StepCollector.full), and otherwise makes the collections of a dropped batch (eden now, a
-   * full one beside the event loop when there is a CPU for it).
+   * memory stays near what is kept instead of growing with the garbage of the parse, and the
+   * collections of util/collect.ts while it works: "full" (-once: it serves nothing meanwhile)
+   * waits for a full one; "background" (a live daemon, whose event loop never blocks long) makes
+   * them until its first apply is done (start-up), waiting for a full one there only with two
+   * CPUs or more (StepCollector.full), and none after that: with a large batch of new values
+   * alive, an eden collection in the one-CPU user-mode kernel held the event loop for 1.5 s
+   * (JSC's own collections go on as always). Undefined: none.
    */
   collectAfterLargeSteps?: "full" | "background";
 }
@@ -104,7 +106,7 @@ export class IpvsDaemon implements SourceSink {
   readonly counters: DaemonCounters = { configErrors: { local: 0, etcd: 0 }, applies: 0, lastApplyMs: 0, lastSyncAt: 0 };
   readonly sourceUp: Partial<Record<SourceName, boolean>> = {};
 
-  /** Young-generation collections while large steps make garbage (util/collect.ts). */
+  /** Collections while large steps make garbage (util/collect.ts), as collectAfterLargeSteps says. */
   private readonly collector = new StepCollector();
   private readonly waiting = new Set<SourceName>();
   private started = false;
@@ -169,6 +171,7 @@ export class IpvsDaemon implements SourceSink {
     });
     const retryMs = opts.retryMs ?? 1000;
     this.retryBackoff = new Backoff(retryMs, Math.max(retryMs, 30_000));
+    this.collector.enabled = opts.collectAfterLargeSteps !== undefined;
     this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs, collector: this.collector });
     for (const s of sources) this.waiting.add(s.name);
   }
@@ -325,12 +328,9 @@ export class IpvsDaemon implements SourceSink {
     this.taken += taken;
   }
 
-  /** `first`: in the first apply, which has served nothing yet either: a short pause is acceptable there. */
-  private collectIfLarge(events: number, first: boolean): void {
-    const mode = this.opts.collectAfterLargeSteps;
-    if (!mode || events < LARGE_EVENTS) return;
-    if (mode === "full" || first) this.collector.full(mode === "full");
-    else this.collector.dropped();
+  /** A full collection after a large step, where the collector is on (collectAfterLargeSteps). */
+  private collectIfLarge(events: number): void {
+    if (events >= LARGE_EVENTS) this.collector.full(this.opts.collectAfterLargeSteps === "full");
   }
 
   /** Recomputes the named config services a few at a time; adds the IPVS keys they change to `keys`. */
@@ -423,7 +423,7 @@ export class IpvsDaemon implements SourceSink {
     const taken = this.taken;
     this.taken = 0;
     const kind: SyncKind = this.started ? "incremental" : "full";
-    this.collectIfLarge(taken, kind === "full");
+    this.collectIfLarge(taken);
     const dirty = this.dirtyServices;
     const routeChanges = this.routeChanges;
     this.dirtyServices = new Set();
@@ -442,7 +442,7 @@ export class IpvsDaemon implements SourceSink {
       yield* this.compile(dirty, keys);
     }
     if (this.opts.health) yield* this.healthSteps(this.opts.health, keys);
-    this.collectIfLarge(taken, kind === "full");
+    this.collectIfLarge(taken);
     const result = yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
     this.finish(kind, result, performance.now() - t0);
     return result;
@@ -512,6 +512,8 @@ export class IpvsDaemon implements SourceSink {
 
   private finish(kind: SyncKind, result: SyncResult, ms: number): void {
     this.counters.applies++;
+    // A live daemon collects on its own (JSC's) once started: see collectAfterLargeSteps.
+    if (this.opts.collectAfterLargeSteps !== "full") this.collector.enabled = false;
     this.counters.lastApplyMs = ms;
     // In sync: every write went through, or the only failures repeat a known kernel refusal of a
     // service (reported apart, see Reconciler.failing): the rest of the table is right.

@@ -19,6 +19,8 @@ export const EDEN_EVERY = 16_384;
 
 export class StepCollector {
   private since = 0;
+  /** Off: every call does nothing (a live daemon after its first apply: see IpvsDaemonOptions.collectAfterLargeSteps). */
+  enabled = true;
 
   constructor(
     private readonly every = EDEN_EVERY,
@@ -32,6 +34,7 @@ export class StepCollector {
 
   /** Counts `n` units of work; an eden collection once `every` have passed since the last one. */
   add(n: number): void {
+    if (!this.enabled) return;
     this.since += n;
     if (this.since < this.every) return;
     this.since = 0;
@@ -44,6 +47,7 @@ export class StepCollector {
    * takes the loop's CPU: 0.2–0.6 s at a time in the one-CPU user-mode kernel).
    */
   dropped(): void {
+    if (!this.enabled) return;
     this.since = 0;
     this.eden();
     if (this.cpus > 1) this.background();
@@ -55,6 +59,7 @@ export class StepCollector {
    * collections of a dropped batch (a full one took 0.2–0.6 s in the one-CPU user-mode kernel).
    */
   full(always = false): void {
+    if (!this.enabled) return;
     if (!always && this.cpus <= 1) return this.dropped();
     this.since = 0;
     this.blocking();
