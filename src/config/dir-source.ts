@@ -667,7 +667,11 @@ export class DirSource implements ConfigSource {
     this.rootId = this.rootIdentity();
     // A snapshot goes to the sink in parts as it is read: the raw text of a large tree is never all held at once.
     let parts = 0;
-    const res = await this.reader.scanTree("", snapshot ? (values) => (parts++, sink.snapshot(SOURCE, values, "more")) : undefined);
+    const toSink = (values: Map<string, RawValue>) => {
+      parts++;
+      sink.snapshot(SOURCE, values, "more");
+    };
+    const res = await this.reader.scanTree("", snapshot ? toSink : undefined);
     if (this.stopped) return;
     // The first read's directories were watched before it listed them: nothing fresh there.
     this.syncDirs([...this.listedDirs], res);

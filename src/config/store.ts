@@ -216,21 +216,19 @@ export class ConfigStore {
    * keys the source had before the first part and that no part has given again.
    */
   *snapshotEvents(source: SourceName, entries: Map<string, RawValue>, part?: SnapshotPart): Generator<KeyEvent, void, void> {
-    const final = part !== "more";
-    if (part === undefined) this.unseen[source] = undefined; // a whole snapshot: parts left unfinished are replaced too
-    let unseen = this.unseen[source];
     if (part === undefined) {
+      this.unseen[source] = undefined; // a whole snapshot: parts left unfinished are replaced too
       for (const key of this.keys(source)) if (!entries.has(key)) yield { key, value: null };
       for (const [key, value] of entries) yield { key, value };
       return;
     }
     // A source's first read has nothing to delete: no key is remembered then.
-    unseen ??= this.unseen[source] = new Set(this.keys(source));
+    const unseen = (this.unseen[source] ??= new Set(this.keys(source)));
     for (const [key, value] of entries) {
       if (unseen.size > 0) unseen.delete(key);
       yield { key, value };
     }
-    if (!final) return;
+    if (part === "more") return;
     this.unseen[source] = undefined;
     for (const key of unseen) yield { key, value: null };
   }

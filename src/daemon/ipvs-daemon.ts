@@ -337,8 +337,9 @@ export class IpvsDaemon implements SourceSink {
   private *compile(names: Iterable<string>, keys: Set<string>, quiet = false): Steps<void> {
     for (const slice of chunks(names, COMPILE_SLICE)) {
       for (const k of this.desired.updateServices(slice, this.store.services, quiet)) keys.add(k);
-      // About one unit per config key compiled, as for the events taken in.
-      for (const name of slice) this.collector.add(1 + (this.store.services.get(name)?.backends.size ?? 0));
+      // About one unit per config key compiled (counted only while the collector is on: a live
+      // daemon's every change after start-up passes here).
+      if (this.collector.enabled) for (const name of slice) this.collector.add(1 + (this.store.services.get(name)?.backends.size ?? 0));
       yield;
     }
   }
