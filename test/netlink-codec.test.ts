@@ -111,6 +111,28 @@ describe("netlink codec: byte vectors", () => {
     });
   });
 
+  test("counters: the 64-bit nest where the kernel sends one, else the 32-bit one; none decoded when not asked for", () => {
+    const u32 = (n: number) => toHex(Uint8Array.of(n & 255, (n >> 8) & 255, (n >> 16) & 255, n >>> 24));
+    const u64 = (lo: number, hi: number) => u32(lo) + u32(hi);
+    const stats32 = nest("STATS", attr("CONNS", u32(7)), attr("INPKTS", u32(70)), attr("OUTPKTS", u32(60)), attr("INBYTES", u64(7000, 0)), attr("OUTBYTES", u64(6000, 0)));
+    // 2^32 + 5 connections: only the 64-bit counters can say so.
+    const stats64 = nest("STATS64", attr("CONNS", u64(5, 1)), attr("INPKTS", u64(80, 0)), attr("OUTPKTS", u64(90, 0)), attr("INBYTES", u64(0, 2)), attr("OUTBYTES", u64(9000, 0)));
+    const service = (...stats: Attr[]) => nest("SERVICE", ...v4Key, ...wlcConfig("ffffffff"), ...stats);
+    const dest = (...stats: Attr[]) => nest("DEST", attr("ADDR", "c6336401"), attr("PORT", "0050"), ...destConfig("00000000", "01000000"), ...stats);
+    const both = attrBytes([service(stats32, stats64), dest(stats64, stats32)]);
+    const wide = { connections: 2 ** 32 + 5, packetsIn: 80, packetsOut: 90, bytesIn: 2 * 2 ** 32, bytesOut: 9000 };
+    expect(decodeRequestAttrs(both).service!.stats).toEqual(wide);
+    expect(decodeRequestAttrs(both).dest!.stats).toEqual(wide);
+    const narrow = attrBytes([service(stats32), dest(stats32)]);
+    const plain = { connections: 7, packetsIn: 70, packetsOut: 60, bytesIn: 7000, bytesOut: 6000 };
+    expect(decodeRequestAttrs(narrow).service!.stats).toEqual(plain);
+    expect(decodeRequestAttrs(narrow).dest!.stats).toEqual(plain);
+    const bare = decodeRequestAttrs(both, false);
+    expect(bare.service!.stats).toBeUndefined();
+    expect(bare.dest!.stats).toBeUndefined();
+    expect(bare.dest).toMatchObject({ address: "198.51.100.1", port: 80, weight: 1 });
+  });
+
   test("kernel values without a name here stay the kernel's numbers", () => {
     const answer = attrBytes([
       nest("SERVICE", attr("AF", "0700"), attr("PROTOCOL", "6300"), attr("PORT", "0050"), attr("SCHED_NAME", "6e657700")),

@@ -73,7 +73,7 @@ export class Drains {
       yield; // one small dump per service
       let observed: ObservedDest[];
       try {
-        observed = this.ipvs.listDests(desired.get(key)!.service);
+        observed = this.ipvs.listDests(desired.get(key)!.service, false);
       } catch {
         continue; // unknown: delete as asked (the service may be gone already)
       }
@@ -124,7 +124,7 @@ export class Drains {
       const svc = actual.get(key)?.service;
       let observed = new Map<string, ObservedDest>();
       try {
-        if (svc) observed = new Map(this.ipvs.listDests(svc).map((d) => [destKeyString(d), d]));
+        if (svc) observed = new Map(this.ipvs.listDests(svc, false).map((d) => [destKeyString(d), d]));
       } catch {
         /* the service is gone: nothing left to drain */
       }

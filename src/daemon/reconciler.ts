@@ -111,7 +111,8 @@ export class Reconciler {
    * then as it was).
    */
   *readActualSteps(giveWay: () => boolean = () => false): Steps<boolean> {
-    const services = yield* listSteps(this.ipvs, giveWay);
+    // A sync compares config, not traffic: the counters are not decoded.
+    const services = yield* listSteps(this.ipvs, giveWay, false);
     if (services === null) return false;
     const fresh: Table = new Map();
     for (const s of services) {

@@ -128,16 +128,19 @@ export interface IpvsTable {
    * per service (the kernel): the reader then takes them one service at a time with listDests,
    * pausing in between (docs/config.md §4).
    */
-  listServices?(): ObservedService[];
+  listServices?(withStats?: boolean): ObservedService[];
   /** listServices() with pauses (yields) between the parts of its answer. */
-  listServicesSteps?(): Steps<ObservedService[]>;
+  listServicesSteps?(withStats?: boolean): Steps<ObservedService[]>;
   /**
    * A handle on the same table for a reader that runs beside the syncs, in slices of its own
    * (/metrics): the kernel's has its own socket; absent: this one.
    */
   reader?(): IpvsTable;
-  /** One service's destinations with their connection counts (one small dump). */
-  listDests(service: ServiceKey): ObservedDest[];
+  /**
+   * One service's destinations with their connection counts (one small dump). `withStats` false:
+   * without the traffic counters, where a backend must decode them (a sync compares config only).
+   */
+  listDests(service: ServiceKey, withStats?: boolean): ObservedDest[];
   addService(service: Service): void;
   editService(service: Service): void;
   deleteService(key: ServiceKey): void;

@@ -62,9 +62,10 @@ export class Pacer {
   /**
    * The slice has run out. The clock is not read at every call: where reading it is a system call
    * (no vDSO, as in a user-mode kernel: 20-35 µs a read), one read per file was a tenth of reading
-   * a large tree. While the steps so far in this slice are tiny (under a thousandth of the slice
-   * each), the next read comes after up to MAX_SKIP calls: a quarter of the steps that still fit,
-   * at most twice (plus one) as many as the last time. Slow steps read the clock at every call.
+   * a large tree. While the steps so far in this slice are short (under a hundredth of the slice
+   * each: a file read is 50-100 µs in that kernel), the next read comes after up to MAX_SKIP calls:
+   * a quarter of the steps that still fit, at most twice (plus one) as many as the last time, so
+   * the slice runs over by at most MAX_SKIP short steps. Slower steps read the clock at every call.
    */
   overdue(): boolean {
     this.calls++;
@@ -76,7 +77,7 @@ export class Pacer {
     if (elapsed >= this.sliceMs) return true;
     const perStep = elapsed / this.calls;
     const fit = perStep > 0 ? (this.sliceMs - elapsed) / perStep : MAX_SKIP * 4;
-    this.skip = this.lastSkip = perStep < this.sliceMs / 1000 ? Math.min(Math.floor(fit / 4), 2 * this.lastSkip + 1, MAX_SKIP) : 0;
+    this.skip = this.lastSkip = perStep < this.sliceMs / 100 ? Math.min(Math.floor(fit / 4), 2 * this.lastSkip + 1, MAX_SKIP) : 0;
     return false;
   }
 

@@ -29,9 +29,15 @@ interface Names {
   nested?: Record<string, Names>;
 }
 
+/** IPVS_STATS_ATTR_*: the counters' nest (STATS and STATS64 alike). */
+const STATS: Names = { names: ["CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES", "CPS", "INPPS", "OUTPPS", "INBPS", "OUTBPS"] };
+
 const COMMAND_ATTRS: Names = {
   names: ["SERVICE", "DEST"],
-  nested: { SERVICE: { names: SERVICE_ATTRS }, DEST: { names: DEST_ATTRS } },
+  nested: {
+    SERVICE: { names: SERVICE_ATTRS, nested: { STATS, STATS64: STATS } },
+    DEST: { names: DEST_ATTRS, nested: { STATS, STATS64: STATS } },
+  },
 };
 
 /** One attribute of a vector: its name and payload (hex, without padding), or a nest of more. */
@@ -93,13 +99,13 @@ export function encodeAttrs(req: Request): Uint8Array {
 }
 
 /** Decodes the service and dest nests of a request payload (attributes after the genlmsghdr): for round trips. */
-export function decodeRequestAttrs(payload: Uint8Array): { service?: DecodedService; dest?: ObservedDest } {
+export function decodeRequestAttrs(payload: Uint8Array, withStats = true): { service?: DecodedService; dest?: ObservedDest } {
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   const out: { service?: DecodedService; dest?: ObservedDest } = {};
   const s = findAttr(dv, 0, payload.length, CMD_ATTR_SERVICE);
-  if (s) out.service = decodeService(payload, dv, s[0], s[0] + s[1]);
+  if (s) out.service = decodeService(payload, dv, s[0], s[0] + s[1], withStats);
   const d = findAttr(dv, 0, payload.length, CMD_ATTR_DEST);
   const family = typeof out.service?.family === "string" ? out.service.family : "inet";
-  if (d) out.dest = decodeDest(payload, dv, d[0], d[0] + d[1], family);
+  if (d) out.dest = decodeDest(payload, dv, d[0], d[0] + d[1], family, withStats);
   return out;
 }

@@ -562,12 +562,26 @@ interface ServiceAttrs {
   timeout: number;
   /** The NETMASK value as sent; -1 when absent. */
   netmask: number;
-  stats?: Stats;
-  stats64?: Stats;
+  /** Where the STATS and STATS64 nests are ([offset, end); -1 when absent): decoded only when asked for. */
+  statsAt: number;
+  statsEnd: number;
+  stats64At: number;
+  stats64End: number;
 }
 
-/** Decodes the body of a CMD_ATTR_SERVICE nest (buf[off, end)). Dests are left empty. */
-export function decodeService(buf: Uint8Array, dv: DataView, off: number, end: number): DecodedService {
+/** The 64-bit counters where the kernel sends them, else the 32-bit ones (one nest decoded, not both). */
+function pickStats(dv: DataView, a: { statsAt: number; statsEnd: number; stats64At: number; stats64End: number }): Stats | undefined {
+  if (a.stats64At >= 0) return decodeStats(dv, a.stats64At, a.stats64End);
+  if (a.statsAt >= 0) return decodeStats(dv, a.statsAt, a.statsEnd);
+  return undefined;
+}
+
+/**
+ * Decodes the body of a CMD_ATTR_SERVICE nest (buf[off, end)). Dests are left empty. Without
+ * `withStats` the counters are not decoded (a sync compares config, not traffic: a tenth of
+ * reading a large table in a slow guest).
+ */
+export function decodeService(buf: Uint8Array, dv: DataView, off: number, end: number, withStats = true): DecodedService {
   const a = readServiceAttrs(buf, dv, off, end);
   const family = FAMILY_OF_AF[a.af];
   const svc: DecodedService = {
@@ -581,14 +595,14 @@ export function decodeService(buf: Uint8Array, dv: DataView, off: number, end: n
     netmask: a.netmask < 0 ? (family === "inet6" ? 128 : 32) : netmaskPrefix(family ?? "inet", a.netmask),
     dests: [],
   };
-  const stats = a.stats64 ?? a.stats;
+  const stats = withStats ? pickStats(dv, a) : undefined;
   if (stats) svc.stats = stats;
   if (a.fwmark) svc.fwmark = a.fwmark;
   return svc;
 }
 
 function readServiceAttrs(buf: Uint8Array, dv: DataView, off: number, end: number): ServiceAttrs {
-  const a: ServiceAttrs = { af: 0, protocol: 0, addrAt: -1, port: 0, fwmark: 0, scheduler: "", flags: 0, timeout: 0, netmask: -1 };
+  const a: ServiceAttrs = { af: 0, protocol: 0, addrAt: -1, port: 0, fwmark: 0, scheduler: "", flags: 0, timeout: 0, netmask: -1, statsAt: -1, statsEnd: -1, stats64At: -1, stats64End: -1 };
   forEachAttr(dv, off, end, (t, p, len) => {
     switch (t) {
       case SVC_ATTR.AF:
@@ -619,10 +633,12 @@ function readServiceAttrs(buf: Uint8Array, dv: DataView, off: number, end: numbe
         a.netmask = dv.getUint32(p, true);
         break;
       case SVC_ATTR.STATS:
-        a.stats = decodeStats(dv, p, p + len);
+        a.statsAt = p;
+        a.statsEnd = p + len;
         break;
       case SVC_ATTR.STATS64:
-        a.stats64 = decodeStats(dv, p, p + len);
+        a.stats64At = p;
+        a.stats64End = p + len;
         break;
     }
   });
@@ -651,17 +667,21 @@ interface DestAttrs {
   activeConnections?: number;
   inactiveConnections?: number;
   persistentConnections?: number;
-  stats?: Stats;
-  stats64?: Stats;
+  /** As in ServiceAttrs. */
+  statsAt: number;
+  statsEnd: number;
+  stats64At: number;
+  stats64End: number;
 }
 
-/** Decodes the body of a CMD_ATTR_DEST nest; the address family defaults to the service's. */
+/** Decodes the body of a CMD_ATTR_DEST nest; the address family defaults to the service's. Counters as in decodeService. */
 export function decodeDest(
   buf: Uint8Array,
   dv: DataView,
   off: number,
   end: number,
   serviceFamily: Family,
+  withStats = true,
 ): ObservedDest {
   const a = readDestAttrs(dv, off, end);
   const d: ObservedDest = {
@@ -675,7 +695,7 @@ export function decodeDest(
   if (a.activeConnections !== undefined) d.activeConnections = a.activeConnections;
   if (a.inactiveConnections !== undefined) d.inactiveConnections = a.inactiveConnections;
   if (a.persistentConnections !== undefined) d.persistentConnections = a.persistentConnections;
-  const stats = a.stats64 ?? a.stats;
+  const stats = withStats ? pickStats(dv, a) : undefined;
   if (stats) d.stats = stats;
   return d;
 }
@@ -687,7 +707,7 @@ function destFamily(a: DestAttrs, serviceFamily: Family): Family {
 }
 
 function readDestAttrs(dv: DataView, off: number, end: number): DestAttrs {
-  const a: DestAttrs = { addrAt: -1, addrLen: 0, af: 0, port: 0, method: 0, weight: 0, upperThreshold: 0, lowerThreshold: 0 };
+  const a: DestAttrs = { addrAt: -1, addrLen: 0, af: 0, port: 0, method: 0, weight: 0, upperThreshold: 0, lowerThreshold: 0, statsAt: -1, statsEnd: -1, stats64At: -1, stats64End: -1 };
   forEachAttr(dv, off, end, (t, p, len) => {
     switch (t) {
       case DEST_ATTR.ADDR:
@@ -719,10 +739,12 @@ function readDestAttrs(dv: DataView, off: number, end: number): DestAttrs {
         a.persistentConnections = dv.getUint32(p, true);
         break;
       case DEST_ATTR.STATS:
-        a.stats = decodeStats(dv, p, p + len);
+        a.statsAt = p;
+        a.statsEnd = p + len;
         break;
       case DEST_ATTR.STATS64:
-        a.stats64 = decodeStats(dv, p, p + len);
+        a.stats64At = p;
+        a.stats64End = p + len;
         break;
       case DEST_ATTR.ADDR_FAMILY:
         a.af = dv.getUint16(p, true);

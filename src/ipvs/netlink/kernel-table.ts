@@ -296,8 +296,8 @@ export class KernelIpvsTable implements IpvsTable {
     return services;
   }
 
-  listServices(): ObservedService[] {
-    return runSync(this.listServicesSteps());
+  listServices(withStats = true): ObservedService[] {
+    return runSync(this.listServicesSteps(withStats));
   }
 
   /**
@@ -305,12 +305,12 @@ export class KernelIpvsTable implements IpvsTable {
    * guest). Between two pauses nothing else may use this table's socket: a reader beside the
    * syncs takes its own (reader()).
    */
-  *listServicesSteps(): Steps<ObservedService[]> {
+  *listServicesSteps(withStats = true): Steps<ObservedService[]> {
     const services: ObservedService[] = [];
     yield* this.execSteps({ type: "list-services" }, (buf, dv, off, end) => {
       const a = findAttr(dv, off, end, CMD_ATTR_SERVICE);
       if (!a) return;
-      const svc = decodeService(buf, dv, a[0], a[0] + a[1]);
+      const svc = decodeService(buf, dv, a[0], a[0] + a[1], withStats);
       if (modelled(svc)) services.push(svc);
       else this.debug?.(`list: skipping ${svc.fwmark !== undefined ? `fwmark service ${svc.fwmark}` : `service of family ${svc.family}, protocol ${svc.protocol}`}`);
     });
@@ -322,11 +322,11 @@ export class KernelIpvsTable implements IpvsTable {
     return new KernelIpvsTable(this.opts);
   }
 
-  listDests(service: ServiceKey): ObservedDest[] {
+  listDests(service: ServiceKey, withStats = true): ObservedDest[] {
     const dests: ObservedDest[] = [];
     this.exec({ type: "list-dests", service }, (buf, dv, off, end) => {
       const a = findAttr(dv, off, end, CMD_ATTR_DEST);
-      if (a) dests.push(decodeDest(buf, dv, a[0], a[0] + a[1], service.family));
+      if (a) dests.push(decodeDest(buf, dv, a[0], a[0] + a[1], service.family, withStats));
     });
     return dests;
   }
