@@ -1,6 +1,7 @@
 // clusterf-ipvs: keeps the kernel's IPVS table equal to the config in -config-path and etcd.
 
 import { statSync } from "node:fs";
+import { join } from "node:path";
 import type { ConfigSource } from "../config/source.ts";
 import { IpvsDaemon, type IpvsDaemonOptions } from "../daemon/ipvs-daemon.ts";
 import { MemoryIpvsTable } from "../ipvs/memory-table.ts";
@@ -61,6 +62,12 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "print", type: "bool", default: false, help: "print the table (ipvsadm -Ln layout) after each apply" },
   { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied)" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
+  {
+    name: "config-path-cache",
+    type: "bool",
+    default: true,
+    help: "keep what the first read of -config-path found in -state-dir, so that a restart reads only the files changed since (it compares each file's stat)",
+  },
   { name: "once-timeout", type: "duration", default: 30_000, help: "with -once: how long to wait for the sources' first read" },
   ...OPS_FLAGS,
   etcdTtlFlag("TTL of the advertised route's etcd lease (kept alive while running)"),
@@ -107,12 +114,22 @@ async function openIpvs(flags: FlagValues): Promise<IpvsTable> {
   return openKernelIpvs({ debug: flags["ipvs-debug"] ? (line: string) => log.debug(`ipvs: ${line}`) : undefined });
 }
 
+/** The -config-path cache's file name in -state-dir (src/config/tree-cache.ts). */
+const CONFIG_PATH_CACHE = "config-path.cache";
+
+/** -state-dir; none with -ipvs-mock (a table in memory: nothing of it outlives the process). */
+function stateDirOf(flags: FlagValues): string | undefined {
+  return flags["ipvs-mock"] ? undefined : (flags["state-dir"] as string) || undefined;
+}
+
 async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   const sources: ConfigSource[] = [];
   const configPath = flags["config-path"] as string;
   if (configPath) {
     const { DirSource } = await import("../config/dir-source.ts");
-    sources.push(new DirSource({ root: configPath, watch: !flags.once })); // -once reads once and watches nothing
+    const stateDir = stateDirOf(flags);
+    const cacheFile = stateDir && flags["config-path-cache"] ? join(stateDir, CONFIG_PATH_CACHE) : undefined;
+    sources.push(new DirSource({ root: configPath, watch: !flags.once, cacheFile })); // -once reads once and watches nothing
   }
   const etcd = etcdClientOptions(flags);
   if (etcd.endpoints.length) {
@@ -137,7 +154,7 @@ function daemonOptions(flags: FlagValues): IpvsDaemonOptions {
     print: flags.print ? (text) => process.stdout.write(text) : undefined,
     flush: flags.flush as boolean,
     noop: flags["ipvs-noop"] as boolean,
-    stateDir: flags["ipvs-mock"] ? undefined : (flags["state-dir"] as string) || undefined,
+    stateDir: stateDirOf(flags),
     resyncMs: flags.once ? 0 : (flags["ipvs-resync"] as number),
     // -once cannot wait for connections to end: it deletes at once.
     drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),

@@ -48,6 +48,7 @@ import { debug, debugEnabled, info, warn } from "../util/log.ts";
 import { MAX_VALUE_BYTES } from "./values.ts";
 import { Pacer, sortSteps } from "../util/slices.ts";
 import { Debounce } from "../util/debounce.ts";
+import { RACY_MS, TreeCacheScan, type DirEntry } from "./tree-cache.ts";
 
 export interface DirSourceOptions {
   /** The -config-path directory. */
@@ -64,6 +65,13 @@ export interface DirSourceOptions {
   rootPollMs?: number;
   /** Follow changes (default); false reads once at start() and only again at resync() (-once). */
   watch?: boolean;
+  /**
+   * Where the first read keeps what it found (tree-cache.ts), so that the next start reads only
+   * the files changed since; undefined = no cache.
+   */
+  cacheFile?: string;
+  /** The cache's RACY_MS (tree-cache.ts): for tests, which cannot wait two seconds per case. */
+  racyMs?: number;
 }
 
 const SOURCE = "local" as const;
@@ -166,7 +174,7 @@ interface Candidate {
  * A listing's key stems against the keys known in that directory: a name that is not a known key,
  * and a known key without a file, are added to `onlyStems` (both must be looked at).
  */
-function diffListing(entries: fs.Dirent[], known: Set<string>, onlyStems: Set<string>): void {
+function diffListing(entries: readonly DirEntry[], known: Set<string>, onlyStems: Set<string>): void {
   const present = new Set<string>();
   for (const ent of entries) if (!isIgnoredName(ent.name)) present.add(parseFileName(ent.name).stem);
   for (const stem of present) if (!known.has(stem)) onlyStems.add(stem);
@@ -193,6 +201,8 @@ interface ScanResult {
   notes: Map<string, Note>;
   /** Given `values` each time it holds PART_KEYS keys (then emptied): a snapshot in parts. */
   part?: (values: Map<string, RawValue>) => void;
+  /** The first read's cache (a full scan only). */
+  cache?: TreeCacheScan;
 }
 
 /** Keys per part of a snapshot read in full (SourceSink.snapshot's `part`). */
@@ -262,9 +272,10 @@ class TreeReader {
   }
 
   /** Re-read the subtree at `relDir` ("" = everything), exactly as a fresh read of the tree would see it. */
-  async scanTree(relDir: string, part?: ScanResult["part"]): Promise<ScanResult> {
+  async scanTree(relDir: string, part?: ScanResult["part"], cache?: TreeCacheScan): Promise<ScanResult> {
     const res = newScan();
     res.part = part;
+    res.cache = cache;
     const depth = relDir === "" ? 0 : relDir.split("/").length;
     const seen = relDir === "" ? new Set<string>() : this.ancestry(dirOf(relDir));
     if (seen !== null && depth <= MAX_DEPTH && !(relDir !== "" && isIgnoredName(relDir.slice(relDir.lastIndexOf("/") + 1)))) {
@@ -332,7 +343,7 @@ class TreeReader {
    * (a directory, not one met on the way down: a symlink loop) and noted in `res.dirs`; `seen` is
    * returned with it. null: nothing to list (gone, a loop, or unlistable: its keys are kept).
    */
-  private listDir(relDir: string, seen: Set<string> | null, res: ScanResult): { entries: fs.Dirent[]; seen: Set<string> } | null {
+  private listDir(relDir: string, seen: Set<string> | null, res: ScanResult): { entries: readonly DirEntry[]; seen: Set<string> } | null {
     const absDir = this.abs(relDir);
     try {
       if (seen !== null) {
@@ -345,6 +356,11 @@ class TreeReader {
         }
         seen = new Set(seen).add(id);
         res.dirs.set(relDir, id);
+        if (res.cache) {
+          const entries = res.cache.enterDir(relDir, st) ?? fs.readdirSync(absDir, { withFileTypes: true });
+          res.cache.listed(entries);
+          return { entries, seen };
+        }
       }
       return { entries: fs.readdirSync(absDir, { withFileTypes: true }), seen: seen ?? new Set() };
     } catch (e) {
@@ -359,7 +375,7 @@ class TreeReader {
    * The candidate files per key stem and the subdirectories of one listing (with `onlyStems`,
    * only the files of those keys and no subdirectory); what is skipped gets a note.
    */
-  private sortEntries(relDir: string, entries: fs.Dirent[], onlyStems: Set<string> | null, res: ScanResult): { groups: Map<string, Candidate[]>; subdirs: string[] } {
+  private sortEntries(relDir: string, entries: readonly DirEntry[], onlyStems: Set<string> | null, res: ScanResult): { groups: Map<string, Candidate[]>; subdirs: string[] } {
     const groups = new Map<string, Candidate[]>();
     const subdirs: string[] = [];
     for (const ent of entries) {
@@ -386,7 +402,7 @@ class TreeReader {
   }
 
   /** What a listed entry is to the tree: a file, a directory, a dangling link, or skipped (with a note where it deserves one). */
-  private entryKind(relDir: string, ent: fs.Dirent, res: ScanResult): "file" | "dir" | "dangling" | "skip" {
+  private entryKind(relDir: string, ent: DirEntry, res: ScanResult): "file" | "dir" | "dangling" | "skip" {
     const name = ent.name;
     const note = (n: Note) => res.notes.set(joinRel(relDir, name), n);
     if (name.startsWith(".")) return "skip"; // hidden: a convention, not worth a word
@@ -425,7 +441,7 @@ class TreeReader {
     const key = joinRel(relDir, stem);
     this.noteConflict(key, relDir, cands.map((c) => c.name));
     const first = cands[0]!;
-    this.readFile(key, joinRel(relDir, first.name), parseFileName(first.name).format, first.link, res);
+    this.readFile(key, relDir, first.name, parseFileName(first.name).format, first.link, res);
   }
 
   private noteConflict(key: string, relDir: string, names: string[]): void {
@@ -444,11 +460,22 @@ class TreeReader {
     });
   }
 
-  private readFile(key: string, rel: string, format: ValueFormat, link: boolean, res: ScanResult): void {
+  private readFile(key: string, relDir: string, name: string, format: ValueFormat, link: boolean, res: ScanResult): void {
+    const rel = joinRel(relDir, name);
     const file = this.abs(rel);
     if (link) res.links.add(rel);
+    const cache = res.cache;
     let fd: number | undefined;
     try {
+      // With a cache, the file's identity before its read (a change after it shows next time).
+      const st = cache ? fs.statSync(file) : undefined;
+      const cached = st?.isFile() ? cache!.cachedFile(name, st) : null;
+      if (cached) {
+        this.problems.delete(file);
+        cache!.readFile(name, st!, cached.fp, cached.text);
+        this.found(key, cached.fp, cached.text, format, file, res);
+        return;
+      }
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
       fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
       // Up to one byte more than allowed: more is too large. No stat first (one system call less
@@ -470,14 +497,13 @@ class TreeReader {
       // A byte order mark from some editors is not part of the value.
       const start = len >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf ? 3 : 0;
       const fp = fingerprint(buf.subarray(start, len), rel, format);
-      res.fps.set(key, fp);
-      if (this.isKnown?.(key, fp)) return; // unchanged: no text made (a periodic re-read of a big tree)
-      const value: RawValue = { text: buf.toString("utf8", start, len), format, origin: file };
-      res.values.set(key, value);
-      if (res.part && res.values.size >= PART_KEYS) {
-        res.part(res.values);
-        res.values = new Map();
+      if (this.isKnown?.(key, fp)) {
+        res.fps.set(key, fp); // unchanged: no text made (a periodic re-read of a big tree)
+        return;
       }
+      const text = buf.toString("utf8", start, len);
+      if (st?.isFile()) cache!.readFile(name, st, fp, text);
+      this.found(key, fp, text, format, file, res);
     } catch (e) {
       const code = errCode(e);
       if (GONE.has(code)) {
@@ -489,6 +515,16 @@ class TreeReader {
       res.keepKeys.add(key);
     } finally {
       if (fd !== undefined) fs.closeSync(fd);
+    }
+  }
+
+  /** A key's value as read (new to the source). */
+  private found(key: string, fp: number, text: string, format: ValueFormat, file: string, res: ScanResult): void {
+    res.fps.set(key, fp);
+    res.values.set(key, { text, format, origin: file });
+    if (res.part && res.values.size >= PART_KEYS) {
+      res.part(res.values);
+      res.values = new Map();
     }
   }
 }
@@ -548,6 +584,9 @@ export class DirSource implements ConfigSource {
   private readonly rootPollMs: number;
   private readonly watch: boolean;
   private readonly reader: TreeReader;
+  private readonly maxBytes: number;
+  private readonly cacheFile: string | undefined;
+  private readonly racyMs: number;
 
   private sink: SourceSink | null = null;
   /** What the sink has been told: key → fingerprint of its value. */
@@ -590,7 +629,10 @@ export class DirSource implements ConfigSource {
     this.rescanMs = opts.rescanMs ?? 60_000;
     this.rootPollMs = opts.rootPollMs ?? 1000;
     this.watch = opts.watch ?? true;
-    this.reader = new TreeReader(this.root, opts.maxBytes ?? MAX_VALUE_BYTES, (key, fp) => this.known.get(key) === fp);
+    this.maxBytes = opts.maxBytes ?? MAX_VALUE_BYTES;
+    this.cacheFile = opts.cacheFile;
+    this.racyMs = opts.racyMs ?? RACY_MS;
+    this.reader = new TreeReader(this.root, this.maxBytes, (key, fp) => this.known.get(key) === fp);
     this.debounce = new Debounce(() => void this.serial(() => this.flush()), this.debounceMs, this.maxDelayMs);
   }
 
@@ -671,8 +713,20 @@ export class DirSource implements ConfigSource {
       parts++;
       sink.snapshot(SOURCE, values, "more");
     };
-    const res = await this.reader.scanTree("", snapshot ? toSink : undefined);
-    if (this.stopped) return;
+    // Only the first read uses the cache: a later full read (a resync) is asked for to read the tree itself.
+    const cache = first && this.cacheFile ? new TreeCacheScan(this.cacheFile, this.root, this.maxBytes, Date.now() - this.racyMs) : undefined;
+    let res: ScanResult;
+    try {
+      res = await this.reader.scanTree("", snapshot ? toSink : undefined, cache);
+    } catch (e) {
+      cache?.discard();
+      throw e;
+    }
+    if (this.stopped) {
+      cache?.discard();
+      return;
+    }
+    cache?.finish();
     // The first read's directories were watched before it listed them: nothing fresh there.
     this.syncDirs([...this.listedDirs], res);
     this.syncLinks("", res);
@@ -680,7 +734,8 @@ export class DirSource implements ConfigSource {
       warn("config-path: directory does not exist, starting with an empty local config and waiting for it", { source: SOURCE, path: this.root });
     }
     if (snapshot) {
-      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: res.fps.size });
+      const cached = cache ? { unchanged: cache.hits } : {}; // files not read: unchanged since the cache was made
+      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: res.fps.size, ...cached });
       // Without watching (-once) nothing is read again but at a resync, which then hands over a
       // snapshot as well: the fingerprints are not kept (110,000 keys: about 10 MiB).
       this.known = this.watch ? res.fps : new Map();

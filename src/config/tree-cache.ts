@@ -1,0 +1,258 @@
+// What the first read of a -config-path tree found, kept in -state-dir, so that the next start
+// looks at each unchanged file with one stat instead of opening and reading it, and lists no
+// unchanged directory (a 1000-service tree: 11,000 files; in a slow guest each system call costs
+// 20-50 µs, and reading the tree was most of a restart).
+//
+// When a cached value is used: the file (after symlinks) has the same device, inode, size,
+// modification time and change time as when it was read, and both times were more than
+// RACY_MS before that read began. The second rule is git's "racily clean" one: a file written
+// again within its file system's timestamp granularity of the read (a jiffy here; a second or two
+// on some file systems) could keep all five, so such a file is read again next time, whatever its
+// stat says. The change time covers tools that put the old mtime back (cp -p, rsync -t, tar): it
+// cannot be set from user space. Left open, as by git: a clock set back, or a network file
+// system whose server clock runs behind, by more than RACY_MS. A directory's listing is reused on
+// the same terms (its mtime moves with every name added, removed or renamed in it).
+//
+// The file: a header line, then one line per directory listed, in the order of the read:
+// JSON.stringify(relDir) TAB JSON [identity or null, listing or null, [files...]]. A JSON string
+// holds no raw tab or newline, so the start-up finds each directory's line by its name without
+// parsing the others. It is written aside and renamed over, as the read goes (a 110,000-file
+// tree's texts are never all held), and only after a read that reached its end.
+
+import * as fs from "node:fs";
+import { dirname } from "node:path";
+import { warn } from "../util/log.ts";
+
+/** A file or directory changed this recently before the read is read again next time (ms). */
+export const RACY_MS = 2000;
+
+const FORMAT = "clusterf config-path cache 1";
+/** Lines are written out once this many characters wait. */
+const WRITE_CHUNK = 1 << 16;
+
+/** A listed entry, as the reader uses one (fs.Dirent or a cached one). */
+export interface DirEntry {
+  readonly name: string;
+  isFile(): boolean;
+  isDirectory(): boolean;
+  isSymbolicLink(): boolean;
+}
+
+type Kind = "f" | "d" | "l" | "o";
+type DirIdentity = [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
+type FileRecord = [name: string, dev: number, ino: number, size: number, mtimeMs: number, ctimeMs: number, fp: number, text: string];
+type DirLine = [id: DirIdentity | null, listing: [string, Kind][] | null, files: FileRecord[]];
+
+class CachedEntry implements DirEntry {
+  constructor(
+    readonly name: string,
+    private readonly kind: Kind,
+  ) {}
+  isFile(): boolean {
+    return this.kind === "f";
+  }
+  isDirectory(): boolean {
+    return this.kind === "d";
+  }
+  isSymbolicLink(): boolean {
+    return this.kind === "l";
+  }
+}
+
+const kindOf = (e: DirEntry): Kind => (e.isFile() ? "f" : e.isDirectory() ? "d" : e.isSymbolicLink() ? "l" : "o");
+
+/** What identifies the tree a cache was made of: another root or size limit, and it is not used. */
+interface Header {
+  format: string;
+  root: string;
+  maxBytes: number;
+}
+
+/** A cache file as found at start-up: its text and where each directory's line is. */
+class CacheFile {
+  private readonly lines = new Map<string, [number, number]>();
+
+  private constructor(private readonly text: string) {
+    let at = text.indexOf("\n") + 1;
+    while (at < text.length) {
+      let end = text.indexOf("\n", at);
+      if (end < 0) end = text.length;
+      const tab = text.indexOf("\t", at);
+      if (tab > at && tab < end) this.lines.set(JSON.parse(text.slice(at, tab)) as string, [tab + 1, end]);
+      at = end + 1;
+    }
+  }
+
+  /** The cache at `file` if it was made of this tree; null when there is none (or it is of no use). */
+  static open(file: string, header: Header): CacheFile | null {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") warn("config-path cache: cannot read it, reading the whole tree", { path: file, error: String(e) });
+      return null;
+    }
+    try {
+      const nl = text.indexOf("\n");
+      const h = JSON.parse(nl < 0 ? text : text.slice(0, nl)) as Partial<Header>;
+      if (h.format !== header.format || h.root !== header.root || h.maxBytes !== header.maxBytes) return null;
+      return new CacheFile(text);
+    } catch (e) {
+      warn("config-path cache: not readable, reading the whole tree", { path: file, error: String(e) });
+      return null;
+    }
+  }
+
+  dir(relDir: string): DirLine | null {
+    const at = this.lines.get(relDir);
+    if (!at) return null;
+    try {
+      return JSON.parse(this.text.slice(at[0], at[1])) as DirLine;
+    } catch {
+      return null;
+    }
+  }
+}
+
+/**
+ * One full read of the tree with a cache: answers from the old cache what has not changed and
+ * writes the new one as the read goes. The reader calls enterDir for each directory it lists (in
+ * the order of the read), listed with the listing it used, then cachedFile / readFile for the
+ * files of that directory.
+ */
+export class TreeCacheScan {
+  private old: CacheFile | null;
+  private oldDir: DirLine | null = null;
+  private oldFiles: Map<string, FileRecord> | null = null;
+  /** The directory being recorded: its relative path, identity (if trusted) and stat. */
+  private cur: { relDir: string; id: DirIdentity | null; listing: [string, Kind][] | null; files: FileRecord[] } | null = null;
+  private fd: number | null = null;
+  private readonly aside: string;
+  private pending: string[] = [];
+  private pendingChars = 0;
+  /** Files answered from the old cache (for the log). */
+  hits = 0;
+
+  /**
+   * @param file the cache file in -state-dir
+   * @param trustBefore times at or after this (ms since the epoch) are too recent to trust: the
+   *   read's start minus RACY_MS
+   */
+  constructor(
+    private readonly file: string,
+    root: string,
+    maxBytes: number,
+    private readonly trustBefore: number,
+  ) {
+    const header: Header = { format: FORMAT, root, maxBytes };
+    this.old = CacheFile.open(file, header);
+    this.aside = `${file}.tmp${process.pid}`;
+    try {
+      fs.mkdirSync(dirname(file), { recursive: true });
+      this.fd = fs.openSync(this.aside, "w", 0o600);
+      this.write(JSON.stringify(header) + "\n");
+    } catch (e) {
+      this.writeFailed(e);
+    }
+  }
+
+  /** Both times of a stat older than the read by RACY_MS. */
+  private settled(st: fs.Stats): boolean {
+    return st.mtimeMs < this.trustBefore && st.ctimeMs < this.trustBefore;
+  }
+
+  /**
+   * The reader lists `relDir` (its stat: taken before the listing). The cached listing when the
+   * directory is as it was then; null: list it.
+   */
+  enterDir(relDir: string, st: fs.Stats): DirEntry[] | null {
+    this.endDir();
+    const id: DirIdentity = [st.dev, st.ino, st.mtimeMs, st.ctimeMs];
+    this.cur = { relDir, id: this.settled(st) ? id : null, listing: null, files: [] };
+    this.oldDir = this.old?.dir(relDir) ?? null;
+    this.oldFiles = null;
+    const was = this.oldDir?.[0];
+    const listing = this.oldDir?.[1];
+    if (!was || !listing || !this.cur.id || was.some((v, i) => v !== id[i])) return null;
+    return listing.map(([name, kind]) => new CachedEntry(name, kind));
+  }
+
+  /** The listing the reader used for the directory entered last. */
+  listed(entries: readonly DirEntry[]): void {
+    if (this.cur?.id) this.cur.listing = entries.map((e) => [e.name, kindOf(e)]);
+  }
+
+  /** A file of the directory entered last, by its stat: its fingerprint and text as read before, when unchanged. */
+  cachedFile(name: string, st: fs.Stats): { fp: number; text: string } | null {
+    if (!this.oldDir) return null;
+    this.oldFiles ??= new Map(this.oldDir[2].map((f) => [f[0], f]));
+    const f = this.oldFiles.get(name);
+    if (!f || !this.settled(st) || f[1] !== st.dev || f[2] !== st.ino || f[3] !== st.size || f[4] !== st.mtimeMs || f[5] !== st.ctimeMs) return null;
+    this.hits++;
+    return { fp: f[6], text: f[7] };
+  }
+
+  /** A file of the directory entered last as read (its stat: taken before the read), for the next start. */
+  readFile(name: string, st: fs.Stats, fp: number, text: string): void {
+    if (this.cur && this.settled(st)) this.cur.files.push([name, st.dev, st.ino, st.size, st.mtimeMs, st.ctimeMs, fp, text]);
+  }
+
+  private endDir(): void {
+    const c = this.cur;
+    this.cur = null;
+    if (!c || this.fd === null || (!c.listing && c.files.length === 0)) return;
+    this.write(`${JSON.stringify(c.relDir)}\t${JSON.stringify([c.listing ? c.id : null, c.listing, c.files])}\n`);
+  }
+
+  private write(line: string): void {
+    this.pending.push(line);
+    this.pendingChars += line.length;
+    if (this.pendingChars >= WRITE_CHUNK) this.flush();
+  }
+
+  private flush(): void {
+    if (this.fd === null || this.pending.length === 0) return;
+    try {
+      fs.writeSync(this.fd, this.pending.join(""));
+    } catch (e) {
+      this.writeFailed(e);
+    }
+    this.pending = [];
+    this.pendingChars = 0;
+  }
+
+  private writeFailed(e: unknown): void {
+    warn("config-path cache: cannot write it, the next start reads the whole tree", { path: this.file, error: String(e) });
+    this.discard();
+  }
+
+  /** The read reached its end: the new cache replaces the old one. */
+  finish(): void {
+    this.endDir();
+    this.flush();
+    if (this.fd === null) return;
+    try {
+      fs.closeSync(this.fd);
+      this.fd = null;
+      fs.renameSync(this.aside, this.file);
+    } catch (e) {
+      this.writeFailed(e);
+    }
+    this.old = this.oldDir = this.oldFiles = null;
+  }
+
+  /** The read did not finish (stopped, failed): the old cache stays as it was. */
+  discard(): void {
+    if (this.fd !== null) {
+      try {
+        fs.closeSync(this.fd);
+      } catch {}
+      this.fd = null;
+    }
+    try {
+      fs.rmSync(this.aside, { force: true });
+    } catch {}
+    this.pending = [];
+    this.old = this.oldDir = this.oldFiles = null;
+  }
+}
