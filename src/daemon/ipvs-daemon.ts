@@ -51,12 +51,18 @@ export interface IpvsDaemonOptions {
    * (JSC's own collections go on as always). Undefined: none.
    */
   collectAfterLargeSteps?: "full" | "background";
+  /** The collector of collectAfterLargeSteps: for tests, which record its collections. */
+  collector?: StepCollector;
 }
 
-/** A snapshot (or a part of one) of this many keys is followed by collections once taken in (StepCollector.dropped). */
+/** A snapshot (or a part of one) of this many keys is followed by collections once taken in (StepCollector.dropped), in a large apply. */
 const SNAPSHOT_COLLECT_KEYS = 1024;
 
-/** Key events in one apply from which garbage is collected after taking them in and after compiling (collectAfterLargeSteps). */
+/**
+ * Key events in one apply from which it collects garbage as it goes (collectAfterLargeSteps).
+ * Below it the garbage is a few MiB, and an eden collection alone took ~150 ms in the one-CPU
+ * user-mode kernel (a fifth of a 1000-service start there went to four of them).
+ */
 const LARGE_EVENTS = 20_000;
 
 /**
@@ -107,7 +113,7 @@ export class IpvsDaemon implements SourceSink {
   readonly sourceUp: Partial<Record<SourceName, boolean>> = {};
 
   /** Collections while large steps make garbage (util/collect.ts), as collectAfterLargeSteps says. */
-  private readonly collector = new StepCollector();
+  private readonly collector: StepCollector;
   private readonly waiting = new Set<SourceName>();
   private started = false;
   /** Source events not yet taken into the store: the next apply takes them in, a slice at a time. */
@@ -171,6 +177,7 @@ export class IpvsDaemon implements SourceSink {
     });
     const retryMs = opts.retryMs ?? 1000;
     this.retryBackoff = new Backoff(retryMs, Math.max(retryMs, 30_000));
+    this.collector = opts.collector ?? new StepCollector();
     this.collector.enabled = opts.collectAfterLargeSteps !== undefined;
     this.reconciler = new Reconciler(ipvs, { noop: opts.noop, stateDir: opts.stateDir, drainMs: opts.drainMs, collector: this.collector });
     for (const s of sources) this.waiting.add(s.name);
@@ -322,7 +329,7 @@ export class IpvsDaemon implements SourceSink {
       if (p.events instanceof Map) {
         const size = p.events.size;
         p.events.clear();
-        if (size >= SNAPSHOT_COLLECT_KEYS) this.collector.dropped();
+        if (size >= SNAPSHOT_COLLECT_KEYS && this.taken + taken >= LARGE_EVENTS) this.collector.dropped();
       }
     }
     this.taken += taken;
@@ -424,6 +431,16 @@ export class IpvsDaemon implements SourceSink {
     const taken = this.taken;
     this.taken = 0;
     const kind: SyncKind = this.started ? "incremental" : "full";
+    const collecting = this.collector.enabled;
+    if (taken < LARGE_EVENTS) this.collector.enabled = false;
+    const result = yield* this.compileAndSync(kind, taken);
+    this.collector.enabled = collecting;
+    this.finish(kind, result, performance.now() - t0);
+    return result;
+  }
+
+  /** The part of an apply after taking in: the changed services compiled, then the kernel synced. */
+  private *compileAndSync(kind: SyncKind, taken: number): Steps<SyncResult> {
     this.collectIfLarge(taken);
     const dirty = this.dirtyServices;
     const routeChanges = this.routeChanges;
@@ -444,9 +461,7 @@ export class IpvsDaemon implements SourceSink {
     }
     if (this.opts.health) yield* this.healthSteps(this.opts.health, keys);
     this.collectIfLarge(taken);
-    const result = yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
-    this.finish(kind, result, performance.now() - t0);
-    return result;
+    return yield* this.reconciler.syncSteps(this.desired.table, kind === "full" ? undefined : keys);
   }
 
   /**
