@@ -12,7 +12,7 @@ import { FlagError, parseOrExit, type FlagSpec, type FlagValues } from "./flags.
 import { RouteAdvertiser, advertisedRouteValue } from "../daemon/route-advertiser.ts";
 import type { Etcd3 } from "etcd3";
 import { startMetrics } from "../metrics/server.ts";
-import { Checker } from "../health/checker.ts";
+import type { Checker } from "../health/checker.ts";
 import { HealthPublisher } from "../health/publish.ts";
 import { absoluteKey, routeKey } from "../config/keys.ts";
 import { exitWhenWritten } from "./exit.ts";
@@ -143,7 +143,7 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
 type Metrics = Exclude<ReturnType<typeof startMetrics>, null>;
 
 /** The daemon's options from the flags. */
-function daemonOptions(flags: FlagValues): IpvsDaemonOptions {
+function daemonOptions(flags: FlagValues, health: Checker | undefined): IpvsDaemonOptions {
   return {
     desired: {
       defaultMethod: flags["ipvs-fwd-method"] as "masq" | "droute" | "tunnel",
@@ -158,8 +158,8 @@ function daemonOptions(flags: FlagValues): IpvsDaemonOptions {
     resyncMs: flags.once ? 0 : (flags["ipvs-resync"] as number),
     // -once cannot wait for connections to end: it deletes at once.
     drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),
-    // -once runs no health checks: it programs the configured weights.
-    health: flags.once ? undefined : new Checker(),
+    health, // none with -once
+
     // -once serves nothing while it works: it may pause to collect the parse's garbage.
     collectAfterLargeSteps: flags.once ? "full" : "background",
   };
@@ -249,7 +249,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   const sources = await openSources(flags);
   if (sources.length === 0) log.warn("config: no sources (-config-path and -etcd-machines are both empty): the table will be empty");
-  const daemon = new IpvsDaemon(ipvs, sources, daemonOptions(flags));
+  // -once runs no health checks (it programs the configured weights): their code (node:net, a
+  // tenth of a second in a slow guest) is not loaded then.
+  const health = flags.once ? undefined : new (await import("../health/checker.ts")).Checker();
+  const daemon = new IpvsDaemon(ipvs, sources, daemonOptions(flags, health));
 
   // SIGHUP reloads (its default action would kill the daemon, leaving an advertised route to its TTL).
   process.on("SIGHUP", () => {

@@ -242,8 +242,9 @@ class TreeReader {
     private readonly isKnown?: (key: string, fp: number) => boolean,
   ) {}
 
+  /** `rel` is normalised (names from listings, hints from path.relative): joined without path.join's parse, a tenth of a second per 13,000 calls in a slow guest. */
   abs(rel: string): string {
-    return rel === "" ? this.root : path.join(this.root, rel);
+    return rel === "" ? this.root : this.root === "/" ? `/${rel}` : `${this.root}/${rel}`;
   }
 
   /**

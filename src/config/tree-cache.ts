@@ -17,7 +17,8 @@
 // JSON.stringify(relDir) TAB JSON [identity or null, listing or null, [files...]]. A JSON string
 // holds no raw tab or newline, so the start-up finds each directory's line by its name without
 // parsing the others. It is written aside and renamed over, as the read goes (a 110,000-file
-// tree's texts are never all held), and only after a read that reached its end.
+// tree's texts are never all held), and only after a read that reached its end; a directory
+// listed and read from the old cache in full is written as its old line.
 
 import * as fs from "node:fs";
 import { dirname } from "node:path";
@@ -70,7 +71,8 @@ interface Header {
 
 /** A cache file as found at start-up: its text and where each directory's line is. */
 class CacheFile {
-  private readonly lines = new Map<string, [number, number]>();
+  /** Each directory's line: where it starts, where its record starts (after the tab), where it ends. */
+  private readonly lines = new Map<string, [number, number, number]>();
 
   private constructor(private readonly text: string) {
     let at = text.indexOf("\n") + 1;
@@ -78,7 +80,7 @@ class CacheFile {
       let end = text.indexOf("\n", at);
       if (end < 0) end = text.length;
       const tab = text.indexOf("\t", at);
-      if (tab > at && tab < end) this.lines.set(JSON.parse(text.slice(at, tab)) as string, [tab + 1, end]);
+      if (tab > at && tab < end) this.lines.set(JSON.parse(text.slice(at, tab)) as string, [at, tab + 1, end]);
       at = end + 1;
     }
   }
@@ -107,10 +109,16 @@ class CacheFile {
     const at = this.lines.get(relDir);
     if (!at) return null;
     try {
-      return JSON.parse(this.text.slice(at[0], at[1])) as DirLine;
+      return JSON.parse(this.text.slice(at[1], at[2])) as DirLine;
     } catch {
       return null;
     }
+  }
+
+  /** A directory's line as written (with its newline). */
+  line(relDir: string): string {
+    const at = this.lines.get(relDir)!;
+    return this.text.slice(at[0], at[2]) + "\n";
   }
 }
 
@@ -124,8 +132,11 @@ export class TreeCacheScan {
   private old: CacheFile | null;
   private oldDir: DirLine | null = null;
   private oldFiles: Map<string, FileRecord> | null = null;
-  /** The directory being recorded: its relative path, identity (if trusted) and stat. */
-  private cur: { relDir: string; id: DirIdentity | null; listing: [string, Kind][] | null; files: FileRecord[] } | null = null;
+  /**
+   * The directory being recorded: its relative path, identity (if trusted), listing and files;
+   * whether its listing came from the old cache and how many of its files did.
+   */
+  private cur: { relDir: string; id: DirIdentity | null; listing: [string, Kind][] | null; files: FileRecord[]; reused: boolean; hits: number } | null = null;
   private fd: number | null = null;
   private readonly aside: string;
   private pending: string[] = [];
@@ -168,12 +179,13 @@ export class TreeCacheScan {
   enterDir(relDir: string, st: fs.Stats): DirEntry[] | null {
     this.endDir();
     const id: DirIdentity = [st.dev, st.ino, st.mtimeMs, st.ctimeMs];
-    this.cur = { relDir, id: this.settled(st) ? id : null, listing: null, files: [] };
+    this.cur = { relDir, id: this.settled(st) ? id : null, listing: null, files: [], reused: false, hits: 0 };
     this.oldDir = this.old?.dir(relDir) ?? null;
     this.oldFiles = null;
     const was = this.oldDir?.[0];
     const listing = this.oldDir?.[1];
     if (!was || !listing || !this.cur.id || was.some((v, i) => v !== id[i])) return null;
+    this.cur.reused = true;
     return listing.map(([name, kind]) => new CachedEntry(name, kind));
   }
 
@@ -189,6 +201,7 @@ export class TreeCacheScan {
     const f = this.oldFiles.get(name);
     if (!f || !this.settled(st) || f[1] !== st.dev || f[2] !== st.ino || f[3] !== st.size || f[4] !== st.mtimeMs || f[5] !== st.ctimeMs) return null;
     this.hits++;
+    if (this.cur) this.cur.hits++;
     return { fp: f[6], text: f[7] };
   }
 
@@ -201,6 +214,8 @@ export class TreeCacheScan {
     const c = this.cur;
     this.cur = null;
     if (!c || this.fd === null || (!c.listing && c.files.length === 0)) return;
+    // Listed and read from the old cache, every file: the line as it was (no JSON made again).
+    if (c.reused && c.hits === c.files.length && c.files.length === this.oldDir?.[2].length) return this.write(this.old!.line(c.relDir));
     this.write(`${JSON.stringify(c.relDir)}\t${JSON.stringify([c.listing ? c.id : null, c.listing, c.files])}\n`);
   }
 
