@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { BUN, Daemon, ROOT, tableLines } from "../support/proc.ts";
 import { afterOneResync, answersFrom, blocks, curlFrom, kernelScratch, kernelTable, linkToLb, must, writeTree } from "../support/kernel.ts";
 import { until } from "../support/until.ts";
+import { RACY_MS } from "../../src/config/tree-cache.ts";
 
 const CLI = join(ROOT, "src/cli/clusterf-ipvs.ts");
 const FIX = join(import.meta.dir, "fixtures");
@@ -73,6 +74,34 @@ describe("programming the kernel", () => {
     writeTree(dir, { "services/tun/frontend": { ipv4: "192.0.2.60", tcp: 443, scheduler: "sh" } });
     const r3 = once(ns, [`-config-path=${dir}`, `-state-dir=${state}`]);
     expect(r3.err).toMatch(/IPVS: applied kind=full writes=1 errors=0/); // set-service in place
+  });
+
+  test("the -config-path cache: a restart of a settled tree reads no file, an edit is read, and -config-path-cache=false keeps none", async () => {
+    const cacheNs = "cf-cache";
+    netns(cacheNs);
+    const cdir = join(tmp, "cache-tree");
+    const cstate = join(tmp, "cache-state");
+    writeTree(cdir, tree);
+    await Bun.sleep(RACY_MS + 100); // files changed within RACY_MS of a read are read again next time
+    const unchanged = (err: string) => Number(/config-path: read .*unchanged=(\d+)/.exec(err)?.[1]);
+    const first = once(cacheNs, [`-config-path=${cdir}`, `-state-dir=${cstate}`]);
+    expect(first.code).toBe(0);
+    expect(unchanged(first.err)).toBe(0);
+    const table = kernelTable(cacheNs);
+    const again = once(cacheNs, [`-config-path=${cdir}`, `-state-dir=${cstate}`]);
+    expect(unchanged(again.err)).toBe(Object.keys(tree).length);
+    expect(again.err).toMatch(/IPVS: applied kind=full writes=0 errors=0/);
+    expect(blocks(tableLines(again.out))).toEqual(table);
+    writeTree(cdir, { "services/web/backends/w2.json": { ipv4: "198.51.100.12", ipv6: "2001:db8:100::12", tcp: 8080, weight: 7 } });
+    const edited = once(cacheNs, [`-config-path=${cdir}`, `-state-dir=${cstate}`]);
+    expect(unchanged(edited.err)).toBe(Object.keys(tree).length - 1);
+    expect(edited.err).toMatch(/IPVS: applied kind=full writes=2 errors=0/);
+    expect(kernelTable(cacheNs)).toContain("TCP 192.0.2.10:80 rr\n-> 198.51.100.11:8080 Masq 10 0 0\n-> 198.51.100.12:8080 Masq 7 0 0");
+    const off = join(tmp, "cache-off-state");
+    const r = once(cacheNs, [`-config-path=${cdir}`, `-state-dir=${off}`, "-config-path-cache=false"]);
+    expect(r.code).toBe(0);
+    expect(existsSync(join(cstate, "config-path.cache"))).toBe(true);
+    expect(existsSync(join(off, "config-path.cache"))).toBe(false);
   });
 
   test("-ipvs-noop reads the kernel and logs the writes it would make, making none", () => {
