@@ -1,6 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { RACY_MS } from "../src/config/tree-cache.ts";
 import { Daemon, inotifyWatches, ROOT, runCli, tableLines } from "./support/proc.ts";
 import { IPVS_FLAGS } from "../src/cli/clusterf-ipvs.ts";
 import { DOCKER_FLAGS } from "../src/cli/clusterf-docker.ts";
@@ -207,6 +209,28 @@ describe("clusterf-ipvs binary", () => {
     expect(await p.exited).toBe(0);
     // 3 header lines, then a line per service and per destination
     expect(Number(out.trim())).toBe(3 + N * 11);
+  });
+
+  test("-config-path-cache: a file given is used with -ipvs-mock too (none by default there); the next start reads no settled file", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "clusterf-cli-cache-"));
+    try {
+      const tree = join(dir, "tree");
+      for (const [rel, v] of Object.entries({ "services/s/frontend": { ipv4: "192.0.2.1", tcp: 80 }, "services/s/backends/b": { ipv4: "198.51.100.1", tcp: 80 } })) {
+        mkdirSync(join(tree, rel, ".."), { recursive: true });
+        writeFileSync(join(tree, rel), JSON.stringify(v));
+      }
+      await Bun.sleep(RACY_MS + 100); // files changed within RACY_MS of a read are read again next time
+      const cache = join(dir, "cache");
+      const run = (...extra: string[]) => runCli("clusterf-ipvs", [`-config-path=${tree}`, "-etcd-machines=", "-ipvs-mock", "-once", `-state-dir=${join(dir, "state")}`, ...extra]);
+      const unchanged = (r: { stderr: string }) => /config-path: read .*unchanged=(\d+)/.exec(r.stderr)?.[1];
+      expect(unchanged(run())).toBeUndefined(); // -ipvs-mock: no cache in -state-dir
+      expect(existsSync(join(dir, "state"))).toBe(false);
+      expect(unchanged(run(`-config-path-cache=${cache}`))).toBe("0");
+      expect(unchanged(run(`-config-path-cache=${cache}`))).toBe("2");
+      expect(unchanged(run("-config-path-cache=off"))).toBeUndefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("-help lists every flag with its default", () => {

@@ -64,9 +64,9 @@ export const IPVS_FLAGS: FlagSpec[] = [
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
   {
     name: "config-path-cache",
-    type: "bool",
-    default: true,
-    help: "keep what the first read of -config-path found in -state-dir, so that a restart reads only the files changed since (it compares each file's stat)",
+    type: "string",
+    default: "",
+    help: "where the first read of -config-path keeps what it found, so that a restart reads only the files changed since (it compares each file's stat): empty = config-path.cache in -state-dir (none with -ipvs-mock), off = nowhere",
   },
   { name: "once-timeout", type: "duration", default: 30_000, help: "with -once: how long to wait for the sources' first read" },
   ...OPS_FLAGS,
@@ -122,14 +122,21 @@ function stateDirOf(flags: FlagValues): string | undefined {
   return flags["ipvs-mock"] ? undefined : (flags["state-dir"] as string) || undefined;
 }
 
+/** The -config-path cache's file (-config-path-cache); undefined: none. */
+function configPathCache(flags: FlagValues): string | undefined {
+  const file = flags["config-path-cache"] as string;
+  if (file === "off") return undefined;
+  if (file) return file;
+  const stateDir = stateDirOf(flags);
+  return stateDir ? join(stateDir, CONFIG_PATH_CACHE) : undefined;
+}
+
 async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   const sources: ConfigSource[] = [];
   const configPath = flags["config-path"] as string;
   if (configPath) {
     const { DirSource } = await import("../config/dir-source.ts");
-    const stateDir = stateDirOf(flags);
-    const cacheFile = stateDir && flags["config-path-cache"] ? join(stateDir, CONFIG_PATH_CACHE) : undefined;
-    sources.push(new DirSource({ root: configPath, watch: !flags.once, cacheFile })); // -once reads once and watches nothing
+    sources.push(new DirSource({ root: configPath, watch: !flags.once, cacheFile: configPathCache(flags) })); // -once reads once and watches nothing
   }
   const etcd = etcdClientOptions(flags);
   if (etcd.endpoints.length) {

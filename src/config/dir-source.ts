@@ -473,7 +473,6 @@ class TreeReader {
       const cached = st?.isFile() ? cache!.cachedFile(name, st) : null;
       if (cached) {
         this.problems.delete(file);
-        cache!.readFile(name, st!, cached.fp, cached.text);
         this.found(key, cached.fp, cached.text, format, file, res);
         return;
       }

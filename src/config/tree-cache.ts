@@ -28,6 +28,10 @@ import { warn } from "../util/log.ts";
 export const RACY_MS = 2000;
 
 const FORMAT = "clusterf config-path cache 1";
+const NL = 0x0a;
+const TAB = 0x09;
+/** How much of an old cache is read at a time (grown for a longer line). */
+const WINDOW = 1 << 18;
 /** Lines are written out once this many characters wait. */
 const WRITE_CHUNK = 1 << 16;
 
@@ -69,56 +73,98 @@ interface Header {
   maxBytes: number;
 }
 
-/** A cache file as found at start-up: its text and where each directory's line is. */
+/**
+ * A cache file as found at start-up: where each directory's line is, read a window at a time as
+ * the scan asks for its directories (in the order they were written, when the tree is as it was).
+ * Not read whole: a 110,000-file tree's cache is 18 MB, and holding it raised a restart's peak
+ * memory by a sixth.
+ */
 class CacheFile {
-  /** Each directory's line: where it starts, where its record starts (after the tab), where it ends. */
-  private readonly lines = new Map<string, [number, number, number]>();
+  /** Each directory's line by its index into offsets: where it starts, and where its record starts (after the tab). */
+  private readonly index = new Map<string, number>();
+  private readonly offsets: number[] = [];
+  /** The bytes of the file from winStart on (winLen of them). */
+  private win = Buffer.allocUnsafe(WINDOW);
+  private winStart = 0;
+  private winLen = 0;
 
-  private constructor(private readonly text: string) {
-    let at = text.indexOf("\n") + 1;
-    while (at < text.length) {
-      let end = text.indexOf("\n", at);
-      if (end < 0) end = text.length;
-      const tab = text.indexOf("\t", at);
-      if (tab > at && tab < end) this.lines.set(JSON.parse(text.slice(at, tab)) as string, [at, tab + 1, end]);
-      at = end + 1;
-    }
-  }
+  private constructor(
+    private readonly fd: number,
+    private readonly size: number,
+  ) {}
 
   /** The cache at `file` if it was made of this tree; null when there is none (or it is of no use). */
   static open(file: string, header: Header): CacheFile | null {
-    let text: string;
+    let fd: number;
     try {
-      text = fs.readFileSync(file, "utf8");
+      fd = fs.openSync(file, "r");
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "ENOENT") warn("config-path cache: cannot read it, reading the whole tree", { path: file, error: String(e) });
       return null;
     }
+    const cache = new CacheFile(fd, fs.fstatSync(fd).size);
     try {
-      const nl = text.indexOf("\n");
-      const h = JSON.parse(nl < 0 ? text : text.slice(0, nl)) as Partial<Header>;
-      if (h.format !== header.format || h.root !== header.root || h.maxBytes !== header.maxBytes) return null;
-      return new CacheFile(text);
+      const first = cache.lineAt(0);
+      const h = JSON.parse(first ? first.bytes.toString("utf8") : "") as Partial<Header>;
+      if (h.format !== header.format || h.root !== header.root || h.maxBytes !== header.maxBytes) {
+        cache.close();
+        return null;
+      }
+      for (let at = first!.next; at < cache.size; ) {
+        const line = cache.lineAt(at);
+        if (!line) throw new Error(`no newline after byte ${at}`);
+        const tab = line.bytes.indexOf(TAB);
+        if (tab <= 0) throw new Error(`no directory name at byte ${at}`);
+        cache.index.set(JSON.parse(line.bytes.toString("utf8", 0, tab)) as string, cache.offsets.length);
+        cache.offsets.push(at, at + tab + 1);
+        at = line.next;
+      }
+      return cache;
     } catch (e) {
       warn("config-path cache: not readable, reading the whole tree", { path: file, error: String(e) });
+      cache.close();
       return null;
     }
   }
 
+  /** The line that starts at byte `at` (without its newline; valid until the next read) and where the next one starts; null: no newline before the end. */
+  private lineAt(at: number): { bytes: Buffer; next: number } | null {
+    for (;;) {
+      if (at < this.winStart || at >= this.winStart + this.winLen) this.fill(at);
+      const from = at - this.winStart;
+      const nl = this.win.indexOf(NL, from);
+      if (nl >= 0 && nl < this.winLen) return { bytes: this.win.subarray(from, nl), next: this.winStart + nl + 1 };
+      if (this.winStart + this.winLen >= this.size) return null;
+      if (from === 0) this.win = Buffer.allocUnsafe(this.win.length * 2); // a line longer than the window
+      this.fill(at);
+    }
+  }
+
+  private fill(at: number): void {
+    this.winStart = at;
+    this.winLen = fs.readSync(this.fd, this.win, 0, this.win.length, at);
+  }
+
   dir(relDir: string): DirLine | null {
-    const at = this.lines.get(relDir);
-    if (!at) return null;
+    const i = this.index.get(relDir);
+    if (i === undefined) return null;
     try {
-      return JSON.parse(this.text.slice(at[1], at[2])) as DirLine;
+      const line = this.lineAt(this.offsets[i]!)!;
+      return JSON.parse(line.bytes.toString("utf8", this.offsets[i + 1]! - this.offsets[i]!)) as DirLine;
     } catch {
       return null;
     }
   }
 
-  /** A directory's line as written (with its newline). */
-  line(relDir: string): string {
-    const at = this.lines.get(relDir)!;
-    return this.text.slice(at[0], at[2]) + "\n";
+  /** A directory's line as written, without its newline: a copy of its bytes (not decoded). */
+  line(relDir: string): Uint8Array {
+    return Buffer.from(this.lineAt(this.offsets[this.index.get(relDir)!]!)!.bytes);
+  }
+
+  close(): void {
+    try {
+      fs.closeSync(this.fd);
+    } catch {}
   }
 }
 
@@ -131,7 +177,10 @@ class CacheFile {
 export class TreeCacheScan {
   private old: CacheFile | null;
   private oldDir: DirLine | null = null;
+  /** The old directory's files by name: made only when they are not asked for in their order. */
   private oldFiles: Map<string, FileRecord> | null = null;
+  /** The old directory's file expected next (the reader asks in the order it recorded them). */
+  private nextFile = 0;
   /**
    * The directory being recorded: its relative path, identity (if trusted), listing and files;
    * whether its listing came from the old cache and how many of its files did.
@@ -139,7 +188,8 @@ export class TreeCacheScan {
   private cur: { relDir: string; id: DirIdentity | null; listing: [string, Kind][] | null; files: FileRecord[]; reused: boolean; hits: number } | null = null;
   private fd: number | null = null;
   private readonly aside: string;
-  private pending: string[] = [];
+  /** Lines waiting to be written: made anew (text), or the old cache's as they were (bytes). */
+  private pending: (string | Uint8Array)[] = [];
   private pendingChars = 0;
   /** Files answered from the old cache (for the log). */
   hits = 0;
@@ -182,6 +232,7 @@ export class TreeCacheScan {
     this.cur = { relDir, id: this.settled(st) ? id : null, listing: null, files: [], reused: false, hits: 0 };
     this.oldDir = this.old?.dir(relDir) ?? null;
     this.oldFiles = null;
+    this.nextFile = 0;
     const was = this.oldDir?.[0];
     const listing = this.oldDir?.[1];
     if (!was || !listing || !this.cur.id || was.some((v, i) => v !== id[i])) return null;
@@ -194,14 +245,22 @@ export class TreeCacheScan {
     if (this.cur?.id) this.cur.listing = entries.map((e) => [e.name, kindOf(e)]);
   }
 
-  /** A file of the directory entered last, by its stat: its fingerprint and text as read before, when unchanged. */
+  /**
+   * A file of the directory entered last, by its stat: its fingerprint and text as read before,
+   * when unchanged (then kept in the new cache as it was); null: read it.
+   */
   cachedFile(name: string, st: fs.Stats): { fp: number; text: string } | null {
     if (!this.oldDir) return null;
-    this.oldFiles ??= new Map(this.oldDir[2].map((f) => [f[0], f]));
-    const f = this.oldFiles.get(name);
+    const files = this.oldDir[2];
+    let f = files[this.nextFile];
+    if (f?.[0] === name) this.nextFile++;
+    else f = (this.oldFiles ??= new Map(files.map((x) => [x[0], x]))).get(name);
     if (!f || !this.settled(st) || f[1] !== st.dev || f[2] !== st.ino || f[3] !== st.size || f[4] !== st.mtimeMs || f[5] !== st.ctimeMs) return null;
     this.hits++;
-    if (this.cur) this.cur.hits++;
+    if (this.cur) {
+      this.cur.hits++;
+      this.cur.files.push(f); // the same stat, fingerprint and text: the record as it was
+    }
     return { fp: f[6], text: f[7] };
   }
 
@@ -215,11 +274,14 @@ export class TreeCacheScan {
     this.cur = null;
     if (!c || this.fd === null || (!c.listing && c.files.length === 0)) return;
     // Listed and read from the old cache, every file: the line as it was (no JSON made again).
-    if (c.reused && c.hits === c.files.length && c.files.length === this.oldDir?.[2].length) return this.write(this.old!.line(c.relDir));
+    if (c.reused && c.hits === c.files.length && c.files.length === this.oldDir?.[2].length) {
+      this.write(this.old!.line(c.relDir));
+      return this.write("\n");
+    }
     this.write(`${JSON.stringify(c.relDir)}\t${JSON.stringify([c.listing ? c.id : null, c.listing, c.files])}\n`);
   }
 
-  private write(line: string): void {
+  private write(line: string | Uint8Array): void {
     this.pending.push(line);
     this.pendingChars += line.length;
     if (this.pendingChars >= WRITE_CHUNK) this.flush();
@@ -228,7 +290,7 @@ export class TreeCacheScan {
   private flush(): void {
     if (this.fd === null || this.pending.length === 0) return;
     try {
-      fs.writeSync(this.fd, this.pending.join(""));
+      fs.writeSync(this.fd, Buffer.concat(this.pending.map((p) => (typeof p === "string" ? Buffer.from(p) : p))));
     } catch (e) {
       this.writeFailed(e);
     }
@@ -253,6 +315,7 @@ export class TreeCacheScan {
     } catch (e) {
       this.writeFailed(e);
     }
+    this.old?.close();
     this.old = this.oldDir = this.oldFiles = null;
   }
 
@@ -268,6 +331,7 @@ export class TreeCacheScan {
       fs.rmSync(this.aside, { force: true });
     } catch {}
     this.pending = [];
+    this.old?.close();
     this.old = this.oldDir = this.oldFiles = null;
   }
 }

@@ -76,7 +76,7 @@ describe("programming the kernel", () => {
     expect(r3.err).toMatch(/IPVS: applied kind=full writes=1 errors=0/); // set-service in place
   });
 
-  test("the -config-path cache: a restart of a settled tree reads no file, an edit is read, and -config-path-cache=false keeps none", async () => {
+  test("the -config-path cache: a restart of a settled tree reads no file, an edit is read, and -config-path-cache=off keeps none", async () => {
     const cacheNs = "cf-cache";
     netns(cacheNs);
     const cdir = join(tmp, "cache-tree");
@@ -98,7 +98,7 @@ describe("programming the kernel", () => {
     expect(edited.err).toMatch(/IPVS: applied kind=full writes=2 errors=0/);
     expect(kernelTable(cacheNs)).toContain("TCP 192.0.2.10:80 rr\n-> 198.51.100.11:8080 Masq 10 0 0\n-> 198.51.100.12:8080 Masq 7 0 0");
     const off = join(tmp, "cache-off-state");
-    const r = once(cacheNs, [`-config-path=${cdir}`, `-state-dir=${off}`, "-config-path-cache=false"]);
+    const r = once(cacheNs, [`-config-path=${cdir}`, `-state-dir=${off}`, "-config-path-cache=off"]);
     expect(r.code).toBe(0);
     expect(existsSync(join(cstate, "config-path.cache"))).toBe(true);
     expect(existsSync(join(off, "config-path.cache"))).toBe(false);
