@@ -9,7 +9,7 @@ import { readConfigDir } from "../src/config/dir-source.ts";
 import type { RawValue } from "../src/config/source.ts";
 import { RACY_MS, TreeCacheScan, type DirEntry } from "../src/config/tree-cache.ts";
 import { configureLog } from "../src/util/log.ts";
-import { applyEdit, burstEditArb, captureLogs, Harness, plain, seeds, sleep, withSeed, write } from "./support/dir-tree.ts";
+import { applyEdit, burstEditArb, captureLogs, converged, Harness, plain, seeds, sleep, withSeed, write } from "./support/dir-tree.ts";
 
 configureLog({ level: "error" });
 
@@ -139,6 +139,25 @@ describe("the -config-path cache", () => {
       }),
     30_000);
   }
+
+  test("a live source (watching) starts from the cache, then follows changes as without one", async () => {
+    const root = h.newRoot();
+    const cacheFile = h.scratch("state") + "/config-path.cache";
+    sampleTree(root);
+    await settle();
+    await startOnce(root, cacheFile);
+    let rec: Awaited<ReturnType<typeof h.start>>["rec"] | undefined;
+    const logs = await captureLogs(async () => {
+      rec = (await h.start(root, { cacheFile, racyMs: RACY })).rec;
+    }, "info");
+    const fresh = await readConfigDir(root);
+    expect(logs.some((l) => l.includes(`unchanged=${fresh.size}`))).toBe(true);
+    expect(plain(rec!.map)).toEqual(plain(fresh));
+    write(root, "services/web/backends/b2", '{"ipv4":"198.51.100.8","tcp":80}');
+    write(root, "services/new/frontend", '{"ipv4":"192.0.2.5"}');
+    await converged(root, rec!);
+    expect(rec!.map.get("services/new/frontend")?.text).toBe('{"ipv4":"192.0.2.5"}');
+  });
 
   test("a cache of another root or size limit is not used; a damaged one is said and replaced", async () => {
     const root = h.newRoot();
