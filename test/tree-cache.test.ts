@@ -51,12 +51,17 @@ function sampleTree(root: string): void {
   fs.symlinkSync(path.join(root, "services/web"), path.join(root, "services/web2"));
 }
 
+/** A new sample tree, old enough to be trusted, and where its cache is to go. */
+async function settledTree(): Promise<{ root: string; cacheFile: string }> {
+  const root = h.newRoot();
+  sampleTree(root);
+  await settle();
+  return { root, cacheFile: h.scratch("state") + "/config-path.cache" };
+}
+
 describe("the -config-path cache", () => {
   test("a restart with an unchanged tree reads no file: every value comes from the cache", async () => {
-    const root = h.newRoot();
-    const cacheFile = h.scratch("state") + "/config-path.cache";
-    sampleTree(root);
-    await settle();
+    const { root, cacheFile } = await settledTree();
     const first = await startOnce(root, cacheFile);
     const fresh = await readConfigDir(root);
     expect(plain(first.map)).toEqual(plain(fresh));
@@ -73,10 +78,7 @@ describe("the -config-path cache", () => {
   });
 
   test("what changed since is read: same size in place, mtime put back, new, deleted, renamed, a directory replaced, a symlink re-pointed", async () => {
-    const root = h.newRoot();
-    const cacheFile = h.scratch("state") + "/config-path.cache";
-    sampleTree(root);
-    await settle();
+    const { root, cacheFile } = await settledTree();
     await startOnce(root, cacheFile);
     const p = (rel: string) => path.join(root, rel);
     // the same size, in place (same inode)
@@ -120,10 +122,7 @@ describe("the -config-path cache", () => {
         await fc.assert(
           fc.asyncProperty(fc.array(fc.array(burstEditArb, { maxLength: 8 }), { minLength: 2, maxLength: 3 }), fc.boolean(), async (rounds, settled) => {
             // Starts with edits in between: each start's cache is the one the start before wrote.
-            const root = h.newRoot();
-            const cacheFile = h.scratch("state") + "/config-path.cache";
-            sampleTree(root);
-            await settle();
+            const { root, cacheFile } = await settledTree();
             await startOnce(root, cacheFile);
             for (const ops of rounds) {
               for (const o of ops) await applyEdit(root, o);
@@ -141,10 +140,7 @@ describe("the -config-path cache", () => {
   }
 
   test("a live source (watching) starts from the cache, then follows changes as without one", async () => {
-    const root = h.newRoot();
-    const cacheFile = h.scratch("state") + "/config-path.cache";
-    sampleTree(root);
-    await settle();
+    const { root, cacheFile } = await settledTree();
     await startOnce(root, cacheFile);
     let rec: Awaited<ReturnType<typeof h.start>>["rec"] | undefined;
     const logs = await captureLogs(async () => {
@@ -160,10 +156,7 @@ describe("the -config-path cache", () => {
   });
 
   test("a cache of another root or size limit is not used; a damaged one is said and replaced", async () => {
-    const root = h.newRoot();
-    const cacheFile = h.scratch("state") + "/config-path.cache";
-    sampleTree(root);
-    await settle();
+    const { root, cacheFile } = await settledTree();
     await startOnce(root, cacheFile);
     const fresh = plain(await readConfigDir(root));
     expect((await startOnce(root, cacheFile, { maxBytes: 4096 })).unchanged).toBe(0);
