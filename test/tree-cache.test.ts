@@ -176,6 +176,18 @@ describe("the -config-path cache", () => {
     expect((await startOnce(moved, cacheFile)).unchanged).toBe(fresh.length);
   });
 
+  test("where the new cache cannot be written, the old one is still used and stays", async () => {
+    const { root, cacheFile } = await settledTree();
+    const first = await startOnce(root, cacheFile);
+    const before = fs.readFileSync(cacheFile, "utf8");
+    fs.mkdirSync(`${cacheFile}.tmp${process.pid}`); // where it writes the new one aside
+    const second = await startOnce(root, cacheFile);
+    expect(second.logs.filter((l) => l.includes("config-path cache: cannot write it; the old one, if any, stays")).length).toBe(1);
+    expect(second.unchanged).toBe(first.map.size);
+    expect(plain(second.map)).toEqual(plain(first.map));
+    expect(fs.readFileSync(cacheFile, "utf8")).toBe(before);
+  });
+
   test("a cache that cannot be written is said once; the read goes on", async () => {
     const root = h.newRoot();
     sampleTree(root);
@@ -201,7 +213,7 @@ describe("the cache's rules (TreeCacheScan)", () => {
     const first = new TreeCacheScan(file, root, 100, 1000);
     expect(first.enterDir("", dirSt)).toBeNull(); // nothing cached yet
     first.listed([entry("a", "f"), entry("b", "f"), entry("c", "f"), entry("d", "f"), entry("sub", "d")]);
-    for (const [n, st] of Object.entries(files)) first.readFile(n, st, st.ino, `text ${n}`);
+    for (const [n, st] of Object.entries(files)) first.fileRead(n, st, st.ino, `text ${n}`);
     first.enterDir("sub", stat(6, 1000)); // too recent: its listing is not kept
     first.listed([entry("x", "f")]);
     first.finish();
@@ -231,7 +243,7 @@ describe("the cache's rules (TreeCacheScan)", () => {
     const first = new TreeCacheScan(file, "/config", 100, 1000);
     first.enterDir("", stat(1, 900));
     first.listed([entry("a", "f")]);
-    first.readFile("a", stat(2, 900), 7, "text a");
+    first.fileRead("a", stat(2, 900), 7, "text a");
     first.finish();
     const before = fs.readFileSync(file, "utf8");
     const second = new TreeCacheScan(file, "/config", 100, 1000);

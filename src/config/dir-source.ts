@@ -502,7 +502,7 @@ class TreeReader {
         return;
       }
       const text = buf.toString("utf8", start, len);
-      if (st?.isFile()) cache!.readFile(name, st, fp, text);
+      if (st?.isFile()) cache!.fileRead(name, st, fp, text);
       this.found(key, fp, text, format, file, res);
     } catch (e) {
       const code = errCode(e);

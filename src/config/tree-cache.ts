@@ -265,7 +265,7 @@ export class TreeCacheScan {
   }
 
   /** A file of the directory entered last as read (its stat: taken before the read), for the next start. */
-  readFile(name: string, st: fs.Stats, fp: number, text: string): void {
+  fileRead(name: string, st: fs.Stats, fp: number, text: string): void {
     if (this.cur && this.settled(st)) this.cur.files.push([name, st.dev, st.ino, st.size, st.mtimeMs, st.ctimeMs, fp, text]);
   }
 
@@ -298,9 +298,23 @@ export class TreeCacheScan {
     this.pendingChars = 0;
   }
 
+  /** The new cache cannot be written (a read-only -state-dir): the old one is still used, and stays. */
   private writeFailed(e: unknown): void {
-    warn("config-path cache: cannot write it, the next start reads the whole tree", { path: this.file, error: String(e) });
-    this.discard();
+    warn("config-path cache: cannot write it; the old one, if any, stays", { path: this.file, error: String(e) });
+    this.stopWriting();
+  }
+
+  private stopWriting(): void {
+    if (this.fd !== null) {
+      try {
+        fs.closeSync(this.fd);
+      } catch {}
+      this.fd = null;
+    }
+    try {
+      fs.rmSync(this.aside, { force: true });
+    } catch {}
+    this.pending = [];
   }
 
   /** The read reached its end: the new cache replaces the old one. */
@@ -321,16 +335,7 @@ export class TreeCacheScan {
 
   /** The read did not finish (stopped, failed): the old cache stays as it was. */
   discard(): void {
-    if (this.fd !== null) {
-      try {
-        fs.closeSync(this.fd);
-      } catch {}
-      this.fd = null;
-    }
-    try {
-      fs.rmSync(this.aside, { force: true });
-    } catch {}
-    this.pending = [];
+    this.stopWriting();
     this.old?.close();
     this.old = this.oldDir = this.oldFiles = null;
   }
