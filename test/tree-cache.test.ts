@@ -220,21 +220,32 @@ describe("the cache's rules (TreeCacheScan)", () => {
 
     const next = new TreeCacheScan(file, root, 100, 10_000);
     expect(names(next.enterDir("", dirSt))).toEqual(["a:f", "b:f", "c:f", "d:f", "sub:d"]);
-    expect(next.cachedFile("a", files.a)).toEqual({ fp: 2, text: "text a" });
-    expect(next.cachedFile("d", files.d)).toEqual({ fp: 5, text: "text d" });
-    expect(next.cachedFile("b", files.b)).toBeNull(); // mtime not before 1000
-    expect(next.cachedFile("c", files.c)).toBeNull(); // ctime not before 1000
-    expect(next.cachedFile("x", files.a)).toBeNull(); // never read
+    const asNow = (name: string, st: fs.Stats) => {
+      const known = next.known(name);
+      return known ? next.unchanged(known, st) : undefined;
+    };
+    expect(asNow("a", files.a)).toEqual({ fp: 2, text: "text a" });
+    expect(asNow("d", files.d)).toEqual({ fp: 5, text: "text d" });
+    expect(asNow("b", files.b)).toBeUndefined(); // mtime not before 1000: not kept
+    expect(asNow("c", files.c)).toBeUndefined(); // ctime not before 1000: not kept
+    expect(asNow("x", files.a)).toBeUndefined(); // never read
     // any of the five differs: read again
-    expect(next.cachedFile("a", stat(2, 999, 999, 10, 2))).toBeNull();
-    expect(next.cachedFile("a", stat(7, 999))).toBeNull();
-    expect(next.cachedFile("a", stat(2, 999, 999, 11))).toBeNull();
-    expect(next.cachedFile("a", stat(2, 999.25))).toBeNull();
-    expect(next.cachedFile("a", stat(2, 999, 999.5))).toBeNull();
+    expect(asNow("a", stat(2, 999, 999, 10, 2))).toBeNull();
+    expect(asNow("a", stat(7, 999))).toBeNull();
+    expect(asNow("a", stat(2, 999, 999, 11))).toBeNull();
+    expect(asNow("a", stat(2, 999.25))).toBeNull();
+    expect(asNow("a", stat(2, 999, 999.5))).toBeNull();
     expect(next.enterDir("sub", stat(6, 1000))).toBeNull();
     // the directory itself changed: its listing is not used
     expect(next.enterDir("", stat(1, 901))).toBeNull();
     next.discard();
+    // A clock set back below the cached times (this read's trustBefore 998.75): a (999) is not
+    // trusted any more, d (998.5) still is.
+    const back = new TreeCacheScan(file, root, 100, 998.75);
+    expect(back.enterDir("", dirSt)).not.toBeNull(); // the directory's 900 is still settled
+    expect(back.unchanged(back.known("a")!, files.a)).toBeNull();
+    expect(back.unchanged(back.known("d")!, files.d)).toEqual({ fp: 5, text: "text d" });
+    back.discard();
   });
 
   test("a read that did not finish leaves the old cache as it was, and nothing beside it", () => {

@@ -468,9 +468,10 @@ class TreeReader {
     const cache = res.cache;
     let fd: number | undefined;
     try {
-      // With a cache, the file's identity before its read (a change after it shows next time).
-      const st = cache ? fs.statSync(file) : undefined;
-      const cached = st?.isFile() ? cache!.cachedFile(name, st) : null;
+      // A file the cache knows: its stat tells whether it is unchanged.
+      const known = cache?.known(name);
+      const st = known ? fs.statSync(file) : undefined;
+      const cached = st?.isFile() ? cache!.unchanged(known!, st) : null;
       if (cached) {
         this.problems.delete(file);
         this.found(key, cached.fp, cached.text, format, file, res);
@@ -478,6 +479,9 @@ class TreeReader {
       }
       // O_NONBLOCK: a file swapped for a fifo between listing and opening must not hang us.
       fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      // With a cache, the file's identity before its read (a change after it shows next time):
+      // the stat above, else one of the open file (no second walk of its path).
+      const id = cache ? (st ?? fs.fstatSync(fd)) : undefined;
       // Up to one byte more than allowed: more is too large. No stat first (one system call less
       // per file): only an empty read or a file too large is looked at more closely. A regular
       // file's read comes back short only at its end, so no second read to see it return 0 (one
@@ -502,7 +506,7 @@ class TreeReader {
         return;
       }
       const text = buf.toString("utf8", start, len);
-      if (st?.isFile()) cache!.fileRead(name, st, fp, text);
+      if (id?.isFile()) cache!.fileRead(name, id, fp, text);
       this.found(key, fp, text, format, file, res);
     } catch (e) {
       const code = errCode(e);

@@ -45,7 +45,7 @@ export interface DirEntry {
 
 type Kind = "f" | "d" | "l" | "o";
 type DirIdentity = [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
-type FileRecord = [name: string, dev: number, ino: number, size: number, mtimeMs: number, ctimeMs: number, fp: number, text: string];
+export type FileRecord = [name: string, dev: number, ino: number, size: number, mtimeMs: number, ctimeMs: number, fp: number, text: string];
 type DirLine = [id: DirIdentity | null, listing: [string, Kind][] | null, files: FileRecord[]];
 
 class CachedEntry implements DirEntry {
@@ -171,8 +171,8 @@ class CacheFile {
 /**
  * One full read of the tree with a cache: answers from the old cache what has not changed and
  * writes the new one as the read goes. The reader calls enterDir for each directory it lists (in
- * the order of the read), listed with the listing it used, then cachedFile / readFile for the
- * files of that directory.
+ * the order of the read), listed with the listing it used, then for each file of that directory
+ * known (and unchanged with its stat, when known) or fileRead.
  */
 export class TreeCacheScan {
   private old: CacheFile | null;
@@ -245,17 +245,24 @@ export class TreeCacheScan {
     if (this.cur?.id) this.cur.listing = entries.map((e) => [e.name, kindOf(e)]);
   }
 
-  /**
-   * A file of the directory entered last, by its stat: its fingerprint and text as read before,
-   * when unchanged (then kept in the new cache as it was); null: read it.
-   */
-  cachedFile(name: string, st: fs.Stats): { fp: number; text: string } | null {
-    if (!this.oldDir) return null;
+  /** What the old cache has of a file of the directory entered last (asked in the order it recorded them, mostly). */
+  known(name: string): FileRecord | undefined {
+    if (!this.oldDir) return undefined;
     const files = this.oldDir[2];
-    let f = files[this.nextFile];
-    if (f?.[0] === name) this.nextFile++;
-    else f = (this.oldFiles ??= new Map(files.map((x) => [x[0], x]))).get(name);
-    if (!f || !this.settled(st) || f[1] !== st.dev || f[2] !== st.ino || f[3] !== st.size || f[4] !== st.mtimeMs || f[5] !== st.ctimeMs) return null;
+    const f = files[this.nextFile];
+    if (f?.[0] === name) {
+      this.nextFile++;
+      return f;
+    }
+    return (this.oldFiles ??= new Map(files.map((x) => [x[0], x]))).get(name);
+  }
+
+  /**
+   * A file the old cache knows, by its stat now: its fingerprint and text as read before when
+   * unchanged (then kept in the new cache as it was); null: read it.
+   */
+  unchanged(f: FileRecord, st: fs.Stats): { fp: number; text: string } | null {
+    if (!this.settled(st) || f[1] !== st.dev || f[2] !== st.ino || f[3] !== st.size || f[4] !== st.mtimeMs || f[5] !== st.ctimeMs) return null;
     this.hits++;
     if (this.cur) {
       this.cur.hits++;
