@@ -6,6 +6,7 @@
 
 import { basename } from "node:path";
 import { exitWhenWritten } from "../src/cli/exit.ts";
+import { writeStderr } from "../src/util/stdio.ts";
 
 type Main = (argv: string[]) => Promise<number>;
 
@@ -30,7 +31,7 @@ async function run(): Promise<number> {
     const sub = argv[0] ?? "";
     if (!(`clusterf-${sub}` in COMMANDS)) {
       const help = sub === "" || sub === "-help" || sub === "--help" || sub === "-h" || sub === "help";
-      process.stderr.write((help ? "" : `clusterf: unknown command ${JSON.stringify(sub)}\n`) + usage());
+      writeStderr((help ? "" : `clusterf: unknown command ${JSON.stringify(sub)}\n`) + usage());
       return help ? 0 : 2;
     }
     name = `clusterf-${sub}`;
@@ -43,7 +44,7 @@ async function run(): Promise<number> {
 run().then(
   exitWhenWritten,
   (e) => {
-    process.stderr.write(`${(e as Error)?.stack ?? e}\n`);
-    process.exit(1);
+    writeStderr(`${(e as Error)?.stack ?? e}\n`);
+    return exitWhenWritten(1);
   },
 );

@@ -15,6 +15,7 @@ import { parseCheck, targetKey, type CheckSpec } from "../src/health/check-confi
 import { Checker, type TargetInput, type TransitionEvent } from "../src/health/checker.ts";
 import { probe } from "../src/health/probe.ts";
 import { configureLog } from "../src/util/log.ts";
+import { redirectStderr } from "../src/util/stdio.ts";
 import { until } from "./support/until.ts";
 
 /** Event-loop and scheduling lateness allowed on top of a documented bound (2 CPUs, shared). */
@@ -332,9 +333,8 @@ describe("the set of targets", () => {
   test("one checker per address:port:check, however many services and backends share it; one log line per backend per transition", async () => {
     const srv = tcpServer();
     const lines: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array) => (lines.push(String(chunk)), true)) as typeof process.stderr.write;
-    cleanups.push(() => (process.stderr.write = write));
+    const restore = redirectStderr((text) => lines.push(text));
+    cleanups.push(restore);
     configureLog({ level: "info", json: false });
     const { checker, transitions, results } = recorded();
     const s = spec({ interval: "200ms", timeout: "100ms", fall: 1, rise: 1 });
@@ -358,7 +358,7 @@ describe("the set of targets", () => {
     await until(() => results.length > done, 1000, "a check to end", 2);
     srv.stop();
     await until(() => transitions[0], 2000, "down", 2);
-    process.stderr.write = write;
+    restore();
     const down = lines.filter((l) => l.includes("health check: backend down"));
     expect(down).toEqual([
       `WARN health check: backend down after 1 failed check(s) service=api backend=b7 target=127.0.0.1:${srv.port} check=tcp reason=refused\n`,

@@ -1,17 +1,17 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { configureLog, log, type Fields } from "../src/util/log.ts";
+import { redirectStderr } from "../src/util/stdio.ts";
 
 /** What log() writes to stderr, in text or JSON form. */
 function written(json: boolean, msg: string, fields: Fields): string {
   const chunks: string[] = [];
-  const write = process.stderr.write;
-  process.stderr.write = ((chunk: string) => (chunks.push(String(chunk)), true)) as typeof process.stderr.write;
+  const restore = redirectStderr((text) => chunks.push(text));
   try {
     configureLog({ json, level: "info" });
     log("warn", msg, fields);
   } finally {
-    process.stderr.write = write;
+    restore();
   }
   return chunks.join("");
 }

@@ -14,6 +14,7 @@ import { dockerHealth, dockerMetrics } from "../metrics/docker-metrics.ts";
 import { ETCD_AUTH_FLAGS, ETCD_PREFIX_FLAG, OPS_FLAGS, etcdClientOptions, etcdEndpoints, etcdMachinesFlag, etcdPrefix, etcdTtlFlag, etcdTtlSeconds } from "./shared-flags.ts";
 import { FlagError, checkWith, parseOrExit, type FlagSpec, type FlagValues } from "./flags.ts";
 import { exitWhenWritten } from "./exit.ts";
+import { writeStderr } from "../util/stdio.ts";
 
 const ipv4Check = checkWith((v) => parseIPv4(v, ""), "not an IPv4 address");
 const ipv6Check = checkWith((v) => parseIPv6(v, ""), "not an IPv6 address");
@@ -128,7 +129,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     checkCombination(flags);
   } catch (e) {
-    process.stderr.write(`clusterf-docker: ${(e as Error).message}\n`);
+    writeStderr(`clusterf-docker: ${(e as Error).message}\n`);
     return 2;
   }
   log.configureLog({ level: flags.debug ? "debug" : undefined, json: flags["log-format"] === "json" });

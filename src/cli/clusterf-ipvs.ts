@@ -17,6 +17,7 @@ import { HealthPublisher } from "../health/publish.ts";
 import { absoluteKey, routeKey } from "../config/keys.ts";
 import { exitWhenWritten } from "./exit.ts";
 import { importEtcd } from "../etcd/load.ts";
+import { writeStderr, writeStdout } from "../util/stdio.ts";
 
 const METHODS = ["masq", "droute", "tunnel"];
 
@@ -158,7 +159,7 @@ function daemonOptions(flags: FlagValues, health: Checker | undefined): IpvsDaem
       elide: flags["ipvs-elide"] as boolean,
     },
     filterEtcdRoutes: flags["filter-etcd-routes"] as boolean,
-    print: flags.print ? (text) => process.stdout.write(text) : undefined,
+    print: flags.print ? writeStdout : undefined,
     flush: flags.flush as boolean,
     noop: flags["ipvs-noop"] as boolean,
     stateDir: stateDirOf(flags),
@@ -243,7 +244,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     advertise = advertisedRoute(flags);
   } catch (e) {
-    process.stderr.write(`clusterf-ipvs: ${(e as Error).message}\n`);
+    writeStderr(`clusterf-ipvs: ${(e as Error).message}\n`);
     return 2;
   }
   log.configureLog({ level: flags["ipvs-debug"] ? "debug" : undefined, json: flags["log-format"] === "json" });

@@ -1,5 +1,7 @@
 // One line per event on stderr, with a level and the context (source, key) of what happened.
 
+import { writeStderr } from "./stdio.ts";
+
 export type Level = "debug" | "info" | "warn" | "error";
 const order: Record<Level | "off", number> = { debug: 10, info: 20, warn: 30, error: 40, off: 100 };
 
@@ -40,7 +42,7 @@ export function log(level: Level, msg: string, fields: Fields = {}): void {
       .join(" ");
     line = `${level.toUpperCase()} ${escapeControls(msg)}${extra ? " " + extra : ""}`;
   }
-  process.stderr.write(line + "\n");
+  writeStderr(line + "\n");
 }
 
 export const debug = (m: string, f?: Fields) => log("debug", m, f);

@@ -9,6 +9,7 @@ import fc from "fast-check";
 import { DirSource, readConfigDir, type DirSourceOptions } from "../../src/config/dir-source.ts";
 import type { RawValue } from "../../src/config/source.ts";
 import { configureLog } from "../../src/util/log.ts";
+import { redirectStderr } from "../../src/util/stdio.ts";
 import { RecordingSink } from "./recording-sink.ts";
 import { until } from "./until.ts";
 
@@ -95,17 +96,13 @@ export async function converged(root: string, rec: RecordingSink, timeoutMs = 30
 /** The log lines written while `fn` runs, at `level` and up. */
 export async function captureLogs(fn: () => Promise<void>, level: "info" | "warn" = "warn"): Promise<string[]> {
   const lines: string[] = [];
-  const orig = process.stderr.write.bind(process.stderr);
-  (process.stderr as { write: unknown }).write = (chunk: unknown) => {
-    lines.push(String(chunk));
-    return true;
-  };
+  const restore = redirectStderr((text) => lines.push(text));
   configureLog({ level });
   try {
     await fn();
   } finally {
     configureLog({ level: "error" });
-    (process.stderr as { write: unknown }).write = orig;
+    restore();
   }
   return lines;
 }
