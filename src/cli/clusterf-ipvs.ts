@@ -167,7 +167,6 @@ function daemonOptions(flags: FlagValues, health: Checker | undefined): IpvsDaem
     // -once cannot wait for connections to end: it deletes at once.
     drainMs: flags.once ? 0 : (flags["ipvs-drain-removed"] as number),
     health, // none with -once
-
     // -once serves nothing while it works: it may pause to collect the parse's garbage.
     collectAfterLargeSteps: flags.once ? "full" : "background",
   };
