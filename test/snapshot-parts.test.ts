@@ -28,7 +28,7 @@ const backend = (n: number) => ({ ipv4: `198.51.100.${n}`, tcp: 8080 });
 
 /** Applies a snapshot's events the way the daemon does. */
 function take(store: ConfigStore, config: Record<string, unknown>, part?: SnapshotPart): void {
-  for (const e of store.snapshotEvents("etcd", entries(config), part)) store.apply("etcd", e);
+  for (const e of store.snapshotEvents("etcd", entries(config), part)) if (e) store.apply("etcd", e);
 }
 
 const backendsOf = (store: ConfigStore, service: string) => [...(store.services.get(service)?.backends.keys() ?? [])].sort();

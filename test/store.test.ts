@@ -187,6 +187,30 @@ describe("merging sources", () => {
     expect(s.routes.size).toBe(0);
   });
 
+  test("a large snapshot offers a pause at least every 1024 keys it looks at for deletions, and deletes what it no longer has", () => {
+    const { s } = store();
+    const config: Record<string, unknown> = {};
+    for (let i = 0; i < 300; i++) {
+      config[`services/s${i}/frontend`] = { ipv4: "192.0.2.1", tcp: 1 + i };
+      for (let b = 0; b < 9; b++) config[`services/s${i}/backends/b${b}`] = { ipv4: "198.51.100.1", tcp: 1 + b };
+    }
+    s.snapshot("etcd", entries(config)); // 3000 keys
+    delete config["services/s7/backends/b3"];
+    delete config["services/s250/frontend"];
+    // Between two things given (an event or a pause), at most 1024 keys are looked at.
+    const given = [...s.snapshotEvents("etcd", entries(config))];
+    const firstPut = given.findIndex((e) => e?.value);
+    const search = given.slice(0, firstPut);
+    expect(search.filter((e) => e === undefined).length).toBe(Math.floor((3000 - 2) / 1024));
+    expect(search.filter((e) => e !== undefined).map((e) => e!.key)).toEqual(["services/s7/backends/b3", "services/s250/frontend"]);
+    expect(given.slice(firstPut).every((e) => e?.value)).toBe(true);
+    expect(given.length - firstPut).toBe(2998);
+    for (const e of given) if (e) s.apply("etcd", e);
+    expect(s.services.get("s7")?.backends.has("b3")).toBe(false);
+    expect(s.services.get("s250")?.frontend).toBeUndefined();
+    expect(s.services.get("s250")?.backends.size).toBe(9);
+  });
+
   test("unchanged values report no change", () => {
     const { s } = store();
     expect(s.apply("etcd", put("services/a/backends/x", { ipv4: "192.0.2.1", tcp: 80 }))).toEqual({ kind: "service", service: "a" });

@@ -314,13 +314,17 @@ export class IpvsDaemon implements SourceSink {
     let taken = 0;
     for (let p; (p = this.pending.shift()); ) {
       const events = p.events instanceof Map ? this.store.snapshotEvents(p.source, p.events, p.part) : p.events;
-      for (const slice of chunks(events, EVENT_SLICE)) {
-        for (const e of slice) {
+      // A chance to pause after EVENT_SLICE events, and wherever the snapshot offers one (undefined).
+      let inSlice = 0;
+      for (const e of events) {
+        if (e) {
           const c = this.store.apply(p.source, e);
           if (c?.kind === "service") this.dirtyServices.add(c.service);
           else if (c) this.routeChanges.push(c);
+          taken++;
+          if (++inSlice < EVENT_SLICE) continue;
         }
-        taken += slice.length;
+        inSlice = 0;
         yield;
       }
       // The raw text is parsed: a stale reference to the snapshot (the collector scans the stack
