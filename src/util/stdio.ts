@@ -11,10 +11,11 @@ let out: FileSink | undefined;
 /** Tests: where stderr's text goes instead (redirectStderr). */
 let redirected: ((text: string) => void) | null = null;
 
-function write(sink: FileSink, text: string): void {
+function write(sink: () => FileSink, text: string): void {
   try {
-    sink.write(text);
-    const flushed = sink.flush();
+    const s = sink();
+    s.write(text);
+    const flushed = s.flush();
     if (typeof flushed !== "number") flushed.catch(() => {}); // written when the pipe drains
   } catch {
     // stderr closed, or its reader gone: nothing to tell anyone, and no reason to stop
@@ -23,11 +24,11 @@ function write(sink: FileSink, text: string): void {
 
 export function writeStderr(text: string): void {
   if (redirected) return redirected(text);
-  write((err ??= Bun.stderr.writer()), text);
+  write(() => (err ??= Bun.stderr.writer()), text);
 }
 
 export function writeStdout(text: string): void {
-  write((out ??= Bun.stdout.writer()), text);
+  write(() => (out ??= Bun.stdout.writer()), text);
 }
 
 /** Resolves once what was written to stdout and stderr is out, or after `timeoutMs` (a reader that does not read). */
