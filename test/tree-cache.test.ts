@@ -163,6 +163,12 @@ describe("the -config-path cache", () => {
     // the last start wrote a cache for maxBytes 4096: of no use at the default limit
     expect((await startOnce(root, cacheFile)).unchanged).toBe(0);
     expect((await startOnce(root, cacheFile)).unchanged).toBe(fresh.length);
+    // The same files under another root path (a symlink to it): the cache names the root, so not used.
+    const aliased = h.scratch("alias");
+    fs.symlinkSync(root, aliased);
+    const alias = await startOnce(aliased, cacheFile);
+    expect(alias.unchanged).toBe(0);
+    expect(plain(alias.map)).toEqual(plain(await readConfigDir(aliased)));
     const moved = h.newRoot();
     sampleTree(moved);
     await settle();

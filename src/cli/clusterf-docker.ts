@@ -59,8 +59,7 @@ function checkCombination(flags: FlagValues): void {
 
 /** An etcd client that leaves retries to the daemon (no circuit breaker holding a single endpoint back). */
 async function etcdClient(flags: FlagValues): Promise<Etcd3> {
-  const { makeEtcdClient } = await importEtcd(() => import("../etcd/client.ts"));
-  const { passThroughFaultHandling } = await importEtcd(() => import("../etcd/faults.ts"));
+  const [{ makeEtcdClient }, { passThroughFaultHandling }] = await importEtcd(() => Promise.all([import("../etcd/client.ts"), import("../etcd/faults.ts")]));
   const extra: Partial<IOptions> = {
     ...passThroughFaultHandling(),
     grpcOptions: { "grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 3000 },

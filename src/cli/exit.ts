@@ -1,6 +1,8 @@
 // Exiting a command. process.exit() drops what stdout and stderr still hold: output to a pipe is
 // written as the pipe drains, and `clusterf-ipvs -once -print | wc -l` once counted 2,247 of a
-// 110,003-line table. What the commands write goes through src/util/stdio.ts, which waits for it.
+// 110,003-line table. What the commands write goes through src/util/stdio.ts, which waits for it
+// (only -help and a bad flag, written before anything else, go to process.stdout and stderr and
+// exit at once: flags.ts).
 
 import { flushOutput } from "../util/stdio.ts";
 
