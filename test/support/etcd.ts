@@ -263,8 +263,8 @@ class Member implements EtcdMember {
   }
 }
 
-function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), "clusterf-etcd-"));
+function tempDir(parent = tmpdir()): string {
+  return mkdtempSync(join(parent, "clusterf-etcd-"));
 }
 
 /**
@@ -335,9 +335,12 @@ async function memberStatus(m: EtcdMember): Promise<{ memberId: string; leader: 
   }
 }
 
-/** An n-member cluster (default 3) on loopback; resolves once every member is healthy. */
-export async function startEtcdCluster(n = 3): Promise<EtcdCluster> {
-  const dir = tempDir();
+/**
+ * An n-member cluster (default 3) on loopback; resolves once every member is healthy. `parentDir`:
+ * where its temp dir goes (the fleet bench keeps the members' data in memory).
+ */
+export async function startEtcdCluster(n = 3, opts: { parentDir?: string } = {}): Promise<EtcdCluster> {
+  const dir = tempDir(opts.parentDir);
   const ports = await freePorts(2 * n);
   const token = `clusterf-test-${ports[0]}`;
   const names = Array.from({ length: n }, (_, i) => `etcd${i}`);
