@@ -183,8 +183,16 @@ function diffListing(entries: readonly DirEntry[], known: Set<string>, onlyStems
 
 /** What a scan found. */
 interface ScanResult {
-  /** The fingerprint of every key read (changed or not). */
+  /**
+   * Whether keys get fingerprints: not when nothing will compare them (a source that does not
+   * watch hands over every read whole, and without a cache keeps none): 110,000 keys' hashes and
+   * map entries were a tenth of a -once run.
+   */
+  fingerprints: boolean;
+  /** The fingerprint of every key read (changed or not), with `fingerprints`. */
   fps: Map<string, number>;
+  /** Keys read. */
+  keys: number;
   /** The values of the keys read that the source did not know as they are (see TreeReader.isKnown). */
   values: Map<string, RawValue>;
   /** Keys whose previous value must be kept (unreadable, too large). */
@@ -208,8 +216,8 @@ interface ScanResult {
 /** Keys per part of a snapshot read in full (SourceSink.snapshot's `part`). */
 const PART_KEYS = 4096;
 
-function newScan(): ScanResult {
-  return { fps: new Map(), values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
+function newScan(fingerprints = true): ScanResult {
+  return { fingerprints, fps: new Map(), keys: 0, values: new Map(), keepKeys: new Set(), keepPrefixes: [], dirs: new Map(), links: new Set(), files: new Set(), notes: new Map() };
 }
 
 /**
@@ -273,8 +281,8 @@ class TreeReader {
   }
 
   /** Re-read the subtree at `relDir` ("" = everything), exactly as a fresh read of the tree would see it. */
-  async scanTree(relDir: string, part?: ScanResult["part"], cache?: TreeCacheScan): Promise<ScanResult> {
-    const res = newScan();
+  async scanTree(relDir: string, part?: ScanResult["part"], cache?: TreeCacheScan, fingerprints = true): Promise<ScanResult> {
+    const res = newScan(fingerprints || cache !== undefined);
     res.part = part;
     res.cache = cache;
     const depth = relDir === "" ? 0 : relDir.split("/").length;
@@ -500,9 +508,10 @@ class TreeReader {
       this.problems.delete(file);
       // A byte order mark from some editors is not part of the value.
       const start = len >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf ? 3 : 0;
-      const fp = fingerprint(buf.subarray(start, len), rel, format);
-      if (this.isKnown?.(key, fp)) {
+      const fp = res.fingerprints ? fingerprint(buf.subarray(start, len), rel, format) : 0;
+      if (res.fingerprints && this.isKnown?.(key, fp)) {
         res.fps.set(key, fp); // unchanged: no text made (a periodic re-read of a big tree)
+        res.keys++;
         return;
       }
       const text = buf.toString("utf8", start, len);
@@ -524,7 +533,8 @@ class TreeReader {
 
   /** A key's value as read (new to the source). */
   private found(key: string, fp: number, text: string, format: ValueFormat, file: string, res: ScanResult): void {
-    res.fps.set(key, fp);
+    if (res.fingerprints) res.fps.set(key, fp);
+    res.keys++;
     res.values.set(key, { text, format, origin: file });
     if (res.part && res.values.size >= PART_KEYS) {
       res.part(res.values);
@@ -549,7 +559,7 @@ function existsNoFollow(abs: string): boolean {
  */
 export async function readConfigDir(root: string, opts: { maxBytes?: number } = {}): Promise<Map<string, RawValue>> {
   const reader = new TreeReader(path.resolve(root), opts.maxBytes ?? MAX_VALUE_BYTES);
-  return (await reader.scanTree("")).values;
+  return (await reader.scanTree("", undefined, undefined, false)).values;
 }
 
 /** A key the scan could not read (or whose directory it could not list): its previous value stays. */
@@ -721,7 +731,7 @@ export class DirSource implements ConfigSource {
     const cache = first && this.cacheFile ? new TreeCacheScan(this.cacheFile, this.root, this.maxBytes, Date.now() - this.racyMs) : undefined;
     let res: ScanResult;
     try {
-      res = await this.reader.scanTree("", snapshot ? toSink : undefined, cache);
+      res = await this.reader.scanTree("", snapshot ? toSink : undefined, cache, this.watch);
     } catch (e) {
       cache?.discard();
       throw e;
@@ -739,9 +749,9 @@ export class DirSource implements ConfigSource {
     }
     if (snapshot) {
       const cached = cache ? { unchanged: cache.hits } : {}; // files not read: unchanged since the cache was made
-      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: res.fps.size, ...cached });
+      info(first ? "config-path: read" : "config-path: re-read in full", { source: SOURCE, path: this.root, keys: res.keys, ...cached });
       // Without watching (-once) nothing is read again but at a resync, which then hands over a
-      // snapshot as well: the fingerprints are not kept (110,000 keys: about 10 MiB).
+      // snapshot as well: no fingerprints are made (but for the cache) or kept.
       this.known = this.watch ? res.fps : new Map();
       this.handedOver = this.watch;
       sink.snapshot(SOURCE, res.values, parts > 0 ? "last" : undefined);
