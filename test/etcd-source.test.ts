@@ -258,6 +258,30 @@ describe("EtcdSource, one member", () => {
     expectFaithful();
   }, 30000);
 
+  test("watch: false (-once): one full read, connected, no watch stream; a change is read only at resync()", async () => {
+    const c = client([etcd.clientUrl]);
+    await c.delete().all();
+    await c.put("/clusterf/routes/once-1").value('{"IpvsMethod":"masq"}');
+    const sink = recordingSink();
+    const src = source({ endpoints: [etcd.clientUrl], watch: false });
+    await src.start(sink);
+    await until(() => sink.up === true, 10000, "up", 20);
+    expect(sink.snapshots.length).toBe(1);
+    expect(sink.texts()).toEqual(await etcdState(c));
+    expect(src.endpoint).toBeNull();
+    // A watch delivers a put within milliseconds here; none is open.
+    await c.put("/clusterf/routes/once-2").value('{"IpvsMethod":"droute"}');
+    await Bun.sleep(500);
+    expect(sink.updates.length).toBe(0);
+    expect(sink.map.has("routes/once-2")).toBe(false);
+    await src.resync();
+    expect(sink.snapshots.length).toBe(2);
+    expect(sink.texts()).toEqual(await etcdState(c));
+    expect(sink.up).toBe(true);
+    expect(src.endpoint).toBeNull();
+    expectFaithful();
+  });
+
   test("resync(): one snapshot equal to a fresh read, the watch goes on from its revision, changes arrive once", async () => {
     const c = client([etcd.clientUrl]);
     const sink = recordingSink();

@@ -142,7 +142,7 @@ async function openSources(flags: FlagValues): Promise<ConfigSource[]> {
   const etcd = etcdClientOptions(flags);
   if (etcd.endpoints.length) {
     const { EtcdSource } = await importEtcd(() => import("../config/etcd-source.ts"));
-    sources.push(new EtcdSource({ ...etcd, prefix: etcdPrefix(flags) }));
+    sources.push(new EtcdSource({ ...etcd, prefix: etcdPrefix(flags), watch: !flags.once }));
   }
   return sources;
 }

@@ -15,7 +15,8 @@
 //     endpoint;
 //   - streams carry the "hasleader" metadata, so a member cut off from the quorum cancels them
 //     instead of silently serving nothing.
-// An error never produces a snapshot: only a successful range read does.
+// An error never produces a snapshot: only a successful range read does. Without watching
+// (-once), the source reads once and again only at resync().
 
 import { EtcdInvalidAuthTokenError, castGrpcError, type Etcd3 } from "etcd3";
 import type { ConfigSource, KeyEvent, RawValue, SourceSink } from "./source.ts";
@@ -56,6 +57,11 @@ export interface EtcdSourceOptions extends EtcdClientOptions {
    */
   keepaliveMs?: number;
   keepaliveTimeoutMs?: number;
+  /**
+   * Follow changes (default); false: the full read only, again at resync() (-once, which exits
+   * after its first apply: a watch stream would be opened for nothing, beside that apply).
+   */
+  watch?: boolean;
 }
 
 const ZERO_BYTE = Buffer.from([0]);
@@ -259,6 +265,12 @@ export class EtcdSource implements ConfigSource {
         if (this.rev === null || this.resyncWanted) await this.readAll();
         if (this.stopped) break;
         if (this.resyncWanted) continue; // asked again during that read
+        if (this.opts.watch === false) {
+          // Read, and nothing to follow: connected until stop(); resync() wakes the loop for a re-read.
+          this.setStatus(true);
+          await this.retrySleep.sleep();
+          continue;
+        }
         const outcome = await this.watchFrom(this.rev! + 1);
         // Re-read at once, no backoff: the server answered fine. After a compaction the old
         // revision is useless; a resync keeps it until its read succeeds.
