@@ -23,7 +23,7 @@ function recorded(cpus: number) {
     100,
     () => calls.push("eden"),
     () => calls.push("background"),
-    cpus,
+    () => cpus,
     () => calls.push("blocking"),
   );
   return { c, calls };

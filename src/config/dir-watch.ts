@@ -9,7 +9,6 @@
 import type { FSWatcher } from "chokidar";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { watcherBusy } from "./watcher-fs.ts";
 import { loadChokidar } from "./watcher-pacing.ts";
 
 /** Path relative to the root ("" for the root), or null outside it (a symlinked file's target). */
@@ -79,6 +78,8 @@ export function entriesSignature(abs: string): string | null {
 /** chokidar on the tree: start() resolves once every directory is watched. */
 export class TreeWatcher {
   private watcher: FSWatcher | null = null;
+  /** watcher-fs.ts's watcherBusy, once start() has loaded it. */
+  private watcherBusy: () => boolean = () => false;
   private endWait: (() => void) | null = null;
   private closed = false;
   /** Directories whose watch may be stale (absolute paths): until when, and their last signature. */
@@ -94,7 +95,10 @@ export class TreeWatcher {
   /** Resolves when chokidar is ready (or close() was called meanwhile). */
   async start(): Promise<void> {
     const root = this.root;
-    const { watch } = await loadChokidar();
+    // watcher-fs.ts (the pacing of chokidar's calls) only now: a source that watches nothing
+    // (-once) loads neither it nor node:fs/promises.
+    const [{ watch }, { watcherBusy }] = await Promise.all([loadChokidar(), import("./watcher-fs.ts")]);
+    this.watcherBusy = watcherBusy;
     if (this.closed) return;
     const w = watch(root, {
       ignoreInitial: true,
@@ -122,7 +126,7 @@ export class TreeWatcher {
 
   /** chokidar is still at work (file-system calls in flight or waiting): a new directory may not be watched yet. */
   busy(): boolean {
-    return this.watcher !== null && watcherBusy();
+    return this.watcher !== null && this.watcherBusy();
   }
 
   /** Polls a directory whose own watch may be stale (see STALE_POLL_MS). */

@@ -12,7 +12,6 @@
 //   page buffers of etcd's responses, values waiting to be taken in).
 
 import { edenGC } from "bun:jsc";
-import { availableParallelism } from "node:os";
 
 /** Units of work (values compiled, writes sent) between two eden collections. */
 export const EDEN_EVERY = 16_384;
@@ -27,10 +26,16 @@ export class StepCollector {
     private readonly eden: () => void = edenGC,
     /** Bun.gc(false): a full collection that runs beside the event loop. */
     private readonly background: () => void = () => Bun.gc(false),
-    private readonly cpus = availableParallelism(),
+    /** The CPUs this process may use (asked when first needed: most daemons never collect). */
+    private readonly cpusOf: () => number = () => (require("node:os") as typeof import("node:os")).availableParallelism(),
     /** Bun.gc(true): a full collection that the event loop waits for. */
     private readonly blocking: () => void = () => Bun.gc(true),
   ) {}
+
+  private cpuCount: number | undefined;
+  private cpus(): number {
+    return (this.cpuCount ??= this.cpusOf());
+  }
 
   /** Counts `n` units of work; an eden collection once `every` have passed since the last one. */
   add(n: number): void {
@@ -50,7 +55,7 @@ export class StepCollector {
     if (!this.enabled) return;
     this.since = 0;
     this.eden();
-    if (this.cpus > 1) this.background();
+    if (this.cpus() > 1) this.background();
   }
 
   /**
@@ -60,7 +65,7 @@ export class StepCollector {
    */
   full(always = false): void {
     if (!this.enabled) return;
-    if (!always && this.cpus <= 1) return this.dropped();
+    if (!always && this.cpus() <= 1) return this.dropped();
     this.since = 0;
     this.blocking();
   }
