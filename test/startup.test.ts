@@ -1,6 +1,6 @@
 // A file-only start-up loads only what its flags need: no etcd client, no metrics library, no YAML
-// parser for a tree without YAML (each is megabytes of a daemon's memory). Checked from the
-// process's module cache after a real -once run.
+// parser for a tree without YAML (each is megabytes of a daemon's memory), and -once no watcher
+// code. Checked from the process's module cache after a real -once run.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -17,7 +17,10 @@ function loaded(args: string[]): string[] {
     const { main } = await import(${JSON.stringify(join(ROOT, "src/cli/clusterf-ipvs.ts"))});
     const code = await main(${JSON.stringify(args)});
     const mods = Object.keys(require.cache);
-    const watched = ["prom-client", "etcd3", "@grpc/grpc-js", "yaml"].filter((p) => mods.some((m) => m.includes("/node_modules/" + p + "/")));
+    const watched = [
+      ...["prom-client", "etcd3", "@grpc/grpc-js", "yaml"].filter((p) => mods.some((m) => m.includes("/node_modules/" + p + "/"))),
+      ...["src/config/watcher-fs.ts"].filter((f) => mods.some((m) => m.endsWith("/" + f))),
+    ];
     process.stdout.write(JSON.stringify({ code, watched }));
     process.exit(0);`;
   const r = Bun.spawnSync([BUN, "-e", script], { stdout: "pipe", stderr: "pipe", env: { ...process.env, CLUSTERF_LOG_LEVEL: "error" } });
@@ -29,7 +32,7 @@ function loaded(args: string[]): string[] {
 describe("start-up loads what the flags need", () => {
   const base = ["-once", "-ipvs-mock", "-etcd-machines="];
 
-  test("an empty tree, file-only: no etcd client, metrics library or YAML parser", () => {
+  test("an empty tree, file-only: no etcd client, metrics library, YAML parser or watcher code", () => {
     mkdirSync(join(dir, "empty"));
     expect(loaded([...base, `-config-path=${join(dir, "empty")}`])).toEqual([]);
   });
