@@ -18,7 +18,7 @@ function loaded(args: string[]): string[] {
     const code = await main(${JSON.stringify(args)});
     const mods = Object.keys(require.cache);
     const watched = [
-      ...["prom-client", "etcd3", "@grpc/grpc-js", "yaml"].filter((p) => mods.some((m) => m.includes("/node_modules/" + p + "/"))),
+      ...["prom-client", "etcd3", "@grpc/grpc-js", "yaml", "ipaddr.js"].filter((p) => mods.some((m) => m.includes("/node_modules/" + p + "/"))),
       ...["src/config/watcher-fs.ts"].filter((f) => mods.some((m) => m.endsWith("/" + f))),
     ];
     process.stdout.write(JSON.stringify({ code, watched }));
@@ -32,7 +32,7 @@ function loaded(args: string[]): string[] {
 describe("start-up loads what the flags need", () => {
   const base = ["-once", "-ipvs-mock", "-etcd-machines="];
 
-  test("an empty tree, file-only: no etcd client, metrics library, YAML parser or watcher code", () => {
+  test("an empty tree, file-only: no etcd client, metrics library, YAML parser, address library or watcher code", () => {
     mkdirSync(join(dir, "empty"));
     expect(loaded([...base, `-config-path=${join(dir, "empty")}`])).toEqual([]);
   });

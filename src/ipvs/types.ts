@@ -5,8 +5,12 @@
 // table, the operations, the reconciler's cache and the in-memory table share them instead of
 // each keeping a copy of every destination.
 
-import ipaddr from "ipaddr.js";
+import type Ipaddr from "ipaddr.js";
 import type { Steps } from "../util/slices.ts";
+
+let ipaddrModule: typeof Ipaddr | undefined;
+/** ipaddr.js at the first address it reads: its regular expressions are a tenth of an empty tree's start in a slow guest. */
+const ipaddr = (): typeof Ipaddr => (ipaddrModule ??= require("ipaddr.js") as typeof Ipaddr);
 
 export type Family = "inet" | "inet6";
 export type Protocol = "tcp" | "udp" | "sctp";
@@ -204,16 +208,17 @@ export class IpvsError extends Error {
  * Throws when the text is neither.
  */
 export function addressBytes(text: string): number[] {
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text).toByteArray();
+  const { IPv4, IPv6 } = ipaddr();
+  if (IPv4.isValidFourPartDecimal(text)) return IPv4.parse(text).toByteArray();
   const tail = text.slice(text.lastIndexOf(":") + 1);
   // An IPv4 tail in the same four-part decimal as an IPv4 address (ipaddr.js also takes hex and
   // leading zeros there, which inet_pton refuses); no zone.
-  if (!ipaddr.IPv6.isValid(text) || text.includes("%") || (tail.includes(".") && !ipaddr.IPv4.isValidFourPartDecimal(tail))) {
+  if (!IPv6.isValid(text) || text.includes("%") || (tail.includes(".") && !IPv4.isValidFourPartDecimal(tail))) {
     throw new Error(`not an IP address: ${JSON.stringify(text)}`);
   }
   // ipaddr.js reads "::a.b.c.d" (IPv4-compatible) as "::ffff:a.b.c.d" (IPv4-mapped); "::0:a.b.c.d"
   // is the same 16 bytes as written, and it reads that one as written.
-  return ipaddr.IPv6.parse(text === `::${tail}` && tail.includes(".") ? `::0:${tail}` : text).toByteArray();
+  return IPv6.parse(text === `::${tail}` && tail.includes(".") ? `::0:${tail}` : text).toByteArray();
 }
 
 /**
