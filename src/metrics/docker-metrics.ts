@@ -1,7 +1,8 @@
 // clusterf-docker metrics (docs/config.md §8): backends published, etcd writes, lease keep-alive failures.
 import client from "prom-client";
 import type { DockerDaemon } from "../docker/daemon.ts";
-import { oncePerScrape, scrapedMetric, type Health } from "./server.ts";
+import { oncePerScrape, type Health } from "./server.ts";
+import { scrapedMetric } from "./scraped.ts";
 
 export function dockerMetrics(daemon: DockerDaemon): client.Registry {
   const registry = new client.Registry();

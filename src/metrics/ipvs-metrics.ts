@@ -6,7 +6,8 @@ import type { IpvsDaemon, IpvsDaemonStatus } from "../daemon/ipvs-daemon.ts";
 import type { IpvsTable, ObservedService } from "../ipvs/types.ts";
 import { listSteps } from "../ipvs/list.ts";
 import { runSliced } from "../util/slices.ts";
-import { oncePerScrape, scrapedMetric, type Exposition, type Health } from "./server.ts";
+import { oncePerScrape, type Exposition, type Health } from "./server.ts";
+import { scrapedMetric } from "./scraped.ts";
 import { inSlices, tableLines, type TableNames } from "./table-exposition.ts";
 import { healthMetrics } from "../health/metrics.ts";
 

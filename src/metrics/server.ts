@@ -1,7 +1,6 @@
 // The -metrics-listen HTTP endpoint shared by both daemons: Prometheus text at /metrics and a
 // health answer at /healthz (200 when healthy, 503 with the reason otherwise).
 
-import type * as PromClient from "prom-client";
 import type { Registry } from "prom-client";
 import * as log from "../util/log.ts";
 
@@ -96,12 +95,3 @@ export function oncePerScrape<T>(read: () => T): () => T {
   };
 }
 
-export function scrapedMetric(registry: Registry, type: "counter" | "gauge", name: string, help: string, value: () => number): void {
-  // Loaded here, not at start-up: a daemon without -metrics-listen never needs prom-client.
-  const client = require("prom-client") as typeof PromClient;
-  if (type === "counter") {
-    new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(value()); } });
-  } else {
-    new client.Gauge({ name, help, registers: [registry], collect() { this.set(value()); } });
-  }
-}
