@@ -146,9 +146,11 @@ const result = await Bun.build({
   // Compiled to JSC bytecode at build time: an empty tree's -once start in the one-CPU user-mode
   // kernel 470-520 -> 320-355 ms (bun -e 0: 180-220 ms there), on the host 50-80 -> 10-20 ms.
   bytecode: true,
-  // Each module that is imported when a flag needs it (etcd, gRPC, Docker, metrics, the watcher,
-  // YAML) in a chunk of its own, loaded only then: one bundle held them all, and a file-only
-  // start loaded every one (on the host 21 -> 16 ms, 45 -> 42 MiB for an empty tree's -once).
+  // What is imported with import() when a flag needs it (etcd and gRPC, Docker, the metrics and
+  // prom-client, the watcher and chokidar) in chunks of their own, loaded only then: one bundle
+  // held them all, and every start loaded it whole (an empty tree's -once: in the user-mode
+  // kernel 369 -> 322 ms, medians of 8; on the host 21 -> 16 ms, 45 -> 42 MiB). What is loaded
+  // with require() (YAML, ipaddr.js) stays in the chunk of the module that requires it.
   splitting: true,
   format: "esm",
   compile: {
