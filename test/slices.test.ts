@@ -64,9 +64,11 @@ describe("Pacer", () => {
     for (const end = Bun.nanoseconds() + ms * 1e6; Bun.nanoseconds() < end; );
   };
 
-  // The tests' own clock is the pacer's (read around clockReads' count), started just before the
-  // pacer's: at any moment it shows at least as much time gone. The calls made past the end are
-  // counted from the first one the tests' clock saw past it (none when the pacer saw it first).
+  // The tests' own clock is the pacer's (read around clockReads' count), started just after the
+  // pacer's: at any moment it shows at most as much time gone, so that a pause of the process
+  // between the two starts (a collection, the machine) cannot make the pacer look late. The calls
+  // made past the end are counted from the first one the tests' clock saw past it (none when the
+  // pacer saw it first).
   const clock = performance.now.bind(performance);
   const pastTheEnd = (calls: number, late: number) => (late < 0 ? 0 : calls - late);
 
@@ -74,8 +76,8 @@ describe("Pacer", () => {
     let calls = 0;
     let late = -1; // the call at which the slice had run out by the test's own clock
     const reads = clockReads(() => {
-      const t0 = clock();
       const pacer = new Pacer(15);
+      const t0 = clock();
       while (!pacer.overdue()) {
         calls++;
         if (late < 0 && clock() - t0 >= 15) late = calls;
@@ -89,8 +91,8 @@ describe("Pacer", () => {
   test("tiny steps that turn slow: at most 16 slow steps go by without a clock read", () => {
     let slowCalls = 0;
     let late = -1;
-    const t0 = clock();
     const pacer = new Pacer(15);
+    const t0 = clock();
     // 10 ms of tiny steps (the pacer learns to skip reads), then 1 ms steps: the slice runs out during them
     while (clock() - t0 < 10) pacer.overdue();
     while (!pacer.overdue()) {
