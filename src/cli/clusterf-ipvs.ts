@@ -61,7 +61,7 @@ export const IPVS_FLAGS: FlagSpec[] = [
   },
   { name: "flush", type: "bool", default: false, help: "clear the whole IPVS table at start instead of a soft restart" },
   { name: "print", type: "bool", default: false, help: "print the table (ipvsadm -Ln layout) after each apply" },
-  { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied)" },
+  { name: "once", type: "bool", default: false, help: "apply once, then exit (status 0 when the table was applied); reads each source once and watches nothing" },
   { name: "state-dir", type: "string", default: "/var/lib/clusterf", help: "where the daemon remembers which IPVS services it created" },
   {
     name: "config-path-cache",

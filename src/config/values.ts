@@ -6,6 +6,7 @@
 import type * as Yaml from "yaml";
 import { parseCheck, type CheckSetting } from "../health/check-config.ts";
 import { addressBytes, addressText } from "../ipvs/types.ts";
+import { lazy } from "../util/lazy.ts";
 import type { ValueFormat } from "./source.ts";
 
 export type RouteMethod = "masq" | "droute" | "tunnel" | "filter";
@@ -70,9 +71,8 @@ export interface Parsed<T> {
   warnings: string[];
 }
 
-let yamlModule: typeof Yaml | undefined;
 /** Loaded at the first YAML value: most trees are JSON only, and the parser is 7 MiB of a start-up. */
-const yaml = (): typeof Yaml => (yamlModule ??= require("yaml") as typeof Yaml);
+const yaml = lazy(() => require("yaml") as typeof Yaml);
 
 /** Parses the text of a value into a plain object (JSON or YAML), refusing anything else. */
 export function parseObject(text: string, format: ValueFormat): Record<string, unknown> {

@@ -7,10 +7,10 @@
 
 import type Ipaddr from "ipaddr.js";
 import type { Steps } from "../util/slices.ts";
+import { lazy } from "../util/lazy.ts";
 
-let ipaddrModule: typeof Ipaddr | undefined;
 /** ipaddr.js at the first address it reads: its regular expressions are a tenth of an empty tree's start in a slow guest. */
-const ipaddr = (): typeof Ipaddr => (ipaddrModule ??= require("ipaddr.js") as typeof Ipaddr);
+const ipaddr = lazy(() => require("ipaddr.js") as typeof Ipaddr);
 
 export type Family = "inet" | "inet6";
 export type Protocol = "tcp" | "udp" | "sctp";

@@ -12,6 +12,7 @@
 //   page buffers of etcd's responses, values waiting to be taken in).
 
 import { edenGC } from "bun:jsc";
+import { lazy } from "./lazy.ts";
 
 /** Units of work (values compiled, writes sent) between two eden collections. */
 export const EDEN_EVERY = 16_384;
@@ -27,15 +28,14 @@ export class StepCollector {
     /** Bun.gc(false): a full collection that runs beside the event loop. */
     private readonly background: () => void = () => Bun.gc(false),
     /** The CPUs this process may use (asked when first needed: most daemons never collect). */
-    private readonly cpusOf: () => number = () => (require("node:os") as typeof import("node:os")).availableParallelism(),
+    cpusOf: () => number = () => (require("node:os") as typeof import("node:os")).availableParallelism(),
     /** Bun.gc(true): a full collection that the event loop waits for. */
     private readonly blocking: () => void = () => Bun.gc(true),
-  ) {}
-
-  private cpuCount: number | undefined;
-  private cpus(): number {
-    return (this.cpuCount ??= this.cpusOf());
+  ) {
+    this.cpus = lazy(cpusOf);
   }
+
+  private readonly cpus: () => number;
 
   /** Counts `n` units of work; an eden collection once `every` have passed since the last one. */
   add(n: number): void {
