@@ -7,7 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-# The packaged binary, for the start-up figure (bench/kernel-daemon.ts).
+# The packaged binary, what operators run: the daemon and start-up rows (bench/kernel-daemon.ts).
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 "$root/node_modules/.bin/bun" packaging/build.ts "$build" >/dev/null
