@@ -7,7 +7,7 @@
 // exit (to the first apply's log line for the live daemon); peak RSS is the process's maxRSS, from wait4
 // (VmHWM for the live daemon, read after its first apply settled). Exits 1 when a goal is missed.
 //
-//   bun bench/scale.ts [SERVICESxBACKENDS...] [--runs=N]     (default: 1000x10 10000x10, 5 runs)
+//   bun bench/scale.ts [SERVICESxBACKENDS...] [--runs=N]     (default: 1000x10 10000x10 50000x4, 5 runs)
 //
 // Then, in one process per size, where the memory goes: the heap (after a full GC) that each
 // layer adds for the same config (the store's parsed values, the desired table, the reconciler's
@@ -203,7 +203,7 @@ if (process.argv[2] === "--layers") {
 
 const args = process.argv.slice(2);
 const runs = Number(args.find((a) => a.startsWith("--runs="))?.slice(7) ?? 5);
-const sizes: Size[] = (args.filter((a) => !a.startsWith("--")).length ? args.filter((a) => !a.startsWith("--")) : ["1000x10", "10000x10"]).map((a) => {
+const sizes: Size[] = (args.filter((a) => !a.startsWith("--")).length ? args.filter((a) => !a.startsWith("--")) : ["1000x10", "10000x10", "50000x4"]).map((a) => {
   const [s, b] = a.split("x").map(Number);
   if (!s || !b) throw new Error(`bad size ${a}: expected SERVICESxBACKENDS`);
   return { services: s, backends: b };
