@@ -347,30 +347,39 @@ try {
   fs.rmSync(treeBase, { recursive: true, force: true });
 }
 
-console.log(`trees in ${path.dirname(treeBase)}; the packaged clusterf-ipvs (packaging/build.ts, as the .deb and .rpm install it), -ipvs-mock, whole process; medians of ${runs} runs (time), maxima (RSS); (ratio) = time / yardstick of the same run`);
-console.log("| services × backends | yardstick: Python read + parse | -once, files | -once, etcd | peak RSS, files | peak RSS, etcd | live on etcd: first apply | live: RSS after | live: peak RSS |");
-console.log("|---|---|---|---|---|---|---|---|---|");
-for (const r of rows) console.log(r);
-console.log("");
-console.log("the same from the source (bin/clusterf-ipvs: Bun transpiles each module at start), same runs, same yardstick");
-console.log("| services × backends | -once, files | -once, etcd | peak RSS, files | peak RSS, etcd | live on etcd: first apply | live: peak RSS |");
-console.log("|---|---|---|---|---|---|---|");
-for (const r of sourceRows) console.log(r);
-console.log("");
-console.log("a live daemon watching the tree (packaged; it watches every directory before its first read), reported: time to its first apply (ratio to the yardstick), RSS after, peak RSS");
-console.log("| services × backends | first apply | RSS after | peak RSS |");
-console.log("|---|---|---|---|");
-for (const r of watchRows) console.log(r);
-console.log("");
-console.log("the -config-path cache (packaged): -once from files without it, the first start (writes it), a restart on the unchanged tree (reads no file); time (ratio to the yardstick), peak RSS");
-console.log("| services × backends | no cache | first start, cache written | restart from the cache |");
-console.log("|---|---|---|---|");
-for (const r of cacheRows) console.log(r);
-console.log("");
-console.log("where the memory goes: heap after a full GC, (ratio) = size / raw values of the same run; time of the step");
-console.log("| services × backends | raw values (key, text, origin) | + store (parsed, merged) | + desired table | + sync: reconciler cache, -ipvs-mock table |");
-console.log("|---|---|---|---|---|");
-for (const r of layerRows) console.log(r);
+/** A markdown table under its title line, then a blank line. */
+function table(title: string, head: string[], body: string[]): void {
+  console.log(title);
+  console.log(`| ${head.join(" | ")} |`);
+  console.log(`|${head.map(() => "---|").join("")}`);
+  for (const r of body) console.log(r);
+  console.log("");
+}
+table(
+  `trees in ${path.dirname(treeBase)}; the packaged clusterf-ipvs (packaging/build.ts, as the .deb and .rpm install it), -ipvs-mock, whole process; medians of ${runs} runs (time), maxima (RSS); (ratio) = time / yardstick of the same run`,
+  ["services × backends", "yardstick: Python read + parse", "-once, files", "-once, etcd", "peak RSS, files", "peak RSS, etcd", "live on etcd: first apply", "live: RSS after", "live: peak RSS"],
+  rows,
+);
+table(
+  "the same from the source (bin/clusterf-ipvs: Bun transpiles each module at start), same runs, same yardstick",
+  ["services × backends", "-once, files", "-once, etcd", "peak RSS, files", "peak RSS, etcd", "live on etcd: first apply", "live: peak RSS"],
+  sourceRows,
+);
+table(
+  "a live daemon watching the tree (packaged; it watches every directory before its first read), reported: time to its first apply (ratio to the yardstick), RSS after, peak RSS",
+  ["services × backends", "first apply", "RSS after", "peak RSS"],
+  watchRows,
+);
+table(
+  "the -config-path cache (packaged): -once from files without it, the first start (writes it), a restart on the unchanged tree (reads no file); time (ratio to the yardstick), peak RSS",
+  ["services × backends", "no cache", "first start, cache written", "restart from the cache"],
+  cacheRows,
+);
+table(
+  "where the memory goes: heap after a full GC, (ratio) = size / raw values of the same run; time of the step",
+  ["services × backends", "raw values (key, text, origin)", "+ store (parsed, merged)", "+ desired table", "+ sync: reconciler cache, -ipvs-mock table"],
+  layerRows,
+);
 if (misses.length) {
   console.log(`goals missed:\n  ${misses.join("\n  ")}`);
   process.exit(1);
