@@ -5,8 +5,10 @@
 // and the config read are not in them) plus the whole process, next to `ipvsadm -R` of the same
 // rules into another fresh namespace (the yardstick of the same boot). Goals (exit 1 when missed):
 // the full sync's whole process within 1.5× ipvsadm -R; an unchanged restart clearly cheaper than
-// a full sync (at most 0.8× its whole process); the start on an empty tree within 300 ms (the
-// packaged binary that bench/kernel.sh builds and names in CLUSTERF_PACKAGED; the source without it).
+// a full sync (at most 0.8× its whole process); the start on an empty tree (the packaged binary
+// that bench/kernel.sh builds and names in CLUSTERF_PACKAGED; the source without it) within half
+// the start of the code when the scale issue was filed (CLUSTERF_THEN, checked out by
+// bench/kernel.sh), timed in the same boot; within 300 ms without that yardstick.
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { RACY_MS } from "../src/config/tree-cache.ts";
@@ -77,8 +79,11 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 // Start-up: -once on an empty tree, file-only, the in-memory table; next to Bun running nothing.
 const emptyDir = `${dir}.empty`;
 mkdirSync(emptyDir);
+// CLUSTERF_THEN: the code when the scale issue was filed (bench/kernel.sh checks it out).
+const then = process.env.CLUSTERF_THEN;
 const starts: { label: string; cmd: string }[] = [
   { label: "`bun -e 0` (the runtime alone)", cmd: `${process.execPath} -e 0` },
+  ...(then ? [{ label: `the source when the issue was filed (${process.env.CLUSTERF_THEN_COMMIT})`, cmd: `${then}/bin/clusterf-ipvs -once -ipvs-mock -etcd-machines= -config-path=${emptyDir}` }] : []),
   { label: "bin/clusterf-ipvs (the source)", cmd: `${ROOT}/bin/clusterf-ipvs -once -ipvs-mock -etcd-machines= -config-path=${emptyDir}` },
   ...(packaged ? [{ label: "the packaged binary", cmd: `${packaged} ipvs -once -ipvs-mock -etcd-machines= -config-path=${emptyDir}` }] : []),
 ];
@@ -87,8 +92,13 @@ const START_RUNS = 9;
 const startSamples: number[][] = starts.map(() => []);
 for (let i = 0; i < START_RUNS; i++) starts.forEach((x, j) => startSamples[j]!.push(sh(x.cmd).ms));
 const startMs = startSamples.map(median);
-/** The issue's goal: half the 0.6 s that bin/clusterf-ipvs took here before (the original Go clusterf: 0.05 s). */
-const START_GOAL_MS = 300;
+/**
+ * The issue's goal: half the time the code took when it was filed, in this boot (this guest's
+ * speed moves by a quarter from one boot to the next: `bun -e 0` 148-223 ms); without that
+ * yardstick, half the 0.6 s measured then. (The original Go clusterf: 0.05 s.)
+ */
+const START_GOAL_MS = then ? 0.5 * startMs[1]! : 300;
+const startGoalText = then ? `half the source's when the issue was filed, ${START_GOAL_MS.toFixed(0)} ms` : `${START_GOAL_MS} ms`;
 const rows: Row[] = rounds[0]!.rows.map((r, j) => ({
   label: r.label,
   writes: Math.max(...rounds.map((x) => x.rows[j]!.writes)),
@@ -112,9 +122,10 @@ console.log("");
 console.log(`| start-up on an empty tree, -once, file-only, in-memory table (median of ${START_RUNS}) | whole process |`);
 console.log("|---|---|");
 starts.forEach((x, i) => console.log(`| ${x.label} | ${startMs[i]!.toFixed(0)} ms |`));
+console.log(`the packaged binary's goal: ${startGoalText}`);
 const misses: string[] = [];
 const startShipped = startMs[startMs.length - 1]!;
-if (startShipped > START_GOAL_MS) misses.push(`start-up on an empty tree (${starts[starts.length - 1]!.label}) ${startShipped.toFixed(0)} ms > ${START_GOAL_MS} ms`);
+if (startShipped > START_GOAL_MS) misses.push(`start-up on an empty tree (${starts[starts.length - 1]!.label}) ${startShipped.toFixed(0)} ms > ${startGoalText}`);
 if (rows[0]!.processMs > 1.5 * restore.ms) misses.push(`full sync ${rows[0]!.processMs.toFixed(0)} ms > 1.5 × ipvsadm -R ${restore.ms.toFixed(0)} ms`);
 if (rows[1]!.processMs > 0.8 * rows[0]!.processMs) misses.push(`unchanged restart ${rows[1]!.processMs.toFixed(0)} ms > 0.8 × full sync ${rows[0]!.processMs.toFixed(0)} ms`);
 if (rounds.some((x) => x.rows[1]!.writes !== 0 || x.rows[2]!.writes !== 1)) misses.push(`writes: restart ${rounds.map((x) => x.rows[1]!.writes)} (0 expected), one drained ${rounds.map((x) => x.rows[2]!.writes)} (1 expected)`);
