@@ -1,8 +1,9 @@
 // Whole-process scale: `clusterf-ipvs -once -ipvs-mock` from a config tree and from etcd, and a
-// live daemon on etcd (and one watching the tree, reported), as the packages install it (the binary packaging/build.ts makes, built by
-// this bench first) and from the source (bin/clusterf-ipvs, as `npm start` runs it), next to a
-// yardstick of the same run: a plain Python script that walks the
-// same tree, reads every file and parses its JSON (bench/yardstick-read.py). Also the start-up of
+// live daemon on etcd (and one watching the tree, reported), as the packages install it (the
+// binary packaging/build.ts makes, built by this bench first) and from the source
+// (bin/clusterf-ipvs, as `npm start` runs it), next to a yardstick of the same run: a plain
+// Python script that walks the same tree, reads every file and parses its JSON
+// (bench/yardstick-read.py). Also the start-up of
 // file-only mode on an empty tree, next to Bun starting an empty script. Wall time is spawn to
 // exit (to the first apply's log line for the live daemon); peak RSS is the process's maxRSS, from wait4
 // (VmHWM for the live daemon, read after its first apply settled). Exits 1 when a goal is missed.
