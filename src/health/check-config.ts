@@ -6,6 +6,7 @@
 import { parseDuration } from "../util/duration.ts";
 import { ConfigValueError, describe, fold, foldMap, integer } from "../config/values.ts";
 import { destKeyString } from "../ipvs/types.ts";
+import { lazy } from "../util/lazy.ts";
 
 export type CheckType = "tcp" | "http" | "https";
 
@@ -61,7 +62,7 @@ export const MAX_RISE_FALL = 1000;
 
 const KEYS = ["type", "path", "status", "host", "verify", "interval", "timeout", "rise", "fall", "port", "slowStart"] as const;
 /** Made at the first check (values.ts imports this module: its foldMap may not be ready at load). */
-let checkKeys: Map<string, string> | undefined;
+const checkKeys = lazy(() => foldMap(KEYS));
 const HTTP_ONLY = ["path", "status", "host"] as const;
 
 /** Go-style duration text ("500ms", "2s", "1m30s"), the same syntax as the duration flags. */
@@ -103,7 +104,7 @@ function parseStatus(v: unknown, field: string): StatusRange[] {
 function parseObjectCheck(obj: Record<string, unknown>, field: string): { value: CheckSpec; warnings: string[] } {
   // A map of its own: the frontend or backend being parsed holds the shared one.
   const fields = new Map<string, unknown>();
-  const warnings = fold(obj, (checkKeys ??= foldMap(KEYS)), fields).map((w) => `${field}: ${w}`);
+  const warnings = fold(obj, checkKeys(), fields).map((w) => `${field}: ${w}`);
   const f = (k: (typeof KEYS)[number]) => `${field}.${k}`;
   const spec: CheckSpec = { ...CHECK_DEFAULTS, status: [...CHECK_DEFAULTS.status] };
   if (fields.has("type")) {

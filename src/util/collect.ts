@@ -21,6 +21,8 @@ export class StepCollector {
   private since = 0;
   /** Off: every call does nothing (a live daemon after its first apply: see IpvsDaemonOptions.collectAfterLargeSteps). */
   enabled = true;
+  /** The CPU count, asked once, at the first collection that depends on it. */
+  private readonly cpus: () => number;
 
   constructor(
     private readonly every = EDEN_EVERY,
@@ -34,8 +36,6 @@ export class StepCollector {
   ) {
     this.cpus = lazy(cpusOf);
   }
-
-  private readonly cpus: () => number;
 
   /** Counts `n` units of work; an eden collection once `every` have passed since the last one. */
   add(n: number): void {

@@ -4,9 +4,7 @@
 // built in JS (codec.ts) and sent with nl_sendto.
 
 import { dlopen, read, type Pointer } from "bun:ffi";
-
-type Libs = ReturnType<typeof load>;
-let libs: Libs | null = null;
+import { lazy } from "../../util/lazy.ts";
 
 function load() {
   const nl = dlopen("libnl-3.so.200", {
@@ -36,9 +34,8 @@ function load() {
   return { nl: nl.symbols, genl: genl.symbols, libc: libc.symbols, errnoPtr: libc.symbols.__errno_location()! };
 }
 
-function L(): Libs {
-  return (libs ??= load());
-}
+/** The libraries, opened at the first call that needs them. */
+const L = lazy(load);
 
 export const ERRNO = {
   ENOENT: 2,
